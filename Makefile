@@ -1,0 +1,57 @@
+# framer: every set-up and run step. `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build by default (a local wheel on the project machines). For CUDA see README "Installing a CUDA build".
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+PYTEST := $(PY) -m pytest
+SMOKE ?= 0
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test test-slow test-all test-ddp lint format demo bench reproduce-table sweep-smoke clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e '.[dev]'
+	$(PY) -m pip install --no-deps matbench==0.6
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+venv: $(STAMP) ## create .venv with pinned CPU torch and every dependency (idempotent)
+
+test: venv ## the default test suite (no slow or GPU tests; under 20 minutes on 2 cores)
+	$(PYTEST) -m "not slow and not gpu"
+
+test-slow: venv ## only the slow tests (DDP with gloo, multi-process sweeps, pre-emption)
+	$(PYTEST) -m "slow and not gpu"
+
+test-all: venv ## every test that can run on this machine
+	$(PYTEST)
+
+lint: venv ## ruff lint and format check
+	$(VENV)/bin/ruff check framer tests bench
+	$(VENV)/bin/ruff format --check framer tests bench
+
+format: venv ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix framer tests bench
+	$(VENV)/bin/ruff format framer tests bench
+
+demo: venv ## train Crystalformer and CrystalFramer on the embedded Ewald dataset (CPU, minutes)
+	$(PY) -m framer.demo
+
+bench: venv ## speed and memory benchmarks -> bench/results/<host>.json and .md
+	$(PY) -m framer.bench
+
+reproduce-table: venv ## run every cell of the paper's table (SMOKE=1: embedded data, minutes) and write results/
+	$(PY) -m framer.reproduce $(if $(filter 1,$(SMOKE)),--smoke,)
+	$(PY) -m framer.report --runs $(if $(filter 1,$(SMOKE)),runs/smoke,runs/paper) --out $(if $(filter 1,$(SMOKE)),results/smoke,results)
+
+clean: ## remove caches of Python and pytest (keeps data, runs and .venv)
+	rm -rf .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -prune -exec rm -rf {} +

@@ -1,0 +1,174 @@
+"""One tensor record per crystal, built from JARVIS ``atoms`` dicts, pymatgen Structures or CIF/POSCAR files.
+
+Every constructor validates its input and raises :class:`InvalidStructureError` with a one-line reason, so loaders
+can skip and count bad records and single-file entry points can report them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from framer.geometry import image_box
+
+MAX_ATOMIC_NUMBER = 98  # one-hot width of the atom embedding (Z = 1..98)
+MIN_INTERATOMIC_DISTANCE = 0.1  # Å; closer pairs are treated as corrupt records
+MIN_CELL_VOLUME = 1e-3  # Å^3; smaller is a singular lattice
+
+
+class InvalidStructureError(ValueError):
+    """A crystal that cannot be used (no atoms, NaN coordinate, singular lattice, unknown element, overlap)."""
+
+
+@dataclass(frozen=True, eq=False)
+class CrystalRecord:
+    """A crystal as arrays: lattice rows are the lattice vectors (Å); coordinates are fractional."""
+
+    id: str
+    lattice: np.ndarray  # (3, 3) float64
+    frac_coords: np.ndarray  # (N, 3) float64
+    atomic_numbers: np.ndarray  # (N,) int64
+    target: float = math.nan
+    image_box: np.ndarray = field(default=None)  # (3,) int64; computed from the lattice when omitted
+
+    def __post_init__(self) -> None:
+        if self.image_box is None:
+            object.__setattr__(self, "image_box", image_box(self.lattice))
+
+    @property
+    def num_atoms(self) -> int:
+        return len(self.atomic_numbers)
+
+    @property
+    def cart_coords(self) -> np.ndarray:
+        """Cartesian positions (Å), as pymatgen's ``cart_coords`` (no wrapping)."""
+        return self.frac_coords @ self.lattice
+
+    def with_target(self, target: float) -> CrystalRecord:
+        return CrystalRecord(self.id, self.lattice, self.frac_coords, self.atomic_numbers, float(target), self.image_box)
+
+
+@lru_cache(maxsize=None)
+def atomic_number(symbol: str) -> int:
+    """Atomic number of an element symbol; raises InvalidStructureError for unknown or unsupported symbols."""
+    from pymatgen.core.periodic_table import Element
+
+    try:
+        z = Element(str(symbol).strip()).Z
+    except (ValueError, KeyError, AttributeError) as err:
+        raise InvalidStructureError(f"unknown element {symbol!r}") from err
+    if not 1 <= z <= MAX_ATOMIC_NUMBER:
+        raise InvalidStructureError(f"element {symbol!r} (Z={z}) is outside Z=1..{MAX_ATOMIC_NUMBER}")
+    return z
+
+
+def make_record(
+    id: str, lattice, frac_coords, atomic_numbers, target: float = math.nan, check_overlap: bool = True
+) -> CrystalRecord:
+    """Validate arrays and build a record; raises InvalidStructureError with the reason."""
+    try:
+        lattice = np.asarray(lattice, dtype=np.float64)
+        frac = np.asarray(frac_coords, dtype=np.float64)
+        numbers = np.asarray(atomic_numbers, dtype=np.int64)
+    except (TypeError, ValueError) as err:
+        raise InvalidStructureError(f"non-numeric lattice or coordinates ({err})") from err
+    if lattice.shape != (3, 3):
+        raise InvalidStructureError(f"lattice has shape {lattice.shape}, expected (3, 3)")
+    if not np.isfinite(lattice).all():
+        raise InvalidStructureError("lattice has a NaN or infinite entry")
+    volume = abs(float(np.linalg.det(lattice)))
+    if not volume > MIN_CELL_VOLUME:
+        raise InvalidStructureError(f"zero-volume or singular lattice (volume {volume:.3g} Å^3)")
+    if numbers.ndim != 1 or len(numbers) == 0:
+        raise InvalidStructureError("structure has no atoms")
+    if frac.shape != (len(numbers), 3):
+        raise InvalidStructureError(f"coordinates have shape {frac.shape}, expected ({len(numbers)}, 3)")
+    if not np.isfinite(frac).all():
+        raise InvalidStructureError("a coordinate is NaN or infinite")
+    if (numbers < 1).any() or (numbers > MAX_ATOMIC_NUMBER).any():
+        raise InvalidStructureError(f"atomic number outside 1..{MAX_ATOMIC_NUMBER}")
+    if check_overlap and len(numbers) > 1:
+        closest = closest_pair_distance(lattice, frac)
+        if closest < MIN_INTERATOMIC_DISTANCE:
+            raise InvalidStructureError(f"atoms closer than {MIN_INTERATOMIC_DISTANCE} Å ({closest:.3g} Å)")
+    try:
+        target = float(target)
+    except (TypeError, ValueError) as err:
+        raise InvalidStructureError(f"target {target!r} is not a number") from err
+    return CrystalRecord(str(id), lattice, frac, numbers, target)
+
+
+def closest_pair_distance(lattice: np.ndarray, frac: np.ndarray) -> float:
+    """Shortest periodic distance between two different atoms (Å)."""
+    from pymatgen.core.lattice import Lattice
+
+    distances = Lattice(lattice).get_all_distances(frac, frac)
+    np.fill_diagonal(distances, np.inf)
+    return float(distances.min())
+
+
+def record_from_jarvis_atoms(atoms: dict, id: str, target: float = math.nan) -> CrystalRecord:
+    """Record from a JARVIS ``atoms`` dict (``lattice_mat`` rows, ``coords``, ``elements``, ``cartesian``)."""
+    if not isinstance(atoms, dict):
+        raise InvalidStructureError(f"'atoms' is a {type(atoms).__name__}, expected a dict")
+    missing = [k for k in ("lattice_mat", "coords", "elements") if k not in atoms]
+    if missing:
+        raise InvalidStructureError(f"'atoms' lacks {', '.join(missing)}")
+    elements = atoms["elements"]
+    if not isinstance(elements, (list, tuple)):
+        raise InvalidStructureError("'elements' is not a list")
+    numbers = [atomic_number(e) for e in elements]
+    try:
+        lattice = np.asarray(atoms["lattice_mat"], dtype=np.float64)
+        coords = np.asarray(atoms["coords"], dtype=np.float64).reshape(-1, 3) if len(numbers) else np.zeros((0, 3))
+    except (TypeError, ValueError) as err:
+        raise InvalidStructureError(f"non-numeric lattice or coordinates ({err})") from err
+    if lattice.shape != (3, 3):
+        raise InvalidStructureError(f"lattice has shape {lattice.shape}, expected (3, 3)")
+    if atoms.get("cartesian", False):
+        if not np.isfinite(lattice).all() or abs(np.linalg.det(lattice)) <= MIN_CELL_VOLUME:
+            raise InvalidStructureError("zero-volume or singular lattice")
+        coords = coords @ np.linalg.inv(lattice)
+    return make_record(id, lattice, coords, numbers, target)
+
+
+def record_from_structure(structure, id: str = "", target: float = math.nan) -> CrystalRecord:
+    """Record from a pymatgen Structure; disordered (partially occupied) sites are rejected."""
+    if len(structure) == 0:
+        raise InvalidStructureError("structure has no atoms")
+    if not structure.is_ordered:
+        raise InvalidStructureError("structure has partially occupied sites (disordered structures are not supported)")
+    numbers = [atomic_number(site.specie.symbol) for site in structure]
+    return make_record(id, structure.lattice.matrix, structure.frac_coords, numbers, target)
+
+
+def read_structure_file(path: str | Path):
+    """Read a CIF or POSCAR/VASP file into a pymatgen Structure; raises InvalidStructureError naming the file."""
+    import warnings
+
+    from pymatgen.core import Structure
+
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Structure.from_file(path)
+    except FileNotFoundError as err:
+        raise InvalidStructureError(f"{path}: file not found") from err
+    except Exception as err:  # pymatgen raises many types for malformed files
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InvalidStructureError(f"{path}: cannot parse as CIF/POSCAR ({reason})") from err
+
+
+def record_from_file(path: str | Path, id: str | None = None, target: float = math.nan) -> CrystalRecord:
+    """Record from a CIF or POSCAR file; the id defaults to the file name without extension."""
+    path = Path(path)
+    structure = read_structure_file(path)
+    try:
+        return record_from_structure(structure, id if id is not None else path.stem, target)
+    except InvalidStructureError as err:
+        raise InvalidStructureError(f"{path}: {err}") from err

@@ -1,0 +1,41 @@
+"""Lattice geometry shared by the data pipeline and the model: Gaussian scale bounds and periodic image boxes.
+
+The attention's Gaussians have width sigma = R0 / sqrt(rho) with rho > RHO_LOWER_BOUND, so sigma never exceeds
+MAX_SIGMA (about 1.98 Å). The reference truncates each lattice sum to the box of images within 3.5 sigma
+(model-spec.md §2.3); one box per crystal built from MAX_SIGMA covers every head's box (model-spec.md §11).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+R0 = 1.4  # Å, the reference's `scale_real`
+RHO_LOWER_BOUND = 0.5  # `gauss_lb_real`
+CUTOFF_IN_SIGMAS = 3.5  # `adaptive_cutoff_sigma`
+MAX_SIGMA = R0 / math.sqrt(RHO_LOWER_BOUND)
+IMAGE_CUTOFF = CUTOFF_IN_SIGMAS * MAX_SIGMA + 0.01  # ≈ 6.94 Å
+MIN_IMAGE_RANGE = 2  # `lattice_range` with `minimum_range=true`: at least a 5x5x5 box
+
+
+def interplanar_spacings(lattice: np.ndarray) -> np.ndarray:
+    """Distances between the lattice planes spanned by each pair of lattice vectors (rows of ``lattice``)."""
+    reciprocal = np.linalg.inv(np.asarray(lattice, dtype=np.float64)).T  # rows b_m / 2π
+    return 1.0 / np.linalg.norm(reciprocal, axis=1)
+
+
+def image_box(lattice: np.ndarray, cutoff: float = IMAGE_CUTOFF, minimum: int = MIN_IMAGE_RANGE) -> np.ndarray:
+    """Half-ranges (R1, R2, R3) of the image box n_m in [-R_m, R_m] that covers a sphere of radius ``cutoff``."""
+    ranges = np.ceil(cutoff / interplanar_spacings(lattice))
+    return np.maximum(minimum, ranges).astype(np.int64)
+
+
+def image_offsets(box, device=None) -> torch.Tensor:
+    """Integer image translations (R, 3) of a box, with the zero translation first."""
+    r1, r2, r3 = (int(r) for r in box)
+    axes = [torch.arange(-r, r + 1, device=device) for r in (r1, r2, r3)]
+    grid = torch.cartesian_prod(*axes)
+    zero = (grid == 0).all(dim=1)
+    return torch.cat([grid[zero], grid[~zero]])
