@@ -1,0 +1,359 @@
+"""Command line: ``python -m framer.cli fit|validate|test|predict --config conf/default.yaml [--config ...]``.
+
+A LightningCLI with the model and the data as ``class_path``/``init_args`` subclasses, plus three framer groups:
+
+- ``tracking``: run directory and MLflow (see :class:`framer.tracking.Tracking`);
+- ``checkpoint``: the always-on ``ModelCheckpoint`` (best ``val/mae`` + ``last.ckpt``);
+- ``test_after_fit`` / ``predictions_csv``: what happens after ``fit`` and where ``predict`` writes.
+
+After ``fit``, global rank 0 tests on a single device (no padded DistributedSampler) both the SWA model
+(``test/mae``, the paper's number) and the best-``val/mae`` checkpoint (``test_best/mae``), and writes
+``metrics.json`` and ``predictions.csv`` into the run directory. ``fit --ckpt_path last`` resumes the newest run of
+the same ``tracking.run_name`` in place (same directory, same MLflow run) and starts afresh when there is none.
+
+User errors (missing config, data or checkpoint file) end with one ``framer: error: ...`` line and exit code 2;
+set ``FRAMER_DEBUG=1`` to see the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
+
+from framer.callbacks import PredictionWriter
+from framer.data.structures import InvalidStructureError
+from framer.module import CrystalRegressor
+from framer.tracking import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    RUN_INFO_FILE,
+    Tracking,
+    TrackingError,
+    atomic_write_json,
+    find_logger,
+    log_artifacts,
+    log_run_start,
+    read_json,
+    write_predictions_csv,
+)
+
+SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+class UserError(Exception):
+    """A mistake in the command or its inputs: reported as one line, without a traceback."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    TrackingError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    InvalidStructureError,
+)
+
+
+def run_dir(trainer: Trainer) -> Path | None:
+    """The run directory (the CSV logger's ``log_dir``) without a collective call; None without a CSV logger."""
+    logger = find_logger(trainer.loggers, CSVLogger)
+    return Path(logger.log_dir) if logger is not None else None
+
+
+def find_last_checkpoint(save_dir: str | Path, run_name: str) -> tuple[Path, str] | None:
+    """``last.ckpt`` of the newest ``<save_dir>/<run_name>/version_<n>`` that has one, with that version's name."""
+    root = Path(save_dir) / run_name
+    candidates = []
+    for ckpt in root.glob("*/checkpoints/last*.ckpt"):
+        match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
+        order = int(match.group(1)) if match else -1
+        candidates.append((order, ckpt.stat().st_mtime, ckpt))
+    if not candidates:
+        return None
+    _, _, ckpt = max(candidates)
+    return ckpt, ckpt.parent.parent.name
+
+
+class FramerSaveConfigCallback(SaveConfigCallback):
+    """Saves ``config.yaml`` in the run directory, then records it and the run's metadata (``run.json``, MLflow)."""
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        directory = run_dir(trainer)
+        config_path = directory / self.config_filename if directory is not None else None
+        log_run_start(trainer, pl_module, trainer.datamodule, config_path)
+
+
+class FramerArgumentParser(LightningArgumentParser):
+    """Parser whose errors are one line (plus a pointer to ``--help``) instead of the full usage text."""
+
+    def error(self, message: str, ex: Exception | None = None) -> None:
+        first = str(message).strip().splitlines()
+        text = " ".join(line.strip() for line in first[:3]) if first else "invalid arguments"
+        hint = "see `python -m framer.cli {fit,validate,test,predict} --help`"
+        sys.stderr.write(f"framer: error: {text}\n  ({hint})\n")
+        raise SystemExit(2)
+
+
+class FramerCLI(LightningCLI):
+    """LightningCLI for :class:`framer.module.CrystalRegressor` and framer's datamodules."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("model_class", CrystalRegressor)
+        kwargs.setdefault("datamodule_class", LightningDataModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_callback", FramerSaveConfigCallback)
+        kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("auto_configure_optimizers", False)
+        kwargs.setdefault("parser_class", FramerArgumentParser)
+        self._mlflow_run_id: str | None = None
+        super().__init__(*args, **kwargs)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # parser
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("dump_header", [f"framer {_version()} (python -m framer.cli)"])
+        return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_class_arguments(Tracking, "tracking")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/mae",
+                "checkpoint.mode": "min",
+                "checkpoint.save_top_k": 1,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:04d}-step{step:07d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="fit: then test on one device the SWA model (test/mae) and the best val/mae checkpoint "
+            "(test_best/mae), writing metrics.json and predictions.csv into the run directory",
+        )
+        parser.add_argument(
+            "--predictions_csv",
+            type=str | None,
+            default=None,
+            help="predict: the CSV to write (id, prediction); default <run dir>/predictions.csv",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            self._resolve_ckpt_path(subcommand, self.config[subcommand])
+
+    def _resolve_ckpt_path(self, subcommand: str, config: Any) -> None:
+        ckpt = config.get("ckpt_path")
+        if not ckpt:
+            return
+        if ckpt == "last" and config.trainer.get("logger") in (None, True):
+            tracking = config.tracking
+            found = find_last_checkpoint(tracking.save_dir, tracking.run_name)
+            if found is None:
+                if subcommand != "fit":
+                    raise UserError(f"no last checkpoint under {Path(tracking.save_dir) / tracking.run_name}")
+                print(
+                    f"framer: no last checkpoint under {Path(tracking.save_dir) / tracking.run_name}; "
+                    "training from scratch",
+                    file=sys.stderr,
+                )
+                config.ckpt_path = None
+                return
+            path, version = found
+            config.ckpt_path = str(path)
+            if subcommand == "fit":  # continue in the same run directory and MLflow run
+                config.tracking.version = version
+                self._mlflow_run_id = read_json(path.parent.parent / RUN_INFO_FILE).get("mlflow_run_id")
+            return
+        if ckpt in SPECIAL_CKPT_PATHS or "://" in str(ckpt):
+            return
+        if not Path(ckpt).is_file():
+            raise UserError(f"checkpoint not found: {ckpt}")
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # trainer: loggers from `tracking` unless trainer.logger is given
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
+            tracking: Tracking = self._get(self.config_init, "tracking")
+            kwargs["logger"] = tracking.loggers(mlflow_run_id=self._mlflow_run_id)
+        return super().instantiate_trainer(**kwargs)
+
+    # ----------------------------------------------------------------------------------------------------------------
+    # subcommand hooks
+    def after_fit(self) -> None:
+        trainer = self.trainer
+        if not self._get(self.config, "test_after_fit", True) or trainer.interrupted:
+            return
+        if trainer.world_size > 1:
+            # every rank leaves the process group; rank 0 alone tests on one device
+            trainer.strategy.barrier("framer_test_after_fit")
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()
+        if trainer.global_rank != 0:
+            return
+        run_final_tests(trainer, self.model, self.datamodule)
+
+    def before_test(self) -> None:
+        if self.trainer.world_size > 1:
+            raise UserError(
+                "test on one device (--trainer.devices 1 --trainer.strategy auto): under DDP the test set is padded"
+            )
+
+    def after_test(self) -> None:
+        if self.trainer.global_rank != 0:
+            return
+        directory = run_dir(self.trainer)
+        metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test")}
+        write_results(directory, self.trainer, self.model, self.datamodule, metrics, {"": self.model})
+        _print_metrics(metrics, directory)
+
+    def before_predict(self) -> None:
+        output = self._get(self.config, "predictions_csv")
+        if output is None:
+            directory = run_dir(self.trainer)
+            output = str((directory or Path(self.trainer.default_root_dir)) / PREDICTIONS_FILE)
+        self.trainer.callbacks.append(PredictionWriter(output))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# testing after fit on one device
+def _one_device_trainer(trainer: Trainer) -> Trainer:
+    device = trainer.strategy.root_device
+    accelerator = {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
+    devices: Any = [device.index or 0] if accelerator == "gpu" else 1
+    callbacks: list = []
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, RichProgressBar):
+        callbacks.append(RichProgressBar())
+    elif isinstance(bar, TQDMProgressBar):
+        callbacks.append(TQDMProgressBar(refresh_rate=bar.refresh_rate))
+    elif isinstance(bar, ProgressBar):
+        callbacks.append(type(bar)())
+    loggers = [lg for lg in trainer.loggers if type(lg).__name__ != "DummyLogger"]
+    return Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=1,
+        strategy="auto",
+        precision=trainer.precision,
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_progress_bar=bool(callbacks),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=trainer.default_root_dir,
+        fast_dev_run=trainer.fast_dev_run,
+        limit_test_batches=trainer.limit_test_batches,
+    )
+
+
+def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: LightningDataModule | None) -> dict:
+    """Test the final (SWA) module and the best-val checkpoint on one device; write metrics.json/predictions.csv."""
+    tester = _one_device_trainer(trainer)
+    module.test_prefix = "test"
+    results = tester.test(module, datamodule=datamodule, verbose=False)
+    metrics: dict[str, Any] = dict(results[0]) if results else {}
+    modules: dict[str, CrystalRegressor] = {"": module}
+    callback = trainer.checkpoint_callback
+    best_path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    if best_path and Path(best_path).is_file():
+        best = type(module).load_from_checkpoint(best_path, map_location="cpu")
+        best.eval_weights = "raw"
+        best.test_prefix = "test_best"
+        results = tester.test(best, datamodule=datamodule, verbose=False)
+        metrics.update(results[0] if results else {})
+        modules["_best"] = best
+        metrics["best_val/mae"] = float(callback.best_model_score)
+    directory = run_dir(trainer)
+    write_results(directory, trainer, module, datamodule, metrics, modules)
+    _print_metrics(metrics, directory)
+    return metrics
+
+
+def write_results(
+    directory: Path | None,
+    trainer: Trainer,
+    module: CrystalRegressor,
+    datamodule: Any,
+    metrics: dict[str, Any],
+    modules: dict[str, CrystalRegressor],
+) -> None:
+    """``metrics.json`` (metrics + run facts) and ``predictions<suffix>.csv`` per tested module, atomically."""
+    if directory is None:
+        return
+    info = read_json(directory / RUN_INFO_FILE)
+    callback = trainer.checkpoint_callback
+    summary: dict[str, Any] = {
+        **{k: info[k] for k in ("dataset_name", "target", "target_units", "git_commit", "num_params") if k in info},
+        "run_dir": str(directory.resolve()),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "test_weights": "swa" if module.has_swa and module.eval_weights == "swa" else "raw",
+        "swa_steps": int(module.swa_n),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+    if callback is not None and getattr(callback, "best_model_path", ""):
+        summary["best_checkpoint"] = callback.best_model_path
+    if callback is not None and getattr(callback, "last_model_path", ""):
+        summary["last_checkpoint"] = callback.last_model_path
+    paths = []
+    for suffix, tested in modules.items():
+        rows = tested.test_predictions
+        if rows:
+            path = directory / PREDICTIONS_FILE.replace(".csv", f"{suffix}.csv")
+            paths.append(write_predictions_csv(path, rows, ("id", "target", "prediction")))
+            summary["n_test" + suffix] = len(rows)
+    paths.append(atomic_write_json(directory / METRICS_FILE, summary))
+    log_artifacts(trainer.loggers, paths)
+
+
+def _print_metrics(metrics: dict[str, Any], directory: Path | None) -> None:
+    if not metrics:
+        return
+    text = ", ".join(f"{k} = {float(v):.6g}" for k, v in sorted(metrics.items()))
+    where = f" (written to {directory / METRICS_FILE})" if directory is not None else ""
+    print(f"framer: {text}{where}")
+
+
+def _version() -> str:
+    from framer import __version__
+
+    return __version__
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    return " ".join(text.split())
+
+
+def main(args: Any = None) -> None:
+    """Entry point of ``python -m framer.cli`` and the ``framer`` script."""
+    try:
+        FramerCLI(args=args)
+    except USER_ERRORS as err:
+        if os.environ.get("FRAMER_DEBUG"):
+            raise
+        sys.stderr.write(f"framer: error: {_one_line(err)}\n")
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

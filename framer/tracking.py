@@ -1,0 +1,289 @@
+"""Run tracking: a CSV logger first (the ground truth, and what ``trainer.log_dir`` points at), MLflow second.
+
+MLflow defaults to a SQLite database, ``sqlite:///mlruns/mlflow.db``, with artifacts in ``mlruns/artifacts``;
+``MLFLOW_TRACKING_URI`` overrides it (for example ``http://127.0.0.1:5000`` or ``postgresql+psycopg2://...``).
+The MLflow file store is never used: it is deprecated and MLflow >= 3.13 refuses it.
+
+Every run directory ``<save_dir>/<run_name>/version_<n>/`` holds ``config.yaml`` (the resolved config),
+``run.json`` (git commit, split fingerprints, parameter count, MLflow run id), ``metrics.csv``, ``checkpoints/``
+and, after testing, ``metrics.json`` and ``predictions.csv`` (id, target, prediction). Reports read these files and
+never depend on MLflow. Only global rank 0 writes, and every write is atomic (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_ARTIFACT_LOCATION = "mlruns/artifacts"
+RUN_INFO_FILE = "run.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+class TrackingError(ValueError):
+    """A tracking setting that cannot work (for example the MLflow file store)."""
+
+
+class Tracking:
+    """Where runs are recorded: ``<save_dir>/<run_name>/version_<n>/`` on disk, and one MLflow run.
+
+    Args:
+        run_name: Name of the run directory under ``save_dir`` and of the MLflow run.
+        save_dir: Root directory of the CSV logs, configs, checkpoints and result files.
+        version: Version (sub-directory) to write to; default: the next free ``version_<n>``.
+        mlflow: Also log to MLflow.
+        experiment_name: MLflow experiment.
+        tracking_uri: MLflow backend. Default: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``.
+            File stores (plain paths, ``file:``) are rejected.
+        artifact_location: Where a new MLflow experiment stores artifacts (default ``mlruns/artifacts``).
+        tags: Extra MLflow tags.
+    """
+
+    def __init__(
+        self,
+        run_name: str = "default",
+        save_dir: str = "runs",
+        version: int | str | None = None,
+        mlflow: bool = True,
+        experiment_name: str = "framer",
+        tracking_uri: str | None = None,
+        artifact_location: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.run_name = run_name
+        self.save_dir = save_dir
+        self.version = version
+        self.mlflow = mlflow
+        self.experiment_name = experiment_name
+        self.tracking_uri = tracking_uri
+        self.artifact_location = artifact_location
+        self.tags = dict(tags or {})
+
+    def loggers(self, mlflow_run_id: str | None = None) -> list[Logger]:
+        """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger."""
+        loggers: list[Logger] = [CSVLogger(save_dir=self.save_dir, name=self.run_name, version=self.version)]
+        if self.mlflow:
+            uri = resolve_tracking_uri(self.tracking_uri)
+            loggers.append(
+                MLFlowLogger(
+                    experiment_name=self.experiment_name,
+                    run_name=self.run_name,
+                    tracking_uri=uri,
+                    artifact_location=resolve_artifact_location(self.artifact_location),
+                    tags=self.tags or None,
+                    run_id=mlflow_run_id,
+                    log_model=False,
+                )
+            )
+        return loggers
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The MLflow tracking URI to use: ``$MLFLOW_TRACKING_URI``, else ``uri``, else the SQLite default.
+
+    A relative SQLite path is made absolute (so runs started from other directories share one database) and its
+    directory is created. File stores raise :class:`TrackingError`.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or DEFAULT_TRACKING_URI
+    if uri.startswith("file:") or "://" not in uri:
+        raise TrackingError(
+            f"MLflow tracking URI {uri!r} is a file store, which framer never uses; use sqlite:///path/mlflow.db, "
+            "http://host:port or postgresql+psycopg2://..."
+        )
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path and path != ":memory:":
+            absolute = Path(path) if path.startswith("/") else Path.cwd() / path
+            absolute.parent.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{absolute}"
+    return uri
+
+
+def resolve_artifact_location(location: str | None) -> str:
+    """Artifact root for new MLflow experiments: an absolute ``file://`` URI for local paths."""
+    location = location or DEFAULT_ARTIFACT_LOCATION
+    if "://" in location:
+        return location
+    path = Path(location).expanduser().resolve()
+    return path.as_uri()
+
+
+def find_logger(loggers: Iterable[Logger], kind: type) -> Any:
+    return next((lg for lg in loggers if isinstance(lg, kind)), None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# run metadata
+def git_commit(path: str | Path | None = None) -> dict[str, Any]:
+    """Commit hash and dirty flag of the repository holding ``path`` (default: this package); empty if not a repo."""
+    path = Path(path) if path is not None else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"git_commit": commit, "git_dirty": bool(status)}
+
+
+def datamodule_info(datamodule: Any) -> dict[str, Any]:
+    """Dataset name, target, units and split fingerprints of a datamodule (whatever it exposes)."""
+    info: dict[str, Any] = {}
+    if datamodule is None:
+        return info
+    for key in ("dataset_name", "target", "target_units"):
+        value = getattr(datamodule, key, None)
+        if value is not None and not callable(value):
+            info[key] = value
+    fingerprints = getattr(datamodule, "split_fingerprints", None)
+    if callable(fingerprints):
+        try:
+            info["splits"] = _jsonable(fingerprints())
+        except Exception as err:  # a report must not kill a run
+            warnings.warn(f"could not compute split fingerprints: {err}", stacklevel=2)
+    stats = getattr(datamodule, "target_stats", None)
+    if callable(stats):
+        try:
+            mean, std = stats()
+            info["target_mean"], info["target_std"] = float(mean), float(std)
+        except Exception as err:
+            warnings.warn(f"could not compute target statistics: {err}", stacklevel=2)
+    return info
+
+
+def count_parameters(module: Any) -> dict[str, int]:
+    """Parameters of the network (``module.model`` when present; the SWA copy is not counted)."""
+    net = getattr(module, "model", module)
+    params = list(net.parameters())
+    return {
+        "num_params": sum(p.numel() for p in params),
+        "num_trainable_params": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str | Path | None) -> dict[str, Any]:
+    """Write ``run.json`` into the run directory and record config, commit, splits and size in MLflow (rank 0)."""
+    info: dict[str, Any] = {**git_commit(), **datamodule_info(datamodule), **count_parameters(module)}
+    mlflow_logger = find_logger(trainer.loggers, MLFlowLogger)
+    if mlflow_logger is not None:
+        info["mlflow_run_id"] = mlflow_logger.run_id
+        info["mlflow_tracking_uri"] = mlflow_logger._tracking_uri
+    log_dir = trainer.log_dir
+    if log_dir:
+        info["run_dir"] = str(Path(log_dir).resolve())
+        previous = read_json(Path(log_dir) / RUN_INFO_FILE)
+        atomic_write_json(Path(log_dir) / RUN_INFO_FILE, {**previous, **info})
+    if mlflow_logger is not None:
+        client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
+        for key in ("git_commit", "git_dirty", "dataset_name", "target", "target_units", "run_dir"):
+            if info.get(key) is not None:
+                client.set_tag(run_id, key, str(info[key]))
+        params = {k: info[k] for k in ("num_params", "num_trainable_params") if k in info}
+        params.update({f"train_stats/{k}": info[k] for k in ("target_mean", "target_std") if k in info})
+        for name, fingerprint in (info.get("splits") or {}).items():
+            text = fingerprint if isinstance(fingerprint, str) else json.dumps(fingerprint, sort_keys=True)
+            params[f"split/{name}"] = text
+        _log_params(client, run_id, params)
+        for path in (config_path, Path(log_dir) / RUN_INFO_FILE if log_dir else None):
+            if path is not None and Path(path).is_file():
+                client.log_artifact(run_id, str(path))
+    return info
+
+
+def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
+    for key, value in params.items():
+        try:
+            client.log_param(run_id, re.sub(r"[^a-zA-Z0-9_/. -]+", "_", key), str(value)[:6000])
+        except Exception as err:  # an existing param with another value (a resumed run): keep the first
+            warnings.warn(f"MLflow param {key!r} not logged: {str(err).splitlines()[0]}", stacklevel=2)
+
+
+def log_artifacts(loggers: Iterable[Logger], paths: Iterable[str | Path]) -> None:
+    mlflow_logger = find_logger(loggers, MLFlowLogger)
+    if mlflow_logger is None:
+        return
+    for path in paths:
+        if Path(path).is_file():
+            mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(path))
+
+
+def log_final_metrics(loggers: Iterable[Logger], metrics: Mapping[str, Any], step: int | None = None) -> None:
+    """Log the numeric entries of ``metrics`` to every logger."""
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for logger in loggers:
+        logger.log_metrics(numeric, step=step)
+        logger.save()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# files
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same directory, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def atomic_write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
+    return atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def write_predictions_csv(path: str | Path, rows: Iterable[tuple], header: tuple[str, ...]) -> Path:
+    """Write prediction rows (full float precision) atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
+    return atomic_write_text(path, buffer.getvalue())
