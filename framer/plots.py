@@ -1,0 +1,308 @@
+"""Figures drawn from the CSVs runs leave behind (matplotlib Agg, PNG), optionally logged to MLflow.
+
+Per run: parity plot, error histogram, learning curves (``run_figures``). Per report: grids of the same over the
+table's columns for each model and a frame-type comparison chart (``report_figures``). Per study: Optuna's
+optimisation history and parameter importances (``study_figures``).
+
+    python -m framer.plots run <run_dir> [--out DIR]
+    python -m framer.plots study --study-dir sweeps/<study>
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    import optuna
+
+    from framer.report import PaperTable, RunResult
+
+log = logging.getLogger(__name__)
+DPI = 120
+PREDICTION_COLUMNS = ("prediction", "pred", "y_pred")
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """``predictions.csv`` as a frame with columns ``id, target, prediction``."""
+    df = pd.read_csv(path)
+    for name in PREDICTION_COLUMNS:
+        if name in df.columns:
+            return df.rename(columns={name: "prediction"})
+    raise ValueError(f"{path}: no prediction column (expected one of {PREDICTION_COLUMNS})")
+
+
+def read_curves(path: str | Path) -> pd.DataFrame:
+    """Lightning ``metrics.csv`` reduced to one row per epoch (last logged value of each metric)."""
+    df = pd.read_csv(path)
+    if "epoch" not in df.columns:
+        raise ValueError(f"{path}: no 'epoch' column")
+    df = df.dropna(subset=["epoch"])
+    metrics = [c for c in df.columns if c not in ("epoch", "step")]
+    return df.groupby("epoch")[metrics].last().dropna(axis=1, how="all")
+
+
+def _parity_ax(ax: Any, df: pd.DataFrame, title: str, unit: str = "") -> None:
+    y, p = df["target"].to_numpy(float), df["prediction"].to_numpy(float)
+    ok = np.isfinite(y) & np.isfinite(p)
+    y, p = y[ok], p[ok]
+    if len(y) == 0:
+        ax.text(0.5, 0.5, "no predictions", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title, fontsize=9)
+        return
+    lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+    pad = 0.05 * (hi - lo or 1.0)
+    ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=1, ls="--", zorder=1)
+    ax.scatter(y, p, s=8, alpha=0.6, lw=0, zorder=2)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal", adjustable="box")
+    mae = float(np.abs(p - y).mean())
+    ax.text(0.04, 0.96, f"MAE {mae:.4g}\nn = {len(y)}", transform=ax.transAxes, va="top", fontsize=8)
+    suffix = f" ({unit})" if unit else ""
+    ax.set_xlabel("target" + suffix, fontsize=8)
+    ax.set_ylabel("prediction" + suffix, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def _hist_ax(ax: Any, df: pd.DataFrame, title: str, unit: str = "") -> None:
+    err = (df["prediction"] - df["target"]).to_numpy(float)
+    err = err[np.isfinite(err)]
+    if len(err) == 0:
+        ax.text(0.5, 0.5, "no predictions", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.hist(err, bins=min(50, max(5, len(err) // 4)), color="C1", alpha=0.8)
+        ax.axvline(0, color="0.3", lw=1)
+        ax.text(0.04, 0.96, f"MAE {np.abs(err).mean():.4g}", transform=ax.transAxes, va="top", fontsize=8)
+    ax.set_xlabel("prediction − target" + (f" ({unit})" if unit else ""), fontsize=8)
+    ax.set_ylabel("count", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def _curves_ax(ax: Any, curves: pd.DataFrame, title: str) -> None:
+    shown = [c for c in curves.columns if c.startswith(("train/loss", "val/mae", "val/loss", "train/mae"))]
+    for name in shown or list(curves.columns)[:4]:
+        series = curves[name].dropna()
+        if len(series):
+            ax.plot(series.index, series.to_numpy(float), marker="o", ms=3, label=name)
+    values = curves[shown].to_numpy(float) if shown else np.array([])
+    if values.size and np.nanmin(values) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+
+
+def _save(fig: Any, path: Path, tight: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def parity_plot(predictions: str | Path, out: str | Path, title: str = "parity", unit: str = "") -> Path:
+    """Predicted against true values with the y = x line."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    _parity_ax(ax, read_predictions(predictions), title, unit)
+    return _save(fig, Path(out))
+
+
+def error_histogram(predictions: str | Path, out: str | Path, title: str = "errors", unit: str = "") -> Path:
+    """Histogram of prediction − target."""
+    fig, ax = plt.subplots(figsize=(4.8, 3.4))
+    _hist_ax(ax, read_predictions(predictions), title, unit)
+    return _save(fig, Path(out))
+
+
+def learning_curves(metrics_csv: str | Path, out: str | Path, title: str = "learning curves") -> Path:
+    """Training loss and validation MAE per epoch from Lightning's CSV log."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    _curves_ax(ax, read_curves(metrics_csv), title)
+    return _save(fig, Path(out))
+
+
+def run_figures(run_dir: str | Path, out_dir: str | Path | None = None, title: str = "") -> dict[str, Path]:
+    """Parity, error histogram and learning curves of one run (whichever inputs exist) into ``out_dir``."""
+    from framer.report import CURVES_FILE, PREDICTIONS_FILE, find_file
+
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir else run_dir / "figures"
+    title = title or run_dir.name
+    paths: dict[str, Path] = {}
+    predictions = find_file(run_dir, PREDICTIONS_FILE)
+    if predictions is not None:
+        paths["parity"] = parity_plot(predictions, out / "parity.png", f"{title}: test parity")
+        paths["errors"] = error_histogram(predictions, out / "errors.png", f"{title}: test errors")
+    curves = find_file(run_dir, CURVES_FILE)
+    if curves is not None:
+        try:
+            paths["curves"] = learning_curves(curves, out / "learning_curves.png", f"{title}: learning curves")
+        except (ValueError, KeyError, pd.errors.EmptyDataError) as err:
+            log.warning("no learning curves for %s: %s", run_dir, err)
+    return paths
+
+
+def _grid(n: int, size: float = 3.0) -> tuple[Any, np.ndarray]:
+    ncols = min(n, 5)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.5), squeeze=False)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.9, wspace=0.35, hspace=0.45)
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(4))
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def report_figures(
+    results: Sequence[RunResult], summary: pd.DataFrame, paper: PaperTable, out_dir: str | Path
+) -> dict[str, Path]:
+    """Per model: parity, error and learning-curve grids over the 9 columns (all seeds pooled; curves of the first
+    seed); plus ``frames.png`` comparing frame types against Crystalformer."""
+    from framer.report import CURVES_FILE, PREDICTIONS_FILE, find_file
+
+    out = Path(out_dir)
+    paths: dict[str, Path] = {}
+    for model in dict.fromkeys(r.key.model for r in results):
+        done = [r for r in results if r.key.model == model and r.status == "finished" and r.run_dir]
+        if not done:
+            continue
+        label = paper.models.get(model, model)
+        figs = {kind: _grid(len(paper.columns)) for kind in ("parity", "errors", "curves")}
+        for i, col in enumerate(paper.columns):
+            runs = sorted((r for r in done if r.key.column == col.key), key=lambda r: r.key.seed)
+            name = f"{col.dataset} {col.label}"
+            frames = [read_predictions(p) for r in runs if (p := find_file(r.run_dir, PREDICTIONS_FILE))]
+            preds = pd.concat(frames) if frames else pd.DataFrame({"target": [], "prediction": []})
+            _parity_ax(figs["parity"][1][i], preds, name, col.unit)
+            _hist_ax(figs["errors"][1][i], preds, name, col.unit)
+            curves = find_file(runs[0].run_dir, CURVES_FILE) if runs else None
+            if curves is not None:
+                try:
+                    _curves_ax(figs["curves"][1][i], read_curves(curves), name)
+                except (ValueError, KeyError, pd.errors.EmptyDataError):
+                    figs["curves"][1][i].set_title(f"{name}: no curves", fontsize=9)
+            else:
+                figs["curves"][1][i].set_title(f"{name}: missing", fontsize=9)
+        for kind, (fig, _) in figs.items():
+            fig.suptitle(f"{label}: {kind}", fontsize=11)
+            paths[f"{kind}_{model}"] = _save(fig, out / f"{kind}_{model}.png", tight=False)
+    if not summary.empty:
+        paths["frames"] = frame_comparison(summary, paper, out / "frames.png")
+    return paths
+
+
+def frame_comparison(
+    summary: pd.DataFrame, paper: PaperTable, out: str | Path, baseline: str = "crystalformer"
+) -> Path:
+    """Grouped bars: each model's MAE relative to Crystalformer per column (ours filled, paper as markers)."""
+    models = [m for m in paper.models if m in set(summary["model"])]
+    cols = paper.columns
+    fig, ax = plt.subplots(figsize=(max(9.0, 1.25 * len(cols)), 5.6))
+    width = 0.8 / max(len(models), 1)
+    x = np.arange(len(cols))
+    for j, model in enumerate(models):
+        ours, ref = [], []
+        for col in cols:
+            row = summary[(summary["model"] == model) & (summary["column"] == col.key)]
+            base = summary[(summary["model"] == baseline) & (summary["column"] == col.key)]
+            ours.append(float(row["mae"].iloc[0] / base["mae"].iloc[0]) if len(row) and len(base) else math.nan)
+            p, pb = paper.mae.get(model, {}).get(col.key), paper.mae.get(baseline, {}).get(col.key)
+            ref.append(p / pb if p and pb else math.nan)
+        pos = x - 0.4 + width * (j + 0.5)
+        frame = paper.frames.get(model, "")
+        label = f"{paper.models.get(model, model)}" + (f" [{frame}]" if frame and frame not in model else "")
+        ax.bar(pos, np.nan_to_num(ours, nan=0.0), width, label=label, color=f"C{j}", alpha=0.85)
+        ax.scatter(pos, ref, marker="_", s=120, color="k", lw=1.5, zorder=3)
+    ax.axhline(1.0, color="0.4", lw=1, ls="--")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{c.dataset.upper()}\n{c.label.replace(' (', chr(10) + '(')}" for c in cols], fontsize=8)
+    ax.set_ylabel(f"test MAE / {paper.models.get(baseline, baseline)} MAE")
+    ax.set_title("Frame types: ours (bars) vs paper (black ticks); lower is better", fontsize=10)
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
+    return _save(fig, Path(out))
+
+
+def study_figures(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
+    """Optuna's optimisation history and parameter importances (skipped when too few trials completed)."""
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+
+    out = Path(out_dir)
+    paths: dict[str, Path] = {}
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    plots = {"history": ovm.plot_optimization_history}
+    if len(complete) >= 2 and len({str(t.params) for t in complete}) >= 2:
+        plots["importance"] = ovm.plot_param_importances
+    for name, fn in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ExperimentalWarning from optuna.visualization.matplotlib
+                ax = fn(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            log.warning("skipping study %s plot: %s", name, err)
+            continue
+        fig = np.ravel(ax)[0].figure
+        fig.set_size_inches(7, 4.5)
+        paths[name] = _save(fig, out / f"{name}.png")
+    return paths
+
+
+def log_figures(
+    paths: dict[str, Path] | Sequence[Path], run_id: str, tracking_uri: str, subdir: str = "figures"
+) -> None:
+    """Log PNGs as artifacts of an MLflow run (best effort: a tracking error only warns)."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=tracking_uri)
+        for path in paths.values() if isinstance(paths, dict) else paths:
+            client.log_artifact(run_id, str(path), artifact_path=subdir)
+    except Exception as err:  # tracking must never fail a run
+        log.warning("could not log figures to MLflow run %s: %s", run_id, err)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m framer.plots", description="Draw framer's figures.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="parity, error histogram and learning curves of one run dir")
+    run.add_argument("run_dir")
+    run.add_argument("--out", default=None)
+    st = sub.add_parser("study", help="Optuna history and importance of a study")
+    st.add_argument("--study-dir", required=True)
+    st.add_argument("--storage", default=None)
+    st.add_argument("--study-name", default=None)
+    args = parser.parse_args(argv)
+    if args.cmd == "run":
+        paths = run_figures(args.run_dir, args.out)
+    else:
+        from framer.tune.storage import load_study_from_dir
+
+        study = load_study_from_dir(args.study_dir, args.storage, args.study_name)
+        paths = study_figures(study, Path(args.study_dir) / "figures")
+    for p in paths.values():
+        print(p)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,438 @@
+"""Collect finished runs into the paper's table: ``python -m framer.report --runs runs/paper --out results``.
+
+Every run directory made by :mod:`framer.reproduce` holds ``cell.json`` (model, dataset, target, seed) written
+before training, and the CLI's ``metrics.json``/``predictions.csv``/``metrics.csv`` written by training. A run
+counts as finished when ``metrics.json`` holds a test MAE. Expected runs come from ``<runs>/manifest.json``;
+a run that is expected but not finished is shown as missing, never dropped.
+
+Outputs in ``--out``: ``table.md`` and ``table.csv`` (rows = model variants, columns = the paper's 9 targets:
+our MAE mean ± std over seeds, the paper's value and the difference), ``runs.csv`` (one row per expected run)
+and ``figures/`` (see :mod:`framer.plots`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+PAPER_RESULTS = Path(__file__).resolve().parent.parent / "conf" / "paper_results.yaml"
+CELL_FILE = "cell.json"
+MANIFEST_FILE = "manifest.json"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+CURVES_FILE = "metrics.csv"
+CONFIG_FILE = "config.yaml"
+
+# metrics.json keys tried in order for the table's number (the paper reports the SWA model) and the best-val one.
+SWA_KEYS = ("test/mae_swa", "swa/test/mae", "test_swa/mae", "swa/test_mae", "test/mae")
+BEST_KEYS = ("test/mae_best", "best/test/mae", "test_best/mae", "best/test_mae", "test/mae")
+VAL_KEYS = ("val/mae_best", "best/val/mae", "val/mae")
+
+SMOKE_BANNER = (
+    "> **SMOKE RUN: these are not paper numbers.** Every column is a stand-in trained on the embedded synthetic "
+    "Ewald dataset with tiny models for 1-2 epochs; it only checks that the pipeline runs end to end. "
+    "The paper column and Δ are shown to exercise the layout and mean nothing here."
+)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the paper's table."""
+
+    dataset: str
+    target: str
+    label: str
+    unit: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.target}"
+
+
+@dataclass
+class PaperTable:
+    """``conf/paper_results.yaml``: the paper's columns, rows (our model presets) and values."""
+
+    columns: list[Column]
+    models: dict[str, str]  # preset -> row label, in the paper's order
+    mae: dict[str, dict[str, float]]  # preset -> column key -> paper MAE
+    datasets: dict[str, str] = field(default_factory=dict)
+    frames: dict[str, str] = field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path = PAPER_RESULTS) -> PaperTable:
+        raw = yaml.safe_load(Path(path).read_text())
+        columns = [Column(c["dataset"], c["target"], c["label"], c["unit"]) for c in raw["columns"]]
+        keys = [c.key for c in columns]
+
+        def by_column(values: Sequence[float], what: str) -> dict[str, float]:
+            if len(values) != len(keys):
+                raise ValueError(f"{path}: {what} has {len(values)} values for {len(keys)} columns")
+            return {k: float(v) for k, v in zip(keys, values)}
+
+        models = {name: spec["label"] for name, spec in raw["models"].items()}
+        mae = {name: by_column(spec["mae"], name) for name, spec in raw["models"].items()}
+        baselines = {name: by_column(v, name) for name, v in (raw.get("baselines") or {}).items()}
+        return cls(columns, models, mae, raw.get("datasets", {}), raw.get("frames", {}), baselines)
+
+    def column(self, key: str) -> Column:
+        for c in self.columns:
+            if c.key == key:
+                return c
+        raise KeyError(f"unknown table column {key!r}; known: {[c.key for c in self.columns]}")
+
+
+@dataclass(frozen=True)
+class RunKey:
+    """Identifies one run: a table cell (model, column) and a seed."""
+
+    model: str
+    column: str  # "<dataset>/<target>" of the paper's table
+    seed: int
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.column.replace('/', '_')}/{self.model}/seed{self.seed}"
+
+
+@dataclass
+class RunResult:
+    """What a run directory holds (``status`` is finished, missing, failed or incomplete)."""
+
+    key: RunKey
+    run_dir: Path | None
+    status: str
+    test_mae: float = math.nan
+    test_mae_best: float = math.nan
+    val_mae: float = math.nan
+    epochs: float = math.nan
+    n_test: int = 0
+    git_sha: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a/b": v}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, name))
+        else:
+            out[name] = v
+    return out
+
+
+def pick(metrics: dict[str, Any], keys: Iterable[str]) -> float:
+    """First finite number among ``keys`` in a flattened metrics dict (NaN if none)."""
+    for k in keys:
+        v = metrics.get(k)
+        if isinstance(v, (int, float)) and math.isfinite(float(v)):
+            return float(v)
+    return math.nan
+
+
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """Flattened ``metrics.json`` of a run (searched below ``run_dir`` too), or None when absent or unreadable."""
+    path = find_file(run_dir, METRICS_FILE)
+    if path is None:
+        return None
+    try:
+        return flatten(json.loads(path.read_text()))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def find_file(run_dir: Path, name: str) -> Path | None:
+    """``run_dir/name``, else the most recent ``name`` below ``run_dir`` (loggers may add version folders)."""
+    direct = run_dir / name
+    if direct.is_file():
+        return direct
+    found = sorted(run_dir.rglob(name), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def is_finished(run_dir: Path) -> bool:
+    """A run is finished when its metrics.json holds a test MAE."""
+    metrics = read_metrics(run_dir)
+    return metrics is not None and math.isfinite(pick(metrics, SWA_KEYS + BEST_KEYS))
+
+
+def load_run(key: RunKey, run_dir: Path) -> RunResult:
+    """Read one run directory into a :class:`RunResult`."""
+    if not run_dir.is_dir():
+        return RunResult(key, None, "missing")
+    metrics = read_metrics(run_dir)
+    if metrics is None or not math.isfinite(pick(metrics, SWA_KEYS + BEST_KEYS)):
+        failed = (run_dir / "FAILED").exists()
+        return RunResult(key, run_dir, "failed" if failed else "incomplete")
+    predictions = find_file(run_dir, PREDICTIONS_FILE)
+    n_test = 0
+    if predictions is not None:
+        with predictions.open() as f:
+            n_test = max(sum(1 for _ in f) - 1, 0)
+    return RunResult(
+        key,
+        run_dir,
+        "finished",
+        test_mae=pick(metrics, SWA_KEYS),
+        test_mae_best=pick(metrics, BEST_KEYS),
+        val_mae=pick(metrics, VAL_KEYS),
+        epochs=pick(metrics, ("epochs", "epoch", "trainer/epochs", "current_epoch")),
+        n_test=int(pick(metrics, ("n_test", "data/n_test")) if "n_test" in metrics else n_test),
+        git_sha=str(metrics.get("git_sha", metrics.get("git/sha", ""))),
+    )
+
+
+def read_manifest(runs_dir: Path) -> dict[str, Any]:
+    """``<runs>/manifest.json`` written by framer.reproduce ({} when absent)."""
+    path = runs_dir / MANIFEST_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def expected_keys(runs_dir: Path, paper: PaperTable) -> list[RunKey]:
+    """Runs the manifest asks for; without a manifest, every (model, column) with the seeds found on disk."""
+    manifest = read_manifest(runs_dir)
+    if manifest.get("runs"):
+        return [RunKey(r["model"], r["column"], int(r["seed"])) for r in manifest["runs"]]
+    found = discover(runs_dir)
+    seeds = sorted({k.seed for k in found}) or [0]
+    keys = [RunKey(m, c.key, s) for m in paper.models for c in paper.columns for s in seeds]
+    return keys + [k for k in found if k not in set(keys)]
+
+
+def discover(runs_dir: Path) -> dict[RunKey, Path]:
+    """Every run directory below ``runs_dir`` that has a ``cell.json``."""
+    out: dict[RunKey, Path] = {}
+    for cell in sorted(runs_dir.rglob(CELL_FILE)):
+        info = json.loads(cell.read_text())
+        out[RunKey(info["model"], info["column"], int(info["seed"]))] = cell.parent
+    return out
+
+
+def collect(runs_dir: str | Path, paper: PaperTable) -> list[RunResult]:
+    """One :class:`RunResult` per expected run (missing ones included) plus any extra runs found."""
+    runs_dir = Path(runs_dir)
+    found = discover(runs_dir) if runs_dir.is_dir() else {}
+    keys = expected_keys(runs_dir, paper) if runs_dir.is_dir() else []
+    return [load_run(k, found.get(k, runs_dir / k.dirname)) for k in keys]
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    """``x`` with ``digits`` significant digits in fixed notation ("—" for NaN)."""
+    if x is None or not math.isfinite(x):
+        return "—"
+    if x == 0:
+        return "0"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return f"{x:.{decimals}f}"
+
+
+def fmt_like(x: float, ref: float, digits: int = 3) -> str:
+    """``x`` with as many decimals as ``fmt(ref)`` uses."""
+    if not math.isfinite(x):
+        return "—"
+    text = fmt(ref, digits)
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    return f"{x:+.{decimals}f}" if x != 0 else f"{0:.{decimals}f}"
+
+
+def summarize(results: list[RunResult], paper: PaperTable) -> pd.DataFrame:
+    """Long table, one row per (model, column): mean, std over seeds, n finished/expected, paper, Δ."""
+    rows = []
+    models = list(paper.models) + sorted({r.key.model for r in results} - set(paper.models))
+    for model in models:
+        for col in paper.columns:
+            cell = [r for r in results if r.key.model == model and r.key.column == col.key]
+            if not cell and model not in paper.models:
+                continue
+            values = np.array([r.test_mae for r in cell if r.status == "finished"], dtype=float)
+            values = values[np.isfinite(values)]
+            mean = float(values.mean()) if len(values) else math.nan
+            std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            ref = paper.mae.get(model, {}).get(col.key, math.nan)
+            rows.append(
+                {
+                    "model": model,
+                    "label": paper.models.get(model, model),
+                    "dataset": col.dataset,
+                    "target": col.target,
+                    "column": col.key,
+                    "unit": col.unit,
+                    "mae": mean,
+                    "std": std,
+                    "n": len(values),
+                    "n_expected": len(cell),
+                    "paper": ref,
+                    "delta": mean - ref,
+                    "rel_delta": (mean - ref) / ref if ref else math.nan,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def wide(summary: pd.DataFrame, paper: PaperTable) -> pd.DataFrame:
+    """The paper's layout: one row per model, per column ``<col>:mae|std|n|paper|delta``."""
+    out = []
+    for model, group in summary.groupby("model", sort=False):
+        row: dict[str, Any] = {"model": model, "label": group["label"].iloc[0]}
+        for _, r in group.iterrows():
+            for stat in ("mae", "std", "n", "n_expected", "paper", "delta"):
+                row[f"{r['column']}:{stat}"] = r[stat]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def cell_text(r: pd.Series) -> str:
+    """One markdown cell: ``ours ± std (paper p, Δ d)``; missing runs are spelled out."""
+    paper_part = f"paper {fmt(r['paper'])}" if math.isfinite(r["paper"]) else "paper —"
+    if r["n"] == 0:
+        return f"**missing** (0/{r['n_expected']}) ({paper_part})"
+    ours = fmt(r["mae"])
+    if r["n"] > 1:
+        ours += " ± " + fmt_like(r["std"], r["mae"]).lstrip("+")
+    if r["n"] < r["n_expected"]:
+        ours += f" ({r['n']}/{r['n_expected']} seeds)"
+    delta = f", Δ {fmt_like(r['delta'], r['paper'])}" if math.isfinite(r["delta"]) else ""
+    return f"{ours} ({paper_part}{delta})"
+
+
+def header(col: Column) -> str:
+    ds = {"mp": "MP", "jarvis": "JARVIS"}.get(col.dataset, col.dataset)
+    return f"{ds} {col.label} ({col.unit})"
+
+
+def render_markdown(
+    summary: pd.DataFrame, results: list[RunResult], paper: PaperTable, smoke: bool, title: str, stand_ins: dict
+) -> str:
+    """``table.md``: banner, the paper-layout table, status counts, the paper's other methods."""
+    lines = [f"# {title}", ""]
+    if smoke:
+        lines += [SMOKE_BANNER, ""]
+    finished = sum(r.status == "finished" for r in results)
+    lines += [
+        f"Runs finished: {finished}/{len(results)}. Cells: our test MAE, mean ± std over seeds (SWA model when the "
+        "run reports one), then the paper's value and Δ = ours − paper. Missing runs are marked **missing**.",
+        "",
+    ]
+    headers = ["Model"] + [header(c) for c in paper.columns]
+    body = []
+    for _, group in summary.groupby("model", sort=False):
+        cells = {r["column"]: cell_text(r) for _, r in group.iterrows()}
+        body.append([group["label"].iloc[0]] + [cells.get(c.key, "—") for c in paper.columns])
+    lines.append(markdown_table(headers, body))
+    lines.append("")
+    if stand_ins:
+        lines += ["Stand-ins used for each column in this smoke run:", ""]
+        lines += [f"- {header(paper.column(k))}: {v}" for k, v in stand_ins.items()]
+        lines.append("")
+    bad = [r for r in results if r.status != "finished"]
+    if bad:
+        lines += [f"Not finished ({len(bad)}):", ""]
+        lines += [f"- {r.key.model} / {r.key.column} / seed {r.key.seed}: {r.status}" for r in bad[:50]]
+        if len(bad) > 50:
+            lines.append(f"- … and {len(bad) - 50} more (see runs.csv)")
+        lines.append("")
+    if paper.baselines:
+        lines += ["Other methods in the paper's table (not re-run here):", ""]
+        rows = [[name] + [fmt(v.get(c.key, math.nan)) for c in paper.columns] for name, v in paper.baselines.items()]
+        lines += [markdown_table(["Method"] + [header(c) for c in paper.columns], rows), ""]
+    return "\n".join(lines)
+
+
+def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    """A GitHub-flavoured markdown table (pipes in cells escaped)."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), "|" + "|".join("---" for _ in headers) + "|", *(line(r) for r in rows)])
+
+
+def runs_frame(results: list[RunResult], paper: PaperTable) -> pd.DataFrame:
+    """``runs.csv``: one row per expected run with its status and numbers."""
+    rows = []
+    for r in results:
+        col = paper.column(r.key.column) if r.key.column in {c.key for c in paper.columns} else None
+        rows.append(
+            {
+                "model": r.key.model,
+                "dataset": col.dataset if col else r.key.column.split("/")[0],
+                "target": col.target if col else r.key.column.split("/")[-1],
+                "units": col.unit if col else "",
+                "seed": r.key.seed,
+                "status": r.status,
+                "test_mae": r.test_mae,
+                "test_mae_best": r.test_mae_best,
+                "val_mae": r.val_mae,
+                "epochs": r.epochs,
+                "n_test": r.n_test,
+                "git_sha": r.git_sha,
+                "run_dir": str(r.run_dir) if r.run_dir else "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def write_report(
+    runs_dir: str | Path, out_dir: str | Path, paper_path: str | Path = PAPER_RESULTS, figures: bool = True
+) -> dict[str, Path]:
+    """Write table.md, table.csv, runs.csv and figures/ for the runs below ``runs_dir``; return the paths."""
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paper = PaperTable.load(paper_path)
+    manifest = read_manifest(runs_dir)
+    results = collect(runs_dir, paper)
+    smoke = bool(manifest.get("smoke")) or any(
+        json.loads((r.run_dir / CELL_FILE).read_text()).get("smoke", False)
+        for r in results
+        if r.run_dir is not None and (r.run_dir / CELL_FILE).is_file()
+    )
+    summary = summarize(results, paper)
+    title = manifest.get("title") or ("Smoke reproduction (not paper numbers)" if smoke else "Reproduction of Table 1")
+    paths = {"md": out_dir / "table.md", "csv": out_dir / "table.csv", "runs": out_dir / "runs.csv"}
+    md = render_markdown(summary, results, paper, smoke, title, manifest.get("stand_ins", {}))
+    paths["md"].write_text(md + f"\nGenerated from `{runs_dir}` at git {git_sha() or 'unknown'}.\n")
+    table = wide(summary, paper)
+    table.insert(0, "smoke", smoke)
+    table.to_csv(paths["csv"], index=False)
+    runs_frame(results, paper).to_csv(paths["runs"], index=False)
+    if figures:
+        from framer import plots
+
+        paths.update(plots.report_figures(results, summary, paper, out_dir / "figures"))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m framer.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", required=True, help="directory of run dirs (made by framer.reproduce)")
+    parser.add_argument("--out", required=True, help="output directory for table.md, table.csv, figures/")
+    parser.add_argument("--paper", default=str(PAPER_RESULTS), help="paper results YAML")
+    parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+    args = parser.parse_args(argv)
+    paths = write_report(args.runs, args.out, args.paper, figures=not args.no_figures)
+    print(f"wrote {paths['md']} and {paths['csv']}")
+
+
+if __name__ == "__main__":
+    main()
