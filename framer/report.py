@@ -33,10 +33,11 @@ PREDICTIONS_FILE = "predictions.csv"
 CURVES_FILE = "metrics.csv"
 CONFIG_FILE = "config.yaml"
 
-# metrics.json keys tried in order for the table's number (the paper reports the SWA model) and the best-val one.
-SWA_KEYS = ("test/mae_swa", "swa/test/mae", "test_swa/mae", "swa/test_mae", "test/mae")
-BEST_KEYS = ("test/mae_best", "best/test/mae", "test_best/mae", "best/test_mae", "test/mae")
-VAL_KEYS = ("val/mae_best", "best/val/mae", "val/mae")
+# Flattened metrics.json keys (framer.cli writes {"metrics": {...}, "epochs", "n_test", "git_commit", ...}), tried in
+# order: the table's number is the final (SWA) model's test MAE, as in the paper; then the best-val checkpoint's.
+SWA_KEYS = ("metrics/test/mae", "test/mae")
+BEST_KEYS = ("metrics/test_best/mae", "test_best/mae")
+VAL_KEYS = ("metrics/best_val/mae", "best_val/mae", "metrics/val/mae", "val/mae")
 
 SMOKE_BANNER = (
     "> **SMOKE RUN: these are not paper numbers.** Every column is a stand-in trained on the embedded synthetic "
@@ -103,7 +104,8 @@ class RunKey:
 
     @property
     def dirname(self) -> str:
-        return f"{self.column.replace('/', '_')}/{self.model}/seed{self.seed}"
+        """Run name and directory below the runs root, e.g. ``mp_e_form__crystalframer__seed0``."""
+        return f"{self.column.replace('/', '_')}__{self.model}__seed{self.seed}"
 
 
 @dataclass
@@ -189,9 +191,9 @@ def load_run(key: RunKey, run_dir: Path) -> RunResult:
         test_mae=pick(metrics, SWA_KEYS),
         test_mae_best=pick(metrics, BEST_KEYS),
         val_mae=pick(metrics, VAL_KEYS),
-        epochs=pick(metrics, ("epochs", "epoch", "trainer/epochs", "current_epoch")),
-        n_test=int(pick(metrics, ("n_test", "data/n_test")) if "n_test" in metrics else n_test),
-        git_sha=str(metrics.get("git_sha", metrics.get("git/sha", ""))),
+        epochs=pick(metrics, ("epochs",)),
+        n_test=int(metrics["n_test"]) if isinstance(metrics.get("n_test"), int) else n_test,
+        git_sha=str(metrics.get("git_commit", ""))[:12],
     )
 
 

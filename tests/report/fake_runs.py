@@ -26,7 +26,12 @@ def make_run(root: Path, key: RunKey, mae: float, n: int = 12, epochs: int = 3, 
         sign = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
         rows = ["id,target,prediction"] + [f"x{i},{y[i]},{y[i] + sign[i] * mae}" for i in range(n)]
         (run / "predictions.csv").write_text("\n".join(rows) + "\n")
-        metrics = {"test/mae": mae, "test/mae_best": mae * 1.1, "val/mae": mae * 0.9, "epochs": epochs}
+        metrics = {
+            "metrics": {"test/mae": mae, "test_best/mae": mae * 1.1, "best_val/mae": mae * 0.9},
+            "epochs": epochs,
+            "n_test": n,
+            "git_commit": "0123456789abcdef",
+        }
         (run / "metrics.json").write_text(json.dumps(metrics))
     return run
 
