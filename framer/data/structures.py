@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,15 @@ MIN_CELL_VOLUME = 1e-3  # Å^3; smaller is a singular lattice
 
 
 class InvalidStructureError(ValueError):
-    """A crystal that cannot be used (no atoms, NaN coordinate, singular lattice, unknown element, overlap)."""
+    """A crystal that cannot be used (no atoms, NaN coordinate, singular lattice, unknown element, overlap).
+
+    ``reason`` is a short code (e.g. ``"overlapping_atoms"``) that loaders use to count skipped records.
+    """
+
+    def __init__(self, message: str, reason: str = "invalid_structure"):
+        super().__init__(message)
+        self.reason = reason
+        self.record_id: str | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,10 +57,12 @@ class CrystalRecord:
         return self.frac_coords @ self.lattice
 
     def with_target(self, target: float) -> CrystalRecord:
-        return CrystalRecord(self.id, self.lattice, self.frac_coords, self.atomic_numbers, float(target), self.image_box)
+        return CrystalRecord(
+            self.id, self.lattice, self.frac_coords, self.atomic_numbers, float(target), self.image_box
+        )
 
 
-@lru_cache(maxsize=None)
+@cache
 def atomic_number(symbol: str) -> int:
     """Atomic number of an element symbol; raises InvalidStructureError for unknown or unsupported symbols."""
     from pymatgen.core.periodic_table import Element
@@ -60,9 +70,11 @@ def atomic_number(symbol: str) -> int:
     try:
         z = Element(str(symbol).strip()).Z
     except (ValueError, KeyError, AttributeError) as err:
-        raise InvalidStructureError(f"unknown element {symbol!r}") from err
+        raise InvalidStructureError(f"unknown element {symbol!r}", "unknown_element") from err
     if not 1 <= z <= MAX_ATOMIC_NUMBER:
-        raise InvalidStructureError(f"element {symbol!r} (Z={z}) is outside Z=1..{MAX_ATOMIC_NUMBER}")
+        raise InvalidStructureError(
+            f"element {symbol!r} (Z={z}) is outside Z=1..{MAX_ATOMIC_NUMBER}", "unknown_element"
+        )
     return z
 
 
@@ -75,30 +87,32 @@ def make_record(
         frac = np.asarray(frac_coords, dtype=np.float64)
         numbers = np.asarray(atomic_numbers, dtype=np.int64)
     except (TypeError, ValueError) as err:
-        raise InvalidStructureError(f"non-numeric lattice or coordinates ({err})") from err
+        raise InvalidStructureError(f"non-numeric lattice or coordinates ({err})", "bad_arrays") from err
     if lattice.shape != (3, 3):
-        raise InvalidStructureError(f"lattice has shape {lattice.shape}, expected (3, 3)")
+        raise InvalidStructureError(f"lattice has shape {lattice.shape}, expected (3, 3)", "bad_arrays")
     if not np.isfinite(lattice).all():
-        raise InvalidStructureError("lattice has a NaN or infinite entry")
+        raise InvalidStructureError("lattice has a NaN or infinite entry", "singular_lattice")
     volume = abs(float(np.linalg.det(lattice)))
     if not volume > MIN_CELL_VOLUME:
-        raise InvalidStructureError(f"zero-volume or singular lattice (volume {volume:.3g} Å^3)")
+        raise InvalidStructureError(f"zero-volume or singular lattice (volume {volume:.3g} Å^3)", "singular_lattice")
     if numbers.ndim != 1 or len(numbers) == 0:
-        raise InvalidStructureError("structure has no atoms")
+        raise InvalidStructureError("structure has no atoms", "no_atoms")
     if frac.shape != (len(numbers), 3):
-        raise InvalidStructureError(f"coordinates have shape {frac.shape}, expected ({len(numbers)}, 3)")
+        raise InvalidStructureError(f"coordinates have shape {frac.shape}, expected ({len(numbers)}, 3)", "bad_arrays")
     if not np.isfinite(frac).all():
-        raise InvalidStructureError("a coordinate is NaN or infinite")
+        raise InvalidStructureError("a coordinate is NaN or infinite", "nan_coordinate")
     if (numbers < 1).any() or (numbers > MAX_ATOMIC_NUMBER).any():
-        raise InvalidStructureError(f"atomic number outside 1..{MAX_ATOMIC_NUMBER}")
+        raise InvalidStructureError(f"atomic number outside 1..{MAX_ATOMIC_NUMBER}", "unknown_element")
     if check_overlap and len(numbers) > 1:
         closest = closest_pair_distance(lattice, frac)
         if closest < MIN_INTERATOMIC_DISTANCE:
-            raise InvalidStructureError(f"atoms closer than {MIN_INTERATOMIC_DISTANCE} Å ({closest:.3g} Å)")
+            raise InvalidStructureError(
+                f"atoms closer than {MIN_INTERATOMIC_DISTANCE} Å ({closest:.3g} Å)", "overlapping_atoms"
+            )
     try:
         target = float(target)
     except (TypeError, ValueError) as err:
-        raise InvalidStructureError(f"target {target!r} is not a number") from err
+        raise InvalidStructureError(f"target {target!r} is not a number", "missing_target") from err
     return CrystalRecord(str(id), lattice, frac, numbers, target)
 
 
@@ -114,24 +128,24 @@ def closest_pair_distance(lattice: np.ndarray, frac: np.ndarray) -> float:
 def record_from_jarvis_atoms(atoms: dict, id: str, target: float = math.nan) -> CrystalRecord:
     """Record from a JARVIS ``atoms`` dict (``lattice_mat`` rows, ``coords``, ``elements``, ``cartesian``)."""
     if not isinstance(atoms, dict):
-        raise InvalidStructureError(f"'atoms' is a {type(atoms).__name__}, expected a dict")
+        raise InvalidStructureError(f"'atoms' is a {type(atoms).__name__}, expected a dict", "missing_atoms")
     missing = [k for k in ("lattice_mat", "coords", "elements") if k not in atoms]
     if missing:
-        raise InvalidStructureError(f"'atoms' lacks {', '.join(missing)}")
+        raise InvalidStructureError(f"'atoms' lacks {', '.join(missing)}", "missing_atoms")
     elements = atoms["elements"]
     if not isinstance(elements, (list, tuple)):
-        raise InvalidStructureError("'elements' is not a list")
+        raise InvalidStructureError("'elements' is not a list", "bad_arrays")
     numbers = [atomic_number(e) for e in elements]
     try:
         lattice = np.asarray(atoms["lattice_mat"], dtype=np.float64)
         coords = np.asarray(atoms["coords"], dtype=np.float64).reshape(-1, 3) if len(numbers) else np.zeros((0, 3))
     except (TypeError, ValueError) as err:
-        raise InvalidStructureError(f"non-numeric lattice or coordinates ({err})") from err
+        raise InvalidStructureError(f"non-numeric lattice or coordinates ({err})", "bad_arrays") from err
     if lattice.shape != (3, 3):
-        raise InvalidStructureError(f"lattice has shape {lattice.shape}, expected (3, 3)")
+        raise InvalidStructureError(f"lattice has shape {lattice.shape}, expected (3, 3)", "bad_arrays")
     if atoms.get("cartesian", False):
         if not np.isfinite(lattice).all() or abs(np.linalg.det(lattice)) <= MIN_CELL_VOLUME:
-            raise InvalidStructureError("zero-volume or singular lattice")
+            raise InvalidStructureError("zero-volume or singular lattice", "singular_lattice")
         coords = coords @ np.linalg.inv(lattice)
     return make_record(id, lattice, coords, numbers, target)
 
@@ -139,9 +153,11 @@ def record_from_jarvis_atoms(atoms: dict, id: str, target: float = math.nan) -> 
 def record_from_structure(structure, id: str = "", target: float = math.nan) -> CrystalRecord:
     """Record from a pymatgen Structure; disordered (partially occupied) sites are rejected."""
     if len(structure) == 0:
-        raise InvalidStructureError("structure has no atoms")
+        raise InvalidStructureError("structure has no atoms", "no_atoms")
     if not structure.is_ordered:
-        raise InvalidStructureError("structure has partially occupied sites (disordered structures are not supported)")
+        raise InvalidStructureError(
+            "structure has partially occupied sites (disordered structures are not supported)", "disordered"
+        )
     numbers = [atomic_number(site.specie.symbol) for site in structure]
     return make_record(id, structure.lattice.matrix, structure.frac_coords, numbers, target)
 
@@ -158,10 +174,10 @@ def read_structure_file(path: str | Path):
             warnings.simplefilter("ignore")
             return Structure.from_file(path)
     except FileNotFoundError as err:
-        raise InvalidStructureError(f"{path}: file not found") from err
+        raise InvalidStructureError(f"{path}: file not found", "file_not_found") from err
     except Exception as err:  # pymatgen raises many types for malformed files
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InvalidStructureError(f"{path}: cannot parse as CIF/POSCAR ({reason})") from err
+        raise InvalidStructureError(f"{path}: cannot parse as CIF/POSCAR ({reason})", "unreadable_file") from err
 
 
 def record_from_file(path: str | Path, id: str | None = None, target: float = math.nan) -> CrystalRecord:
@@ -171,4 +187,4 @@ def record_from_file(path: str | Path, id: str | None = None, target: float = ma
     try:
         return record_from_structure(structure, id if id is not None else path.stem, target)
     except InvalidStructureError as err:
-        raise InvalidStructureError(f"{path}: {err}") from err
+        raise InvalidStructureError(f"{path}: {err}", err.reason) from err

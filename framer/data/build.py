@@ -1,0 +1,271 @@
+"""Turn raw entries into cache arrays: filter missing targets, apply the split, convert and validate structures.
+
+Order of operations (datasets.md §1.3/§2.1): entries whose target *group* has a missing value are removed first; the
+split is computed on positions in that filtered list; then each split entry is converted, and entries whose
+structure is malformed are skipped and counted in a :class:`SkipReport`, so the surviving records keep their paper
+split membership.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from framer.data.cache import records_to_arrays
+from framer.data.sources import (
+    JARVIS_SOURCES,
+    TargetSpec,
+    is_valid_number,
+    load_jarvis_dataset,
+    load_moduli_pickles,
+)
+from framer.data.splits import PAPER_SPLITS, SPLIT_NAMES, id_fingerprint, paper_split, split_fingerprint
+from framer.data.structures import CrystalRecord, InvalidStructureError, record_from_jarvis_atoms
+
+log = logging.getLogger("framer.data")
+
+SPLIT_CODES = {name: code for code, name in enumerate(SPLIT_NAMES)}
+
+
+@dataclass
+class SkipReport:
+    """Counts of dropped entries by reason, with the first few ids of each."""
+
+    max_examples: int = 5
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)
+
+    def add(self, reason: str, id: str, message: str = "") -> None:
+        self.counts[reason] += 1
+        ids = self.examples.setdefault(reason, [])
+        if len(ids) < self.max_examples:
+            ids.append(f"{id}: {message}" if message else id)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def to_dict(self) -> dict:
+        return {"total": self.total, "counts": dict(self.counts), "examples": self.examples}
+
+
+def classify(err: InvalidStructureError) -> str:
+    """Short reason code of a structure error (used as the report key)."""
+    reason = getattr(err, "reason", None)
+    if reason:
+        return reason
+    msg = str(err)
+    for needle, code in (
+        ("no atoms", "no_atoms"),
+        ("NaN", "nan_coordinate"),
+        ("singular", "singular_lattice"),
+        ("element", "unknown_element"),
+        ("closer than", "overlapping_atoms"),
+        ("lacks", "missing_fields"),
+        ("disordered", "disordered"),
+        ("cannot parse", "unreadable_file"),
+        ("not found", "file_not_found"),
+    ):
+        if needle in msg:
+            return code
+    return "invalid_structure"
+
+
+@dataclass
+class BuildResult:
+    """What a builder hands to the cache: arrays, metadata and the skip report."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict
+    report: SkipReport
+
+
+def assemble(
+    split_positions: Mapping[str, np.ndarray],
+    convert: Callable[[int], CrystalRecord],
+    report: SkipReport,
+    raw_index: Callable[[int], int] | None = None,
+    fingerprint: str = "positions",
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Convert every split position with ``convert(position)``; skipped entries are added to ``report``.
+
+    Returns the cache arrays (records in split order: train, val, test) with per-record ``position``,
+    ``raw_index`` and ``split`` columns, and meta with split sizes and fingerprints of the kept records.
+    """
+    records: list[CrystalRecord] = []
+    positions, raws, codes = [], [], []
+    requested = {}
+    for name in SPLIT_NAMES:
+        part = np.asarray(split_positions[name], dtype=np.int64)
+        requested[name] = len(part)
+        for p in part:
+            p = int(p)
+            try:
+                record = convert(p)
+            except InvalidStructureError as err:
+                report.add(classify(err), getattr(err, "record_id", None) or f"#{p}", str(err))
+                continue
+            records.append(record)
+            positions.append(p)
+            raws.append(raw_index(p) if raw_index else p)
+            codes.append(SPLIT_CODES[name])
+    arrays = records_to_arrays(records)
+    arrays["position"] = np.asarray(positions, dtype=np.int64)
+    arrays["raw_index"] = np.asarray(raws, dtype=np.int64)
+    arrays["split"] = np.asarray(codes, dtype=np.int8)
+    sizes, fps, raw_fps = {}, {}, {}
+    for name, code in SPLIT_CODES.items():
+        mask = arrays["split"] == code
+        sizes[name] = int(mask.sum())
+        if fingerprint == "ids":
+            fps[name] = id_fingerprint(arrays["ids"][mask].tolist())
+        else:
+            fps[name] = split_fingerprint(arrays["position"][mask])
+        raw_fps[name] = split_fingerprint(arrays["raw_index"][mask])
+    meta = {
+        "sizes": sizes,
+        "requested_sizes": requested,
+        "split_fingerprints": fps,
+        "raw_split_fingerprints": raw_fps,
+        "fingerprint_kind": fingerprint,
+        "skipped": report.to_dict(),
+    }
+    return arrays, meta
+
+
+def _entry_id(entry: object, id_field: str, raw_i: int) -> str:
+    if isinstance(entry, dict) and entry.get(id_field) not in (None, ""):
+        return str(entry[id_field])
+    return f"#{raw_i}"
+
+
+def _convert_entry(entry: dict, id: str, value: float) -> CrystalRecord:
+    atoms = entry.get("atoms")
+    if atoms is None:
+        raise InvalidStructureError("entry has no 'atoms'", reason="missing_atoms")
+    try:
+        return record_from_jarvis_atoms(atoms, id, value)
+    except InvalidStructureError as err:
+        err.record_id = id
+        raise
+
+
+def filter_group(entries: Sequence[object], group: Sequence[str], id_field: str, report: SkipReport) -> np.ndarray:
+    """Raw indices of the entries whose every group field is a valid number, in file order."""
+    kept = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            report.add("malformed_entry", f"#{i}", f"entry is a {type(entry).__name__}, not a dict")
+        elif all(is_valid_number(entry.get(f)) for f in group):
+            kept.append(i)
+        else:
+            bad = [f for f in group if not is_valid_number(entry.get(f))]
+            report.add("missing_target", _entry_id(entry, id_field, i), f"{', '.join(bad)} missing or not finite")
+    return np.asarray(kept, dtype=np.int64)
+
+
+def build_jarvis_target(
+    spec: TargetSpec,
+    data_dir: str | os.PathLike | None,
+    n_train: int | None,
+    n_val: int | None,
+    n_test: int | None,
+    split_seed: int,
+    entries: list[dict] | None = None,
+) -> BuildResult:
+    """Records of one megnet/dft_3d_2021 target with the paper's split (see the module docstring)."""
+    source = JARVIS_SOURCES[spec.dataset]
+    if entries is None:
+        entries = load_jarvis_dataset(spec.dataset, data_dir)
+    filtered_report = SkipReport()
+    kept = filter_group(entries, spec.group, source.id_field, filtered_report)
+    n = len(kept)
+    if n == 0:
+        raise ValueError(f"{source.filename}: no entry has valid values for {', '.join(spec.group)}")
+    try:
+        splits = paper_split(n, n_train, n_val, n_test, split_seed=split_seed)
+    except ValueError as err:
+        raise ValueError(
+            f"{source.filename} has {n} entries with valid {spec.field!r}: {err}. For a subset of the published file, "
+            "set n_train/n_val/n_test to null to use 80/10/10 fractions"
+        ) from None
+    paper = PAPER_SPLITS[spec.split_key]
+    position_fps = {name: split_fingerprint(idx) for name, idx in splits.items()}
+    matches_paper = position_fps == dict(paper.fingerprints)
+    if not matches_paper:
+        log.warning(
+            "%s/%s: split differs from the paper's (N=%d after filtering, published N=%d; sizes %s)",
+            spec.dataset,
+            spec.name,
+            n,
+            paper.total_size,
+            {k: len(v) for k, v in splits.items()},
+        )
+
+    def convert(p: int) -> CrystalRecord:
+        raw_i = int(kept[p])
+        entry = entries[raw_i]
+        return _convert_entry(entry, _entry_id(entry, source.id_field, raw_i), float(entry[spec.field]))
+
+    report = SkipReport()
+    arrays, meta = assemble(splits, convert, report, raw_index=lambda p: int(kept[p]))
+    meta.update(
+        dataset=spec.dataset,
+        target=spec.name,
+        field=spec.field,
+        units=spec.units,
+        raw_entries=len(entries),
+        filtered_entries=n,
+        missing_target=filtered_report.to_dict(),
+        unused_positions=int(n - sum(len(v) for v in splits.values())),
+        paper_split_fingerprints=position_fps,
+        matches_paper_split=matches_paper,
+    )
+    return BuildResult(arrays, meta, report)
+
+
+def build_moduli_target(spec: TargetSpec, data_dir: str | os.PathLike | None) -> BuildResult:
+    """Records of bulk/shear modulus from Matformer's pre-split pickles (values already log10 GPa)."""
+    pickles = load_moduli_pickles(spec.moduli_prop, data_dir)
+    lists = [pickles[name] for name in SPLIT_NAMES]
+    flat = [item for part in lists for item in part]
+    starts = np.cumsum([0] + [len(part) for part in lists])
+    splits = {name: np.arange(starts[k], starts[k + 1]) for k, name in enumerate(SPLIT_NAMES)}
+    report = SkipReport()
+
+    def convert(p: int) -> CrystalRecord:
+        item = flat[p]
+        if not isinstance(item, dict):
+            raise InvalidStructureError(f"entry is a {type(item).__name__}, not a dict", reason="malformed_entry")
+        id = _entry_id(item, "id", p)
+        try:
+            value = float(item.get(spec.field))
+        except (TypeError, ValueError):
+            value = math.nan
+        if not math.isfinite(value):
+            err = InvalidStructureError(f"{spec.field!r} missing or not finite", reason="missing_target")
+            err.record_id = id
+            raise err
+        return _convert_entry(item, id, value)
+
+    split_of = np.repeat(np.arange(3), [len(part) for part in lists])
+    arrays, meta = assemble(
+        splits, convert, report, raw_index=lambda p: int(p - starts[split_of[p]]), fingerprint="ids"
+    )
+    meta.update(
+        dataset=spec.dataset,
+        target=spec.name,
+        field=spec.field,
+        units=spec.units,
+        raw_entries=len(flat),
+        filtered_entries=len(flat),
+        file_sizes={name: len(part) for name, part in zip(SPLIT_NAMES, lists)},
+    )
+    return BuildResult(arrays, meta, report)

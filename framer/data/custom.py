@@ -1,0 +1,168 @@
+"""User data: a folder of CIF/POSCAR files plus ``id_prop.csv`` (ALIGNN's layout).
+
+``id_prop.csv`` has rows ``filename_or_id,target`` and no header (a first row whose target is not a number is taken
+as a header and skipped). A name may omit the extension: ``mp-1`` finds ``mp-1``, ``mp-1.cif``, ``mp-1.vasp``,
+``mp-1.poscar`` or ``POSCAR-mp-1``. The crystal id is the name without a structure extension.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from framer.data.build import BuildResult, SkipReport, assemble
+from framer.data.cache import file_sha256
+from framer.data.sources import DataError, DataNotFoundError
+from framer.data.splits import SPLIT_NAMES, random_split, read_split_file
+from framer.data.structures import CrystalRecord, InvalidStructureError, record_from_file
+
+log = logging.getLogger("framer.data")
+
+STRUCTURE_EXTENSIONS = (".cif", ".vasp", ".poscar", ".CIF", ".VASP", ".POSCAR")
+
+
+def strip_extension(name: str) -> str:
+    """Crystal id of a file name (known structure extensions removed)."""
+    for ext in STRUCTURE_EXTENSIONS:
+        if name.endswith(ext) and len(name) > len(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def resolve_structure_file(root: Path, name: str) -> Path | None:
+    """The file a name in id_prop.csv refers to, with or without extension; None if there is none."""
+    candidates = [root / name] + [root / (name + ext) for ext in STRUCTURE_EXTENSIONS] + [root / f"POSCAR-{name}"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class IdPropRow:
+    line: int
+    name: str
+    id: str
+    value: float
+
+
+def read_id_prop(path: Path) -> list[IdPropRow]:
+    """Rows of an id_prop.csv; raises DataError (naming file and line) for unusable content."""
+    if not path.is_file():
+        raise DataNotFoundError(f"{path} not found; a custom data folder needs an id_prop.csv with rows 'file,target'")
+    rows: list[IdPropRow] = []
+    seen: dict[str, int] = {}
+    with path.open(newline="") as fh:
+        for line, fields in enumerate(csv.reader(fh), start=1):
+            fields = [f.strip() for f in fields]
+            if not fields or not any(fields):
+                continue
+            if len(fields) < 2 or not fields[0]:
+                raise DataError(f"{path}:{line}: expected 'filename_or_id,target', got {','.join(fields)!r}")
+            try:
+                value = float(fields[1])
+            except ValueError:
+                if not rows and line == 1:
+                    log.info("%s: treating the first row %r as a header", path, fields)
+                    continue
+                if fields[1].lower() in ("", "na", "nan", "none", "null"):
+                    value = math.nan
+                else:
+                    raise DataError(f"{path}:{line}: target {fields[1]!r} is not a number") from None
+            id = strip_extension(fields[0])
+            if id in seen:
+                raise DataError(f"{path}:{line}: id {id!r} already appears on line {seen[id]}")
+            seen[id] = line
+            rows.append(IdPropRow(line, fields[0], id, value))
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    return rows
+
+
+def folder_fingerprint(root: Path, rows: list[IdPropRow], id_prop: Path) -> str:
+    """sha256 over id_prop.csv and every referenced structure file (name and content)."""
+    digest = hashlib.sha256(file_sha256(id_prop).encode())
+    for row in rows:
+        path = resolve_structure_file(root, row.name)
+        digest.update(f"\n{row.name}\t{path.name if path else '-'}\t".encode())
+        if path is not None:
+            digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def build_custom(
+    root: str | os.PathLike,
+    id_prop_file: str = "id_prop.csv",
+    split_file: str | os.PathLike | None = None,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    split_seed: int = 123,
+) -> BuildResult:
+    """Records of a custom folder, split at random (seeded) or by a JSON split file of ids."""
+    root = Path(root)
+    rows = read_id_prop(root / id_prop_file)
+    missing = SkipReport()
+    valid = []
+    for row in rows:
+        if math.isfinite(row.value):
+            valid.append(row)
+        else:
+            missing.add("missing_target", row.id, f"line {row.line}")
+    if not valid:
+        raise DataError(f"{root / id_prop_file}: no row has a finite target")
+    if split_file is None:
+        splits = random_split(len(valid), fractions, split_seed)
+    else:
+        splits = _splits_from_file(Path(split_file), rows, valid, missing)
+
+    def convert(p: int) -> CrystalRecord:
+        row = valid[p]
+        path = resolve_structure_file(root, row.name)
+        if path is None:
+            err = InvalidStructureError(f"no structure file for {row.name!r} in {root}", "file_not_found")
+        else:
+            try:
+                return record_from_file(path, row.id, row.value)
+            except InvalidStructureError as e:
+                err = e
+        err.record_id = row.id
+        raise err
+
+    report = SkipReport()
+    arrays, meta = assemble(splits, convert, report, fingerprint="positions")
+    if report.total:
+        log.warning("%s: skipped %d of %d structures (%s)", root, report.total, len(valid), dict(report.counts))
+    if len(arrays["ids"]) == 0:
+        raise DataError(f"{root}: none of the structures could be read ({dict(report.counts)})")
+    meta.update(
+        dataset="custom",
+        root=str(root),
+        raw_entries=len(rows),
+        filtered_entries=len(valid),
+        missing_target=missing.to_dict(),
+        split_source=str(split_file) if split_file else f"random {tuple(fractions)} seed {split_seed}",
+    )
+    return BuildResult(arrays, meta, report)
+
+
+def _splits_from_file(path: Path, rows: list[IdPropRow], valid: list[IdPropRow], missing: SkipReport):
+    given = read_split_file(path)
+    position = {row.id: p for p, row in enumerate(valid)}
+    all_ids = {row.id for row in rows}
+    splits = {}
+    for name in SPLIT_NAMES:
+        ids = [strip_extension(i) for i in given[name]]
+        unknown = [i for i in ids if i not in all_ids]
+        if unknown:
+            raise DataError(f"split file {path}: {len(unknown)} {name} id(s) not in id_prop.csv, e.g. {unknown[:3]}")
+        splits[name] = np.array([position[i] for i in ids if i in position], dtype=np.int64)
+    unused = len(valid) - sum(len(v) for v in splits.values())
+    if unused:
+        log.info("split file %s leaves %d of %d crystals unused", path, unused, len(valid))
+    return splits

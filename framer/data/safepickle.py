@@ -1,0 +1,55 @@
+"""A restricted unpickler for the published moduli pickles: plain containers and numpy scalars/arrays only.
+
+``pickle.load`` on a file from the web can run arbitrary code. :func:`safe_load` resolves only the handful of
+globals that numpy scalars and arrays need (both the numpy<2 ``numpy.core`` and numpy>=2 ``numpy._core`` paths)
+and refuses everything else with :class:`UnsafePickleError`, before anything is called.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+# (module, name) pairs a pickle of lists/dicts/str/float/int plus numpy scalars and arrays may reference.
+_ALLOWED = {
+    ("numpy", "dtype"),
+    ("numpy", "ndarray"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # protocol <= 2 stores bytes as codecs.encode(str, "latin1")
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle references a global outside the allow-list (it could run code)."""
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        canonical = "numpy._core" + module[len("numpy.core") :] if module.startswith("numpy.core") else module
+        if (canonical, name) not in _ALLOWED:
+            raise UnsafePickleError(
+                f"refusing to load global {module}.{name}: only numpy scalars/arrays and plain containers are allowed"
+            )
+        return getattr(importlib.import_module(canonical), name)
+
+
+def safe_loads(data: bytes) -> Any:
+    """Unpickle bytes with the allow-list; raises UnsafePickleError for any other global."""
+    return _RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def safe_load(path: str | Path) -> Any:
+    """Unpickle a file with the allow-list; UnsafePickleError and UnpicklingError messages name the file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            return _RestrictedUnpickler(fh).load()
+    except UnsafePickleError as err:
+        raise UnsafePickleError(f"{path}: {err}") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        raise pickle.UnpicklingError(f"{path}: truncated or corrupt pickle ({type(err).__name__}: {err})") from err
