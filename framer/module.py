@@ -31,12 +31,11 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanAbsoluteError
 
-from framer.data.batch import CrystalBatch
-
 DEFAULT_LR = 5e-4
 DEFAULT_BETAS = (0.9, 0.98)
 DEFAULT_WEIGHT_DECAY = 1e-5
 DEFAULT_DECAY_STEPS = 4000
+TARGET_INFO_KEY = "framer_target"  # checkpoint entry with the dataset name, target and units
 INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"  # Lightning's allow-listed checkpoint instantiator
 
 
@@ -218,6 +217,8 @@ class CrystalRegressor(pl.LightningModule):
         self.test_mae = MeanAbsoluteError()
         #: Name prefix of the test metrics; the CLI sets ``test_best`` when it tests the best-val checkpoint.
         self.test_prefix = "test"
+        #: Dataset name, target and units of the training data (saved in checkpoints, shown by ``framer.predict``).
+        self.target_info: dict[str, str] = {}
         #: (ids, targets, predictions) of the last test run, physical units, in loader order.
         self.test_predictions: list[tuple[str, float, float]] = []
 
@@ -242,11 +243,20 @@ class CrystalRegressor(pl.LightningModule):
         }
         self.save_hyperparameters(hparams)
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        for key in ("dataset_name", "target", "target_units"):
+            value = getattr(datamodule, key, None)
+            if isinstance(value, str):
+                self.target_info[key] = value
+        checkpoint[TARGET_INFO_KEY] = dict(self.target_info)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # keep the checkpoint's own config, so a re-saved checkpoint rebuilds exactly as the original did
         stored = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if isinstance(stored, dict) and "model" in stored:
             self._set_hparams(dict(stored))
+        self.target_info = dict(checkpoint.get(TARGET_INFO_KEY) or {})
 
     # ----------------------------------------------------------------------------------------------------------------
     # target standardisation
@@ -288,11 +298,6 @@ class CrystalRegressor(pl.LightningModule):
     def has_swa(self) -> bool:
         """Whether an SWA average exists (at least one averaged step)."""
         return self.swa_model is not None and int(self.swa_n) > 0
-
-    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
-        if isinstance(batch, CrystalBatch):  # cast to float64 only under `precision: 64-true`
-            return batch.to(device, dtype=torch.float64 if self.dtype == torch.float64 else None)
-        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         z = self.model(batch).reshape(-1)
