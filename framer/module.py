@@ -73,19 +73,21 @@ def default_lr_scheduler(optimizer: torch.optim.Optimizer) -> InverseSqrtLR:
 
 
 def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """Trainable parameters split into a weight-decayed group and a group without decay (biases and norms).
+    """Trainable parameters split into a weight-decayed group and a group without decay.
 
-    Frozen parameters (``requires_grad=False``) are left out of both groups.
+    No decay for biases and for the parameters of normalisation layers (``*Norm*`` modules or names containing
+    "norm"). Frozen parameters (``requires_grad=False``) are left out of both groups.
     """
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        leaf = name.rsplit(".", 1)[-1].lower()
-        if leaf.endswith("bias") or "norm" in name.lower():
-            no_decay.append(param)
-        else:
-            decay.append(param)
+    for module_name, module in model.named_modules():
+        is_norm = "norm" in type(module).__name__.lower() or "norm" in module_name.lower()
+        for name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if is_norm or "bias" in name.lower() or "norm" in name.lower():
+                no_decay.append(param)
+            else:
+                decay.append(param)
     groups = [{"params": decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})

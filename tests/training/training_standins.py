@@ -7,6 +7,8 @@ datamodules.
 from __future__ import annotations
 
 import hashlib
+import os
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -97,7 +99,9 @@ class TinyDataModule(pl.LightningDataModule):
         }
 
     def train_dataloader(self):
-        return DataLoader(self.splits["train"], self.batch_size, shuffle=True, drop_last=True, collate_fn=collate_records)
+        return DataLoader(
+            self.splits["train"], self.batch_size, shuffle=True, drop_last=True, collate_fn=collate_records
+        )
 
     def val_dataloader(self):
         return DataLoader(self.splits["val"], self.batch_size, collate_fn=collate_records)
@@ -108,3 +112,31 @@ class TinyDataModule(pl.LightningDataModule):
     def predict_dataloader(self):
         return self.test_dataloader()
 
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+
+def quiet_trainer_kwargs(**overrides):
+    kwargs = dict(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+        enable_checkpointing=False,
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for ``python -m framer.cli`` subprocesses: stand-ins importable, private MLflow, one thread."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.pop("FRAMER_DEBUG", None)
+    return env
