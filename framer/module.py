@@ -113,9 +113,10 @@ def _plain(value: Any) -> Any:
 def model_config(model: nn.Module) -> dict[str, Any]:
     """``{"class_path", "init_args"}`` that rebuilds ``model`` (used to save modules built in Python).
 
-    Looks for the constructor arguments in, in order: an ``init_args``/``config``/``hparams`` mapping on the model,
-    then attributes named like the constructor's parameters. Raises ValueError when a required argument cannot be
-    recovered, so a checkpoint is never written that cannot be reloaded.
+    The constructor arguments come from an ``init_args``/``config``/``hparams`` mapping on the model if it has
+    one, else from attributes named like the constructor's parameters. Unless the model stores its arguments, the
+    result is checked by rebuilding the model and comparing parameter shapes; ValueError when they cannot be
+    recovered, so no checkpoint is written that would silently rebuild a different network.
     """
     signature = inspect.signature(type(model).__init__)
     params = {
@@ -142,9 +143,18 @@ def model_config(model: nn.Module) -> dict[str, Any]:
                 continue
         if p.default is p.empty:
             raise ValueError(
-                f"cannot recover the required argument {name!r} of {class_path(model)} to save it in checkpoints; "
-                "store the constructor arguments in `self.init_args` or build the module through the CLI"
+                f"cannot recover the required argument {name!r} of {class_path(model)} to save it in checkpoints"
             )
+    try:
+        rebuilt = type(model)(**init_args)
+    except Exception as err:
+        raise ValueError(f"cannot rebuild {class_path(model)} from {init_args}: {err}") from err
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} != expected:
+        raise ValueError(
+            f"cannot recover the constructor arguments of {class_path(model)} from the instance "
+            "(rebuilding it gives other parameter shapes)"
+        )
     return {"class_path": class_path(model), "init_args": init_args}
 
 
@@ -232,10 +242,20 @@ class CrystalRegressor(pl.LightningModule):
         if _given_hyperparameters.get() is not None:  # built by LightningCLI: it stores the parsed config itself
             self.save_hyperparameters()
             return
+        try:
+            config = model_config(model)
+        except ValueError as err:
+            warnings.warn(
+                f"{err}; checkpoints of this module will need the network passed back: "
+                "load_from_checkpoint(path, model=...). Store the constructor arguments in `model.init_args` (a dict) "
+                "or build the module through the CLI to avoid this.",
+                stacklevel=3,
+            )
+            config = None
         hparams = {
             "_class_path": class_path(self),
             "_instantiator": INSTANTIATOR,
-            "model": model_config(model),
+            "model": config,
             "optimizer": callable_config(optimizer),
             "lr_scheduler": callable_config(lr_scheduler),
             "swa_epochs": swa_epochs,
