@@ -1,21 +1,88 @@
-"""Data: crystal records, batching, dataset loaders, exact paper splits, caches and LightningDataModules."""
+"""Data: crystal records, batching, dataset loaders, exact paper splits, caches and LightningDataModules.
 
-from framer.data.batch import CrystalBatch, collate_records, collate_structures
-from framer.data.structures import (
-    CrystalRecord,
-    InvalidStructureError,
-    record_from_file,
-    record_from_jarvis_atoms,
-    record_from_structure,
-)
+Names are imported lazily (PEP 562), so ``python -m framer.data info`` does not pay for torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "CrystalBatch": "framer.data.batch",
+    "collate_records": "framer.data.batch",
+    "collate_structures": "framer.data.batch",
+    "CrystalDataModule": "framer.data.datamodules",
+    "CrystalDataset": "framer.data.datamodules",
+    "CustomDataModule": "framer.data.datamodules",
+    "EwaldDataModule": "framer.data.datamodules",
+    "JarvisDataModule": "framer.data.datamodules",
+    "MPDataModule": "framer.data.datamodules",
+    "DataCorruptError": "framer.data.sources",
+    "DataError": "framer.data.sources",
+    "DataNotFoundError": "framer.data.sources",
+    "data_root": "framer.data.sources",
+    "paper_split": "framer.data.splits",
+    "split_fingerprint": "framer.data.splits",
+    "CrystalRecord": "framer.data.structures",
+    "InvalidStructureError": "framer.data.structures",
+    "record_from_file": "framer.data.structures",
+    "record_from_jarvis_atoms": "framer.data.structures",
+    "record_from_structure": "framer.data.structures",
+}
 
 __all__ = [
     "CrystalBatch",
+    "CrystalDataModule",
+    "CrystalDataset",
     "CrystalRecord",
+    "CustomDataModule",
+    "DataCorruptError",
+    "DataError",
+    "DataNotFoundError",
+    "EwaldDataModule",
     "InvalidStructureError",
+    "JarvisDataModule",
+    "MPDataModule",
     "collate_records",
     "collate_structures",
+    "data_root",
+    "paper_split",
     "record_from_file",
     "record_from_jarvis_atoms",
     "record_from_structure",
+    "split_fingerprint",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'framer.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from framer.data.batch import CrystalBatch, collate_records, collate_structures
+    from framer.data.datamodules import (
+        CrystalDataModule,
+        CrystalDataset,
+        CustomDataModule,
+        EwaldDataModule,
+        JarvisDataModule,
+        MPDataModule,
+    )
+    from framer.data.sources import DataCorruptError, DataError, DataNotFoundError, data_root
+    from framer.data.splits import paper_split, split_fingerprint
+    from framer.data.structures import (
+        CrystalRecord,
+        InvalidStructureError,
+        record_from_file,
+        record_from_jarvis_atoms,
+        record_from_structure,
+    )

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import struct
-import tempfile
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,9 +110,9 @@ def write_cache(path: str | os.PathLike, key: str, arrays: dict[str, np.ndarray]
     prefix = MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes
     prefix += b"\0" * (_aligned(len(prefix)) - len(prefix))
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = _temp_name(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp_name, "xb") as fh:
             fh.write(prefix)
             for a in arrays.values():
                 fh.write(a.tobytes())
@@ -130,9 +130,9 @@ def write_json_atomic(path: str | os.PathLike, content: Any) -> None:
     """Write JSON through a temporary file and ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp_name = _temp_name(path)
     try:
-        with os.fdopen(fd, "w") as fh:
+        with open(tmp_name, "x") as fh:
             json.dump(content, fh, indent=2, sort_keys=True, default=str)
             fh.write("\n")
             fh.flush()
@@ -141,6 +141,11 @@ def write_json_atomic(path: str | os.PathLike, content: Any) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def _temp_name(path: Path) -> Path:
+    """A fresh temporary name next to ``path`` (same file system, so ``os.replace`` is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
 
 
 def _fsync_dir(directory: Path) -> None:

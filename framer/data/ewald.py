@@ -33,30 +33,31 @@ EWALD_ACCURACY = 8.0  # pymatgen acc_factor; agrees with the default 12 to ~1e-7
 TARGET_NAME = "ewald_energy"
 TARGET_UNITS = "eV/atom"
 
-_SYMBOLS = sorted(CATIONS, key=str) + sorted(ANIONS, key=str)
+
+def _formula_unit(cation: str, anion: str) -> tuple[int, int]:
+    """Smallest neutral (cation count, anion count)."""
+    qc, qa = CATIONS[cation], -ANIONS[anion]
+    g = math.gcd(qc, qa)
+    return qa // g, qc // g
 
 
 def random_composition(rng: np.random.Generator, max_atoms: int = MAX_ATOMS) -> list[tuple[str, int]]:
     """A neutral list of (element, oxidation state) of at most ``max_atoms`` atoms."""
-    anion = str(rng.choice(sorted(ANIONS)))
+    fits = {
+        anion: [c for c in sorted(CATIONS) if sum(_formula_unit(c, anion)) <= max_atoms] for anion in sorted(ANIONS)
+    }
+    anion = str(rng.choice([a for a, cations in fits.items() if cations]))
     qa = -ANIONS[anion]
-    n_cations = 2 if rng.random() < 0.4 else 1
-    cations = [str(c) for c in rng.choice(sorted(CATIONS), size=n_cations, replace=False)]
-    units = []  # (cation, cation count, anion count) per neutral formula unit
-    for cation in cations:
-        qc = CATIONS[cation]
-        g = math.gcd(qc, qa)
-        units.append((cation, qa // g, qc // g))
+    n_cations = 2 if rng.random() < 0.4 and len(fits[anion]) > 1 else 1
+    cations = [str(c) for c in rng.choice(fits[anion], size=n_cations, replace=False)]
+    units = [(c, *_formula_unit(c, anion)) for c in cations]  # (cation, cation count, anion count)
     if sum(a + b for _, a, b in units) > max_atoms:
         units = units[:1]
-    remaining = max_atoms - sum(a + b for _, a, b in units[1:])
+    budget = max_atoms - sum(a + b for _, a, b in units)  # atoms left after one formula unit of each
     sites = []
-    for k, (cation, n_cat, n_an) in enumerate(units):
-        size = n_cat + n_an
-        z = int(rng.integers(1, remaining // size + 1))
-        remaining -= z * size
-        if k + 1 < len(units):
-            remaining += sum(a + b for _, a, b in units[k + 1 : k + 2])
+    for cation, n_cat, n_an in units:
+        z = 1 + int(rng.integers(0, budget // (n_cat + n_an) + 1))
+        budget -= (z - 1) * (n_cat + n_an)
         sites += [(cation, CATIONS[cation])] * (z * n_cat) + [(anion, -qa)] * (z * n_an)
     return sites
 

@@ -1,0 +1,658 @@
+"""LightningDataModules: MEGNet MP, JARVIS dft_3d_2021, custom CIF/POSCAR folders and the embedded Ewald set.
+
+All share :class:`CrystalDataModule`: ``prepare_data`` (rank 0) builds or validates the content-keyed cache,
+``setup`` opens it memory-mapped, loaders yield :class:`~framer.data.batch.CrystalBatch` (train: shuffled,
+``drop_last``; val/test/predict: in split order). Targets stay in physical units; :meth:`target_stats` gives the
+train mean and population std for the model's normalisation, :meth:`split_fingerprints` the split hashes to record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning.pytorch as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from framer.data import ewald as ewald_mod
+from framer.data.batch import collate_records
+from framer.data.build import SPLIT_CODES, BuildResult, SkipReport, assemble, build_jarvis_target, build_moduli_target
+from framer.data.cache import (
+    CacheError,
+    RecordStore,
+    cache_key,
+    file_sha256,
+    load_or_build,
+    read_cache,
+    write_json_atomic,
+)
+from framer.data.sources import (
+    DataError,
+    DataNotFoundError,
+    TargetSpec,
+    data_root,
+    raw_files,
+    target_spec,
+)
+from framer.data.splits import PAPER_SPLIT_SEED, SPLIT_NAMES, random_split
+from framer.data.structures import CrystalRecord
+
+log = logging.getLogger("framer.data")
+
+PREDICT_SPLITS = ("train", "val", "test", "all")
+
+
+class CrystalDataset(Dataset):
+    """The records of one split: a view of a :class:`RecordStore` through an index array."""
+
+    def __init__(self, store: RecordStore, indices: np.ndarray):
+        self.store = store
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> CrystalRecord:
+        return self.store[int(self.indices[i])]
+
+    @property
+    def targets(self) -> np.ndarray:
+        return self.store.targets[self.indices]
+
+    @property
+    def ids(self) -> list[str]:
+        ids = self.store.array("ids")
+        return [str(ids[j]) for j in self.indices]
+
+
+class CrystalDataModule(L.LightningDataModule):
+    """Shared machinery; subclasses define :meth:`cache_path`, :meth:`cache_parts` and :meth:`build`.
+
+    Args:
+        target: Property to predict.
+        batch_size: Crystals per training (and validation) batch, per device.
+        test_batch_size: Crystals per test/predict batch (the papers test with 1).
+        num_workers: DataLoader worker processes.
+        data_dir: Data root; None means ``$FRAMER_DATA_DIR`` or ``./data``.
+        rebuild_cache: Rebuild the processed cache even if it is valid.
+        predict_split: Split served by ``predict_dataloader``: train, val, test or all.
+    """
+
+    dataset_name: str = "crystals"
+
+    def __init__(
+        self,
+        target: str,
+        batch_size: int = 128,
+        test_batch_size: int = 1,
+        num_workers: int = 0,
+        data_dir: str | None = None,
+        rebuild_cache: bool = False,
+        predict_split: str = "test",
+    ):
+        super().__init__()
+        if batch_size < 1 or test_batch_size < 1:
+            raise ValueError(
+                f"batch sizes must be positive (batch_size={batch_size}, test_batch_size={test_batch_size})"
+            )
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if predict_split not in PREDICT_SPLITS:
+            raise ValueError(f"predict_split must be one of {PREDICT_SPLITS}, got {predict_split!r}")
+        self.target = target
+        self.batch_size = batch_size
+        self.test_batch_size = test_batch_size
+        self.num_workers = num_workers
+        self.data_dir = data_root(data_dir)
+        self.rebuild_cache = rebuild_cache
+        self.predict_split = predict_split
+        self.cache_status: str | None = None
+        self._store: RecordStore | None = None
+        self._meta: dict = {}
+        self._split_indices: dict[str, np.ndarray] = {}
+        self._prepared = False
+
+    # ----------------------------------------------------------------------------------------- subclass API
+
+    target_units: str = ""
+
+    def cache_path(self) -> Path:
+        """Where the processed cache lives."""
+        raise NotImplementedError
+
+    def cache_parts(self) -> dict:
+        """Everything the cache content depends on (raw hashes, target, split spec...); hashed into the key."""
+        raise NotImplementedError
+
+    def build(self) -> BuildResult:
+        """Read raw data and produce cache arrays, metadata and a skip report."""
+        raise NotImplementedError
+
+    def raw_paths(self) -> list[Path]:
+        """Raw files the cache is built from (checked before the key is computed)."""
+        return []
+
+    # ----------------------------------------------------------------------------------------- cache life cycle
+
+    @property
+    def report_path(self) -> Path:
+        return self.cache_path().with_suffix(".report.json")
+
+    def _key_and_parts(self) -> tuple[str, dict]:
+        parts = {"datamodule": type(self).__name__, **self.cache_parts()}
+        return cache_key(**parts), parts
+
+    def _load(self, rebuild: bool) -> None:
+        path = self.cache_path()
+        description = f"{self.dataset_name}/{self.target}"
+        missing = [p for p in self.raw_paths() if not p.is_file()]
+        if missing and not rebuild and path.exists():
+            cache = self._cache_without_raw(path, missing[0])
+            status = "hit-without-raw"
+        else:
+            key, parts = self._key_and_parts()
+
+            def build():
+                result = self.build()
+                report = {
+                    "dataset": self.dataset_name,
+                    "target": self.target,
+                    "cache": str(path),
+                    "kept": len(result.arrays["ids"]),
+                    "skipped": result.report.to_dict(),
+                    **{
+                        k: result.meta[k]
+                        for k in ("missing_target", "raw_entries", "filtered_entries")
+                        if k in result.meta
+                    },
+                }
+                write_json_atomic(self.report_path, report)
+                if result.report.total:
+                    log.warning(
+                        "%s: skipped %d malformed record(s) %s; details in %s",
+                        description,
+                        result.report.total,
+                        dict(result.report.counts),
+                        self.report_path,
+                    )
+                return result.arrays, {**result.meta, "key_parts": parts}
+
+            cache, status = load_or_build(path, key, build, rebuild=rebuild, description=description)
+        self.cache_status = status
+        self._store = RecordStore(cache)
+        self._meta = cache.meta
+        split = np.asarray(cache.array("split"))
+        self._split_indices = {name: np.flatnonzero(split == code) for name, code in SPLIT_CODES.items()}
+        self._check_usable()
+
+    def _cache_without_raw(self, path: Path, missing: Path):
+        """Use a valid cache whose raw file was removed, if every non-raw setting still matches."""
+        try:
+            cache = read_cache(path)
+        except CacheError as err:
+            raise DataNotFoundError(f"{missing} not found and the cache {path} is unusable ({err})") from None
+        _, parts = self._key_and_parts_without_raw()
+        stored = dict(cache.meta.get("key_parts", {}))
+        stored.pop("raw", None)
+        if stored != parts:
+            raise DataNotFoundError(f"{missing} not found and the cache {path} was built with other settings")
+        log.warning("%s not found; using the cache built from it earlier (%s)", missing, path)
+        return cache
+
+    def _key_and_parts_without_raw(self) -> tuple[None, dict]:
+        parts = {"datamodule": type(self).__name__, **self.cache_parts_without_raw()}
+        return None, parts
+
+    def cache_parts_without_raw(self) -> dict:
+        """:meth:`cache_parts` minus the raw-content hashes (must not touch raw files)."""
+        raise NotImplementedError
+
+    def _check_usable(self) -> None:
+        sizes = {name: len(idx) for name, idx in self._split_indices.items()}
+        if sizes["train"] == 0:
+            raise DataError(f"{self.dataset_name}/{self.target}: the train split is empty (sizes {sizes})")
+
+    def prepare_data(self) -> None:
+        """Build (or validate) the cache once per node, before ``setup`` runs on every rank."""
+        self._load(rebuild=self.rebuild_cache)
+        self._prepared = True
+
+    def setup(self, stage: str | None = None) -> None:
+        """Open the cache (building it when ``prepare_data`` was not called, e.g. outside a Trainer)."""
+        if self._store is not None:
+            return
+        force = self.rebuild_cache and not self._prepared and self.trainer is None
+        self._load(rebuild=force)
+
+    def _ensure_setup(self) -> None:
+        if self._store is None:
+            self.setup()
+
+    # ----------------------------------------------------------------------------------------- datasets/loaders
+
+    def dataset(self, split: str) -> CrystalDataset:
+        """Records of ``train``, ``val``, ``test`` or ``all`` (in split order)."""
+        self._ensure_setup()
+        if split == "all":
+            return CrystalDataset(self._store, np.arange(len(self._store)))
+        if split not in self._split_indices:
+            raise ValueError(f"unknown split {split!r}; choose one of {(*SPLIT_NAMES, 'all')}")
+        return CrystalDataset(self._store, self._split_indices[split])
+
+    @property
+    def train_dataset(self) -> CrystalDataset:
+        return self.dataset("train")
+
+    @property
+    def val_dataset(self) -> CrystalDataset:
+        return self.dataset("val")
+
+    @property
+    def test_dataset(self) -> CrystalDataset:
+        return self.dataset("test")
+
+    def _loader(self, dataset: CrystalDataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            collate_fn=collate_records,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset
+        drop_last = len(dataset) >= self.batch_size
+        if not drop_last:
+            log.warning(
+                "train split (%d) is smaller than batch_size %d: using one partial batch", len(dataset), self.batch_size
+            )
+        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, self.batch_size, shuffle=False, drop_last=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_dataset, self.test_batch_size, shuffle=False, drop_last=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset(self.predict_split), self.test_batch_size, shuffle=False, drop_last=False)
+
+    # ----------------------------------------------------------------------------------------- what runs record
+
+    def target_stats(self) -> tuple[float, float]:
+        """Mean and population standard deviation of the train targets (physical units)."""
+        targets = self.train_dataset.targets
+        return float(np.mean(targets)), float(np.std(targets))
+
+    def split_fingerprints(self) -> dict[str, str]:
+        """sha256 per split of the kept records' positions in the filtered list (ids for pre-split pickles)."""
+        self._ensure_setup()
+        return dict(self._meta["split_fingerprints"])
+
+    def split_sizes(self) -> dict[str, int]:
+        self._ensure_setup()
+        return {name: len(idx) for name, idx in self._split_indices.items()}
+
+    def split_ids(self) -> dict[str, list[str]]:
+        """Crystal ids per split, in split order."""
+        return {name: self.dataset(name).ids for name in SPLIT_NAMES}
+
+    def export_splits(self, path: str | os.PathLike) -> Path:
+        """Write ``{"train": [ids], "val": [...], "test": [...], "fingerprints": {...}}`` as JSON (atomically)."""
+        path = Path(path)
+        write_json_atomic(path, {**self.split_ids(), "fingerprints": self.split_fingerprints()})
+        return path
+
+    def summary(self) -> dict:
+        """Data set, target, units, split sizes/fingerprints, cache path/status and skipped counts, for run logs."""
+        self._ensure_setup()
+        return {
+            "dataset": self.dataset_name,
+            "target": self.target,
+            "units": self.target_units,
+            "sizes": self.split_sizes(),
+            "split_fingerprints": self.split_fingerprints(),
+            "matches_paper_split": self._meta.get("matches_paper_split"),
+            "cache": str(self.cache_path()),
+            "cache_status": self.cache_status,
+            "skipped": self._meta.get("skipped", {}).get("counts", {}),
+        }
+
+
+# --------------------------------------------------------------------------------------------- paper data sets
+
+
+class _PaperDataModule(CrystalDataModule):
+    """MEGNet MP / JARVIS dft_3d_2021 targets with the ALIGNN/Matformer/Crystalformer split."""
+
+    def __init__(
+        self,
+        target: str,
+        batch_size: int,
+        test_batch_size: int,
+        num_workers: int,
+        data_dir: str | None,
+        rebuild_cache: bool,
+        predict_split: str,
+        n_train: int | None,
+        n_val: int | None,
+        n_test: int | None,
+        split_seed: int,
+    ):
+        self.spec: TargetSpec = target_spec(self.dataset_name, target)
+        super().__init__(target, batch_size, test_batch_size, num_workers, data_dir, rebuild_cache, predict_split)
+        self.target_units = self.spec.units
+        self.n_train, self.n_val, self.n_test, self.split_seed = n_train, n_val, n_test, split_seed
+
+    def _split_spec(self) -> dict:
+        if self.spec.pickled:
+            return {"kind": "pickled"}
+        return {"kind": "paper", "counts": [self.n_train, self.n_val, self.n_test], "seed": self.split_seed}
+
+    def _default_split(self) -> bool:
+        return self.spec.pickled or self._split_spec() == {
+            "kind": "paper",
+            "counts": list(self._default_counts),
+            "seed": PAPER_SPLIT_SEED,
+        }
+
+    _default_counts: tuple[int | None, int | None, int | None] = (None, None, None)
+
+    def cache_path(self) -> Path:
+        name = self.target
+        if not self._default_split():
+            digest = hashlib.sha256(json.dumps(self._split_spec(), sort_keys=True).encode()).hexdigest()[:10]
+            name += f"-split-{digest}"
+        return self.data_dir / "processed" / self.dataset_name / f"{name}.cache"
+
+    def raw_paths(self) -> list[Path]:
+        return raw_files(self.spec, self.data_dir)
+
+    def cache_parts_without_raw(self) -> dict:
+        return {"dataset": self.dataset_name, "target": self.target, "field": self.spec.field,
+                "group": list(self.spec.group), "split": self._split_spec()}  # fmt: skip
+
+    def cache_parts(self) -> dict:
+        from framer.data.sources import require_files
+
+        paths = require_files(self.raw_paths())
+        return {**self.cache_parts_without_raw(), "raw": {p.name: file_sha256(p) for p in paths}}
+
+    def build(self) -> BuildResult:
+        if self.spec.pickled:
+            return build_moduli_target(self.spec, self.data_dir)
+        return build_jarvis_target(self.spec, self.data_dir, self.n_train, self.n_val, self.n_test, self.split_seed)
+
+
+class MPDataModule(_PaperDataModule):
+    """MEGNet Materials Project snapshot (mp.2018.6.1, 69,239 crystals) via jarvis-tools' ``megnet`` file.
+
+    Targets: ``e_form`` (eV/atom), ``gap`` (PBE band gap, eV) with the 60000/5000/4239 paper split, and
+    ``bulk_modulus`` / ``shear_modulus`` (log10 GPa) from Matformer's pre-split pickles.
+
+    Args:
+        target: e_form, gap, bulk_modulus or shear_modulus.
+        batch_size: Crystals per training (and validation) batch, per device.
+        test_batch_size: Crystals per test/predict batch (the papers test with 1).
+        num_workers: DataLoader worker processes.
+        data_dir: Data root; None means ``$FRAMER_DATA_DIR`` or ``./data``. Raw files go in ``<data_dir>/raw``.
+        rebuild_cache: Rebuild the processed cache even if it is valid.
+        predict_split: Split served by ``predict_dataloader``: train, val, test or all.
+        n_train: Train size of the paper split (null: 80% of the filtered entries).
+        n_val: Validation size (null: 10%).
+        n_test: Test size (null: 10%).
+        split_seed: Seed of the paper split's shuffle.
+    """
+
+    dataset_name = "megnet"
+    _default_counts = (60000, 5000, 4239)
+
+    def __init__(
+        self,
+        target: str = "e_form",
+        batch_size: int = 128,
+        test_batch_size: int = 1,
+        num_workers: int = 0,
+        data_dir: str | None = None,
+        rebuild_cache: bool = False,
+        predict_split: str = "test",
+        n_train: int | None = 60000,
+        n_val: int | None = 5000,
+        n_test: int | None = 4239,
+        split_seed: int = PAPER_SPLIT_SEED,
+    ):
+        super().__init__(
+            target,
+            batch_size,
+            test_batch_size,
+            num_workers,
+            data_dir,
+            rebuild_cache,
+            predict_split,
+            n_train,
+            n_val,
+            n_test,
+            split_seed,
+        )
+        self.save_hyperparameters()
+
+
+class JarvisDataModule(_PaperDataModule):
+    """JARVIS-DFT 3D, 2021 release (55,723 crystals; jarvis-tools key ``dft_3d_2021``), 80/10/10 paper split.
+
+    Targets: ``formation_energy`` (eV/atom), ``total_energy`` (eV/atom), ``opt_bandgap`` (eV) share one split;
+    ``mbj_bandgap`` (eV, 18,172 crystals) and ``ehull`` (eV/atom, 55,371) have their own.
+
+    Args:
+        target: formation_energy, total_energy, opt_bandgap, mbj_bandgap or ehull.
+        batch_size: Crystals per training (and validation) batch, per device.
+        test_batch_size: Crystals per test/predict batch (the papers test with 1).
+        num_workers: DataLoader worker processes.
+        data_dir: Data root; None means ``$FRAMER_DATA_DIR`` or ``./data``. Raw files go in ``<data_dir>/raw``.
+        rebuild_cache: Rebuild the processed cache even if it is valid.
+        predict_split: Split served by ``predict_dataloader``: train, val, test or all.
+        n_train: Train size (null: 80% of the filtered entries, as in the papers).
+        n_val: Validation size (null: 10%).
+        n_test: Test size (null: 10%).
+        split_seed: Seed of the paper split's shuffle.
+    """
+
+    dataset_name = "dft_3d_2021"
+
+    def __init__(
+        self,
+        target: str = "formation_energy",
+        batch_size: int = 128,
+        test_batch_size: int = 1,
+        num_workers: int = 0,
+        data_dir: str | None = None,
+        rebuild_cache: bool = False,
+        predict_split: str = "test",
+        n_train: int | None = None,
+        n_val: int | None = None,
+        n_test: int | None = None,
+        split_seed: int = PAPER_SPLIT_SEED,
+    ):
+        super().__init__(
+            target,
+            batch_size,
+            test_batch_size,
+            num_workers,
+            data_dir,
+            rebuild_cache,
+            predict_split,
+            n_train,
+            n_val,
+            n_test,
+            split_seed,
+        )
+        self.save_hyperparameters()
+
+
+# --------------------------------------------------------------------------------------------- custom folders
+
+
+class CustomDataModule(CrystalDataModule):
+    """A folder of CIF/POSCAR files with ``id_prop.csv`` rows ``filename_or_id,target`` (ALIGNN's layout).
+
+    Args:
+        root: Folder holding the structure files and ``id_prop.csv``.
+        target: Name of the property (used for logs and the cache file name).
+        batch_size: Crystals per training (and validation) batch, per device.
+        test_batch_size: Crystals per test/predict batch.
+        num_workers: DataLoader worker processes.
+        data_dir: Data root for the processed cache; None means ``$FRAMER_DATA_DIR`` or ``./data``.
+        rebuild_cache: Rebuild the processed cache even if it is valid.
+        predict_split: Split served by ``predict_dataloader``: train, val, test or all.
+        id_prop_file: Name of the CSV inside ``root``.
+        split_file: JSON ``{"train": [ids], "val": [ids], "test": [ids]}``; null means a seeded random split.
+        train_fraction: Random split: share of train.
+        val_fraction: Random split: share of validation.
+        test_fraction: Random split: share of test.
+        split_seed: Random split seed.
+        target_units: Units of the target, for logs and reports.
+    """
+
+    dataset_name = "custom"
+
+    def __init__(
+        self,
+        root: str,
+        target: str = "target",
+        batch_size: int = 64,
+        test_batch_size: int = 1,
+        num_workers: int = 0,
+        data_dir: str | None = None,
+        rebuild_cache: bool = False,
+        predict_split: str = "test",
+        id_prop_file: str = "id_prop.csv",
+        split_file: str | None = None,
+        train_fraction: float = 0.8,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 123,
+        target_units: str = "",
+    ):
+        super().__init__(target, batch_size, test_batch_size, num_workers, data_dir, rebuild_cache, predict_split)
+        self.root = Path(root).expanduser().absolute()
+        if not self.root.is_dir():
+            raise DataNotFoundError(f"custom data folder {self.root} not found")
+        self.id_prop_file = id_prop_file
+        self.split_file = str(Path(split_file).expanduser().absolute()) if split_file else None
+        self.fractions = (train_fraction, val_fraction, test_fraction)
+        self.split_seed = split_seed
+        self.target_units = target_units
+        self.save_hyperparameters()
+
+    def cache_path(self) -> Path:
+        tag = hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
+        return self.data_dir / "processed" / "custom" / f"{self.root.name}-{tag}" / f"{self.target}.cache"
+
+    def raw_paths(self) -> list[Path]:
+        return [self.root / self.id_prop_file]
+
+    def cache_parts_without_raw(self) -> dict:
+        split = {"file": self.split_file} if self.split_file else {"fractions": self.fractions, "seed": self.split_seed}
+        return {"dataset": "custom", "root": str(self.root), "target": self.target, "split": split}
+
+    def cache_parts(self) -> dict:
+        from framer.data.custom import folder_fingerprint, read_id_prop
+
+        id_prop = self.root / self.id_prop_file
+        rows = read_id_prop(id_prop)
+        raw = {"folder": folder_fingerprint(self.root, rows, id_prop)}
+        if self.split_file:
+            if not Path(self.split_file).is_file():
+                raise DataNotFoundError(f"split file {self.split_file} not found")
+            raw["split_file"] = file_sha256(self.split_file)
+        return {**self.cache_parts_without_raw(), "raw": raw}
+
+    def build(self) -> BuildResult:
+        from framer.data.custom import build_custom
+
+        return build_custom(self.root, self.id_prop_file, self.split_file, self.fractions, self.split_seed)
+
+
+# --------------------------------------------------------------------------------------------- embedded data set
+
+
+class EwaldDataModule(CrystalDataModule):
+    """Embedded default data set: random ionic crystals labelled with their Ewald energy per atom (eV/atom).
+
+    Generated deterministically from ``seed`` on first use (3000 crystals take about a minute on two cores) and
+    cached under ``<data_dir>/processed/ewald``; split 80/10/10 at random with ``split_seed``.
+
+    Args:
+        target: Only ``ewald_energy``.
+        batch_size: Crystals per training (and validation) batch, per device.
+        test_batch_size: Crystals per test/predict batch.
+        num_workers: DataLoader worker processes.
+        data_dir: Data root for the cache; None means ``$FRAMER_DATA_DIR`` or ``./data``.
+        rebuild_cache: Rebuild the cache even if it is valid.
+        predict_split: Split served by ``predict_dataloader``: train, val, test or all.
+        num_crystals: Number of crystals to generate.
+        seed: Generator seed (crystal i depends only on seed and i).
+        max_atoms: Largest cell (atoms).
+        split_seed: Seed of the 80/10/10 split.
+        build_workers: Processes used to generate the crystals (0: in this process).
+    """
+
+    dataset_name = "ewald"
+
+    def __init__(
+        self,
+        target: str = ewald_mod.TARGET_NAME,
+        batch_size: int = 32,
+        test_batch_size: int = 1,
+        num_workers: int = 0,
+        data_dir: str | None = None,
+        rebuild_cache: bool = False,
+        predict_split: str = "test",
+        num_crystals: int = 3000,
+        seed: int = 0,
+        max_atoms: int = ewald_mod.MAX_ATOMS,
+        split_seed: int = 123,
+        build_workers: int = 2,
+    ):
+        if target != ewald_mod.TARGET_NAME:
+            raise ValueError(f"EwaldDataModule has one target, {ewald_mod.TARGET_NAME!r}; got {target!r}")
+        if num_crystals < 3:
+            raise ValueError(f"num_crystals must be at least 3 (one per split), got {num_crystals}")
+        super().__init__(target, batch_size, test_batch_size, num_workers, data_dir, rebuild_cache, predict_split)
+        self.num_crystals, self.seed, self.max_atoms = num_crystals, seed, max_atoms
+        self.split_seed, self.build_workers = split_seed, build_workers
+        self.target_units = ewald_mod.TARGET_UNITS
+        self.save_hyperparameters()
+
+    def cache_path(self) -> Path:
+        name = f"{self.target}-n{self.num_crystals}-seed{self.seed}-max{self.max_atoms}-split{self.split_seed}.cache"
+        return self.data_dir / "processed" / "ewald" / name
+
+    def cache_parts_without_raw(self) -> dict:
+        return {
+            "dataset": "ewald",
+            "generator_version": ewald_mod.GENERATOR_VERSION,
+            "ewald_accuracy": ewald_mod.EWALD_ACCURACY,
+            "num_crystals": self.num_crystals,
+            "seed": self.seed,
+            "max_atoms": self.max_atoms,
+            "split_seed": self.split_seed,
+        }
+
+    def cache_parts(self) -> dict:
+        return self.cache_parts_without_raw()
+
+    def build(self) -> BuildResult:
+        records = ewald_mod.generate_records(self.num_crystals, self.seed, self.build_workers, self.max_atoms)
+        splits = random_split(len(records), (0.8, 0.1, 0.1), self.split_seed)
+        report = SkipReport()
+        arrays, meta = assemble(splits, lambda p: records[p], report)
+        meta.update(dataset="ewald", target=self.target, units=self.target_units, raw_entries=len(records))
+        return BuildResult(arrays, meta, report)
