@@ -291,10 +291,13 @@ class CrystalDataModule(L.LightningDataModule):
         targets = self.train_dataset.targets
         return float(np.mean(targets)), float(np.std(targets))
 
-    def split_fingerprints(self) -> dict[str, str]:
-        """sha256 per split of the kept records' positions in the filtered list (ids for pre-split pickles)."""
+    def split_fingerprints(self, raw: bool = False) -> dict[str, str]:
+        """sha256 per split of the kept records' positions in the filtered list (of their ids for pre-split pickles).
+
+        With ``raw=True``: of their indices in the unfiltered raw file (CrystalFramer's shipped index files).
+        """
         self._ensure_setup()
-        return dict(self._meta["split_fingerprints"])
+        return dict(self._meta["raw_split_fingerprints" if raw else "split_fingerprints"])
 
     def split_sizes(self) -> dict[str, int]:
         self._ensure_setup()

@@ -18,6 +18,7 @@ from framer.geometry import image_box
 MAX_ATOMIC_NUMBER = 98  # one-hot width of the atom embedding (Z = 1..98)
 MIN_INTERATOMIC_DISTANCE = 0.1  # Å; closer pairs are treated as corrupt records
 MIN_CELL_VOLUME = 1e-3  # Å^3; smaller is a singular lattice
+JARVIS_LATTICE_DECIMALS = 5  # jarvis-tools' Lattice(round_off=5), used for Cartesian -> fractional
 
 
 class InvalidStructureError(ValueError):
@@ -126,7 +127,12 @@ def closest_pair_distance(lattice: np.ndarray, frac: np.ndarray) -> float:
 
 
 def record_from_jarvis_atoms(atoms: dict, id: str, target: float = math.nan) -> CrystalRecord:
-    """Record from a JARVIS ``atoms`` dict (``lattice_mat`` rows, ``coords``, ``elements``, ``cartesian``)."""
+    """Record from a JARVIS ``atoms`` dict (``lattice_mat`` rows, ``coords``, ``elements``, ``cartesian``).
+
+    Cartesian coordinates are converted exactly as ``jarvis.core.atoms.Atoms`` does (with the inverse of the
+    lattice rounded to 5 decimals, ``jarvis.core.lattice.Lattice``'s ``round_off``), so the arrays equal those of
+    the Crystalformer route ``Atoms.from_dict(d).pymatgen_converter()`` bit for bit.
+    """
     if not isinstance(atoms, dict):
         raise InvalidStructureError(f"'atoms' is a {type(atoms).__name__}, expected a dict", "missing_atoms")
     missing = [k for k in ("lattice_mat", "coords", "elements") if k not in atoms]
@@ -146,7 +152,7 @@ def record_from_jarvis_atoms(atoms: dict, id: str, target: float = math.nan) -> 
     if atoms.get("cartesian", False):
         if not np.isfinite(lattice).all() or abs(np.linalg.det(lattice)) <= MIN_CELL_VOLUME:
             raise InvalidStructureError("zero-volume or singular lattice", "singular_lattice")
-        coords = coords @ np.linalg.inv(lattice)
+        coords = np.dot(coords, np.linalg.inv(np.around(lattice, decimals=JARVIS_LATTICE_DECIMALS)))
     return make_record(id, lattice, coords, numbers, target)
 
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 import pickle
 import zipfile
 from pathlib import Path
@@ -122,3 +123,32 @@ def write_moduli_pickles(
         path.write_bytes(pickle.dumps(items, protocol=4))
         paths[split] = path
     return paths
+
+
+def corrupt_entry(entry: dict, reason: str) -> None:
+    """Break an entry's structure in the way ``reason`` (a skip-report code) names, in place."""
+    atoms = entry["atoms"]
+    if reason == "missing_atoms":
+        del entry["atoms"]
+    elif reason == "nan_coordinate":
+        atoms["coords"][0][1] = math.nan
+    elif reason == "singular_lattice":
+        atoms["lattice_mat"][2] = list(atoms["lattice_mat"][1])
+    elif reason == "unknown_element":
+        atoms["elements"][0] = "Xx"
+    elif reason == "overlapping_atoms":
+        atoms["elements"] = atoms["elements"][:1] * 2
+        atoms["coords"] = [atoms["coords"][0], list(atoms["coords"][0])]
+    elif reason == "no_atoms":
+        atoms["elements"], atoms["coords"] = [], []
+    else:
+        raise ValueError(reason)
+
+
+def assert_records_equal(a, b) -> None:
+    """Two records hold identical ids, arrays and targets."""
+    assert a.id == b.id
+    np.testing.assert_array_equal(a.lattice, b.lattice)
+    np.testing.assert_array_equal(a.frac_coords, b.frac_coords)
+    np.testing.assert_array_equal(a.atomic_numbers, b.atomic_numbers)
+    assert a.target == b.target or (math.isnan(a.target) and math.isnan(b.target))

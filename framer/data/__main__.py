@@ -1,0 +1,268 @@
+"""``python -m framer.data info | download``: what data are present, their counts and split fingerprints.
+
+``info`` works offline: for absent data it prints the expected sizes and the fingerprints regenerated from the split
+algorithm (and checks them against the published ones). ``download`` is for machines with internet access; it
+uses jarvis-tools' loader with ``store_dir=<data root>/raw``. User errors print one line and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import json
+import sys
+from pathlib import Path
+
+from framer.data.sources import (
+    JARVIS_SOURCES,
+    TARGETS,
+    DataError,
+    data_root,
+    jarvis_zip_path,
+    moduli_paths,
+    raw_dir,
+)
+from framer.data.splits import MODULI_SPLIT_SIZES, PAPER_SPLITS, SPLIT_NAMES, split_fingerprint
+
+
+def _cache_summary(path: Path) -> dict | None:
+    from framer.data.cache import CacheError, read_header
+
+    if not path.exists():
+        return None
+    try:
+        header, _ = read_header(path)
+    except (CacheError, OSError) as err:
+        return {"path": str(path), "error": str(err)}
+    meta = header.get("meta", {})
+    return {"path": str(path), "sizes": meta.get("sizes"), "skipped": meta.get("skipped", {}).get("total")}
+
+
+@functools.cache
+def _expected(split_key: str) -> dict:
+    paper = PAPER_SPLITS[split_key]
+    regenerated = paper.generate()
+    fps = {name: split_fingerprint(idx) for name, idx in regenerated.items()}
+    out = {
+        "expected_filtered_entries": paper.total_size,
+        "expected_sizes": dict(zip(SPLIT_NAMES, paper.sizes)),
+        "split_fingerprints": fps,
+        "algorithm_matches_published": fps == dict(paper.fingerprints),
+    }
+    if dict(paper.raw_fingerprints) != dict(paper.fingerprints):
+        out["published_raw_split_fingerprints"] = dict(paper.raw_fingerprints)
+    return out
+
+
+def _jarvis_info(dataset: str, root: Path) -> tuple[dict, list[str]]:
+    from framer.data.build import SkipReport, filter_group
+    from framer.data.sources import load_jarvis_dataset
+    from framer.data.splits import paper_split
+
+    source = JARVIS_SOURCES[dataset]
+    path = jarvis_zip_path(dataset, root)
+    info: dict = {"raw_file": str(path), "present": path.is_file(), "published_entries": source.entries, "targets": {}}
+    errors: list[str] = []
+    entries = None
+    if info["present"]:
+        print(f"reading {path} ...", file=sys.stderr)
+        try:
+            entries = load_jarvis_dataset(dataset, root)
+            info["entries"] = len(entries)
+        except DataError as err:
+            info["error"] = str(err)
+            errors.append(str(err))
+    for name, spec in TARGETS[dataset].items():
+        if spec.pickled:
+            continue
+        target: dict = {"field": spec.field, "units": spec.units, "group": list(spec.group)}
+        paper = PAPER_SPLITS[spec.split_key]
+        if entries is None:
+            target.update(copy.deepcopy(_expected(spec.split_key)))
+        else:
+            kept = filter_group(entries, spec.group, source.id_field, SkipReport())
+            target["filtered_entries"] = len(kept)
+            counts = (60000, 5000, 4239) if dataset == "megnet" else (None, None, None)
+            try:
+                splits = paper_split(len(kept), *counts)
+            except ValueError as err:
+                target["split_error"] = str(err)
+            else:
+                fps = {k: split_fingerprint(v) for k, v in splits.items()}
+                raw = {k: split_fingerprint(kept[v]) for k, v in splits.items()}
+                target.update(
+                    sizes={k: len(v) for k, v in splits.items()},
+                    split_fingerprints=fps,
+                    raw_split_fingerprints=raw,
+                    matches_paper_split=fps == dict(paper.fingerprints) and raw == dict(paper.raw_fingerprints),
+                )
+        cache = _cache_summary(root / "processed" / dataset / f"{name}.cache")
+        if cache:
+            target["cache"] = cache
+        info["targets"][name] = target
+    return info, errors
+
+
+def _moduli_info(root: Path) -> tuple[dict, list[str]]:
+    from framer.data.sources import load_moduli_pickles
+
+    info, errors = {}, []
+    for name, sizes in MODULI_SPLIT_SIZES.items():
+        prop = name.split("_")[0]
+        paths = moduli_paths(prop, root)
+        entry: dict = {
+            "raw_files": [str(p) for p in paths.values()],
+            "present": all(p.is_file() for p in paths.values()),
+            "units": "log10(GPa)",
+            "expected_sizes": dict(zip(SPLIT_NAMES, sizes)),
+        }
+        if entry["present"]:
+            try:
+                lists = load_moduli_pickles(prop, root)
+                entry["sizes"] = {k: len(v) for k, v in lists.items()}
+            except DataError as err:
+                entry["error"] = str(err)
+                errors.append(str(err))
+        cache = _cache_summary(root / "processed" / "megnet" / f"{name}.cache")
+        if cache:
+            entry["cache"] = cache
+        info[name] = entry
+    return info, errors
+
+
+def collect_info(data_dir: str | None = None) -> tuple[dict, list[str]]:
+    """Everything ``info`` prints, as a dict, plus the errors met (corrupt files)."""
+    root = data_root(data_dir)
+    report: dict = {"data_root": str(root), "raw_dir": str(raw_dir(root)), "datasets": {}}
+    errors: list[str] = []
+    for dataset in JARVIS_SOURCES:
+        info, errs = _jarvis_info(dataset, root)
+        report["datasets"][dataset] = info
+        errors += errs
+    moduli, errs = _moduli_info(root)
+    report["datasets"]["megnet_moduli"] = moduli
+    errors += errs
+    ewald_dir = root / "processed" / "ewald"
+    report["datasets"]["ewald"] = {
+        "embedded": True,
+        "caches": [_cache_summary(p) for p in sorted(ewald_dir.glob("*.cache"))] if ewald_dir.is_dir() else [],
+    }
+    return report, errors
+
+
+def _print_text(report: dict) -> None:
+    out = print
+    out(f"data root: {report['data_root']}  (raw files in {report['raw_dir']})")
+    for dataset, info in report["datasets"].items():
+        if dataset in JARVIS_SOURCES:
+            state = "present" if info["present"] else "MISSING"
+            out(f"\n[{dataset}] {info['raw_file']}: {state}")
+            if "error" in info:
+                out(f"  ERROR: {info['error']}")
+            if "entries" in info:
+                out(f"  entries: {info['entries']} (published: {info['published_entries']})")
+            elif not info["present"]:
+                out(
+                    f"  jarvis-tools key {JARVIS_SOURCES[dataset].key!r}; get it with "
+                    f"`python -m framer.data download --dataset {dataset}` on a machine with internet"
+                )
+            for name, target in info["targets"].items():
+                out(f"  {name} ({target['field']}, {target['units']}):")
+                if "filtered_entries" in target:
+                    out(f"    filtered entries: {target['filtered_entries']}")
+                if "split_error" in target:
+                    out(f"    paper split not applicable: {target['split_error']}")
+                if "sizes" in target:
+                    verdict = "matches the paper" if target["matches_paper_split"] else "DIFFERS from the paper"
+                    out(f"    split sizes: {_fmt_sizes(target['sizes'])} ({verdict})")
+                if "expected_sizes" in target:
+                    ok = "regenerated = published" if target["algorithm_matches_published"] else "MISMATCH"
+                    out(
+                        f"    expected: {target['expected_filtered_entries']} entries, split "
+                        f"{_fmt_sizes(target['expected_sizes'])} ({ok})"
+                    )
+                for split, fp in target.get("split_fingerprints", {}).items():
+                    out(f"    {split:5s} {fp}")
+                raw = target.get("raw_split_fingerprints") or target.get("published_raw_split_fingerprints") or {}
+                if raw and raw != target.get("split_fingerprints"):
+                    out("    raw-index fingerprints (indices into the unfiltered file):")
+                    for split, fp in raw.items():
+                        out(f"    {split:5s} {fp}")
+                if "cache" in target:
+                    out(f"    cache: {target['cache']['path']}")
+        elif dataset == "megnet_moduli":
+            for name, entry in info.items():
+                state = "present" if entry["present"] else "MISSING"
+                out(f"\n[megnet {name}] {Path(entry['raw_files'][0]).parent}/*_megnet_*.pkl: {state}")
+                if "error" in entry:
+                    out(f"  ERROR: {entry['error']}")
+                if "sizes" in entry:
+                    out(f"  split sizes (pre-split pickles): {_fmt_sizes(entry['sizes'])}")
+                out(f"  expected: {_fmt_sizes(entry['expected_sizes'])} ({entry['units']})")
+                if not entry["present"]:
+                    out("  get them with `python -m framer.data download --dataset moduli` on a machine with internet")
+        else:
+            caches = info["caches"]
+            out(f"\n[ewald] embedded (generated on first use); {len(caches)} cache(s)")
+            for cache in caches:
+                out(f"  {cache['path']}: {_fmt_sizes(cache.get('sizes') or {})}")
+
+
+def _fmt_sizes(sizes: dict) -> str:
+    return "/".join(str(sizes.get(k, "?")) for k in SPLIT_NAMES) + " (train/val/test)"
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    report, errors = collect_info(args.data_dir)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_text(report)
+    if errors:
+        print(f"error: {errors[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from framer.data.sources import download_jarvis, download_moduli
+
+    wanted = ["megnet", "dft_3d_2021", "moduli"] if args.dataset == "all" else [args.dataset]
+    for name in wanted:
+        if name == "moduli":
+            for path in download_moduli(args.data_dir, args.timeout):
+                print(f"ok: {path}")
+        else:
+            print(f"ok: {download_jarvis(name, args.data_dir, args.timeout)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m framer.data", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=None, help="data root (default: $FRAMER_DATA_DIR or ./data)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="presence, counts and split fingerprints of every data set")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=_cmd_info)
+    download = sub.add_parser("download", help="fetch raw files (needs internet)")
+    download.add_argument("--dataset", choices=["megnet", "dft_3d_2021", "moduli", "all"], default="all")
+    download.add_argument("--timeout", type=float, default=120.0, help="network timeout in seconds")
+    download.set_defaults(func=_cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

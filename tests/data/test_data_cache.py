@@ -1,0 +1,191 @@
+"""The processed cache: content keys, checksums, atomic writes, hits, stale and corrupt rebuilds."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from framer.data import MPDataModule
+from framer.data.cache import (
+    CacheCorruptError,
+    CacheStaleError,
+    RecordStore,
+    cache_key,
+    load_or_build,
+    read_cache,
+    records_to_arrays,
+    write_cache,
+)
+from framer.data.ewald import generate_records
+from framer.data.testing import assert_records_equal, fake_megnet_entries, write_jarvis_zip
+
+
+@pytest.fixture(scope="module")
+def records():
+    return generate_records(6, seed=3)
+
+
+def test_round_trip_is_memory_mapped_and_exact(tmp_path, records):
+    path = tmp_path / "c.cache"
+    write_cache(path, "k1", records_to_arrays(records), {"note": "x"})
+    cache = read_cache(path, "k1")
+    assert cache.meta == {"note": "x"}
+    store = RecordStore(cache)
+    assert len(store) == len(records)
+    assert isinstance(cache.array("frac_coords"), np.memmap)
+    for ours, theirs in zip(store, records):
+        assert_records_equal(ours, theirs)
+    assert store.ids == [r.id for r in records]
+    # Workers get a picklable store that re-opens the file instead of copying arrays.
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(store))
+    assert_records_equal(clone[-1], records[-1])
+
+
+def test_key_depends_on_every_part():
+    base = cache_key(raw={"a.zip": "00"}, target="e_form", split={"seed": 123})
+    assert base == cache_key(split={"seed": 123}, target="e_form", raw={"a.zip": "00"})
+    assert base != cache_key(raw={"a.zip": "01"}, target="e_form", split={"seed": 123})
+    assert base != cache_key(raw={"a.zip": "00"}, target="gap", split={"seed": 123})
+    assert base != cache_key(raw={"a.zip": "00"}, target="e_form", split={"seed": 124})
+
+
+def test_corrupt_truncated_and_stale_files_are_detected(tmp_path, records):
+    path = tmp_path / "c.cache"
+    write_cache(path, "k1", records_to_arrays(records))
+    with pytest.raises(CacheStaleError):
+        read_cache(path, "other-key")
+    content = bytearray(path.read_bytes())
+    content[-100] ^= 0xFF  # one flipped byte inside the payload
+    path.write_bytes(bytes(content))
+    with pytest.raises(CacheCorruptError, match="checksum"):
+        read_cache(path, "k1")
+    path.write_bytes(bytes(content[: len(content) - 64]))
+    with pytest.raises(CacheCorruptError, match="truncated"):
+        read_cache(path, "k1")
+    path.write_bytes(b"garbage")
+    with pytest.raises(CacheCorruptError, match="magic"):
+        read_cache(path, "k1")
+
+
+def test_write_is_atomic(tmp_path, records, monkeypatch):
+    path = tmp_path / "c.cache"
+    write_cache(path, "old", records_to_arrays(records[:2]))
+    before = path.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_cache(path, "new", records_to_arrays(records))
+    assert path.read_bytes() == before  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.cache"]  # no temporary file left behind
+    monkeypatch.undo()
+    write_cache(path, "new", records_to_arrays(records))
+    assert read_cache(path, "new").key == "new"
+
+
+def test_load_or_build_statuses_and_logging(tmp_path, records, caplog):
+    path = tmp_path / "c.cache"
+    builds = []
+
+    def build():
+        builds.append(1)
+        return records_to_arrays(records), {}
+
+    caplog.set_level(logging.INFO, logger="framer.data")
+    assert load_or_build(path, "k", build)[1] == "miss"
+    assert load_or_build(path, "k", build)[1] == "hit"
+    assert len(builds) == 1
+    assert "cache hit" in caplog.text and "cache miss" in caplog.text
+    assert load_or_build(path, "k", build, rebuild=True)[1] == "rebuild"
+    caplog.clear()
+    assert load_or_build(path, "k2", build)[1] == "stale"
+    assert "stale cache" in caplog.text
+    path.write_bytes(path.read_bytes()[:-10])
+    caplog.clear()
+    cache, status = load_or_build(path, "k2", build)
+    assert status == "corrupt" and "corrupt cache" in caplog.text
+    assert len(builds) == 4 and len(RecordStore(cache)) == len(records)
+
+
+# --------------------------------------------------------------------------------------------- via DataModules
+
+
+def _count_builds(monkeypatch):
+    import framer.data.datamodules as dm
+
+    calls = []
+    real = dm.build_jarvis_target
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dm, "build_jarvis_target", counting)
+    return calls
+
+
+def test_second_setup_is_a_hit_and_rebuild_cache_forces_a_build(megnet_raw, small_mp_kwargs, monkeypatch):
+    calls = _count_builds(monkeypatch)
+    first = MPDataModule(**small_mp_kwargs)
+    first.prepare_data()
+    first.setup("fit")
+    assert first.cache_status == "miss" and len(calls) == 1
+    second = MPDataModule(**small_mp_kwargs)
+    second.setup("fit")
+    assert second.cache_status == "hit" and len(calls) == 1
+    assert second.split_fingerprints() == first.split_fingerprints()
+    forced = MPDataModule(**small_mp_kwargs, rebuild_cache=True)
+    forced.prepare_data()
+    forced.setup("fit")  # prepare_data already rebuilt: setup must not build again
+    assert forced.cache_status == "rebuild" and len(calls) == 2
+    rebuilt_outside_trainer = MPDataModule(**small_mp_kwargs, rebuild_cache=True)
+    rebuilt_outside_trainer.setup()  # no prepare_data, no Trainer: setup honours rebuild_cache itself
+    assert rebuilt_outside_trainer.cache_status == "rebuild" and len(calls) == 3
+
+
+def test_corrupt_cache_is_rebuilt_with_a_warning(megnet_raw, small_mp_kwargs, caplog):
+    dm = MPDataModule(**small_mp_kwargs)
+    dm.setup()
+    path = dm.cache_path()
+    content = bytearray(path.read_bytes())
+    content[-200] ^= 0x01
+    path.write_bytes(bytes(content))
+    caplog.set_level(logging.WARNING, logger="framer.data")
+    again = MPDataModule(**small_mp_kwargs)
+    again.setup()
+    assert again.cache_status == "corrupt" and "corrupt cache" in caplog.text
+    assert again.split_fingerprints() == dm.split_fingerprints()
+    assert read_cache(path).key  # rewritten and valid
+
+
+def test_changed_raw_file_makes_the_cache_stale(megnet_raw, data_dir, small_mp_kwargs, caplog):
+    dm = MPDataModule(**small_mp_kwargs)
+    dm.setup()
+    write_jarvis_zip(data_dir / "raw", "megnet", fake_megnet_entries(30, seed=99))
+    caplog.set_level(logging.WARNING, logger="framer.data")
+    again = MPDataModule(**small_mp_kwargs)
+    again.setup()
+    assert again.cache_status == "stale" and "stale cache" in caplog.text
+    assert sum(again.split_sizes().values()) == 30
+    # Another split specification is another cache file, so alternating settings do not thrash.
+    other = MPDataModule(**{**small_mp_kwargs, "split_seed": 7})
+    other.setup()
+    assert other.cache_path() != again.cache_path() and other.cache_status == "miss"
+
+
+def test_cache_is_used_when_the_raw_file_was_removed(megnet_raw, small_mp_kwargs, caplog):
+    dm = MPDataModule(**small_mp_kwargs)
+    dm.setup()
+    megnet_raw.unlink()
+    caplog.set_level(logging.WARNING, logger="framer.data")
+    again = MPDataModule(**small_mp_kwargs)
+    again.setup()
+    assert again.cache_status == "hit-without-raw" and "not found; using the cache" in caplog.text
+    assert again.split_fingerprints() == dm.split_fingerprints()

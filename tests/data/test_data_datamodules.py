@@ -1,0 +1,178 @@
+"""MP and JARVIS DataModules on fixture files in the published formats: filtering, splits, reports, loaders."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from framer.data import CrystalBatch, DataNotFoundError, JarvisDataModule, MPDataModule
+from framer.data.sources import load_jarvis_dataset
+from framer.data.splits import id_fingerprint, paper_split, split_fingerprint
+
+
+def test_mp_filters_before_splitting_and_skips_malformed_records(megnet_raw, megnet_layout, small_mp_kwargs):
+    dm = MPDataModule(**small_mp_kwargs)
+    dm.setup()
+    entries = load_jarvis_dataset("megnet")
+    kept = [i for i in range(len(entries)) if i not in megnet_layout["missing"]]
+    assert len(kept) == 50
+    expected = paper_split(len(kept))
+    malformed_ids = {entries[i]["id"] for i in megnet_layout["malformed"]}
+    for name, positions in expected.items():
+        want = [entries[kept[p]]["id"] for p in positions if entries[kept[p]]["id"] not in malformed_ids]
+        assert dm.split_ids()[name] == want  # paper membership and order survive the skips
+    assert sum(dm.split_sizes().values()) == 50 - len(megnet_layout["malformed"])
+    train_positions = [p for p in expected["train"] if entries[kept[p]]["id"] not in malformed_ids]
+    assert dm.split_fingerprints()["train"] == split_fingerprint(train_positions)
+    assert dm.split_fingerprints(raw=True)["train"] == split_fingerprint([kept[p] for p in train_positions])
+    record = dm.train_dataset[0]
+    source = next(e for e in entries if e["id"] == record.id)
+    assert record.target == source["e_form"]
+
+
+def test_skip_report_is_written_next_to_the_cache(megnet_raw, megnet_layout, small_mp_kwargs):
+    dm = MPDataModule(**small_mp_kwargs)
+    dm.setup()
+    report = json.loads(dm.report_path.read_text())
+    assert dm.report_path.parent == dm.cache_path().parent
+    expected_reasons = {reason: 1 for reason in megnet_layout["malformed"].values()}
+    assert report["skipped"]["counts"] == expected_reasons
+    assert report["skipped"]["examples"]["overlapping_atoms"][0].startswith("mp-1027")
+    assert report["missing_target"]["total"] == len(megnet_layout["missing"])
+    assert report["raw_entries"] == megnet_layout["size"] and report["kept"] == 44
+    assert dm.summary()["skipped"] == expected_reasons
+
+
+def test_gap_target_reads_the_gap_pbe_field_and_shares_the_split(megnet_raw, small_mp_kwargs):
+    e_form = MPDataModule("e_form", **small_mp_kwargs)
+    gap = MPDataModule("gap", **small_mp_kwargs)
+    assert gap.target_units == "eV" and e_form.target_units == "eV/atom"
+    assert gap.split_ids() == e_form.split_ids()
+    entries = {e["id"]: e for e in load_jarvis_dataset("megnet")}
+    record = gap.test_dataset[0]
+    assert record.target == entries[record.id]["gap pbe"]
+
+
+def test_target_stats_are_train_mean_and_population_std(megnet_raw, small_mp_kwargs):
+    dm = MPDataModule(**small_mp_kwargs)
+    targets = np.array([r.target for r in dm.train_dataset])
+    mean, std = dm.target_stats()
+    assert mean == pytest.approx(targets.mean(), abs=1e-12)
+    assert std == pytest.approx(np.sqrt(((targets - targets.mean()) ** 2).mean()), abs=1e-12)
+    assert std != pytest.approx(targets.std(ddof=1), abs=1e-9)
+
+
+def test_loaders_shuffle_and_drop_last_only_for_training(megnet_raw, small_mp_kwargs):
+    dm = MPDataModule(**{**small_mp_kwargs, "batch_size": 8})
+    dm.setup()
+    n_train = dm.split_sizes()["train"]
+    torch.manual_seed(0)
+    first = [i for b in dm.train_dataloader() for i in b.ids]
+    torch.manual_seed(1)
+    second = [i for b in dm.train_dataloader() for i in b.ids]
+    assert len(first) == (n_train // 8) * 8 < n_train  # drop_last
+    assert first != second  # shuffled
+    train_loader = dm.train_dataloader()
+    assert train_loader.drop_last and train_loader.batch_size == 8
+    val = [i for b in dm.val_dataloader() for i in b.ids]
+    assert val == dm.split_ids()["val"]  # all of it, in split order
+    test_batches = list(dm.test_dataloader())
+    assert all(len(b) == 1 for b in test_batches)  # test_batch_size defaults to 1 (as the papers)
+    assert [b.ids[0] for b in test_batches] == dm.split_ids()["test"]
+    predict = [i for b in dm.predict_dataloader() for i in b.ids]
+    assert predict == dm.split_ids()["test"]
+    batch = next(iter(dm.val_dataloader()))
+    assert isinstance(batch, CrystalBatch)
+    assert batch.pos.shape == (batch.num_atoms, 3) and batch.lattice.shape == (len(batch), 3, 3)
+    assert int(batch.sizes.sum()) == batch.num_atoms and batch.y.dtype == torch.float32
+
+
+def test_small_train_split_does_not_silently_yield_zero_batches(megnet_raw, small_mp_kwargs):
+    dm = MPDataModule(**{**small_mp_kwargs, "batch_size": 1000})
+    assert len(list(dm.train_dataloader())) == 1
+
+
+def test_loader_workers_read_the_memory_mapped_cache(megnet_raw, small_mp_kwargs):
+    dm = MPDataModule(**{**small_mp_kwargs, "num_workers": 1})
+    ids = [i for b in dm.val_dataloader() for i in b.ids]
+    assert ids == dm.split_ids()["val"]
+
+
+def test_default_mp_split_on_a_subset_explains_itself(megnet_raw):
+    dm = MPDataModule("e_form")
+    with pytest.raises(ValueError, match=r"60000.*n_train/n_val/n_test to null"):
+        dm.setup()
+
+
+def test_missing_raw_file_is_a_one_line_error(data_dir):
+    with pytest.raises(DataNotFoundError) as info:
+        JarvisDataModule("formation_energy").setup()
+    assert "jdft_3d-8-18-2021.json.zip" in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="formation_energy, total_energy"):
+        JarvisDataModule("band_gap")
+
+
+def test_jarvis_group_filter_and_per_target_groups(dft3d_raw):
+    entries = load_jarvis_dataset("dft_3d_2021")
+    sizes = {}
+    for target, field in [
+        ("formation_energy", "formation_energy_peratom"),
+        ("total_energy", "optb88vdw_total_energy"),
+        ("opt_bandgap", "optb88vdw_bandgap"),
+        ("mbj_bandgap", "mbj_bandgap"),
+        ("ehull", "ehull"),
+    ]:
+        dm = JarvisDataModule(target, batch_size=4)
+        ids = {i for split in dm.split_ids().values() for i in split}
+        sizes[target] = dm._meta["filtered_entries"]
+        assert "JVASP-14" not in ids or target in ("mbj_bandgap", "ehull")  # its OPT gap is "na"
+        by_id = {e["jid"]: e for e in entries}
+        assert all(isinstance(by_id[i][field], float) for i in ids)
+        record = dm.val_dataset[0]
+        assert record.target == by_id[record.id][field]
+    assert sizes["formation_energy"] == sizes["total_energy"] == sizes["opt_bandgap"] == 59  # joint filter
+    assert sizes["mbj_bandgap"] == sum(1 for e in entries if e["mbj_bandgap"] != "na")
+    assert sizes["ehull"] == sum(1 for e in entries if e["ehull"] != "na")
+
+
+def test_mbj_raw_fingerprints_use_the_monotone_position_to_raw_map(dft3d_raw):
+    entries = load_jarvis_dataset("dft_3d_2021")
+    kept = np.array([i for i, e in enumerate(entries) if e["mbj_bandgap"] != "na"])
+    expected = paper_split(len(kept))
+    dm = JarvisDataModule("mbj_bandgap")
+    for name, positions in expected.items():
+        assert dm.split_fingerprints()[name] == split_fingerprint(positions)
+        assert dm.split_fingerprints(raw=True)[name] == split_fingerprint(kept[positions])
+        assert dm.split_ids()[name] == [entries[i]["jid"] for i in kept[positions]]
+
+
+def test_moduli_come_from_the_pickles_in_their_split(bulk_raw):
+    import pickle
+
+    dm = MPDataModule("bulk_modulus")
+    assert dm.target_units == "log10(GPa)"
+    assert dm.split_sizes() == {"train": 12, "val": 4, "test": 4}
+    val_items = pickle.loads(bulk_raw["val"].read_bytes())
+    assert dm.split_ids()["val"] == [item["id"] for item in val_items]
+    assert dm.split_fingerprints()["val"] == id_fingerprint([item["id"] for item in val_items])
+    assert dm.val_dataset[1].target == float(val_items[1]["bulk modulus"])
+    assert all(math.isfinite(r.target) for r in dm.train_dataset)
+
+
+def test_datamodule_init_args_are_typed_and_documented_for_lightningcli():
+    import inspect
+
+    from framer.data import CustomDataModule, EwaldDataModule
+
+    for cls in (MPDataModule, JarvisDataModule, CustomDataModule, EwaldDataModule):
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        assert {"target", "batch_size", "test_batch_size", "num_workers", "data_dir", "rebuild_cache"} <= {
+            p.name for p in params
+        }
+        for p in params:
+            assert p.annotation is not inspect.Parameter.empty, f"{cls.__name__}.{p.name}"
+            assert f"{p.name}:" in cls.__doc__, f"{cls.__name__} docstring lacks {p.name}"
