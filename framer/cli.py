@@ -185,6 +185,14 @@ class FramerCLI(LightningCLI):
         if not Path(ckpt).is_file():
             raise UserError(f"checkpoint not found: {ckpt}")
 
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as err:  # a constructor rejected a config value: say which, in one line
+            if os.environ.get("FRAMER_DEBUG"):
+                raise
+            raise UserError(f"invalid configuration: {_constructor_errors(err)}") from err
+
     # ----------------------------------------------------------------------------------------------------------------
     # trainer: loggers from `tracking` unless trainer.logger is given
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
@@ -335,6 +343,13 @@ def _version() -> str:
     from framer import __version__
 
     return __version__
+
+
+def _constructor_errors(err: BaseException) -> str:
+    """The informative lines of a jsonargparse instantiation error (the constructors' own messages)."""
+    lines = [line.strip() for line in str(err).splitlines()]
+    reasons = [line[2:] for line in lines if line.startswith("- ") and "Expected a <class 'NoneType'>" not in line]
+    return "; ".join(reasons) if reasons else (lines[0] if lines else type(err).__name__)
 
 
 def _one_line(err: BaseException) -> str:
