@@ -8,7 +8,7 @@ placement fails). The target is pymatgen's ``EwaldSummation(structure, acc_facto
 (eV/atom) on the oxidation-state-decorated structure; acc_factor 8 agrees with the default 12 to ~1e-7 eV/atom.
 
 Crystal ``i`` of seed ``s`` depends only on ``(s, i)``, so the data set is identical however it is chunked over
-worker processes. Use :func:`generate_records` in tests (64 crystals take a second or two).
+worker processes. Use :func:`generate_records` in tests (64 crystals take one to two seconds).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import math
 import multiprocessing
+import sys
 
 import numpy as np
 
@@ -162,16 +163,18 @@ def generate_records(n: int, seed: int = 0, num_workers: int = 0, max_atoms: int
     Args:
         n: Number of crystals.
         seed: Data set seed.
-        num_workers: Worker processes (0 or 1: in this process).
+        num_workers: Worker processes (0 or 1: in this process). Workers are forked (Linux only; elsewhere the
+            crystals are made in this process), so scripts need no ``if __name__ == "__main__"`` guard; they run
+            only numpy and pymatgen code.
         max_atoms: Largest cell (at least 2).
     """
     if max_atoms < 2:
         raise ValueError("max_atoms must be at least 2 (a neutral ionic cell has a cation and an anion)")
-    if num_workers <= 1 or n < 64:
+    if num_workers <= 1 or n < 32 or not sys.platform.startswith("linux"):
         return [make_crystal(seed, i, max_atoms) for i in range(n)]
     chunk = max(16, n // (num_workers * 8))
     jobs = [(seed, list(range(start, min(n, start + chunk))), max_atoms) for start in range(0, n, chunk)]
-    context = multiprocessing.get_context("forkserver")
+    context = multiprocessing.get_context("fork")
     with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
         return [record for part in pool.map(_make_chunk, jobs) for record in part]
 
