@@ -256,15 +256,14 @@ def study_figures(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
         plots["importance"] = ovm.plot_param_importances
     for name, fn in plots.items():
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), plt.style.context("default"):  # optuna switches to ggplot globally
                 warnings.simplefilter("ignore")  # ExperimentalWarning from optuna.visualization.matplotlib
                 ax = fn(study)
+                fig = np.ravel(ax)[0].figure
+                fig.set_size_inches(7, 4.5)
+                paths[name] = _save(fig, out / f"{name}.png")
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             log.warning("skipping study %s plot: %s", name, err)
-            continue
-        fig = np.ravel(ax)[0].figure
-        fig.set_size_inches(7, 4.5)
-        paths[name] = _save(fig, out / f"{name}.png")
     return paths
 
 

@@ -1,0 +1,80 @@
+"""``python -m framer.tune --sweep sweeps/<study>.yaml [--storage URL] [--n-trials N] [--devices-per-trial N]``.
+
+Start several workers on one study to run trials in parallel (one device each), e.g. one per GPU::
+
+    CUDA_VISIBLE_DEVICES=0 python -m framer.tune --sweep sweeps/frames.yaml &
+    CUDA_VISIBLE_DEVICES=1 python -m framer.tune --sweep sweeps/frames.yaml &
+
+The sweep's ``n_trials`` is the total over all workers. Re-running the command resumes the study.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from framer.tune.sweep import SweepError
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m framer.tune",
+        description="Optuna study over framer's LightningCLI configs, tracked in MLflow.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    parser.add_argument("--sweep", required=True, help="sweep file (sweeps/<study>.yaml)")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="journal:<path>, sqlite:///<path> or postgresql://user:pass@host/db "
+        "(default: journal file <study-dir>/journal.log)",
+    )
+    parser.add_argument(
+        "--n-trials", type=int, default=None, help="trials this worker runs at most (default: until the budget is used)"
+    )
+    parser.add_argument(
+        "--devices-per-trial",
+        type=int,
+        default=1,
+        help="1: trials run in this process on one device; N > 1: each trial is a `python -m framer.cli fit` "
+        "subprocess with Lightning DDP over N devices",
+    )
+    parser.add_argument("--study-dir", default=None, help="study directory (default sweeps/<study>)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite)")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--no-figures", action="store_true", help="skip the study figures")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.devices_per_trial < 1:
+        sys.exit("framer.tune: error: --devices-per-trial must be >= 1")
+    from framer.tune.runner import best_trial, tune
+
+    try:
+        study = tune(
+            args.sweep,
+            storage=args.storage,
+            n_trials=args.n_trials,
+            devices_per_trial=args.devices_per_trial,
+            study_dir=args.study_dir,
+            tracking_uri=args.tracking_uri,
+            mlflow=not args.no_mlflow,
+            figures=not args.no_figures,
+        )
+    except (SweepError, FileNotFoundError) as err:
+        sys.exit(f"framer.tune: error: {err}")
+    best = best_trial(study)
+    states = {}
+    for t in study.trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    print(f"framer.tune: study {study.study_name!r}: {states}")
+    if best is not None:
+        print(f"framer.tune: best trial {best.number}: {best.value:.6g} with {best.params}")
+
+
+if __name__ == "__main__":
+    main()

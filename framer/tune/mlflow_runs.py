@@ -1,0 +1,136 @@
+"""MLflow layout of a study: one experiment named after the study, a parent run ``study`` and one child run per trial.
+
+The trial's Lightning ``MLFlowLogger`` creates the trial's run (the parent and Optuna tags are passed through
+``tracking.tags``), so its curves, ``config.yaml`` and ``run.json`` land in that run; when the trial ends this module
+adds the Optuna parameters, the objective value, the trial state and a learning-curve figure. A trial that failed
+before Lightning started (an invalid config value) still gets a run, created here, with status FAILED.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+PARENT_ATTR = "mlflow_parent_run_id"
+RUN_ATTR = "mlflow_run_id"
+STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Artifact root next to a SQLite database (``<db dir>/artifacts``); None (MLflow's default) otherwise."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def param_key(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_/. -]+", "_", name)[:250]
+
+
+class StudyTracker:
+    """MLflow bookkeeping of one study (every call is best effort: tracking never fails a trial).
+
+    Args:
+        tracking_uri: MLflow backend (``sqlite:///...``, ``http://...``, ``postgresql+psycopg2://...``).
+        study_name: Experiment name.
+    """
+
+    def __init__(self, tracking_uri: str, study_name: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.study_name = study_name
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        root = artifact_root(tracking_uri)
+        self.artifact_location = f"{root}/{study_name}" if root else None
+        experiment = self.client.get_experiment_by_name(study_name)
+        if experiment is None:
+            try:
+                self.experiment_id = self.client.create_experiment(study_name, self.artifact_location)
+            except Exception:  # another worker created it first
+                self.experiment_id = self.client.get_experiment_by_name(study_name).experiment_id
+        else:
+            self.experiment_id = experiment.experiment_id
+
+    # ------------------------------------------------------------------------------------------------------------
+    def parent_run(self, study: optuna.Study) -> str:
+        """The study's parent run id (created once and stored in the study's user attributes)."""
+        run_id = study.user_attrs.get(PARENT_ATTR)
+        if run_id:
+            return str(run_id)
+        run = self.client.create_run(self.experiment_id, run_name="study", tags={"framer.role": "study"})
+        study.set_user_attr(PARENT_ATTR, run.info.run_id)
+        winner = str(optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs[PARENT_ATTR])
+        if winner != run.info.run_id:  # another worker raced us: keep theirs
+            self.client.delete_run(run.info.run_id)
+        return winner
+
+    def trial_tags(self, study: optuna.Study, number: int) -> dict[str, str]:
+        """Tags for the trial's run (passed to the trial's MLFlowLogger through ``tracking.tags``)."""
+        return {
+            "mlflow.parentRunId": self.parent_run(study),
+            "optuna.study": study.study_name,
+            "optuna.trial": str(number),
+            "framer.role": "trial",
+        }
+
+    def finish_trial(self, study: optuna.Study, trial: FrozenTrial, metric: str, figures: dict | None = None) -> None:
+        """Add Optuna's view of a finished trial to its run (creating the run if Lightning never did)."""
+        try:
+            run_id = trial.user_attrs.get(RUN_ATTR)
+            if not run_id:
+                tags = self.trial_tags(study, trial.number)
+                run_id = self.client.create_run(self.experiment_id, run_name=f"trial_{trial.number:04d}", tags=tags)
+                run_id = run_id.info.run_id
+            for name, value in trial.params.items():
+                self._param(run_id, name, value)
+            if trial.value is not None and math.isfinite(trial.value):
+                self.client.log_metric(run_id, f"optuna/best_{metric}", float(trial.value))
+            for step, value in sorted(trial.intermediate_values.items()):
+                self.client.log_metric(run_id, f"optuna/{metric}", float(value), step=int(step))
+            self.client.set_tag(run_id, "optuna.state", trial.state.name)
+            error = trial.user_attrs.get("error")
+            if error:
+                self.client.set_tag(run_id, "optuna.error", str(error)[:4000])
+            for path in (figures or {}).values():
+                self.client.log_artifact(run_id, str(path), artifact_path="figures")
+            self.client.set_terminated(run_id, STATUS.get(trial.state, "FAILED"))
+        except Exception as err:  # tracking must not stop the study
+            log.warning("MLflow bookkeeping of trial %d failed: %s", trial.number, err)
+
+    def finish_study(self, study: optuna.Study, paths: dict[str, Path], metric: str) -> None:
+        """Log the study's figures, best config and trial table to the parent run."""
+        try:
+            run_id = self.parent_run(study)
+            for path in paths.values():
+                if Path(path).is_file():
+                    self.client.log_artifact(run_id, str(path))
+            best = _best(study)
+            if best is not None:
+                self.client.log_metric(run_id, f"best_{metric}", float(best.value))
+                self.client.set_tag(run_id, "best_trial", str(best.number))
+                for name, value in best.params.items():
+                    self._param(run_id, name, value)
+            self.client.set_terminated(run_id, "FINISHED")
+        except Exception as err:
+            log.warning("MLflow bookkeeping of study %s failed: %s", study.study_name, err)
+
+    def _param(self, run_id: str, name: str, value: Any) -> None:
+        try:
+            self.client.log_param(run_id, param_key(name), str(value))
+        except Exception as err:  # same key with another value (e.g. re-logging the best params)
+            log.debug("param %s not logged: %s", name, err)
+
+
+def _best(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None

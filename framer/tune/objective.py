@@ -1,0 +1,288 @@
+"""Objectives: one trial = one LightningCLI config (base configs + fixed overrides + sampled values).
+
+- :class:`InProcessObjective` (one device per trial): ``FramerCLI(args=[...], run=False)``, Optuna's
+  ``PyTorchLightningPruningCallback`` on the monitored metric, ``trainer.fit``; returns the best epoch's value.
+- :class:`SubprocessObjective` (``--devices-per-trial N``): writes ``trials/trial_<n>.yaml`` and runs
+  ``python -m framer.cli fit --config <base>... --config conf/trainer/ddp.yaml --config trial_<n>.yaml`` as Lightning
+  DDP over N devices; rank 0 reports to Optuna through :class:`framer.tune.callbacks.DDPTrialReporter`.
+
+Either way the trial's run directory is ``<study-dir>/trials/trial_<n>/version_0`` and its MLflow run is a child of
+the study's run. An invalid config or a crash fails the trial (state FAIL, message in the ``error`` user attribute)
+and the study goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from framer.tune.callbacks import BestMetric
+from framer.tune.mlflow_runs import RUN_ATTR, StudyTracker, artifact_root
+from framer.tune.storage import WORKER_ATTR, worker_id
+from framer.tune.sweep import Sweep, cli_overrides, nested
+
+DDP_TRAINER_CONFIG = Path("conf/trainer/ddp.yaml")
+LOG_TAIL = 3000  # characters of a failed trial's output kept in its ``error`` attribute
+
+
+class TrialError(RuntimeError):
+    """A trial that could not run or produced no value."""
+
+
+class _Tee(io.StringIO):
+    """Collects text and forwards it to another stream."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        return super().write(text)
+
+
+@contextlib.contextmanager
+def _bare_argv() -> Any:
+    """Hide this process's own arguments from LightningCLI (which warns when both argv and ``args`` are set)."""
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def trial_name(number: int) -> str:
+    return f"trial_{number:04d}"
+
+
+class Objective:
+    """Shared set-up: the sweep, where trials write, and MLflow.
+
+    Args:
+        sweep: The parsed sweep file.
+        study_dir: Directory of the study (trial run dirs go to ``<study_dir>/trials``).
+        tracking_uri: MLflow backend, or None to disable MLflow.
+    """
+
+    def __init__(self, sweep: Sweep, study_dir: Path, tracking_uri: str | None) -> None:
+        self.sweep = sweep
+        self.study_dir = Path(study_dir)
+        self.trials_dir = self.study_dir / "trials"
+        self.tracking_uri = tracking_uri
+        self.tracker = StudyTracker(tracking_uri, sweep.name) if tracking_uri else None
+
+    def base_args(self) -> list[str]:
+        return [arg for config in self.sweep.configs for arg in ("--config", str(config))]
+
+    def plumbing(self, study: optuna.Study, number: int) -> dict[str, Any]:
+        """Overrides every trial gets: its run directory, MLflow experiment and tags, no progress bar."""
+        values: dict[str, Any] = {
+            "tracking.save_dir": str(self.trials_dir),
+            "tracking.run_name": trial_name(number),
+            "trainer.enable_progress_bar": False,
+            "trainer.enable_model_summary": False,
+            "tracking.mlflow": self.tracker is not None,
+        }
+        if self.tracker is not None:
+            values["tracking.experiment_name"] = self.sweep.name
+            values["tracking.tracking_uri"] = self.tracking_uri
+            values["tracking.tags"] = self.tracker.trial_tags(study, number)
+            root = artifact_root(self.tracking_uri or "")
+            if root:
+                values["tracking.artifact_location"] = root
+        return values
+
+    def start(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Sample the trial's values and record which worker runs it."""
+        trial.set_user_attr(WORKER_ATTR, worker_id())
+        return self.sweep.suggest(trial)
+
+    def record_run(self, trial: optuna.Trial, run_dir: Path | None, run_id: str | None) -> None:
+        if run_dir is not None:
+            trial.set_user_attr("run_dir", str(run_dir.resolve()))
+        if run_id:
+            trial.set_user_attr(RUN_ATTR, run_id)
+
+    def finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """Study callback: learning-curve figure and MLflow bookkeeping of the trial that just ended."""
+        if self.tracker is None:
+            return
+        figures = {}
+        run_dir = trial.user_attrs.get("run_dir")
+        curves = Path(run_dir) / "metrics.csv" if run_dir else None
+        if curves is not None and curves.is_file():
+            from framer import plots
+
+            try:
+                figures["curves"] = plots.learning_curves(
+                    curves, Path(run_dir) / "figures" / "learning_curves.png", f"{self.sweep.name} trial {trial.number}"
+                )
+            except Exception as err:  # a figure never fails a study
+                print(f"framer.tune: no learning curves for trial {trial.number}: {err}", file=sys.stderr)
+        self.tracker.finish_trial(study, trial, self.sweep.metric, figures)
+
+
+class InProcessObjective(Objective):
+    """Runs each trial in this process on one device (``trainer.devices=1``)."""
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        from lightning.pytorch.loggers import MLFlowLogger
+        from optuna_integration import PyTorchLightningPruningCallback
+
+        from framer.cli import FramerCLI, run_dir
+        from framer.tracking import find_logger
+
+        values = self.start(trial)
+        overrides = {**self.sweep.overrides(values), **self.plumbing(trial.study, trial.number)}
+        overrides["trainer.devices"] = 1
+        args = self.base_args() + cli_overrides(overrides)
+        cli = None
+        try:
+            stderr = _Tee(sys.stderr)
+            try:
+                with contextlib.redirect_stderr(stderr), _bare_argv():
+                    cli = FramerCLI(args=args, run=False)
+            except SystemExit as exit_:  # the CLI's parser reports invalid values by exiting
+                message = stderr.getvalue().strip() or f"the CLI exited with status {exit_.code}"
+                trial.set_user_attr("error", message[-LOG_TAIL:])
+                raise TrialError(message) from None
+            trainer = cli.trainer
+            mlflow_logger = find_logger(trainer.loggers, MLFlowLogger)
+            self.record_run(trial, run_dir(trainer), mlflow_logger.run_id if mlflow_logger is not None else None)
+            best = BestMetric(self.sweep.metric, self.sweep.direction)
+            trainer.callbacks.extend([best, PyTorchLightningPruningCallback(trial, monitor=self.sweep.metric)])
+            try:
+                trainer.fit(cli.model, datamodule=cli.datamodule)
+            except optuna.TrialPruned:
+                raise
+            except Exception as err:
+                trial.set_user_attr("error", f"{type(err).__name__}: {err}"[-LOG_TAIL:])
+                raise
+            return _value(trial, best)
+        finally:
+            del cli
+            gc.collect()
+
+
+class SubprocessObjective(Objective):
+    """Runs each trial as ``python -m framer.cli fit`` with Lightning DDP over ``devices`` devices.
+
+    Args:
+        devices: Devices (processes) per trial.
+        storage_spec: The study's storage, reopened by rank 0 of the trial (see ``storage_spec``).
+        ddp_config: Trainer config added after the base configs (default ``conf/trainer/ddp.yaml`` if present).
+        python: Interpreter for the subprocess.
+    """
+
+    def __init__(
+        self,
+        sweep: Sweep,
+        study_dir: Path,
+        tracking_uri: str | None,
+        devices: int,
+        storage_spec: str,
+        ddp_config: Path | None = None,
+        python: str = sys.executable,
+    ) -> None:
+        super().__init__(sweep, study_dir, tracking_uri)
+        self.devices = devices
+        self.storage_spec = storage_spec
+        self.ddp_config = ddp_config if ddp_config is not None else DDP_TRAINER_CONFIG
+        self.python = python
+
+    def command(self, trial: optuna.Trial, trial_yaml: Path, result_file: Path) -> list[str]:
+        reporter = {
+            "class_path": "framer.tune.callbacks.DDPTrialReporter",
+            "init_args": {
+                "storage": self.storage_spec,
+                "study_name": trial.study.study_name,
+                "trial_id": trial._trial_id,
+                "result_file": str(result_file.resolve()),
+                "monitor": self.sweep.metric,
+                "direction": self.sweep.direction,
+                "pruner": self.sweep.pruner,
+            },
+        }
+        plumbing = self.plumbing(trial.study, trial.number)
+        plumbing.update({"trainer.devices": self.devices, "trainer.strategy": "ddp", "test_after_fit": False})
+        configs = self.base_args()
+        if self.ddp_config.is_file():
+            configs += ["--config", str(self.ddp_config)]
+        return [
+            self.python,
+            "-m",
+            "framer.cli",
+            "fit",
+            *configs,
+            "--config",
+            str(trial_yaml),
+            *cli_overrides(plumbing),
+            "--trainer.callbacks+=" + json.dumps(reporter),
+        ]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        values = self.start(trial)
+        name = trial_name(trial.number)
+        self.trials_dir.mkdir(parents=True, exist_ok=True)
+        trial_yaml = self.trials_dir / f"{name}.yaml"
+        result_file = self.trials_dir / f"{name}.result.json"
+        log_file = self.trials_dir / f"{name}.log"
+        header = f"# {self.sweep.name} trial {trial.number}: {json.dumps(values)}\n"
+        trial_yaml.write_text(header + yaml.safe_dump(nested(self.sweep.overrides(values)), sort_keys=False))
+        result_file.unlink(missing_ok=True)
+        cmd = self.command(trial, trial_yaml, result_file)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with log_file.open("w") as out:
+            out.write(" ".join(cmd) + "\n\n")
+            out.flush()
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            try:
+                while proc.poll() is None:
+                    time.sleep(0.5)
+            except BaseException:
+                proc.terminate()
+                proc.wait(timeout=60)
+                raise
+        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        run_dir = Path(result["run_dir"]) if result.get("run_dir") else None
+        info_file = run_dir / "run.json" if run_dir is not None else None
+        run_info = json.loads(info_file.read_text()) if info_file is not None and info_file.is_file() else {}
+        self.record_run(trial, run_dir, run_info.get("mlflow_run_id"))
+        if proc.returncode != 0 or not result:
+            tail = log_file.read_text()[-LOG_TAIL:]
+            trial.set_user_attr("error", tail)
+            raise TrialError(f"trial {trial.number}: framer.cli exited with {proc.returncode}; see {log_file}")
+        if result.get("pruned"):
+            raise optuna.TrialPruned(f"pruned at epoch {result.get('pruned_epoch')}")
+        best = BestMetric(self.sweep.metric, self.sweep.direction)
+        best.best, best.best_epoch, best.epochs = float(result["best"]), result["best_epoch"], result["epochs"]
+        return _value(trial, best)
+
+
+def _value(trial: optuna.Trial, best: BestMetric) -> float:
+    if not math.isfinite(best.best):
+        message = f"no finite {best.monitor} was logged"
+        trial.set_user_attr("error", message)
+        raise TrialError(message)
+    trial.set_user_attr("best_epoch", best.best_epoch)
+    trial.set_user_attr("epochs", best.epochs)
+    return best.best
+
+
+def overrides_of(sweep: Sweep, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiment overrides (fixed + values) of a trial's Optuna params."""
+    return sweep.overrides(sweep.values_by_path(params))

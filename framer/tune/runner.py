@@ -1,0 +1,186 @@
+"""Run (or resume) a study and write its outputs: ``best.yaml``, ``trials.csv``, ``summary.json``, ``figures/``."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import shutil
+import sys
+from collections.abc import Container, Mapping
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.study import MaxTrialsCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective, _bare_argv, overrides_of
+from framer.tune.storage import INTERRUPTED_ATTR, open_storage, recover_dead_trials, storage_spec
+from framer.tune.sweep import Sweep, cli_overrides
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+
+
+class TrialBudget(MaxTrialsCallback):
+    """``MaxTrialsCallback`` over every worker of the study: stops once ``n_trials`` trials are finished or running.
+
+    Trials failed because their worker died (``interrupted``) do not count: their parameters are queued again.
+    """
+
+    def __init__(self, n_trials: int, states: Container[TrialState] | None = COUNTED) -> None:
+        super().__init__(n_trials, states=states)
+
+    def used(self, study: optuna.Study) -> int:
+        trials = study.get_trials(deepcopy=False, states=self._states)
+        return sum(1 for t in trials if not t.user_attrs.get(INTERRUPTED_ATTR))
+
+    def remaining(self, study: optuna.Study) -> int:
+        return max(self._n_trials - self.used(study), 0)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.used(study) >= self._n_trials:
+            study.stop()
+
+
+def default_study_dir(sweep: Sweep) -> Path:
+    return Path("sweeps") / sweep.name
+
+
+def create_study(sweep: Sweep, spec: str) -> optuna.Study:
+    return optuna.create_study(
+        study_name=sweep.name,
+        storage=open_storage(spec),
+        sampler=sweep.make_sampler(),
+        pruner=sweep.make_pruner(),
+        direction=sweep.direction,
+        load_if_exists=True,
+    )
+
+
+def tune(
+    sweep_path: str | Path,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    devices_per_trial: int = 1,
+    study_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    mlflow: bool = True,
+    figures: bool = True,
+) -> optuna.Study:
+    """Run trials of the sweep until its total budget is used (or ``n_trials`` in this worker), then write outputs.
+
+    Re-running resumes: finished trials are kept, trials of dead workers on this host are failed and requeued.
+    """
+    sweep = Sweep.load(sweep_path)
+    if sweep.sampler.get("type") == "grid" and sweep.n_trials > sweep.grid_size():
+        sweep.n_trials = sweep.grid_size()
+    directory = Path(study_dir) if study_dir else default_study_dir(sweep)
+    directory.mkdir(parents=True, exist_ok=True)
+    if sweep.source is not None:
+        shutil.copyfile(sweep.source, directory / "sweep.yaml")
+    spec = storage_spec(storage, directory)
+    study = create_study(sweep, spec)
+    recovered = recover_dead_trials(study)
+    if recovered:
+        print(f"framer.tune: requeued trials {recovered} of workers that died", file=sys.stderr)
+
+    uri = None
+    if mlflow:
+        from framer.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(tracking_uri)
+    objective: Objective
+    if devices_per_trial > 1:
+        objective = SubprocessObjective(sweep, directory, uri, devices_per_trial, spec)
+    else:
+        objective = InProcessObjective(sweep, directory, uri)
+    budget = TrialBudget(sweep.n_trials)
+    left = budget.remaining(study)
+    print(f"framer.tune: study {sweep.name!r} in {spec}: {budget.used(study)}/{sweep.n_trials} trials used")
+    if left > 0 and (n_trials is None or n_trials > 0):
+        study.optimize(
+            objective,
+            n_trials=n_trials,
+            callbacks=[objective.finished, budget],
+            catch=(Exception,),
+            gc_after_trial=True,
+        )
+    write_outputs(study, sweep, directory, objective, figures=figures)
+    return study
+
+
+# --------------------------------------------------------------------------------------------------------------------
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def resolved_config(configs: list[str], overrides: Mapping[str, Any]) -> str:
+    """The full config of ``fit --config ... <overrides>`` as ``--print_config`` writes it (nothing is built)."""
+    from framer.cli import FramerCLI
+
+    args = ["fit"] + [a for c in configs for a in ("--config", str(c))] + cli_overrides(overrides) + ["--print_config"]
+    out, err = io.StringIO(), io.StringIO()
+    code: Any = None
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _bare_argv():
+        try:
+            FramerCLI(args=args)
+        except SystemExit as exit_:
+            code = exit_.code
+    if code not in (0, None) or not out.getvalue().strip():
+        raise RuntimeError(f"could not resolve the config ({code}): {err.getvalue().strip()}")
+    return out.getvalue()
+
+
+def write_outputs(
+    study: optuna.Study, sweep: Sweep, directory: Path, objective: Objective, figures: bool = True
+) -> dict[str, Path]:
+    """``trials.csv``, ``summary.json``, ``best.yaml`` (best trial's full config), ``figures/``; logged to MLflow."""
+    paths: dict[str, Path] = {}
+    trials = study.get_trials(deepcopy=False)
+    if trials:
+        paths["trials"] = directory / "trials.csv"
+        study.trials_dataframe().to_csv(paths["trials"], index=False)
+    best = best_trial(study)
+    if best is not None:
+        overrides = {**overrides_of(sweep, best.params), "tracking.run_name": f"{sweep.name}_best"}
+        header = (
+            f"# Best trial {best.number} of study {sweep.name!r}: {sweep.metric} = {best.value:.6g}\n"
+            f"# params: {json.dumps(best.params)}\n"
+            f"# Re-run: python -m framer.cli fit --config {directory / 'best.yaml'}\n"
+        )
+        try:
+            text = resolved_config(sweep.configs, overrides)
+            paths["best"] = directory / "best.yaml"
+            paths["best"].write_text(header + text)
+        except RuntimeError as err:
+            print(f"framer.tune: best.yaml not written: {err}", file=sys.stderr)
+    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
+    summary = {
+        "study": sweep.name,
+        "metric": sweep.metric,
+        "direction": sweep.direction,
+        "n_trials": sweep.n_trials,
+        "states": {k: v for k, v in counts.items() if v},
+        "best": None
+        if best is None
+        else {
+            "number": best.number,
+            "value": best.value if best.value is not None and math.isfinite(best.value) else None,
+            "params": best.params,
+            "run_dir": best.user_attrs.get("run_dir"),
+        },
+    }
+    paths["summary"] = directory / "summary.json"
+    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    if figures and trials:
+        from framer import plots
+
+        paths.update(plots.study_figures(study, directory / "figures"))
+    if objective.tracker is not None:
+        objective.tracker.finish_study(study, paths, sweep.metric)
+    return paths

@@ -1,0 +1,131 @@
+"""Where a study lives: a journal file by default, SQLite for one machine, PostgreSQL for many.
+
+``--storage`` accepts:
+
+- nothing: ``JournalStorage(JournalFileBackend(<study-dir>/journal.log))``. Several worker processes on one
+  machine (or on a shared, lock-capable file system) share it with no server;
+- ``journal:<path>`` or a path ending in ``.log``: a journal file elsewhere;
+- ``sqlite:///<path>``: SQLite (one machine, a few workers; never on NFS);
+- ``postgresql://user:pass@host/db``: PostgreSQL for workers on several machines. SQLAlchemy 2 maps plain
+  ``postgresql://`` to psycopg 3, which is not installed, so it is rewritten to ``postgresql+psycopg2://``.
+
+RDB storages record heartbeats, so a trial whose worker died is failed by the next worker and its parameters are
+queued again. Journal storages get the same recovery for workers on this machine (their pid is recorded).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+HEARTBEAT_INTERVAL = 30  # s
+GRACE_PERIOD = 120  # s without a heartbeat before a RUNNING trial counts as dead
+WORKER_ATTR = "worker"  # "<host>:<pid>" of the process that runs a trial
+INTERRUPTED_ATTR = "interrupted"  # set on trials failed because their worker died (not counted in the budget)
+RETRY_ATTR = "retry_of"
+
+
+def storage_url(url: str) -> str:
+    """Canonical storage URL: ``postgres(ql)://`` -> ``postgresql+psycopg2://``; others unchanged."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+def storage_spec(url: str | None, study_dir: str | Path) -> str:
+    """A string that reopens the same storage in another process (a worker or a DDP trial's rank 0)."""
+    if not url:
+        return f"journal:{(Path(study_dir) / 'journal.log').resolve()}"
+    if url.startswith("journal:"):
+        return f"journal:{Path(url[len('journal:') :]).resolve()}"
+    if "://" not in url and url.endswith(".log"):
+        return f"journal:{Path(url).resolve()}"
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///") :]
+        absolute = Path(path) if path.startswith("/") else Path.cwd() / path
+        return f"sqlite:///{absolute}"
+    return storage_url(url)
+
+
+def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
+    """Open the storage named by :func:`storage_spec` (creating a journal file's directory)."""
+    if spec.startswith("journal:"):
+        path = Path(spec[len("journal:") :])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if spec.startswith("sqlite:///"):
+        Path(spec[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {}
+    if heartbeat:
+        kwargs = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "grace_period": GRACE_PERIOD,
+            "failed_trial_callback": retry_interrupted,
+        }
+    engine = {"pool_pre_ping": True} if spec.startswith("postgresql") else None
+    return RDBStorage(spec, engine_kwargs=engine, **kwargs)
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def retry_interrupted(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Mark a trial whose worker died as interrupted and queue its parameters again."""
+    study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+
+
+def recover_dead_trials(study: optuna.Study) -> list[int]:
+    """Fail RUNNING trials whose worker on this host has exited; requeue their parameters. Returns their numbers.
+
+    Trials run by other hosts are left alone (RDB storages handle those by heartbeat).
+    """
+    host = socket.gethostname()
+    recovered = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
+        name, _, pid = worker.rpartition(":")
+        if name != host or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        retry_interrupted(study, trial)
+        recovered.append(trial.number)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # RDB storages: trials without a recent heartbeat (any host)
+    return recovered
+
+
+def load_study_from_dir(study_dir: str | Path, storage: str | None = None, study_name: str | None = None):
+    """Load a study from ``<study_dir>/journal.log`` (or ``storage``); the name defaults to the only study there."""
+    spec = storage_spec(storage, study_dir)
+    opened = open_storage(spec, heartbeat=False)
+    if study_name is None:
+        names = [s.study_name for s in optuna.get_all_study_summaries(opened, include_best_trial=False)]
+        if len(names) != 1:
+            raise ValueError(f"{spec} holds studies {names}; pass --study-name")
+        study_name = names[0]
+    return optuna.load_study(study_name=study_name, storage=opened)

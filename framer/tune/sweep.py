@@ -1,0 +1,267 @@
+"""The sweep file (``sweeps/<study>.yaml``): base configs, search space keyed by config path, budget, sampler, pruner.
+
+Example::
+
+    study: lr                       # study name (default: the file's stem)
+    configs: [conf/default.yaml, conf/debug/smoke.yaml]   # base LightningCLI configs, in order
+    fixed: {trainer.max_epochs: 20} # overrides applied to every trial
+    search_space:                   # config path -> distribution
+      model.init_args.optimizer.init_args.lr: {type: float, low: 1.0e-4, high: 3.0e-3, log: true}
+      model.init_args.model.init_args.frame: {type: categorical, choices: [max, pca]}
+      data.init_args.batch_size: {type: int, low: 16, high: 128, step: 16}
+    metric: val/mae                 # monitored and optimised (the best epoch's value)
+    direction: minimize
+    n_trials: 20                    # total over all workers (MaxTrialsCallback)
+    sampler: {type: tpe, seed: 0}   # tpe | random | grid | qmc | cmaes (+ their keyword arguments)
+    pruner: {type: median, n_startup_trials: 3, n_warmup_steps: 2}  # median | percentile | hyperband |
+                                                                     # successive_halving | threshold | none
+
+Parameter names in Optuna and MLflow are the config paths unless a distribution gives ``name:``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+DIST_TYPES = ("float", "int", "categorical")
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "grid": "GridSampler",
+    "qmc": "QMCSampler",
+    "cmaes": "CmaEsSampler",
+}
+PRUNERS = {
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "threshold": "ThresholdPruner",
+    "none": "NopPruner",
+}
+
+
+class SweepError(ValueError):
+    """An invalid sweep file."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched config path and its distribution."""
+
+    path: str
+    name: str
+    distribution: optuna.distributions.BaseDistribution
+
+
+@dataclass
+class Sweep:
+    """A parsed sweep file."""
+
+    name: str
+    configs: list[str]
+    params: list[Param]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    metric: str = "val/mae"
+    direction: str = "minimize"
+    n_trials: int = 10
+    sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": 0})
+    pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median"})
+    source: Path | None = None
+
+    # ------------------------------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path) -> Sweep:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise SweepError(f"{path}: not valid YAML ({err})") from err
+        if not isinstance(raw, dict):
+            raise SweepError(f"{path}: expected a mapping at the top level")
+        return cls.from_dict(raw, default_name=path.stem, source=path)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], default_name: str = "study", source: Path | None = None) -> Sweep:
+        where = str(source or "sweep")
+        known = {"study", "description", "configs", "fixed", "search_space", "metric", "direction", "n_trials"}
+        known |= {"sampler", "pruner"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise SweepError(f"{where}: unknown keys {unknown}; allowed: {sorted(known)}")
+        configs = raw.get("configs") or []
+        if isinstance(configs, str):
+            configs = [configs]
+        if not configs:
+            raise SweepError(f"{where}: 'configs' must list at least one base config")
+        space = raw.get("search_space") or {}
+        if not isinstance(space, Mapping) or not space:
+            raise SweepError(f"{where}: 'search_space' must map config paths to distributions")
+        params = [parse_param(p, spec, where) for p, spec in space.items()]
+        names = [p.name for p in params]
+        if len(set(names)) != len(names):
+            raise SweepError(f"{where}: duplicate parameter names {names}")
+        direction = str(raw.get("direction", "minimize"))
+        if direction not in ("minimize", "maximize"):
+            raise SweepError(f"{where}: direction must be minimize or maximize, got {direction!r}")
+        n_trials = raw.get("n_trials", 10)
+        if not isinstance(n_trials, int) or n_trials < 1:
+            raise SweepError(f"{where}: n_trials must be a positive integer, got {n_trials!r}")
+        sampler = dict(raw.get("sampler") or {"type": "tpe", "seed": 0})
+        pruner = dict(raw.get("pruner") or {"type": "median"})
+        if sampler.get("type", "tpe") not in SAMPLERS:
+            raise SweepError(f"{where}: sampler type must be one of {sorted(SAMPLERS)}")
+        if pruner.get("type", "median") not in PRUNERS:
+            raise SweepError(f"{where}: pruner type must be one of {sorted(PRUNERS)}")
+        sweep = cls(
+            name=str(raw.get("study") or default_name),
+            configs=[str(c) for c in configs],
+            params=params,
+            fixed=dict(raw.get("fixed") or {}),
+            metric=str(raw.get("metric", "val/mae")),
+            direction=direction,
+            n_trials=n_trials,
+            sampler=sampler,
+            pruner=pruner,
+            source=source,
+        )
+        sweep.make_sampler()  # validate the keyword arguments now
+        sweep.make_pruner()
+        return sweep
+
+    # ------------------------------------------------------------------------------------------------------------
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """Sample every parameter; returns ``{config path: value}``."""
+        return {p.path: suggest(trial, p.name, p.distribution) for p in self.params}
+
+    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
+        return {p.name: p.distribution for p in self.params}
+
+    def values_by_path(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Optuna ``trial.params`` (by name) -> ``{config path: value}``."""
+        return {p.path: params[p.name] for p in self.params if p.name in params}
+
+    def overrides(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Fixed overrides, then the trial's values, as ``{config path: value}``."""
+        return {**self.fixed, **values}
+
+    def grid(self) -> dict[str, list[Any]]:
+        """The grid of a grid sampler: every parameter must be categorical (or given explicit ``grid:`` values)."""
+        out = {}
+        for p in self.params:
+            if isinstance(p.distribution, optuna.distributions.CategoricalDistribution):
+                out[p.name] = list(p.distribution.choices)
+            else:
+                raise SweepError(f"grid sampler: parameter {p.name!r} must be categorical")
+        return out
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid().values())
+
+    def make_sampler(self) -> optuna.samplers.BaseSampler:
+        kwargs = {k: v for k, v in self.sampler.items() if k != "type"}
+        kind = self.sampler.get("type", "tpe")
+        cls = getattr(optuna.samplers, SAMPLERS[kind])
+        try:
+            if kind == "grid":
+                return cls(self.grid(), **kwargs)
+            return cls(**kwargs)
+        except TypeError as err:
+            raise SweepError(f"sampler {kind}: {err}") from err
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        return make_pruner(self.pruner)
+
+
+def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
+    """``{type: median|percentile|hyperband|successive_halving|threshold|none, **kwargs}`` -> a pruner."""
+    spec = dict(spec or {"type": "none"})
+    kind = spec.pop("type", "median")
+    if kind not in PRUNERS:
+        raise SweepError(f"pruner type must be one of {sorted(PRUNERS)}, got {kind!r}")
+    try:
+        return getattr(optuna.pruners, PRUNERS[kind])(**spec)
+    except TypeError as err:
+        raise SweepError(f"pruner {kind}: {err}") from err
+
+
+def parse_param(path: str, spec: Any, where: str = "sweep") -> Param:
+    """``{type: float|int|categorical, ...}`` -> an Optuna distribution."""
+    if isinstance(spec, list):  # shorthand: a list of choices
+        spec = {"type": "categorical", "choices": spec}
+    if not isinstance(spec, Mapping) or spec.get("type") not in DIST_TYPES:
+        raise SweepError(f"{where}: {path}: expected {{type: float|int|categorical, ...}}, got {spec!r}")
+    kind = spec["type"]
+    name = str(spec.get("name", path))
+    extra = sorted(set(spec) - {"type", "name", "low", "high", "log", "step", "choices"})
+    if extra:
+        raise SweepError(f"{where}: {path}: unknown keys {extra}")
+    try:
+        if kind == "categorical":
+            choices = spec.get("choices")
+            if not isinstance(choices, list) or not choices:
+                raise SweepError(f"{where}: {path}: categorical needs a non-empty 'choices' list")
+            dist: optuna.distributions.BaseDistribution = optuna.distributions.CategoricalDistribution(choices)
+        elif kind == "float":
+            dist = optuna.distributions.FloatDistribution(
+                float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)), step=spec.get("step")
+            )
+        else:
+            dist = optuna.distributions.IntDistribution(
+                int(spec["low"]), int(spec["high"]), log=bool(spec.get("log", False)), step=int(spec.get("step", 1))
+            )
+    except KeyError as err:
+        raise SweepError(f"{where}: {path}: {kind} needs {err.args[0]!r}") from err
+    except ValueError as err:
+        raise SweepError(f"{where}: {path}: {err}") from err
+    return Param(path, name, dist)
+
+
+def suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistribution) -> Any:
+    """``trial.suggest_*`` for a distribution object."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(name, dist.choices)
+    if isinstance(dist, optuna.distributions.FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    raise SweepError(f"unsupported distribution {dist!r}")
+
+
+def cli_value(value: Any) -> str:
+    """A value as jsonargparse reads it on the command line (YAML flow syntax)."""
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def cli_overrides(values: Mapping[str, Any]) -> list[str]:
+    """``{"a.b": 1}`` -> ``["--a.b=1"]``."""
+    return [f"--{path}={cli_value(v)}" for path, v in values.items()]
+
+
+def nested(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"a.b.c": 1}`` -> ``{"a": {"b": {"c": 1}}}`` (for a trial's YAML config)."""
+    out: dict[str, Any] = {}
+    for path, value in values.items():
+        node = out
+        parts = path.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SweepError(f"config path {path!r} conflicts with another override")
+        node[parts[-1]] = value
+    return out
+
+
+def all_combinations(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
