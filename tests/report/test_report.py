@@ -19,7 +19,7 @@ def paper() -> PaperTable:
 
 def test_paper_results_match_the_paper(paper):
     assert [c.key for c in paper.columns] == [
-        "mp/e_form", "mp/bandgap", "mp/bulk_modulus", "mp/shear_modulus",
+        "mp/e_form", "mp/gap", "mp/bulk_modulus", "mp/shear_modulus",
         "jarvis/formation_energy", "jarvis/total_energy", "jarvis/opt_bandgap", "jarvis/mbj_bandgap", "jarvis/ehull",
     ]  # fmt: skip
     assert len(paper.models) == 7
@@ -30,7 +30,7 @@ def test_paper_results_match_the_paper(paper):
 
 def test_table_has_every_model_and_column_and_marks_missing(tmp_path, paper):
     missing = RunKey("crystalframer-pca", "jarvis/ehull", 1)
-    gone = {RunKey("crystalframer-static", "mp/bandgap", s) for s in (0, 1)}
+    gone = {RunKey("crystalframer-static", "mp/gap", s) for s in (0, 1)}
     make_runs(tmp_path / "runs", paper, seeds=(0, 1), skip={missing} | gone)
     paths = report.write_report(tmp_path / "runs", tmp_path / "out", figures=False)
 
@@ -41,7 +41,7 @@ def test_table_has_every_model_and_column_and_marks_missing(tmp_path, paper):
             assert f"{col.key}:{stat}" in table.columns
     row = table.set_index("model").loc["crystalframer-pca"]
     assert row["jarvis/ehull:n"] == 1 and row["jarvis/ehull:n_expected"] == 2
-    assert math.isnan(table.set_index("model").loc["crystalframer-static", "mp/bandgap:mae"])
+    assert math.isnan(table.set_index("model").loc["crystalframer-static", "mp/gap:mae"])
 
     md = paths["md"].read_text()
     assert "**missing** (0/2)" in md and "(1/2 seeds)" in md
