@@ -20,6 +20,7 @@ import numpy as np
 from framer.data.cache import records_to_arrays
 from framer.data.sources import (
     JARVIS_SOURCES,
+    DataError,
     TargetSpec,
     is_valid_number,
     load_jarvis_dataset,
@@ -188,25 +189,28 @@ def build_jarvis_target(
     kept = filter_group(entries, spec.group, source.id_field, filtered_report)
     n = len(kept)
     if n == 0:
-        raise ValueError(f"{source.filename}: no entry has valid values for {', '.join(spec.group)}")
+        raise DataError(f"{source.filename}: no entry has valid values for {', '.join(spec.group)}")
     try:
         splits = paper_split(n, n_train, n_val, n_test, split_seed=split_seed)
     except ValueError as err:
-        raise ValueError(
+        raise DataError(
             f"{source.filename} has {n} entries with valid {spec.field!r}: {err}. For a subset of the published file, "
             "set n_train/n_val/n_test to null to use 80/10/10 fractions"
         ) from None
     paper = PAPER_SPLITS[spec.split_key]
     position_fps = {name: split_fingerprint(idx) for name, idx in splits.items()}
-    matches_paper = position_fps == dict(paper.fingerprints)
+    raw_fps = {name: split_fingerprint(kept[idx]) for name, idx in splits.items()}
+    # Raw-index fingerprints also pin down *which* entries the filter dropped (CrystalFramer's shipped files).
+    matches_paper = position_fps == dict(paper.fingerprints) and raw_fps == dict(paper.raw_fingerprints)
     if not matches_paper:
         log.warning(
-            "%s/%s: split differs from the paper's (N=%d after filtering, published N=%d; sizes %s)",
+            "%s/%s: split differs from the paper's (N=%d after filtering, published N=%d; sizes %s%s)",
             spec.dataset,
             spec.name,
             n,
             paper.total_size,
             {k: len(v) for k, v in splits.items()},
+            "; same positions but other entries were filtered out" if position_fps == dict(paper.fingerprints) else "",
         )
 
     def convert(p: int) -> CrystalRecord:
@@ -226,6 +230,7 @@ def build_jarvis_target(
         missing_target=filtered_report.to_dict(),
         unused_positions=int(n - sum(len(v) for v in splits.values())),
         paper_split_fingerprints=position_fps,
+        paper_raw_split_fingerprints=raw_fps,
         matches_paper_split=matches_paper,
     )
     return BuildResult(arrays, meta, report)

@@ -116,10 +116,13 @@ def build_custom(
             missing.add("missing_target", row.id, f"line {row.line}")
     if not valid:
         raise DataError(f"{root / id_prop_file}: no row has a finite target")
-    if split_file is None:
-        splits = random_split(len(valid), fractions, split_seed)
-    else:
-        splits = _splits_from_file(Path(split_file), rows, valid, missing)
+    try:
+        if split_file is None:
+            splits = random_split(len(valid), fractions, split_seed)
+        else:
+            splits = _splits_from_file(Path(split_file), rows, valid, missing)
+    except ValueError as err:
+        raise DataError(f"{root}: {err}") from None
 
     def convert(p: int) -> CrystalRecord:
         row = valid[p]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from framer.data import CrystalBatch, DataNotFoundError, JarvisDataModule, MPDataModule
+from framer.data import CrystalBatch, DataError, DataNotFoundError, JarvisDataModule, MPDataModule
 from framer.data.sources import load_jarvis_dataset
-from framer.data.splits import id_fingerprint, paper_split, split_fingerprint
+from framer.data.splits import PaperSplit, id_fingerprint, paper_split, split_fingerprint
 
 
 def test_mp_filters_before_splitting_and_skips_malformed_records(megnet_raw, megnet_layout, small_mp_kwargs):
@@ -104,7 +104,7 @@ def test_loader_workers_read_the_memory_mapped_cache(megnet_raw, small_mp_kwargs
 
 def test_default_mp_split_on_a_subset_explains_itself(megnet_raw):
     dm = MPDataModule("e_form")
-    with pytest.raises(ValueError, match=r"60000.*n_train/n_val/n_test to null"):
+    with pytest.raises(DataError, match=r"60000.*n_train/n_val/n_test to null"):
         dm.setup()
 
 
@@ -176,3 +176,32 @@ def test_datamodule_init_args_are_typed_and_documented_for_lightningcli():
         for p in params:
             assert p.annotation is not inspect.Parameter.empty, f"{cls.__name__}.{p.name}"
             assert f"{p.name}:" in cls.__doc__, f"{cls.__name__} docstring lacks {p.name}"
+
+
+def test_paper_split_verification_checks_positions_and_raw_indices(dft3d_raw, monkeypatch, caplog):
+    import dataclasses
+    import logging
+
+    import framer.data.build as build
+
+    entries = load_jarvis_dataset("dft_3d_2021")
+    kept = np.array([i for i, e in enumerate(entries) if e["mbj_bandgap"] != "na"])
+    splits = paper_split(len(kept))
+    published = PaperSplit(
+        len(kept),
+        tuple(len(splits[k]) for k in ("train", "val", "test")),
+        (None, None, None),
+        {k: split_fingerprint(v) for k, v in splits.items()},
+        {k: split_fingerprint(kept[v]) for k, v in splits.items()},
+    )
+    patched = {**build.PAPER_SPLITS, "dft_3d_2021-mbj_bandgap": published}
+    monkeypatch.setattr(build, "PAPER_SPLITS", patched)
+    assert JarvisDataModule("mbj_bandgap").summary()["matches_paper_split"] is True
+    # Same N and positions, but a different entry filtered out: only the raw-index fingerprints notice.
+    patched["dft_3d_2021-mbj_bandgap"] = dataclasses.replace(
+        published, raw_fingerprints={k: split_fingerprint(kept[v] + 1) for k, v in splits.items()}
+    )
+    caplog.set_level(logging.WARNING, logger="framer.data")
+    dm = JarvisDataModule("mbj_bandgap", rebuild_cache=True)
+    assert dm.summary()["matches_paper_split"] is False
+    assert "other entries were filtered out" in caplog.text
