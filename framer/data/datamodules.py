@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as L
 import numpy as np
@@ -36,6 +37,7 @@ from framer.data.sources import (
     TargetSpec,
     data_root,
     raw_files,
+    require_files,
     target_spec,
 )
 from framer.data.splits import PAPER_SPLIT_SEED, SPLIT_NAMES, random_split
@@ -70,7 +72,7 @@ class CrystalDataset(Dataset):
 
 
 class CrystalDataModule(L.LightningDataModule):
-    """Shared machinery; subclasses define :meth:`cache_path`, :meth:`cache_parts` and :meth:`build`.
+    """Shared machinery; subclasses define cache_path, cache_settings, raw_fingerprint and build.
 
     Args:
         target: Property to predict.
@@ -92,7 +94,7 @@ class CrystalDataModule(L.LightningDataModule):
         num_workers: int = 0,
         data_dir: str | None = None,
         rebuild_cache: bool = False,
-        predict_split: str = "test",
+        predict_split: Literal["train", "val", "test", "all"] = "test",
     ):
         super().__init__()
         if batch_size < 1 or test_batch_size < 1:
@@ -124,9 +126,13 @@ class CrystalDataModule(L.LightningDataModule):
         """Where the processed cache lives."""
         raise NotImplementedError
 
-    def cache_parts(self) -> dict:
-        """Everything the cache content depends on (raw hashes, target, split spec...); hashed into the key."""
+    def cache_settings(self) -> dict:
+        """Everything the cache content depends on except the raw data (target, split spec...)."""
         raise NotImplementedError
+
+    def raw_fingerprint(self) -> object:
+        """Content hashes of the raw inputs (raises DataNotFoundError when they are missing); None if none."""
+        return None
 
     def build(self) -> BuildResult:
         """Read raw data and produce cache arrays, metadata and a skip report."""
@@ -142,9 +148,12 @@ class CrystalDataModule(L.LightningDataModule):
     def report_path(self) -> Path:
         return self.cache_path().with_suffix(".report.json")
 
-    def _key_and_parts(self) -> tuple[str, dict]:
-        parts = {"datamodule": type(self).__name__, **self.cache_parts()}
-        return cache_key(**parts), parts
+    def _cache_parts(self, with_raw: bool = True) -> dict:
+        """Settings (plus raw hashes), normalised through JSON so they compare equal to the stored copy."""
+        parts = {"datamodule": type(self).__name__, **self.cache_settings()}
+        if with_raw:
+            parts["raw"] = self.raw_fingerprint()
+        return json.loads(json.dumps(parts, sort_keys=True, default=str))
 
     def _load(self, rebuild: bool) -> None:
         path = self.cache_path()
@@ -154,7 +163,8 @@ class CrystalDataModule(L.LightningDataModule):
             cache = self._cache_without_raw(path, missing[0])
             status = "hit-without-raw"
         else:
-            key, parts = self._key_and_parts()
+            parts = self._cache_parts()
+            key = cache_key(**parts)
 
             def build():
                 result = self.build()
@@ -195,21 +205,12 @@ class CrystalDataModule(L.LightningDataModule):
             cache = read_cache(path)
         except CacheError as err:
             raise DataNotFoundError(f"{missing} not found and the cache {path} is unusable ({err})") from None
-        _, parts = self._key_and_parts_without_raw()
         stored = dict(cache.meta.get("key_parts", {}))
         stored.pop("raw", None)
-        if stored != parts:
+        if stored != self._cache_parts(with_raw=False):
             raise DataNotFoundError(f"{missing} not found and the cache {path} was built with other settings")
         log.warning("%s not found; using the cache built from it earlier (%s)", missing, path)
         return cache
-
-    def _key_and_parts_without_raw(self) -> tuple[None, dict]:
-        parts = {"datamodule": type(self).__name__, **self.cache_parts_without_raw()}
-        return None, parts
-
-    def cache_parts_without_raw(self) -> dict:
-        """:meth:`cache_parts` minus the raw-content hashes (must not touch raw files)."""
-        raise NotImplementedError
 
     def _check_usable(self) -> None:
         sizes = {name: len(idx) for name, idx in self._split_indices.items()}
@@ -378,15 +379,17 @@ class _PaperDataModule(CrystalDataModule):
     def raw_paths(self) -> list[Path]:
         return raw_files(self.spec, self.data_dir)
 
-    def cache_parts_without_raw(self) -> dict:
-        return {"dataset": self.dataset_name, "target": self.target, "field": self.spec.field,
-                "group": list(self.spec.group), "split": self._split_spec()}  # fmt: skip
+    def cache_settings(self) -> dict:
+        return {
+            "dataset": self.dataset_name,
+            "target": self.target,
+            "field": self.spec.field,
+            "group": list(self.spec.group),
+            "split": self._split_spec(),
+        }
 
-    def cache_parts(self) -> dict:
-        from framer.data.sources import require_files
-
-        paths = require_files(self.raw_paths())
-        return {**self.cache_parts_without_raw(), "raw": {p.name: file_sha256(p) for p in paths}}
+    def raw_fingerprint(self) -> dict:
+        return {p.name: file_sha256(p) for p in require_files(self.raw_paths())}
 
     def build(self) -> BuildResult:
         if self.spec.pickled:
@@ -419,13 +422,13 @@ class MPDataModule(_PaperDataModule):
 
     def __init__(
         self,
-        target: str = "e_form",
+        target: Literal["e_form", "gap", "bulk_modulus", "shear_modulus"] = "e_form",
         batch_size: int = 128,
         test_batch_size: int = 1,
         num_workers: int = 0,
         data_dir: str | None = None,
         rebuild_cache: bool = False,
-        predict_split: str = "test",
+        predict_split: Literal["train", "val", "test", "all"] = "test",
         n_train: int | None = 60000,
         n_val: int | None = 5000,
         n_test: int | None = 4239,
@@ -471,13 +474,13 @@ class JarvisDataModule(_PaperDataModule):
 
     def __init__(
         self,
-        target: str = "formation_energy",
+        target: Literal["formation_energy", "total_energy", "opt_bandgap", "mbj_bandgap", "ehull"] = "formation_energy",
         batch_size: int = 128,
         test_batch_size: int = 1,
         num_workers: int = 0,
         data_dir: str | None = None,
         rebuild_cache: bool = False,
-        predict_split: str = "test",
+        predict_split: Literal["train", "val", "test", "all"] = "test",
         n_train: int | None = None,
         n_val: int | None = None,
         n_test: int | None = None,
@@ -534,7 +537,7 @@ class CustomDataModule(CrystalDataModule):
         num_workers: int = 0,
         data_dir: str | None = None,
         rebuild_cache: bool = False,
-        predict_split: str = "test",
+        predict_split: Literal["train", "val", "test", "all"] = "test",
         id_prop_file: str = "id_prop.csv",
         split_file: str | None = None,
         train_fraction: float = 0.8,
@@ -561,21 +564,20 @@ class CustomDataModule(CrystalDataModule):
     def raw_paths(self) -> list[Path]:
         return [self.root / self.id_prop_file]
 
-    def cache_parts_without_raw(self) -> dict:
+    def cache_settings(self) -> dict:
         split = {"file": self.split_file} if self.split_file else {"fractions": self.fractions, "seed": self.split_seed}
         return {"dataset": "custom", "root": str(self.root), "target": self.target, "split": split}
 
-    def cache_parts(self) -> dict:
+    def raw_fingerprint(self) -> dict:
         from framer.data.custom import folder_fingerprint, read_id_prop
 
         id_prop = self.root / self.id_prop_file
-        rows = read_id_prop(id_prop)
-        raw = {"folder": folder_fingerprint(self.root, rows, id_prop)}
+        raw = {"folder": folder_fingerprint(self.root, read_id_prop(id_prop), id_prop)}
         if self.split_file:
             if not Path(self.split_file).is_file():
                 raise DataNotFoundError(f"split file {self.split_file} not found")
             raw["split_file"] = file_sha256(self.split_file)
-        return {**self.cache_parts_without_raw(), "raw": raw}
+        return raw
 
     def build(self) -> BuildResult:
         from framer.data.custom import build_custom
@@ -617,7 +619,7 @@ class EwaldDataModule(CrystalDataModule):
         num_workers: int = 0,
         data_dir: str | None = None,
         rebuild_cache: bool = False,
-        predict_split: str = "test",
+        predict_split: Literal["train", "val", "test", "all"] = "test",
         num_crystals: int = 3000,
         seed: int = 0,
         max_atoms: int = ewald_mod.MAX_ATOMS,
@@ -638,7 +640,7 @@ class EwaldDataModule(CrystalDataModule):
         name = f"{self.target}-n{self.num_crystals}-seed{self.seed}-max{self.max_atoms}-split{self.split_seed}.cache"
         return self.data_dir / "processed" / "ewald" / name
 
-    def cache_parts_without_raw(self) -> dict:
+    def cache_settings(self) -> dict:
         return {
             "dataset": "ewald",
             "generator_version": ewald_mod.GENERATOR_VERSION,
@@ -648,9 +650,6 @@ class EwaldDataModule(CrystalDataModule):
             "max_atoms": self.max_atoms,
             "split_seed": self.split_seed,
         }
-
-    def cache_parts(self) -> dict:
-        return self.cache_parts_without_raw()
 
     def build(self) -> BuildResult:
         records = ewald_mod.generate_records(self.num_crystals, self.seed, self.build_workers, self.max_atoms)

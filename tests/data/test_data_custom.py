@@ -115,3 +115,14 @@ def test_a_single_bad_file_is_a_clear_error(tmp_path):
         record_from_file(bad)
     with pytest.raises(InvalidStructureError, match="file not found"):
         record_from_file(tmp_path / "absent.cif")
+
+
+def test_cache_survives_removal_of_the_raw_folder_contents(folder, data_dir):
+    first = CustomDataModule(root=str(folder), train_fraction=0.5, val_fraction=0.25, test_fraction=0.25)
+    first.setup()
+    (folder / "id_prop.csv").unlink()
+    again = CustomDataModule(root=str(folder), train_fraction=0.5, val_fraction=0.25, test_fraction=0.25)
+    again.setup()
+    assert again.cache_status == "hit-without-raw" and again.split_ids() == first.split_ids()
+    with pytest.raises(DataError, match="other settings"):
+        CustomDataModule(root=str(folder), split_seed=1).setup()
