@@ -41,7 +41,6 @@ class SkipReport:
     max_examples: int = 5
     counts: Counter = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)
-    messages: dict[str, str] = field(default_factory=dict)
 
     def add(self, reason: str, id: str, message: str = "") -> None:
         self.counts[reason] += 1

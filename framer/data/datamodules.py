@@ -218,8 +218,13 @@ class CrystalDataModule(L.LightningDataModule):
             raise DataError(f"{self.dataset_name}/{self.target}: the train split is empty (sizes {sizes})")
 
     def prepare_data(self) -> None:
-        """Build (or validate) the cache once per node, before ``setup`` runs on every rank."""
-        self._load(rebuild=self.rebuild_cache)
+        """Build (or validate) the cache once per node, before ``setup`` runs on every rank.
+
+        ``rebuild_cache`` applies once per instance (a later ``trainer.test`` does not rebuild again).
+        """
+        force = self.rebuild_cache and not self._prepared
+        if self._store is None or force:
+            self._load(rebuild=force)
         self._prepared = True
 
     def setup(self, stage: str | None = None) -> None:
@@ -336,6 +341,8 @@ class CrystalDataModule(L.LightningDataModule):
 class _PaperDataModule(CrystalDataModule):
     """MEGNet MP / JARVIS dft_3d_2021 targets with the ALIGNN/Matformer/Crystalformer split."""
 
+    _default_counts: tuple[int | None, int | None, int | None] = (None, None, None)  # the papers' n_train/val/test
+
     def __init__(
         self,
         target: str,
@@ -366,8 +373,6 @@ class _PaperDataModule(CrystalDataModule):
             "counts": list(self._default_counts),
             "seed": PAPER_SPLIT_SEED,
         }
-
-    _default_counts: tuple[int | None, int | None, int | None] = (None, None, None)
 
     def cache_path(self) -> Path:
         name = self.target

@@ -145,6 +145,8 @@ def test_second_setup_is_a_hit_and_rebuild_cache_forces_a_build(megnet_raw, smal
     forced.prepare_data()
     forced.setup("fit")  # prepare_data already rebuilt: setup must not build again
     assert forced.cache_status == "rebuild" and len(calls) == 2
+    forced.prepare_data()  # e.g. a later trainer.test(datamodule=...): no second rebuild
+    assert len(calls) == 2
     rebuilt_outside_trainer = MPDataModule(**small_mp_kwargs, rebuild_cache=True)
     rebuilt_outside_trainer.setup()  # no prepare_data, no Trainer: setup honours rebuild_cache itself
     assert rebuilt_outside_trainer.cache_status == "rebuild" and len(calls) == 3
