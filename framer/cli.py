@@ -116,6 +116,8 @@ class FramerCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_class", FramerArgumentParser)
         self._mlflow_run_id: str | None = None
+        #: test metrics of the run after fit (rank 0), e.g. {"test/mae": ..., "test_best/mae": ...}
+        self.final_metrics: dict[str, float] = {}
         super().__init__(*args, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -215,7 +217,7 @@ class FramerCLI(LightningCLI):
                 torch.distributed.destroy_process_group()
         if trainer.global_rank != 0:
             return
-        run_final_tests(trainer, self.model, self.datamodule)
+        self.final_metrics = run_final_tests(trainer, self.model, self.datamodule)
 
     def before_test(self) -> None:
         if self.trainer.world_size > 1:

@@ -223,6 +223,8 @@ class CrystalRegressor(pl.LightningModule):
             self.swa_model = copy.deepcopy(model)
             self.swa_model.requires_grad_(False)
         self.register_buffer("swa_n", torch.tensor(0, dtype=torch.long))
+        # first epoch of the phase the average covers: a resumed run with more epochs starts a fresh average
+        self.register_buffer("swa_epoch", torch.tensor(-1, dtype=torch.long))
         self.train_mae = MeanAbsoluteError()
         self.val_mae = MeanAbsoluteError()
         self.val_swa_mae = MeanAbsoluteError()
@@ -397,6 +399,10 @@ class CrystalRegressor(pl.LightningModule):
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
         if self.in_swa_phase:
+            start = self.swa_start_epoch
+            if int(self.swa_epoch) != start:  # an average from an earlier, shorter schedule does not count
+                self.swa_n.zero_()
+                self.swa_epoch.fill_(start)
             self.update_swa()
 
     @torch.no_grad()

@@ -104,10 +104,10 @@ class TinyDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self):
-        return DataLoader(self.splits["val"], self.batch_size, collate_fn=collate_records)
+        return DataLoader(self.splits["val"], batch_size=self.batch_size, collate_fn=collate_records)
 
     def test_dataloader(self):
-        return DataLoader(self.splits["test"], self.test_batch_size, collate_fn=collate_records)
+        return DataLoader(self.splits["test"], batch_size=self.test_batch_size, collate_fn=collate_records)
 
     def predict_dataloader(self):
         return self.test_dataloader()
