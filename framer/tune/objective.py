@@ -30,6 +30,7 @@ import optuna
 import yaml
 
 from framer.tune.callbacks import BestMetric
+from framer.tune.configs import bare_argv, quiet_overrides
 from framer.tune.mlflow_runs import RUN_ATTR, StudyTracker, artifact_root
 from framer.tune.storage import WORKER_ATTR, worker_id
 from framer.tune.sweep import Sweep, cli_overrides, nested
@@ -52,17 +53,6 @@ class _Tee(io.StringIO):
     def write(self, text: str) -> int:
         self.stream.write(text)
         return super().write(text)
-
-
-@contextlib.contextmanager
-def _bare_argv() -> Any:
-    """Hide this process's own arguments from LightningCLI (which warns when both argv and ``args`` are set)."""
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        yield
-    finally:
-        sys.argv = saved
 
 
 def trial_name(number: int) -> str:
@@ -91,10 +81,9 @@ class Objective:
     def plumbing(self, study: optuna.Study, number: int) -> dict[str, Any]:
         """Overrides every trial gets: its run directory, MLflow experiment and tags, no progress bar."""
         values: dict[str, Any] = {
+            **quiet_overrides(self.sweep.configs, self.sweep.fixed),
             "tracking.save_dir": str(self.trials_dir),
             "tracking.run_name": trial_name(number),
-            "trainer.enable_progress_bar": False,
-            "trainer.enable_model_summary": False,
             "tracking.mlflow": self.tracker is not None,
         }
         if self.tracker is not None:
@@ -154,7 +143,7 @@ class InProcessObjective(Objective):
         try:
             stderr = _Tee(sys.stderr)
             try:
-                with contextlib.redirect_stderr(stderr), _bare_argv():
+                with contextlib.redirect_stderr(stderr), bare_argv():
                     cli = FramerCLI(args=args, run=False)
             except SystemExit as exit_:  # the CLI's parser reports invalid values by exiting
                 message = stderr.getvalue().strip() or f"the CLI exited with status {exit_.code}"

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import shutil
 import sys
-from collections.abc import Container, Mapping
+from collections.abc import Container
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective, _bare_argv, overrides_of
+from framer.tune.configs import resolved_config
+from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective, overrides_of
 from framer.tune.storage import INTERRUPTED_ATTR, open_storage, recover_dead_trials, storage_spec
-from framer.tune.sweep import Sweep, cli_overrides
+from framer.tune.sweep import Sweep
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 
@@ -117,23 +115,6 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return study.best_trial
     except ValueError:
         return None
-
-
-def resolved_config(configs: list[str], overrides: Mapping[str, Any]) -> str:
-    """The full config of ``fit --config ... <overrides>`` as ``--print_config`` writes it (nothing is built)."""
-    from framer.cli import FramerCLI
-
-    args = ["fit"] + [a for c in configs for a in ("--config", str(c))] + cli_overrides(overrides) + ["--print_config"]
-    out, err = io.StringIO(), io.StringIO()
-    code: Any = None
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _bare_argv():
-        try:
-            FramerCLI(args=args)
-        except SystemExit as exit_:
-            code = exit_.code
-    if code not in (0, None) or not out.getvalue().strip():
-        raise RuntimeError(f"could not resolve the config ({code}): {err.getvalue().strip()}")
-    return out.getvalue()
 
 
 def write_outputs(

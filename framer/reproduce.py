@@ -1,0 +1,310 @@
+"""Run every (dataset, target, model, seed) cell of the paper's table from a manifest, resumably.
+
+    python -m framer.reproduce [--smoke] [--manifest conf/reproduce/paper.yaml] [--seeds ...] [--shard i/n]
+    python -m framer.report --runs runs/paper --out results
+
+Each run is ``python -m framer.cli fit --config <configs with {dataset}, {target}, {model} filled in> <overrides>``
+with its run directory at ``<runs_dir>/<dataset>_<target>__<model>__seed<k>/`` (``cell.json`` there, the CLI's
+``version_<n>/`` below it). A run whose ``metrics.json`` holds a test MAE is skipped; an interrupted run is resumed
+with ``--ckpt_path last`` when it left a ``last.ckpt``; a failed run leaves ``FAILED`` (the message) and the others
+go on. ``<runs_dir>/manifest.json`` lists every expected run, so the report shows missing ones.
+
+Manifest keys (``conf/reproduce/*.yaml``): ``title``, ``smoke``, ``runs_dir``, ``seeds``, ``configs``, ``overrides``
+(every run; string values may use ``{dataset} {target} {model} {seed} {column_index}`` and are then read as YAML),
+``models`` and ``columns`` (default: every row and column of ``conf/paper_results.yaml``), ``launcher``
+(``subprocess``: one process per run, required for DDP; ``inprocess``: faster for many tiny runs), ``quiet``
+(progress bars off) and ``stand_ins`` (smoke: what each column really trains on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from framer.report import CELL_FILE, MANIFEST_FILE, PAPER_RESULTS, PaperTable, RunKey, find_file, git_sha, is_finished
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFESTS = {"paper": REPO / "conf" / "reproduce" / "paper.yaml", "smoke": REPO / "conf" / "reproduce" / "smoke.yaml"}
+FAILED_FILE = "FAILED"
+LAUNCHERS = ("subprocess", "inprocess")
+
+
+@dataclass
+class Manifest:
+    """A parsed ``conf/reproduce/*.yaml``."""
+
+    title: str
+    runs_dir: Path
+    seeds: list[int]
+    configs: list[str]
+    overrides: dict[str, Any] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    launcher: str = "subprocess"
+    quiet: bool = True
+    smoke: bool = False
+    stand_ins: dict[str, str] = field(default_factory=dict)
+    experiment_name: str = "reproduce"
+
+    @classmethod
+    def load(cls, path: str | Path, paper: PaperTable) -> Manifest:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
+        manifest = cls(
+            title=str(raw.get("title", Path(path).stem)),
+            runs_dir=Path(raw.get("runs_dir", f"runs/{Path(path).stem}")),
+            seeds=[int(s) for s in raw.get("seeds", [123])],
+            configs=[str(c) for c in raw["configs"]],
+            overrides=dict(raw.get("overrides") or {}),
+            models=list(raw.get("models") or paper.models),
+            columns=list(raw.get("columns") or [c.key for c in paper.columns]),
+            launcher=str(raw.get("launcher", "subprocess")),
+            quiet=bool(raw.get("quiet", True)),
+            smoke=bool(raw.get("smoke", False)),
+            stand_ins=dict(raw.get("stand_ins") or {}),
+            experiment_name=str(raw.get("experiment_name", f"reproduce-{Path(path).stem}")),
+        )
+        if manifest.launcher not in LAUNCHERS:
+            raise ValueError(f"{path}: launcher must be one of {LAUNCHERS}")
+        bad = [c for c in manifest.columns if c not in {col.key for col in paper.columns}]
+        if bad:
+            raise ValueError(f"{path}: unknown columns {bad}")
+        return manifest
+
+    def run_keys(self) -> list[RunKey]:
+        """Every run, seed-major (all cells of seed 0 first, so partial results cover the table early)."""
+        return [RunKey(m, c, s) for s in self.seeds for m in self.models for c in self.columns]
+
+
+@dataclass
+class Run:
+    """One run: its key, directory and the CLI arguments that make it."""
+
+    key: RunKey
+    root: Path
+    configs: list[str]
+    overrides: dict[str, Any]
+
+    def args(self, resume: bool) -> list[str]:
+        from framer.tune.configs import config_args
+        from framer.tune.sweep import cli_overrides
+
+        extra = ["--ckpt_path=last"] if resume else []
+        return ["fit", *config_args(self.configs), *cli_overrides(self.overrides), *extra]
+
+
+def fill(template: Any, context: Mapping[str, Any]) -> Any:
+    """Substitute ``{name}`` in strings (a string that was only placeholders is re-read as YAML: "3" -> 3)."""
+    if isinstance(template, str) and "{" in template:
+        text = template.format(**context)
+        return yaml.safe_load(text) if text.strip() else text
+    if isinstance(template, dict):
+        return {k: fill(v, context) for k, v in template.items()}
+    if isinstance(template, list):
+        return [fill(v, context) for v in template]
+    return template
+
+
+def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
+    """The runs of a manifest with their configs and overrides resolved."""
+    from framer.tune.configs import quiet_overrides
+
+    index = {c.key: i for i, c in enumerate(paper.columns)}
+    runs = []
+    for key in manifest.run_keys():
+        col = paper.column(key.column)
+        context = {
+            "dataset": col.dataset,
+            "target": col.target,
+            "model": key.model,
+            "seed": key.seed,
+            "column_index": index[key.column],
+        }
+        configs = [str(fill(c, context)) for c in manifest.configs]
+        missing = [c for c in configs if not Path(c).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{key.model} / {key.column}: config {missing[0]} not found")
+        overrides = {k: fill(v, context) for k, v in manifest.overrides.items()}
+        if manifest.quiet:
+            overrides = {**quiet_overrides(configs, overrides), **overrides}
+        overrides.update(
+            {
+                "seed_everything": key.seed,
+                "tracking.save_dir": str(manifest.runs_dir),
+                "tracking.run_name": key.dirname,
+                "tracking.experiment_name": manifest.experiment_name,
+                "tracking.tags": {"model": key.model, "column": key.column, "seed": str(key.seed)},
+            }
+        )
+        runs.append(Run(key, manifest.runs_dir / key.dirname, configs, overrides))
+    return runs
+
+
+def write_manifest(manifest: Manifest, runs: Sequence[Run]) -> Path:
+    """``<runs_dir>/manifest.json``: every expected run (the report's list of what should exist)."""
+    manifest.runs_dir.mkdir(parents=True, exist_ok=True)
+    path = manifest.runs_dir / MANIFEST_FILE
+    data = {
+        "title": manifest.title,
+        "smoke": manifest.smoke,
+        "stand_ins": manifest.stand_ins,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_sha(),
+        "runs": [{"model": r.key.model, "column": r.key.column, "seed": r.key.seed} for r in runs],
+    }
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def has_last_checkpoint(root: Path) -> bool:
+    return any(root.glob("*/checkpoints/last*.ckpt"))
+
+
+def launch(run: Run, launcher: str, resume: bool) -> tuple[bool, str]:
+    """Run one ``fit``; returns (ok, message)."""
+    args = run.args(resume)
+    if launcher == "subprocess":
+        log = run.root / "launch.log"
+        with log.open("a") as out:
+            out.write(f"\n$ {sys.executable} -m framer.cli {' '.join(args)}\n")
+            out.flush()
+            proc = subprocess.run(
+                [sys.executable, "-m", "framer.cli", *args], stdout=out, stderr=subprocess.STDOUT, check=False
+            )
+        if proc.returncode != 0:
+            tail = log.read_text()[-2000:]
+            return False, f"framer.cli exited with {proc.returncode}; see {log}\n{tail}"
+        return True, ""
+    from framer.cli import FramerCLI
+    from framer.tune.configs import bare_argv
+
+    try:
+        with bare_argv():
+            FramerCLI(args=args)
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            return False, f"framer.cli exited with {exit_.code}"
+    except Exception as err:  # one failed cell must not stop the table
+        return False, f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}"
+    finally:
+        gc.collect()
+    return True, ""
+
+
+def run_figures(run: Run) -> None:
+    """Parity, error histogram and learning curves of a finished run; logged to its MLflow run when there is one."""
+    from framer import plots
+
+    metrics = find_file(run.root, "metrics.json")
+    if metrics is None:
+        return
+    version_dir = metrics.parent
+    try:
+        paths = plots.run_figures(version_dir, title=f"{run.key.model} {run.key.column} seed {run.key.seed}")
+    except Exception as err:  # figures never fail a run
+        print(f"framer.reproduce: no figures for {run.root}: {err}", file=sys.stderr)
+        return
+    info_file = version_dir / "run.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if info.get("mlflow_run_id") and info.get("mlflow_tracking_uri") and paths:
+        plots.log_figures(paths, info["mlflow_run_id"], info["mlflow_tracking_uri"])
+
+
+def execute(
+    runs: Sequence[Run], launcher: str, shard: tuple[int, int] = (0, 1), max_runs: int | None = None
+) -> dict[str, int]:
+    """Run what is not finished yet (this shard's share); returns counts of done/skipped/failed."""
+    counts = {"finished": 0, "skipped": 0, "failed": 0, "resumed": 0}
+    todo = [r for i, r in enumerate(runs) if i % shard[1] == shard[0]]
+    started = 0
+    for n, run in enumerate(todo, 1):
+        if is_finished(run.root):
+            counts["skipped"] += 1
+            continue
+        if max_runs is not None and started >= max_runs:
+            break
+        started += 1
+        run.root.mkdir(parents=True, exist_ok=True)
+        (run.root / FAILED_FILE).unlink(missing_ok=True)
+        (run.root / CELL_FILE).write_text(
+            json.dumps({"model": run.key.model, "column": run.key.column, "seed": run.key.seed}) + "\n"
+        )
+        resume = has_last_checkpoint(run.root)
+        counts["resumed"] += resume
+        t0 = time.time()
+        what = "resuming" if resume else "running"
+        print(f"framer.reproduce: [{n}/{len(todo)}] {what} {run.key.dirname}", flush=True)
+        ok, message = launch(run, launcher, resume)
+        if ok and is_finished(run.root):
+            counts["finished"] += 1
+            run_figures(run)
+            print(f"framer.reproduce: {run.key.dirname} done in {time.time() - t0:.0f} s", flush=True)
+        else:
+            counts["failed"] += 1
+            message = message or "fit ended without a test MAE in metrics.json"
+            (run.root / FAILED_FILE).write_text(message + "\n")
+            print(f"framer.reproduce: {run.key.dirname} FAILED: {message.splitlines()[0]}", file=sys.stderr)
+    return counts
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    i, _, n = text.partition("/")
+    shard = (int(i), int(n or 1))
+    if not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"--shard must be i/n with 0 <= i < n, got {text}")
+    return shard
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m framer.reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="the embedded-data stand-in (conf/reproduce/smoke.yaml)")
+    parser.add_argument("--manifest", default=None, help="manifest YAML (default conf/reproduce/paper.yaml)")
+    parser.add_argument("--paper", default=str(PAPER_RESULTS), help="paper results YAML (rows and columns)")
+    parser.add_argument("--runs-dir", default=None, help="override the manifest's runs_dir")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the manifest's seeds")
+    parser.add_argument("--models", nargs="+", default=None, help="only these model presets")
+    parser.add_argument("--columns", nargs="+", default=None, help="only these columns (e.g. mp/e_form)")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default=None, help="override the manifest's launcher")
+    parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run every n-th run from the i-th")
+    parser.add_argument("--max-runs", type=int, default=None, help="start at most this many runs")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    args = parser.parse_args(argv)
+
+    paper = PaperTable.load(args.paper)
+    path = Path(args.manifest) if args.manifest else MANIFESTS["smoke" if args.smoke else "paper"]
+    manifest = Manifest.load(path, paper)
+    if args.runs_dir:
+        manifest.runs_dir = Path(args.runs_dir)
+    for name in ("seeds", "models", "columns", "launcher"):
+        if getattr(args, name) is not None:
+            setattr(manifest, name, getattr(args, name))
+    runs = plan(manifest, paper)
+    if args.dry_run:
+        for run in runs:
+            print(f"{run.root}: python -m framer.cli {' '.join(run.args(has_last_checkpoint(run.root)))}")
+        return 0
+    write_manifest(manifest, runs)
+    t0 = time.time()
+    counts = execute(runs, manifest.launcher, args.shard, args.max_runs)
+    print(f"framer.reproduce: {counts} in {time.time() - t0:.0f} s; table: python -m framer.report "
+          f"--runs {manifest.runs_dir} --out <dir>")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
