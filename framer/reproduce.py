@@ -101,8 +101,7 @@ class Run:
     overrides: dict[str, Any]
 
     def args(self, resume: bool) -> list[str]:
-        from framer.tune.configs import config_args
-        from framer.tune.sweep import cli_overrides
+        from framer.tune.configs import cli_overrides, config_args
 
         extra = ["--ckpt_path=last"] if resume else []
         return ["fit", *config_args(self.configs), *cli_overrides(self.overrides), *extra]
@@ -122,7 +121,7 @@ def fill(template: Any, context: Mapping[str, Any]) -> Any:
 
 def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
     """The runs of a manifest with their configs and overrides resolved."""
-    from framer.tune.configs import quiet_overrides
+    from framer.tune.configs import quiet_overrides, resolve_path
 
     index = {c.key: i for i, c in enumerate(paper.columns)}
     runs = []
@@ -135,7 +134,7 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
             "seed": key.seed,
             "column_index": index[key.column],
         }
-        configs = [str(fill(c, context)) for c in manifest.configs]
+        configs = [resolve_path(str(fill(c, context))) for c in manifest.configs]
         missing = [c for c in configs if not Path(c).is_file()]
         if missing:
             raise FileNotFoundError(f"{key.model} / {key.column}: config {missing[0]} not found")

@@ -11,8 +11,6 @@ from typing import Any
 
 import yaml
 
-from framer.tune.sweep import cli_overrides
-
 
 @contextlib.contextmanager
 def bare_argv() -> Iterator[None]:
@@ -23,6 +21,30 @@ def bare_argv() -> Iterator[None]:
         yield
     finally:
         sys.argv = saved
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli_value(value: Any) -> str:
+    """A value as jsonargparse reads it on the command line (YAML flow syntax)."""
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def cli_overrides(values: Mapping[str, Any]) -> list[str]:
+    """``{"a.b": 1}`` -> ``["--a.b=1"]``."""
+    return [f"--{path}={cli_value(v)}" for path, v in values.items()]
+
+
+def resolve_path(path: str | Path) -> str:
+    """A config path as given if it exists from here, else relative to the repository (so sweep files and
+    manifests naming ``conf/...`` work from any directory)."""
+    p = Path(path)
+    if p.is_absolute() or p.exists() or not (REPO / p).exists():
+        return str(p)
+    return str(REPO / p)
 
 
 def config_args(configs: Sequence[str]) -> list[str]:

@@ -30,10 +30,10 @@ import optuna
 import yaml
 
 from framer.tune.callbacks import BestMetric
-from framer.tune.configs import bare_argv, quiet_overrides
+from framer.tune.configs import bare_argv, cli_overrides, quiet_overrides
 from framer.tune.mlflow_runs import RUN_ATTR, StudyTracker, artifact_root
 from framer.tune.storage import WORKER_ATTR, worker_id
-from framer.tune.sweep import Sweep, cli_overrides, nested
+from framer.tune.sweep import Sweep, nested
 
 DDP_TRAINER_CONFIG = Path("conf/trainer/ddp.yaml")
 LOG_TAIL = 3000  # characters of a failed trial's output kept in its ``error`` attribute

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from framer.tune.configs import resolved_config
 from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective, overrides_of
-from framer.tune.storage import INTERRUPTED_ATTR, open_storage, recover_dead_trials, storage_spec
+from framer.tune.storage import INTERRUPTED_ATTR, RETRY_ATTR, open_storage, recover_dead_trials, storage_spec
 from framer.tune.sweep import Sweep
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
@@ -24,15 +24,18 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.R
 class TrialBudget(MaxTrialsCallback):
     """``MaxTrialsCallback`` over every worker of the study: stops once ``n_trials`` trials are finished or running.
 
-    Trials failed because their worker died (``interrupted``) do not count: their parameters are queued again.
+    Trials failed because their worker died do not count (``interrupted``, or repeated by a ``retry_of`` trial):
+    their parameters are queued again.
     """
 
     def __init__(self, n_trials: int, states: Container[TrialState] | None = COUNTED) -> None:
         super().__init__(n_trials, states=states)
 
     def used(self, study: optuna.Study) -> int:
-        trials = study.get_trials(deepcopy=False, states=self._states)
-        return sum(1 for t in trials if not t.user_attrs.get(INTERRUPTED_ATTR))
+        every = study.get_trials(deepcopy=False)
+        retried = {t.user_attrs[RETRY_ATTR] for t in every if RETRY_ATTR in t.user_attrs}
+        counted = [t for t in every if self._states is None or t.state in self._states]
+        return sum(1 for t in counted if not t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in retried)
 
     def remaining(self, study: optuna.Study) -> int:
         return max(self._n_trials - self.used(study), 0)

@@ -29,7 +29,7 @@ HEARTBEAT_INTERVAL = 30  # s
 GRACE_PERIOD = 120  # s without a heartbeat before a RUNNING trial counts as dead
 WORKER_ATTR = "worker"  # "<host>:<pid>" of the process that runs a trial
 INTERRUPTED_ATTR = "interrupted"  # set on trials failed because their worker died (not counted in the budget)
-RETRY_ATTR = "retry_of"
+RETRY_ATTR = "retry_of"  # on a requeued trial: the number of the interrupted trial it repeats
 
 
 def storage_url(url: str) -> str:
@@ -89,8 +89,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def retry_interrupted(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Mark a trial whose worker died as interrupted and queue its parameters again."""
-    study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+    """Queue the parameters of a trial whose worker died again (the new trial's ``retry_of`` names it)."""
     if trial.params:
         study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
 
@@ -108,6 +107,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         if name != host or not pid.isdigit() or _pid_alive(int(pid)):
             continue
         try:
+            study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
             study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue

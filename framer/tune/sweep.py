@@ -31,6 +31,8 @@ from typing import Any
 import optuna
 import yaml
 
+from framer.tune.configs import resolve_path
+
 DIST_TYPES = ("float", "int", "categorical")
 SAMPLERS = {
     "tpe": "TPESampler",
@@ -123,7 +125,7 @@ class Sweep:
             raise SweepError(f"{where}: pruner type must be one of {sorted(PRUNERS)}")
         sweep = cls(
             name=str(raw.get("study") or default_name),
-            configs=[str(c) for c in configs],
+            configs=[resolve_path(str(c)) for c in configs],
             params=params,
             fixed=dict(raw.get("fixed") or {}),
             metric=str(raw.get("metric", "val/mae")),
@@ -234,18 +236,6 @@ def suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistr
     if isinstance(dist, optuna.distributions.IntDistribution):
         return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
     raise SweepError(f"unsupported distribution {dist!r}")
-
-
-def cli_value(value: Any) -> str:
-    """A value as jsonargparse reads it on the command line (YAML flow syntax)."""
-    if isinstance(value, str):
-        return value
-    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
-
-
-def cli_overrides(values: Mapping[str, Any]) -> list[str]:
-    """``{"a.b": 1}`` -> ``["--a.b=1"]``."""
-    return [f"--{path}={cli_value(v)}" for path, v in values.items()]
 
 
 def nested(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,95 @@
+"""Sweep-file schema, override helpers and storage URLs (no training)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+from conftest import REPO
+
+from framer.tune.configs import cli_overrides, config_callbacks, quiet_overrides, resolve_path
+from framer.tune.storage import storage_spec, storage_url
+from framer.tune.sweep import Sweep, SweepError, nested
+
+SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
+
+
+def test_shipped_sweeps_parse():
+    names = {p.stem for p in SWEEPS}
+    assert {"frames", "lr", "smoke"} <= names
+    for path in SWEEPS:
+        sweep = Sweep.load(path)
+        assert sweep.name == path.stem
+        assert all(p.exists() for p in map(__import__("pathlib").Path, sweep.configs)), sweep.configs
+        assert sweep.params and sweep.n_trials >= 1
+        sweep.make_sampler(), sweep.make_pruner()
+
+
+def test_frames_sweep_is_frame_by_angle_basis_grid():
+    sweep = Sweep.load(REPO / "sweeps" / "frames.yaml")
+    grid = sweep.grid()
+    assert set(grid["frame"]) == {"max", "static", "weighted_pca", "pca", "lattice"}
+    assert grid["angle_basis"] == [16, 32, 64]
+    assert sweep.grid_size() == sweep.n_trials == 15
+    assert isinstance(sweep.make_sampler(), optuna.samplers.GridSampler)
+    by_path = sweep.values_by_path({"frame": "pca", "angle_basis": 32})
+    assert by_path == {
+        "model.init_args.model.init_args.frame": "pca",
+        "model.init_args.model.init_args.angle_basis": 32,
+    }
+
+
+def test_distributions_and_errors():
+    sweep = Sweep.from_dict(
+        {
+            "configs": ["conf/default.yaml"],
+            "search_space": {
+                "a.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+                "a.n": {"type": "int", "low": 1, "high": 9, "step": 2},
+                "a.c": ["x", "y"],
+            },
+        }
+    )
+    dists = sweep.distributions()
+    assert dists["a.lr"].log and dists["a.n"].step == 2 and dists["a.c"].choices == ("x", "y")
+    for bad in (
+        {"configs": [], "search_space": {"x": [1]}},
+        {"configs": ["c"], "search_space": {}},
+        {"configs": ["c"], "search_space": {"x": {"type": "float", "low": 1}}},
+        {"configs": ["c"], "search_space": {"x": {"type": "bogus"}}},
+        {"configs": ["c"], "search_space": {"x": [1]}, "direction": "up"},
+        {"configs": ["c"], "search_space": {"x": [1]}, "sampler": {"type": "tpe", "nonsense": 1}},
+        {"configs": ["c"], "search_space": {"x": [1]}, "typo": 1},
+    ):
+        with pytest.raises(SweepError):
+            Sweep.from_dict(bad)
+
+
+def test_override_helpers():
+    args = cli_overrides({"a.b": 1, "c": [1, 2], "d": {"k": "v"}, "e": "text", "f": False, "g": 1e-4})
+    assert args == ["--a.b=1", "--c=[1, 2]", "--d={k: v}", "--e=text", "--f=false", "--g=0.0001"]
+    assert nested({"a.b.c": 1, "a.d": 2}) == {"a": {"b": {"c": 1}, "d": 2}}
+    with pytest.raises(SweepError):
+        nested({"a": 1, "a.b": 2})
+
+
+def test_quiet_overrides_drop_progress_bars(tmp_path):
+    base = tmp_path / "base.yaml"
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar"}, {"class_path": "x.Other"}]
+    base.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
+    later = tmp_path / "later.yaml"
+    later.write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}}))
+    assert config_callbacks([str(base), str(later)]) == callbacks
+    quiet = quiet_overrides([str(base), str(later)])
+    assert quiet["trainer.callbacks"] == [{"class_path": "x.Other"}]
+    assert quiet["trainer.enable_progress_bar"] is False
+    assert resolve_path("conf/default.yaml").endswith("conf/default.yaml")
+
+
+def test_storage_urls(tmp_path):
+    assert storage_url("postgresql://u:p@127.0.0.1/db") == "postgresql+psycopg2://u:p@127.0.0.1/db"
+    assert storage_url("postgres://h/db") == "postgresql+psycopg2://h/db"
+    assert storage_url("postgresql+psycopg2://h/db") == "postgresql+psycopg2://h/db"
+    assert storage_spec(None, tmp_path) == f"journal:{tmp_path.resolve() / 'journal.log'}"
+    assert storage_spec(str(tmp_path / "x.log"), tmp_path) == f"journal:{tmp_path / 'x.log'}"
+    assert storage_spec("sqlite:///rel.db", tmp_path).startswith("sqlite:////")
