@@ -41,6 +41,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="1: trials run in this process on one device; N > 1: each trial is a `python -m framer.cli fit` "
         "subprocess with Lightning DDP over N devices",
     )
+    parser.add_argument(
+        "--trial-timeout", type=float, default=None, help="seconds before a subprocess (DDP) trial is killed and failed"
+    )
     parser.add_argument("--study-dir", default=None, help="study directory (default sweeps/<study>)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
@@ -64,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             tracking_uri=args.tracking_uri,
             mlflow=not args.no_mlflow,
             figures=not args.no_figures,
+            trial_timeout=args.trial_timeout,
         )
     except (SweepError, FileNotFoundError) as err:
         sys.exit(f"framer.tune: error: {err}")

@@ -8,9 +8,11 @@ before Lightning started (an invalid config value) still gets a run, created her
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,24 @@ def artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+@contextlib.contextmanager
+def sqlite_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive file lock next to a SQLite tracking database (no-op for other backends)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(tracking_uri[len("sqlite:///") :] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def param_key(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_/. -]+", "_", name)[:250]
 
@@ -47,17 +67,15 @@ class StudyTracker:
 
         self.tracking_uri = tracking_uri
         self.study_name = study_name
-        self.client = MlflowClient(tracking_uri=tracking_uri)
         root = artifact_root(tracking_uri)
         self.artifact_location = f"{root}/{study_name}" if root else None
-        experiment = self.client.get_experiment_by_name(study_name)
-        if experiment is None:
-            try:
+        with sqlite_lock(tracking_uri):  # workers starting together must not migrate a new database twice
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            experiment = self.client.get_experiment_by_name(study_name)
+            if experiment is None:
                 self.experiment_id = self.client.create_experiment(study_name, self.artifact_location)
-            except Exception:  # another worker created it first
-                self.experiment_id = self.client.get_experiment_by_name(study_name).experiment_id
-        else:
-            self.experiment_id = experiment.experiment_id
+            else:
+                self.experiment_id = experiment.experiment_id
 
     # ------------------------------------------------------------------------------------------------------------
     def parent_run(self, study: optuna.Study) -> str:

@@ -98,6 +98,7 @@ class Objective:
     def start(self, trial: optuna.Trial) -> dict[str, Any]:
         """Sample the trial's values and record which worker runs it."""
         trial.set_user_attr(WORKER_ATTR, worker_id())
+        self.sweep.reseed(trial)
         return self.sweep.suggest(trial)
 
     def record_run(self, trial: optuna.Trial, run_dir: Path | None, run_id: str | None) -> None:
@@ -175,6 +176,7 @@ class SubprocessObjective(Objective):
         storage_spec: The study's storage, reopened by rank 0 of the trial (see ``storage_spec``).
         ddp_config: Trainer config added after the base configs (default ``conf/trainer/ddp.yaml`` if present).
         python: Interpreter for the subprocess.
+        timeout: Seconds after which a trial's processes are killed and the trial fails (None: no limit).
     """
 
     def __init__(
@@ -186,9 +188,11 @@ class SubprocessObjective(Objective):
         storage_spec: str,
         ddp_config: Path | None = None,
         python: str = sys.executable,
+        timeout: float | None = None,
     ) -> None:
         super().__init__(sweep, study_dir, tracking_uri)
         self.devices = devices
+        self.timeout = timeout
         self.storage_spec = storage_spec
         self.ddp_config = ddp_config if ddp_config is not None else DDP_TRAINER_CONFIG
         self.python = python
@@ -238,13 +242,17 @@ class SubprocessObjective(Objective):
         with log_file.open("w") as out:
             out.write(" ".join(cmd) + "\n\n")
             out.flush()
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            started = time.monotonic()
             try:
                 while proc.poll() is None:
+                    if self.timeout is not None and time.monotonic() - started > self.timeout:
+                        out.write(f"\nframer.tune: trial killed after {self.timeout:.0f} s\n")
+                        _stop(proc)
+                        break
                     time.sleep(0.5)
             except BaseException:
-                proc.terminate()
-                proc.wait(timeout=60)
+                _stop(proc)
                 raise
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         run_dir = Path(result["run_dir"]) if result.get("run_dir") else None
@@ -260,6 +268,22 @@ class SubprocessObjective(Objective):
         best = BestMetric(self.sweep.metric, self.sweep.direction)
         best.best, best.best_epoch, best.epochs = float(result["best"]), result["best_epoch"], result["epochs"]
         return _value(trial, best)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Terminate a trial's process group (the launcher and its DDP ranks), then kill what is left."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _value(trial: optuna.Trial, best: BestMetric) -> float:

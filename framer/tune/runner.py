@@ -69,6 +69,7 @@ def tune(
     tracking_uri: str | None = None,
     mlflow: bool = True,
     figures: bool = True,
+    trial_timeout: float | None = None,
 ) -> optuna.Study:
     """Run trials of the sweep until its total budget is used (or ``n_trials`` in this worker), then write outputs.
 
@@ -94,7 +95,7 @@ def tune(
         uri = resolve_tracking_uri(tracking_uri)
     objective: Objective
     if devices_per_trial > 1:
-        objective = SubprocessObjective(sweep, directory, uri, devices_per_trial, spec)
+        objective = SubprocessObjective(sweep, directory, uri, devices_per_trial, spec, timeout=trial_timeout)
     else:
         objective = InProcessObjective(sweep, directory, uri)
     budget = TrialBudget(sweep.n_trials)

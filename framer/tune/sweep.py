@@ -41,6 +41,7 @@ SAMPLERS = {
     "qmc": "QMCSampler",
     "cmaes": "CmaEsSampler",
 }
+RESEEDED = ("tpe", "random")  # samplers whose random draws are re-seeded per trial
 PRUNERS = {
     "median": "MedianPruner",
     "percentile": "PercentilePruner",
@@ -168,9 +169,13 @@ class Sweep:
     def grid_size(self) -> int:
         return math.prod(len(v) for v in self.grid().values())
 
-    def make_sampler(self) -> optuna.samplers.BaseSampler:
+    def make_sampler(self, trial_number: int | None = None) -> optuna.samplers.BaseSampler:
+        """The sweep's sampler. With ``trial_number``, TPE and random samplers are seeded ``seed + trial_number``:
+        workers started together then draw different points, and a study stays reproducible trial by trial."""
         kwargs = {k: v for k, v in self.sampler.items() if k != "type"}
         kind = self.sampler.get("type", "tpe")
+        if trial_number is not None and kind in RESEEDED and kwargs.get("seed") is not None:
+            kwargs["seed"] = int(kwargs["seed"]) + trial_number
         cls = getattr(optuna.samplers, SAMPLERS[kind])
         try:
             if kind == "grid":
@@ -178,6 +183,11 @@ class Sweep:
             return cls(**kwargs)
         except TypeError as err:
             raise SweepError(f"sampler {kind}: {err}") from err
+
+    def reseed(self, trial: optuna.Trial) -> None:
+        """Give ``trial`` its own sampler seed (before its first suggestion; see :meth:`make_sampler`)."""
+        if self.sampler.get("type", "tpe") in RESEEDED and self.sampler.get("seed") is not None:
+            trial.study.sampler = self.make_sampler(trial.number)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         return make_pruner(self.pruner)

@@ -21,7 +21,7 @@ def write_fixture(root: Path, task: str = "matbench_log_kvrh", n: int = 40, seed
 
     meta = tasks.task_metadata(task)
     structures, targets = [], []
-    for r in generate_records(n, seed=seed, num_workers=0, max_atoms=8):
+    for r in generate_records(n, seed=seed, num_workers=0, max_atoms=6):
         structures.append(Structure(Lattice(r.lattice), [int(z) for z in r.atomic_numbers], r.frac_coords))
         targets.append(r.target)
     df = pd.DataFrame({meta["input_type"]: structures, meta["target"]: targets})

@@ -133,7 +133,7 @@ def test_parallel_workers_share_the_budget(sweep_env):
 def test_ddp_trials_over_two_cpu_processes(sweep_env):
     tmp_path, uri = sweep_env
     sweep = small_sweep(tmp_path, "ddp", n_trials=2, pruner={"type": "median", "n_startup_trials": 1})
-    study = tune(sweep, study_dir=tmp_path / "study", devices_per_trial=2, figures=False)
+    study = tune(sweep, study_dir=tmp_path / "study", devices_per_trial=2, figures=False, trial_timeout=900)
     assert len(study.trials) == 2
     assert all(t.state in FINISHED for t in study.trials), [t.user_attrs.get("error") for t in study.trials]
     result = json.loads((tmp_path / "study" / "trials" / "trial_0000.result.json").read_text())
