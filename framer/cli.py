@@ -27,9 +27,10 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from framer.callbacks import PredictionWriter
+from framer.data.sources import DataError
 from framer.data.structures import InvalidStructureError
 from framer.module import CrystalRegressor
 from framer.tracking import (
@@ -39,10 +40,10 @@ from framer.tracking import (
     Tracking,
     TrackingError,
     atomic_write_json,
-    find_logger,
     log_artifacts,
     log_run_start,
     read_json,
+    run_dir,
     write_predictions_csv,
 )
 
@@ -60,13 +61,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     NotADirectoryError,
     IsADirectoryError,
     InvalidStructureError,
+    MisconfigurationException,
+    DataError,
 )
-
-
-def run_dir(trainer: Trainer) -> Path | None:
-    """The run directory (the CSV logger's ``log_dir``) without a collective call; None without a CSV logger."""
-    logger = find_logger(trainer.loggers, CSVLogger)
-    return Path(logger.log_dir) if logger is not None else None
 
 
 def find_last_checkpoint(save_dir: str | Path, run_name: str) -> tuple[Path, str] | None:
@@ -199,6 +196,9 @@ class FramerCLI(LightningCLI):
     # trainer: loggers from `tracking` unless trainer.logger is given
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("enable_progress_bar") is False and trainer_config.get("callbacks"):
+            # `--trainer.enable_progress_bar false` wins over the progress bar of the configs (sweeps, batch jobs)
+            trainer_config["callbacks"] = [c for c in trainer_config["callbacks"] if not isinstance(c, ProgressBar)]
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             tracking: Tracking = self._get(self.config_init, "tracking")
             kwargs["logger"] = tracking.loggers(mlflow_run_id=self._mlflow_run_id)

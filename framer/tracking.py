@@ -125,6 +125,12 @@ def find_logger(loggers: Iterable[Logger], kind: type) -> Any:
     return next((lg for lg in loggers if isinstance(lg, kind)), None)
 
 
+def run_dir(trainer: Any) -> Path | None:
+    """The run directory (the CSV logger's ``log_dir``) without a collective call; None without a CSV logger."""
+    logger = find_logger(trainer.loggers, CSVLogger)
+    return Path(logger.log_dir) if logger is not None else None
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # run metadata
 def git_commit(path: str | Path | None = None) -> dict[str, Any]:
@@ -182,13 +188,16 @@ def count_parameters(module: Any) -> dict[str, int]:
 
 
 def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str | Path | None) -> dict[str, Any]:
-    """Write ``run.json`` into the run directory and record config, commit, splits and size in MLflow (rank 0)."""
+    """Write ``run.json`` into the run directory and record config, commit, splits and size in MLflow.
+
+    Runs on global rank 0 only, so it must not make collective calls.
+    """
     info: dict[str, Any] = {**git_commit(), **datamodule_info(datamodule), **count_parameters(module)}
     mlflow_logger = find_logger(trainer.loggers, MLFlowLogger)
     if mlflow_logger is not None:
         info["mlflow_run_id"] = mlflow_logger.run_id
         info["mlflow_tracking_uri"] = mlflow_logger._tracking_uri
-    log_dir = trainer.log_dir
+    log_dir = run_dir(trainer)  # not trainer.log_dir: that is a collective call, and this runs on rank 0 only
     if log_dir:
         info["run_dir"] = str(Path(log_dir).resolve())
         previous = read_json(Path(log_dir) / RUN_INFO_FILE)
