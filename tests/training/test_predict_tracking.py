@@ -1,0 +1,123 @@
+"""``python -m framer.predict`` end to end, the prediction writer, and tracking defaults (never the file store)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from training_standins import TinyDataModule, TinyModel, quiet_trainer_kwargs, subprocess_env
+
+from framer.module import CrystalRegressor
+from framer.predict import collect_inputs
+from framer.predict import main as predict_main
+from framer.tracking import Tracking, TrackingError, atomic_write_text, resolve_tracking_uri
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("ckpt")
+    pl.seed_everything(5)
+    module = CrystalRegressor(TinyModel(hidden=8), swa_epochs=1)
+    callback = ModelCheckpoint(dirpath=directory, save_last=True)
+    trainer = pl.Trainer(**quiet_trainer_kwargs(max_epochs=2, callbacks=[callback], enable_checkpointing=True))
+    trainer.fit(module, datamodule=TinyDataModule(num_crystals=30))
+    return directory / "last.ckpt"
+
+
+@pytest.fixture
+def structures(tmp_path) -> Path:
+    from pymatgen.core import Lattice, Structure
+
+    folder = tmp_path / "structures"
+    (folder / "sub").mkdir(parents=True)
+    nacl = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    nacl.to(filename=str(folder / "NaCl.cif"))
+    Structure(Lattice.cubic(3.0), ["Fe"], [[0, 0, 0]]).to(filename=str(folder / "sub" / "POSCAR"), fmt="poscar")
+    (folder / "broken.cif").write_text("data_broken\nthis is not a crystal\n")
+    overlap = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.001, 0, 0]])
+    overlap.to(filename=str(folder / "overlap.cif"))
+    (folder / "notes.txt").write_text("ignored: not a structure file\n")
+    return folder
+
+
+def test_collect_inputs_finds_structure_files(structures):
+    found = dict(collect_inputs([structures]))
+    assert set(found) == {"NaCl", "broken", "overlap", "sub/POSCAR"}
+
+
+def test_predict_folder_to_csv_skips_bad_files_by_name(checkpoint, structures, tmp_path, capsys):
+    out = tmp_path / "preds.csv"
+    assert predict_main(["--ckpt", str(checkpoint), "--inputs", str(structures), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "broken.cif" in err and "overlap.cif" in err and "Traceback" not in err
+    with out.open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == ["NaCl", "sub/POSCAR"]
+    # the numbers are the checkpoint's SWA predictions in physical units
+    from framer.data import collate_structures
+    from framer.data.structures import read_structure_file
+
+    module = CrystalRegressor.load_from_checkpoint(checkpoint).eval()
+    batch = collate_structures([read_structure_file(structures / "NaCl.cif")])
+    with torch.no_grad():
+        expected = float(module(batch, "swa"))
+    assert float(rows[0]["prediction"]) == pytest.approx(expected, rel=1e-6)
+
+
+def test_predict_user_errors(checkpoint, structures, tmp_path, capsys):
+    assert predict_main(["--ckpt", str(tmp_path / "none.ckpt"), "--inputs", str(structures)]) == 2
+    assert predict_main(["--ckpt", str(checkpoint), "--inputs", str(tmp_path / "nowhere")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert predict_main(["--ckpt", str(checkpoint), "--inputs", str(empty)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("framer.predict: error:") == 3 and "Traceback" not in err
+
+
+def test_predict_entry_point_as_a_subprocess(checkpoint, structures, tmp_path):
+    out = tmp_path / "p.csv"
+    inputs = ["--inputs", str(structures / "NaCl.cif"), "--out", str(out)]
+    result = subprocess.run(
+        [sys.executable, "-m", "framer.predict", "--ckpt", str(checkpoint), *inputs],
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert out.read_text().splitlines()[0] == "id,prediction"
+
+
+def test_tracking_uri_defaults_to_sqlite_and_refuses_file_stores(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    uri = resolve_tracking_uri()
+    assert uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}" and (tmp_path / "mlruns").is_dir()
+    for bad in ("./mlruns", "file:///tmp/mlruns", "mlruns"):
+        with pytest.raises(TrackingError):
+            resolve_tracking_uri(bad)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri("sqlite:///x.db") == "http://127.0.0.1:5000"
+    loggers = Tracking(run_name="r", save_dir=str(tmp_path / "runs")).loggers()
+    assert type(loggers[0]).__name__ == "CSVLogger" and type(loggers[1]).__name__ == "MLFlowLogger"
+    assert Tracking(mlflow=False).loggers()[-1].__class__.__name__ == "CSVLogger"
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old")
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", fail)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
