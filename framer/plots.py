@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 if TYPE_CHECKING:
     import optuna
@@ -66,7 +66,7 @@ def _parity_ax(ax: Any, df: pd.DataFrame, title: str, unit: str = "") -> None:
     lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
     pad = 0.05 * (hi - lo or 1.0)
     ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=1, ls="--", zorder=1)
-    ax.scatter(y, p, s=8, alpha=0.6, lw=0, zorder=2)
+    ax.scatter(y, p, s=14, alpha=0.7, lw=0, zorder=2)
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_aspect("equal", adjustable="box")
@@ -101,8 +101,11 @@ def _curves_ax(ax: Any, curves: pd.DataFrame, title: str) -> None:
         if len(series):
             ax.plot(series.index, series.to_numpy(float), marker="o", ms=3, label=name)
     values = curves[shown].to_numpy(float) if shown else np.array([])
-    if values.size and np.nanmin(values) > 0:
+    values = values[np.isfinite(values)]
+    if values.size and values.min() > 0 and values.max() / values.min() > 20:  # log only when it spans decades
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
     ax.set_xlabel("epoch", fontsize=8)
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
@@ -167,7 +170,6 @@ def _grid(n: int, size: float = 3.0) -> tuple[Any, np.ndarray]:
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.5), squeeze=False)
     fig.subplots_adjust(left=0.06, right=0.98, bottom=0.08, top=0.9, wspace=0.35, hspace=0.45)
     for ax in axes.flat:
-        ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.yaxis.set_major_locator(MaxNLocator(4))
     for ax in axes.flat[n:]:
         ax.axis("off")
@@ -179,7 +181,7 @@ def report_figures(
 ) -> dict[str, Path]:
     """Per model: parity, error and learning-curve grids over the 9 columns (all seeds pooled; curves of the first
     seed); plus ``frames.png`` comparing frame types against Crystalformer."""
-    from framer.report import CURVES_FILE, PREDICTIONS_FILE, find_file
+    from framer.report import CURVES_FILE, DATASET_SHORT, PREDICTIONS_FILE, find_file
 
     out = Path(out_dir)
     paths: dict[str, Path] = {}
@@ -191,7 +193,7 @@ def report_figures(
         figs = {kind: _grid(len(paper.columns)) for kind in ("parity", "errors", "curves")}
         for i, col in enumerate(paper.columns):
             runs = sorted((r for r in done if r.key.column == col.key), key=lambda r: r.key.seed)
-            name = f"{col.dataset} {col.label}"
+            name = f"{DATASET_SHORT.get(col.dataset, col.dataset)} {col.label}"
             frames = [read_predictions(p) for r in runs if (p := find_file(r.run_dir, PREDICTIONS_FILE))]
             preds = pd.concat(frames) if frames else pd.DataFrame({"target": [], "prediction": []})
             _parity_ax(figs["parity"][1][i], preds, name, col.unit)

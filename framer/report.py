@@ -32,6 +32,7 @@ METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 CURVES_FILE = "metrics.csv"
 CONFIG_FILE = "config.yaml"
+DATASET_SHORT = {"mp": "MP", "jarvis": "JARVIS"}
 
 # Flattened metrics.json keys (framer.cli writes {"metrics": {...}, "epochs", "n_test", "git_commit", ...}), tried in
 # order: the table's number is the final (SWA) model's test MAE, as in the paper; then the best-val checkpoint's.
@@ -311,7 +312,7 @@ def cell_text(r: pd.Series) -> str:
 
 
 def header(col: Column) -> str:
-    ds = {"mp": "MP", "jarvis": "JARVIS"}.get(col.dataset, col.dataset)
+    ds = DATASET_SHORT.get(col.dataset, col.dataset)
     return f"{ds} {col.label} ({col.unit})"
 
 

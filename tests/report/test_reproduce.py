@@ -1,0 +1,148 @@
+"""framer.reproduce: planning every cell, skipping finished runs, resuming, recording failures (fake training)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from framer import reproduce
+from framer.report import PaperTable, RunKey, write_report
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def paper() -> PaperTable:
+    return PaperTable.load()
+
+
+def test_paper_manifest_covers_the_table(paper):
+    manifest = reproduce.Manifest.load(reproduce.MANIFESTS["paper"], paper)
+    runs = reproduce.plan(manifest, paper)
+    assert len(runs) == 7 * 9 * len(manifest.seeds)
+    run = next(r for r in runs if r.key == RunKey("crystalframer-pca", "jarvis/ehull", manifest.seeds[0]))
+    assert run.configs[-1].endswith("conf/experiments/jarvis_ehull/crystalframer-pca.yaml")
+    assert all(Path(c).is_file() for r in runs for c in r.configs)
+    args = run.args(resume=True)
+    assert args[0] == "fit" and args[-1] == "--ckpt_path=last"
+    assert f"--tracking.run_name={run.key.dirname}" in args
+    assert f"--seed_everything={manifest.seeds[0]}" in args
+    assert "--trainer.enable_progress_bar=false" in args
+
+
+def test_smoke_manifest_fills_placeholders(paper):
+    manifest = reproduce.Manifest.load(reproduce.MANIFESTS["smoke"], paper)
+    runs = reproduce.plan(manifest, paper)
+    assert manifest.smoke and len(runs) == 63 and set(manifest.stand_ins) == {c.key for c in paper.columns}
+    seeds = {r.key.column: r.overrides["data.init_args.split_seed"] for r in runs}
+    assert seeds["mp/e_form"] == 0 and seeds["jarvis/ehull"] == 8
+
+
+def test_manifest_errors(tmp_path, paper):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"configs": ["conf/default.yaml"], "typo": 1}))
+    with pytest.raises(ValueError, match="unknown keys"):
+        reproduce.Manifest.load(bad, paper)
+    bad.write_text(yaml.safe_dump({"configs": ["conf/default.yaml"], "columns": ["mp/nothing"]}))
+    with pytest.raises(ValueError, match="unknown columns"):
+        reproduce.Manifest.load(bad, paper)
+
+
+def fake_fit(calls: list, fail: set[str]):
+    """Stands in for framer.cli fit: records the call, writes what a finished run writes (or fails)."""
+
+    def launch(run, launcher, resume):
+        calls.append((run.key.dirname, resume))
+        if run.key.dirname in fail:
+            (run.root / "version_0" / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (run.root / "version_0" / "checkpoints" / "last.ckpt").write_text("x")
+            return False, "CUDA out of memory (pretend)"
+        version = run.root / "version_0"
+        version.mkdir(parents=True, exist_ok=True)
+        (version / "metrics.json").write_text(json.dumps({"metrics": {"test/mae": 0.02, "test_best/mae": 0.021}}))
+        (version / "predictions.csv").write_text("id,target,prediction\na,1.0,1.02\nb,2.0,1.98\n")
+        (version / "metrics.csv").write_text("epoch,step,train/loss,val/mae\n0,1,1.0,\n0,1,,0.5\n1,2,0.5,\n1,2,,0.3\n")
+        return True, ""
+
+    return launch
+
+
+def test_execute_skips_resumes_and_records_failures(tmp_path, paper, monkeypatch):
+    manifest = reproduce.Manifest.load(reproduce.MANIFESTS["smoke"], paper)
+    manifest.runs_dir = tmp_path / "runs"
+    manifest.models, manifest.columns = ["crystalformer", "crystalframer"], ["mp/e_form", "jarvis/ehull"]
+    runs = reproduce.plan(manifest, paper)
+    reproduce.write_manifest(manifest, runs)
+    calls: list = []
+    flaky = "jarvis_ehull__crystalframer__seed0"
+    monkeypatch.setattr(reproduce, "launch", fake_fit(calls, fail={flaky}))
+    monkeypatch.setattr(reproduce, "run_figures", lambda run: None)
+
+    counts = reproduce.execute(runs, "inprocess")
+    assert counts == {"finished": 3, "skipped": 0, "failed": 1, "resumed": 0}
+    assert "CUDA out of memory" in (tmp_path / "runs" / flaky / "FAILED").read_text()
+    status = pd.read_csv(write_report(tmp_path / "runs", tmp_path / "out", figures=False)["runs"])
+    assert sorted(status["status"]) == ["failed"] + ["finished"] * 3  # every run of the manifest is listed
+
+    calls.clear()
+    monkeypatch.setattr(reproduce, "launch", fake_fit(calls, fail=set()))
+    counts = reproduce.execute(runs, "inprocess")
+    assert calls == [(flaky, True)]  # only the failed run again, resumed from its last.ckpt
+    assert counts == {"finished": 1, "skipped": 3, "failed": 0, "resumed": 1}
+    assert not (tmp_path / "runs" / flaky / "FAILED").exists()
+
+
+def test_shards_split_the_runs(tmp_path, paper, monkeypatch):
+    manifest = reproduce.Manifest.load(reproduce.MANIFESTS["smoke"], paper)
+    manifest.runs_dir = tmp_path / "runs"
+    runs = reproduce.plan(manifest, paper)
+    seen: list = []
+    monkeypatch.setattr(reproduce, "launch", fake_fit(seen, fail=set()))
+    monkeypatch.setattr(reproduce, "run_figures", lambda run: None)
+    for i in range(3):
+        reproduce.execute(runs, "inprocess", shard=(i, 3))
+    assert sorted(name for name, _ in seen) == sorted(r.key.dirname for r in runs)
+
+
+def test_dry_run_prints_commands(capsys, tmp_path):
+    assert reproduce.main(["--dry-run", "--runs-dir", str(tmp_path), "--models", "crystalformer"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 9 * 3 and all("python -m framer.cli fit" in line for line in out)
+
+
+@pytest.mark.slow
+def test_make_reproduce_table_smoke_on_a_clean_clone(tmp_path):
+    """`make reproduce-table SMOKE=1` in a fresh clone: every run trains on CPU, tables and figures appear."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", "--local", str(REPO), str(clone)], check=True)
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("FRAMER_DATA_DIR", "MLFLOW_TRACKING_URI")}
+    result = subprocess.run(
+        ["make", "reproduce-table", "SMOKE=1", f"VENV={REPO / '.venv'}"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = clone / "results" / "smoke"
+    table = pd.read_csv(results / "table.csv")
+    paper = PaperTable.load(clone / "conf" / "paper_results.yaml")
+    assert list(table["model"]) == list(paper.models)
+    assert all(f"{c.key}:mae" in table.columns for c in paper.columns)
+    assert table[[f"{c.key}:n" for c in paper.columns]].to_numpy().min() == 1  # every cell trained
+    md = (results / "table.md").read_text()
+    assert "not paper numbers" in md and "missing" not in md
+    figures = {p.name for p in (results / "figures").glob("*.png")}
+    assert "frames.png" in figures and {f"parity_{m}.png" for m in paper.models} <= figures
+    run_dirs = list((clone / "runs" / "smoke").glob("*__seed0"))
+    assert len(run_dirs) == 63
+    assert all((d / "version_0" / "figures" / "parity.png").is_file() for d in run_dirs)
+    assert (clone / "mlruns" / "mlflow.db").is_file()
+    shutil.rmtree(clone / "data", ignore_errors=True)
