@@ -17,6 +17,7 @@ set ``FRAMER_DEBUG=1`` to see the traceback.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import sys
@@ -283,7 +284,9 @@ def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: Ligh
     callback = trainer.checkpoint_callback
     best_path = getattr(callback, "best_model_path", "") if callback is not None else ""
     if best_path and Path(best_path).is_file():
-        best = type(module).load_from_checkpoint(best_path, map_location="cpu")
+        # a module built in Python around a network whose arguments could not be recorded needs it passed back
+        extra = {"model": copy.deepcopy(module.model)} if module.hparams.get("model") is None else {}
+        best = type(module).load_from_checkpoint(best_path, map_location="cpu", **extra)
         best.eval_weights = "raw"
         best.test_prefix = "test_best"
         results = tester.test(best, datamodule=datamodule, verbose=False)

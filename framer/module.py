@@ -158,6 +158,15 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     return {"class_path": class_path(model), "init_args": init_args}
 
 
+def build_from_config(config: dict[str, Any]) -> Any:
+    """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}``."""
+    import importlib
+
+    module_name, _, name = config["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    return cls(**dict(config.get("init_args") or {}))
+
+
 def callable_config(fn: Any) -> dict[str, Any] | None:
     """Config of an optimizer/scheduler callable: supports classes and ``functools.partial`` of classes."""
     if fn is None or fn in (default_optimizer, default_lr_scheduler):
@@ -177,7 +186,8 @@ class CrystalRegressor(pl.LightningModule):
 
     Args:
         model: The network; called on a :class:`framer.data.CrystalBatch` and returning one standardised value per
-            crystal, shape (B,).
+            crystal, shape (B,). From Python, a ``{"class_path", "init_args"}`` dict also works (and is what
+            checkpoints store, so ``load_from_checkpoint(path)`` rebuilds it).
         optimizer: Builds the optimizer from parameter groups (weight-decayed weights, then biases without decay).
             Default: AdamW(lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5).
         lr_scheduler: Builds a scheduler that is stepped after every optimizer step. Default: InverseSqrtLR with
@@ -202,6 +212,11 @@ class CrystalRegressor(pl.LightningModule):
         target_std: float | None = None,
     ) -> None:
         super().__init__()
+        if isinstance(model, dict):  # {"class_path": ..., "init_args": {...}} from Python: exact hparams
+            self._model_config = {"class_path": model["class_path"], "init_args": dict(model.get("init_args") or {})}
+            model = build_from_config(self._model_config)
+        else:
+            self._model_config = None
         if swa_epochs < 0:
             raise ValueError(f"swa_epochs must be >= 0, got {swa_epochs}")
         if eval_weights not in ("swa", "raw"):
@@ -245,7 +260,7 @@ class CrystalRegressor(pl.LightningModule):
             self.save_hyperparameters()
             return
         try:
-            config = model_config(model)
+            config = self._model_config or model_config(model)
         except ValueError as err:
             warnings.warn(
                 f"{err}; checkpoints of this module will need the network passed back: "
@@ -330,6 +345,9 @@ class CrystalRegressor(pl.LightningModule):
         n = len(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         self.log("train/mae", self.train_mae, on_step=False, on_epoch=True, batch_size=n)
+        if self._trainer is not None and self.trainer.optimizers:
+            lr = self.trainer.optimizers[0].param_groups[0]["lr"]
+            self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=n)
         return loss
 
     def on_fit_start(self) -> None:
