@@ -120,7 +120,9 @@ class DDPTrialReporter(BestMetric):
             self.write_result(trainer)
 
     def write_result(self, trainer: pl.Trainer) -> None:
-        run_dir = getattr(trainer, "log_dir", None)
+        from framer.cli import run_dir as cli_run_dir
+
+        run_dir = cli_run_dir(trainer)  # not trainer.log_dir: that is a collective call, and only rank 0 is here
         result = {
             "best": self.best,
             "best_epoch": self.best_epoch,

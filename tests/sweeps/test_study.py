@@ -132,7 +132,11 @@ def test_parallel_workers_share_the_budget(sweep_env):
 @pytest.mark.slow
 def test_ddp_trials_over_two_cpu_processes(sweep_env):
     tmp_path, uri = sweep_env
-    sweep = small_sweep(tmp_path, "ddp", n_trials=2, pruner={"type": "median", "n_startup_trials": 1})
+    space = {"model.init_args.optimizer.init_args.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}}
+    fixed = {**yaml.safe_load(SMOKE.read_text())["fixed"], "model.init_args.model.init_args.frame": "none"}
+    sweep = small_sweep(
+        tmp_path, "ddp", n_trials=2, search_space=space, fixed=fixed, pruner={"type": "median", "n_startup_trials": 1}
+    )
     study = tune(sweep, study_dir=tmp_path / "study", devices_per_trial=2, figures=False, trial_timeout=900)
     assert len(study.trials) == 2
     assert all(t.state in FINISHED for t in study.trials), [t.user_attrs.get("error") for t in study.trials]
@@ -140,7 +144,8 @@ def test_ddp_trials_over_two_cpu_processes(sweep_env):
     assert result["world_size"] == 2
     assert study.trials[0].intermediate_values  # rank 0 reported every epoch
     trial_yaml = yaml.safe_load((tmp_path / "study" / "trials" / "trial_0000.yaml").read_text())
-    assert "frame" in trial_yaml["model"]["init_args"]["model"]["init_args"]
+    assert trial_yaml["model"]["init_args"]["optimizer"]["init_args"]["lr"] == study.trials[0].params[
+        "model.init_args.optimizer.init_args.lr"]  # fmt: skip
     _, trials, _ = mlflow_runs(uri, "ddp")
     assert len(trials) == 2 and all("val/mae" in r.data.metrics for r in trials)
     assert (tmp_path / "study" / "best.yaml").is_file()
