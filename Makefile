@@ -48,9 +48,19 @@ demo: venv ## train Crystalformer and CrystalFramer on the embedded Ewald datase
 bench: venv ## speed and memory benchmarks -> bench/results/<host>.json and .md
 	$(PY) -m framer.bench
 
+reproduce-table: RUNS ?= $(if $(filter 1,$(SMOKE)),runs/smoke,runs/paper)
+reproduce-table: RESULTS ?= $(if $(filter 1,$(SMOKE)),results/smoke,results)
 reproduce-table: venv ## run every cell of the paper's table (SMOKE=1: embedded data, minutes) and write results/
-	$(PY) -m framer.reproduce $(if $(filter 1,$(SMOKE)),--smoke,)
-	$(PY) -m framer.report --runs $(if $(filter 1,$(SMOKE)),runs/smoke,runs/paper) --out $(if $(filter 1,$(SMOKE)),results/smoke,results)
+	$(PY) -m framer.reproduce $(if $(filter 1,$(SMOKE)),--smoke,) --runs-dir $(RUNS) $(REPRODUCE_ARGS)
+	$(PY) -m framer.report --runs $(RUNS) --out $(RESULTS)
+
+.PHONY: sweep
+sweep: venv ## Optuna study: make sweep SWEEP=sweeps/frames.yaml [STORAGE=postgresql://...] [N_TRIALS=n] [DEVICES=n]
+	$(PY) -m framer.tune --sweep $(or $(SWEEP),sweeps/frames.yaml) $(if $(STORAGE),--storage $(STORAGE),) \
+		$(if $(N_TRIALS),--n-trials $(N_TRIALS),) $(if $(DEVICES),--devices-per-trial $(DEVICES),)
+
+sweep-smoke: venv ## a 3-trial study on the embedded data (CPU, about a minute) -> sweeps/smoke/
+	$(PY) -m framer.tune --sweep sweeps/smoke.yaml
 
 clean: ## remove caches of Python and pytest (keeps data, runs and .venv)
 	rm -rf .pytest_cache .ruff_cache .hypothesis
