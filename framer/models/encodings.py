@@ -1,0 +1,74 @@
+"""Gaussian basis expansions of distances and angle cosines (model-spec §2.5 and §4.6)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+# exp() of arguments far below the float32 range takes a slow underflow path (about 15x slower on x86 CPUs), so
+# exponents are clamped here: e^-80 ~ 2e-35 is zero for every purpose of the model.
+MIN_EXPONENT = -80.0
+
+
+def exp_(x: Tensor) -> Tensor:
+    """In-place exp with the exponent clamped at ``MIN_EXPONENT`` (no autograd)."""
+    return x.clamp_(min=MIN_EXPONENT).exp_()
+
+
+def logsumexp_(x: Tensor, mask: Tensor | None = None, dim: int = -1) -> tuple[Tensor, Tensor]:
+    """(log sum exp x, softmax x) along ``dim`` over the entries where ``mask`` is True; overwrites x (no autograd)."""
+    if mask is not None:
+        x = x.masked_fill_(~mask, -torch.inf)
+    peak = x.amax(dim=dim, keepdim=True)
+    weights = exp_(x.sub_(peak))
+    if mask is not None:
+        weights = weights.masked_fill_(~mask, 0.0)
+    total = weights.sum(dim=dim, keepdim=True)
+    return (total.log() + peak).squeeze(dim), weights.div_(total)
+
+
+class GaussianBasis(nn.Module):
+    """Expand scalars x into exp(-(x - mu_k)^2 / (2 width^2)) for evenly spaced centres mu_k.
+
+    The expansion is evaluated in place to keep the large per-image temporaries to one allocation, so call it on
+    tensors that need no gradient (all image features are built under ``torch.no_grad()``). Values below
+    e^-80 are returned as e^-80 (see ``MIN_EXPONENT``).
+
+    Args:
+        start: first centre.
+        stop: last centre.
+        num: number of centres.
+        width: Gaussian standard deviation.
+    """
+
+    def __init__(self, start: float, stop: float, num: int, width: float):
+        super().__init__()
+        self.num = num
+        self.width = width
+        self.scale = 1.0 / (width * math.sqrt(2.0))
+        self.register_buffer("centers", torch.linspace(start, stop, num), persistent=False)
+        self.register_buffer("scaled_centers", self.centers * self.scale, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(...,) -> (..., num)."""
+        bound = math.sqrt(-MIN_EXPONENT)
+        out = (x * self.scale).unsqueeze(-1) - self.scaled_centers  # (x - mu) / (sqrt(2) width)
+        return out.clamp_(-bound, bound).square_().neg_().exp_()
+
+    def extra_repr(self) -> str:
+        c = self.centers
+        return f"num={self.num}, centers=[{float(c[0]):.4g}, {float(c[-1]):.4g}], width={self.width:.4g}"
+
+
+def distance_basis(num: int, max_distance: float) -> GaussianBasis:
+    """Distance basis: centres k r_max / K for k = 1..K and width r_max / K (the first centre is not 0)."""
+    step = max_distance / num
+    return GaussianBasis(step, max_distance, num, step)
+
+
+def angle_basis(num: int, width_scale: float) -> GaussianBasis:
+    """Cosine basis on [-1, 1]: centres -1 + 2d/(D-1) for d = 0..D-1 (ends included), width s_a 2/(D-1)."""
+    step = 2.0 / (num - 1)
+    return GaussianBasis(-1.0, 1.0, num, width_scale * step)

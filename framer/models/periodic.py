@@ -1,0 +1,219 @@
+"""Edges and periodic images of a batch, built once per forward and shared by every layer.
+
+Every ordered pair (i, j) of atoms of one crystal, i = j included, is an edge. The edge vector is the minimum-image
+difference r_ij = (f_j - f_i - round(f_j - f_i)) L of the fractional coordinates f, so translations that wrap atoms
+back into the cell give exactly the same images. The images of an edge are r_ij + n L for the integer n inside the
+crystal's ``image_box``; the self image (i = j, n = 0) is included.
+
+Pruning. Every image weight of the model is a Gaussian exp(a d²) with a <= -RHO_LOWER_BOUND / (2 R0²), normalised
+over the images of one edge. An image whose d² exceeds that of the edge's nearest non-self image by more than
+``-log(image_tolerance) / |a|`` therefore has a weight below ``image_tolerance`` (default 1e-9) relative to it and
+is skipped: first with the bound on |a| when the graph is built, then per layer with the layer's actual a
+(:meth:`ImageChunk.restrict`). Pruning depends on distances and a only, so it preserves every invariance.
+
+Layout. The kept images of each edge are stored as one packed (ragged) list, sorted by distance within each edge
+(ties in box order). For each pass, edges are sorted by their number of images and cut into padded chunks
+(:class:`ImageChunk`) so that padding stays small and no temporary of a chunk exceeds ``chunk_size`` elements.
+Everything here is geometry and carries no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from framer.geometry import R0, RHO_LOWER_BOUND, image_offsets
+
+MAX_EXPONENT_MAGNITUDE = 0.5 / R0**2  # |a| = rho / (2 R0²) with rho > RHO_LOWER_BOUND: this times RHO_LOWER_BOUND
+DEFAULT_IMAGE_TOLERANCE = 1e-9
+
+
+def prune_distance2(image_tolerance: float, exponent_magnitude: float | Tensor) -> float | Tensor:
+    """Extra squared distance (Å²) beyond which an image's weight exp(-|a| d²) drops below the tolerance."""
+    if image_tolerance <= 0:
+        return math.inf
+    return -math.log(image_tolerance) / exponent_magnitude
+
+
+@dataclass
+class ImageChunk:
+    """A block of edges with their images, sorted by distance and padded.
+
+    Attributes:
+        edges: (C,) global ids of the edges.
+        vectors: (C, m, 3) image vectors r_ij + n L, Å (zero on padding).
+        dist2: (C, m) squared image lengths (zero on padding), ascending along each row.
+        valid: (C, m) False on padding.
+        self_image: (C, m) True for the self image (i = j, n = 0).
+    """
+
+    edges: Tensor
+    vectors: Tensor
+    dist2: Tensor
+    valid: Tensor
+    self_image: Tensor
+
+    @property
+    def unit(self) -> Tensor:
+        """(C, m, 3) unit image vectors; the self image and padding get the zero vector."""
+        return self.vectors / self.dist2.clamp_min(1e-30).sqrt().unsqueeze(-1)
+
+
+class ImageChunks(list):
+    """The chunks of one pass over all edges, with the permutation back to global edge order."""
+
+    def __init__(self, chunks: list[ImageChunk], num_edges: int):
+        super().__init__(chunks)
+        order = torch.cat([c.edges for c in chunks])
+        self._inverse = torch.empty_like(order)
+        self._inverse[order] = torch.arange(num_edges, device=order.device)
+
+    def to_edge_order(self, chunk_values: list[Tensor]) -> Tensor:
+        """Concatenate per-chunk results (in chunk order) and put them in global edge order."""
+        return torch.cat(chunk_values)[self._inverse]
+
+
+class PeriodicGraph:
+    """All atom pairs of a flat batch of crystals and their (pruned) periodic images.
+
+    Args:
+        pos: (N, 3) Cartesian positions, Å.
+        lattice: (B, 3, 3) lattice vectors as rows.
+        sizes: (B,) atoms per crystal (atoms of a crystal are contiguous).
+        image_box: (B, 3) half-ranges R_m of each crystal's image box.
+        chunk_size: largest number of elements of a per-chunk temporary (edges x images x ``width``).
+        width: elements per (edge, image) pair of the largest temporary the caller will build.
+        image_tolerance: relative image weight below which images are skipped (0 keeps the whole box).
+    """
+
+    def __init__(
+        self,
+        pos: Tensor,
+        lattice: Tensor,
+        sizes: Tensor,
+        image_box: Tensor,
+        chunk_size: int = 2**22,
+        width: int = 1,
+        image_tolerance: float = DEFAULT_IMAGE_TOLERANCE,
+    ):
+        self.image_tolerance = image_tolerance
+        self.chunk_size = int(chunk_size)
+        self.width = max(1, int(width))
+        self.num_atoms = int(pos.shape[0])
+        self.num_crystals = int(sizes.shape[0])
+        device = pos.device
+        with torch.no_grad():
+            sizes = sizes.to(device)
+            atom_start = torch.cumsum(sizes, 0) - sizes
+            pairs = sizes * sizes
+            pair_start = torch.cumsum(pairs, 0) - pairs
+            self.num_edges = int(pairs.sum())
+            crystals = torch.arange(self.num_crystals, device=device)
+            crystal = torch.repeat_interleave(crystals, pairs)
+            local = torch.arange(self.num_edges, device=device) - pair_start[crystal]
+            n = sizes[crystal]
+            self.src = atom_start[crystal] + torch.div(local, n, rounding_mode="floor")
+            self.dst = atom_start[crystal] + local % n
+            self.edge_crystal = crystal
+
+            inverse_lattice = torch.linalg.inv(lattice)[torch.repeat_interleave(crystals, sizes)]
+            atom_frac = torch.einsum("na,nab->nb", pos, inverse_lattice)
+            frac = atom_frac[self.dst] - atom_frac[self.src]
+            frac = frac - torch.round(frac)
+            self.vectors = torch.einsum("ea,eab->eb", frac, lattice[crystal])  # (E, 3) minimum-image edge vectors
+            self._build_images(lattice, image_box.to(device))
+
+    def _build_images(self, lattice: Tensor, image_box: Tensor) -> None:
+        """Packed kept images of all edges: ``image_*`` (P, ...), ``image_start/count`` and ``reference`` (E,)."""
+        cut = prune_distance2(self.image_tolerance, RHO_LOWER_BOUND * MAX_EXPONENT_MAGNITUDE)
+        device = lattice.device
+        self.image_start = torch.zeros(self.num_edges, dtype=torch.long, device=device)
+        self.image_count = torch.zeros(self.num_edges, dtype=torch.long, device=device)
+        self.reference = torch.zeros(self.num_edges, dtype=lattice.dtype, device=device)
+        vectors_parts, dist2_parts, self_parts, edge_parts = [], [], [], []
+        filled = 0
+        boxes, box_of_crystal = torch.unique(image_box, dim=0, return_inverse=True)
+        box_of_edge = box_of_crystal[self.edge_crystal]
+        for g, box in enumerate(boxes.tolist()):
+            group = torch.nonzero(box_of_edge == g).squeeze(1)
+            offsets = image_offsets(box, device=device).to(lattice.dtype)
+            block = max(1, self.chunk_size // (8 * offsets.shape[0]))
+            for start in range(0, len(group), block):
+                edges = group[start : start + block]
+                translations = offsets @ lattice[self.edge_crystal[edges]]  # (C, M, 3)
+                vectors = self.vectors[edges].unsqueeze(1) + translations
+                dist2 = (vectors * vectors).sum(-1)
+                self_image = torch.zeros_like(dist2, dtype=torch.bool)
+                self_image[:, 0] = self.src[edges] == self.dst[edges]  # image_offsets puts n = 0 first
+                reference = dist2.masked_fill(self_image, torch.inf).amin(dim=1)
+                count = (dist2 <= (reference + cut).unsqueeze(1)).sum(1)
+                dist2, index = torch.sort(dist2, dim=1, stable=True)
+                keep = torch.arange(dist2.shape[1], device=device) < count.unsqueeze(1)
+                vectors_parts.append(torch.gather(vectors, 1, index.unsqueeze(-1).expand(-1, -1, 3))[keep])
+                dist2_parts.append(dist2[keep])
+                self_parts.append(torch.gather(self_image, 1, index)[keep])
+                edge_parts.append(torch.repeat_interleave(edges, count))
+                self.image_start[edges] = filled + torch.cumsum(count, 0) - count
+                self.image_count[edges] = count
+                self.reference[edges] = reference
+                filled += int(count.sum())
+        self.image_vectors = torch.cat(vectors_parts)
+        self.image_dist2 = torch.cat(dist2_parts)
+        self.image_self = torch.cat(self_parts)
+        self.image_edge = torch.cat(edge_parts)  # the edge of each packed image (packing is in box-group order)
+
+    @property
+    def num_images(self) -> int:
+        """Number of kept (edge, image) pairs."""
+        return int(self.image_dist2.shape[0])
+
+    def chunks(self, counts: Tensor | None = None) -> ImageChunks:
+        """Padded chunks over all edges, each edge with its first ``counts`` (E,) images (default: all kept)."""
+        counts = self.image_count if counts is None else counts
+        order = torch.argsort(counts, descending=True, stable=True)
+        sorted_counts = counts[order].tolist()
+        chunks, start = [], 0
+        while start < self.num_edges:
+            m = max(1, sorted_counts[start])  # the largest count of this chunk
+            stop = min(self.num_edges, start + max(1, self.chunk_size // (m * self.width)))
+            edges = order[start:stop]
+            columns = torch.arange(m, device=counts.device)
+            valid = columns < counts[edges].unsqueeze(1)
+            index = torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0)
+            chunks.append(
+                ImageChunk(
+                    edges=edges,
+                    vectors=self.image_vectors[index] * valid.unsqueeze(-1),
+                    dist2=self.image_dist2[index] * valid,
+                    valid=valid,
+                    self_image=self.image_self[index] & valid,
+                )
+            )
+            start = stop
+        return ImageChunks(chunks, self.num_edges)
+
+    def layer_chunks(self, exponent_magnitude: Tensor) -> ImageChunks:
+        """Chunks pruned for a layer whose smallest |a| over the heads of each atom is ``exponent_magnitude`` (N,)."""
+        if self.image_tolerance <= 0:
+            return self.chunks()
+        limit = self.reference + prune_distance2(self.image_tolerance, exponent_magnitude)[self.src]  # (E,)
+        keep = (self.image_dist2 <= limit[self.image_edge]).long()
+        counts = torch.zeros_like(self.image_count).index_add_(0, self.image_edge, keep)
+        return self.chunks(counts)
+
+    @cached_property
+    def nearest_image(self) -> tuple[Tensor, Tensor]:
+        """(E,) squared length and (E, 3) direction of each edge's shortest image other than the self image.
+
+        Ties go to the first image in box order; edges with no such image get an infinite length.
+        """
+        is_self_edge = (self.src == self.dst).long()  # the self image comes first in its edge's list
+        exists = self.image_count > is_self_edge
+        index = torch.where(exists, self.image_start + is_self_edge, 0)
+        dist2 = torch.where(exists, self.image_dist2[index], torch.inf)
+        vectors = self.image_vectors[index]
+        return dist2, vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-30)
