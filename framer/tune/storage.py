@@ -16,7 +16,9 @@ queued again. Journal storages get the same recovery for workers on this machine
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -71,7 +73,16 @@ def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStora
             "failed_trial_callback": retry_interrupted,
         }
     engine = {"pool_pre_ping": True} if spec.startswith("postgresql") else None
-    return RDBStorage(spec, engine_kwargs=engine, **kwargs)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(5):  # workers starting together on a new database race to create its tables
+        try:
+            return RDBStorage(spec, engine_kwargs=engine, **kwargs)
+        except SQLAlchemyError:
+            if attempt == 4:
+                raise
+            time.sleep(1.0 + random.random() * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def worker_id() -> str:
