@@ -93,11 +93,31 @@ def train_folds(args: argparse.Namespace, out_dir: Path) -> dict[int, str]:
         ok, message = launch(run, args.launcher, resume=False)  # the arguments already carry --ckpt_path
         if ok and is_finished(root):
             status[fold] = f"finished in {time.time() - t0:.0f} s"
+            fold_figures(root, f"{args.task} fold {fold}")
         else:
             (root / FAILED_FILE).write_text((message or "no test MAE in metrics.json") + "\n")
             status[fold] = "FAILED"
             print(f"framer.matbench: fold {fold} FAILED: {(message or '').splitlines()[:1]}", file=sys.stderr)
     return status
+
+
+def fold_figures(root: Path, title: str) -> None:
+    """Parity, error histogram and learning curves of a fold (logged to its MLflow run when tracked)."""
+    from framer import plots
+    from framer.report import find_file
+
+    metrics = find_file(root, "metrics.json")
+    if metrics is None:
+        return
+    try:
+        paths = plots.run_figures(metrics.parent, title=title)
+    except Exception as err:  # figures never fail a fold
+        print(f"framer.matbench: no figures for {root}: {err}", file=sys.stderr)
+        return
+    info_file = metrics.parent / "run.json"
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+    if info.get("mlflow_run_id") and info.get("mlflow_tracking_uri") and paths:
+        plots.log_figures(paths, info["mlflow_run_id"], info["mlflow_tracking_uri"])
 
 
 class _ArgsRun:

@@ -122,6 +122,7 @@ def test_runner_one_fold_records_and_resumes(fixture_dir, runner_env):
     predicted = data["tasks"][TASK]["results"]["fold_1"]["data"]
     assert list(predicted) == tasks.load_validation(TASK, validation)["fold_1"]["test"]
     assert all(np.isfinite(v) for v in predicted.values())
+    assert (next((out / "fold1").glob("version_*")) / "figures" / "parity.png").is_file()
     assert matbench_main(args) == 0  # finished: not trained again
     assert len(list((out / "fold1").glob("version_*"))) == 1
 

@@ -91,3 +91,14 @@ def test_fmt():
     assert report.fmt(1.5) == "1.50"
     assert report.fmt(float("nan")) == "—"
     assert report.fmt_like(0.00081, 0.0172) == "+0.0008"
+
+
+def test_plots_command_line(tmp_path, paper):
+    from fake_runs import make_run
+
+    from framer import plots
+
+    run = make_run(tmp_path / "runs", RunKey("crystalformer", "mp/e_form", 0), 0.05)
+    plots.main(["run", str(run)])
+    for name in ("parity", "errors", "learning_curves"):
+        assert (run / "figures" / f"{name}.png").stat().st_size > 5000
