@@ -13,6 +13,7 @@ and ``figures/`` (see :mod:`framer.plots`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import subprocess
@@ -31,6 +32,7 @@ MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 CURVES_FILE = "metrics.csv"
+RUN_INFO_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 DATASET_SHORT = {"mp": "MP", "jarvis": "JARVIS"}
 
@@ -122,6 +124,7 @@ class RunResult:
     epochs: float = math.nan
     n_test: int = 0
     git_sha: str = ""
+    splits: str = ""  # short hash of the run's split fingerprints (run.json), to check runs of a column agree
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -195,7 +198,31 @@ def load_run(key: RunKey, run_dir: Path) -> RunResult:
         epochs=pick(metrics, ("epochs",)),
         n_test=int(metrics["n_test"]) if isinstance(metrics.get("n_test"), int) else n_test,
         git_sha=str(metrics.get("git_commit", ""))[:12],
+        splits=split_tag(run_dir),
     )
+
+
+def split_tag(run_dir: Path) -> str:
+    """Short hash of the split fingerprints a run recorded in ``run.json`` ("" when absent)."""
+    path = find_file(run_dir, RUN_INFO_FILE)
+    if path is None:
+        return ""
+    try:
+        splits = json.loads(path.read_text()).get("splits")
+    except (OSError, json.JSONDecodeError):
+        return ""
+    if not splits:
+        return ""
+    return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def split_mismatches(results: list[RunResult]) -> dict[str, set[str]]:
+    """Columns whose finished runs were trained on different splits (every model and seed must share one)."""
+    by_column: dict[str, set[str]] = {}
+    for r in results:
+        if r.status == "finished" and r.splits:
+            by_column.setdefault(r.key.column, set()).add(r.splits)
+    return {column: tags for column, tags in by_column.items() if len(tags) > 1}
 
 
 def read_manifest(runs_dir: Path) -> dict[str, Any]:
@@ -340,6 +367,12 @@ def render_markdown(
         lines += ["Stand-ins used for each column in this smoke run:", ""]
         lines += [f"- {header(paper.column(k))}: {v}" for k, v in stand_ins.items()]
         lines.append("")
+    mismatched = split_mismatches(results)
+    if mismatched:
+        lines += ["**Split mismatch**: the runs of these columns were not all trained on the same split "
+                  "(see the `splits` column of runs.csv):", ""]  # fmt: skip
+        lines += [f"- {header(paper.column(c))}: {len(tags)} different splits" for c, tags in mismatched.items()]
+        lines.append("")
     bad = [r for r in results if r.status != "finished"]
     if bad:
         lines += [f"Not finished ({len(bad)}):", ""]
@@ -382,6 +415,7 @@ def runs_frame(results: list[RunResult], paper: PaperTable) -> pd.DataFrame:
                 "epochs": r.epochs,
                 "n_test": r.n_test,
                 "git_sha": r.git_sha,
+                "splits": r.splits,
                 "run_dir": str(r.run_dir) if r.run_dir else "",
             }
         )

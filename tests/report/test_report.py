@@ -102,3 +102,15 @@ def test_plots_command_line(tmp_path, paper):
     plots.main(["run", str(run)])
     for name in ("parity", "errors", "learning_curves"):
         assert (run / "figures" / f"{name}.png").stat().st_size > 5000
+
+
+def test_split_mismatch_is_flagged(tmp_path, paper):
+    import json
+
+    root = tmp_path / "runs"
+    for seed, split in [(0, "a"), (1, "b")]:
+        run = make_run(root, RunKey("crystalformer", "mp/e_form", seed), 0.02)
+        (run / "run.json").write_text(json.dumps({"splits": {"train": split, "val": "v", "test": "t"}}))
+    paths = report.write_report(root, tmp_path / "out", figures=False)
+    assert "Split mismatch" in paths["md"].read_text()
+    assert pd.read_csv(paths["runs"]).dropna(subset=["splits"])["splits"].nunique() == 2
