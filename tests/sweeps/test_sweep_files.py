@@ -93,3 +93,21 @@ def test_storage_urls(tmp_path):
     assert storage_spec(None, tmp_path) == f"journal:{tmp_path.resolve() / 'journal.log'}"
     assert storage_spec(str(tmp_path / "x.log"), tmp_path) == f"journal:{tmp_path / 'x.log'}"
     assert storage_spec("sqlite:///rel.db", tmp_path).startswith("sqlite:////")
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_shipped_sweeps_resolve_with_the_cli(path):
+    """Every searched and fixed config path is a real CLI option (checked by jsonargparse, nothing is built)."""
+    from framer.tune.configs import resolved_config
+
+    sweep = Sweep.load(path)
+    values = {}
+    for p in sweep.params:
+        d = p.distribution
+        values[p.path] = d.choices[-1] if hasattr(d, "choices") else d.high
+    config = yaml.safe_load(resolved_config(sweep.configs, sweep.overrides(values)))
+    for dotted, value in sweep.overrides(values).items():
+        node = config
+        for part in dotted.split("."):
+            node = node[part]
+        assert node == value, dotted
