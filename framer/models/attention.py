@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from framer.geometry import R0, RHO_LOWER_BOUND
 from framer.models import encodings
+from framer.models.angles import chunk_angle_features, cosine_grid
 from framer.models.frames import max_frames, weighted_pca_frames
 from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
 
@@ -71,6 +72,8 @@ class PeriodicAttention(nn.Module):
         dist_coef: c_dist.
         angle_coef: c_angl.
         recompute: checkpoint the image sums per chunk (None: only when the stored features would be large).
+        angle_grid: grid points per angle-Gaussian width of the tabulated angle features (linear interpolation,
+            error below 1 / (8 angle_grid²) of a Gaussian's peak); 0 evaluates every Gaussian exactly (slow).
     """
 
     def __init__(
@@ -85,6 +88,7 @@ class PeriodicAttention(nn.Module):
         dist_coef: float = 1.0,
         angle_coef: float = 1.0,
         recompute: bool | None = None,
+        angle_grid: int = 256,
     ):
         super().__init__()
         if dim % num_heads:
@@ -93,6 +97,7 @@ class PeriodicAttention(nn.Module):
         self.frame = frame
         self.dist_coef, self.angle_coef = dist_coef, angle_coef
         self.recompute = recompute
+        self.angle_grid = angle_grid
 
         self.in_proj = nn.Linear(dim, 3 * dim)  # W_q, W_k, W_v stacked, one packed bias
         self.out_proj = nn.Linear(dim, dim)
@@ -108,6 +113,9 @@ class PeriodicAttention(nn.Module):
         if frame != "none":
             self.angle_basis = encodings.angle_basis(angle_basis, angle_width)
             self.angle_proj = nn.Parameter(torch.empty(3, num_heads, self.head_dim, angle_basis))  # W_1..3
+            if angle_grid > 0:
+                grid, self.angle_spacing = cosine_grid(self.angle_basis, angle_grid)
+                self.register_buffer("angle_grid_basis", self.angle_basis(grid).float(), persistent=False)
         else:
             self.angle_basis = None
             self.register_parameter("angle_proj", None)
@@ -117,7 +125,9 @@ class PeriodicAttention(nn.Module):
     def pair_width(self) -> int:
         """Elements per (edge, image) pair of the largest temporary built in the image sums."""
         width = max(self.dist_proj.shape[-1], 2 * self.num_heads)
-        if self.angle_proj is not None:
+        if self.angle_proj is not None and self.angle_grid > 0:
+            width = max(width, 24 * self.num_heads)  # per kept (image, head): 6 table entries, weights and ids
+        elif self.angle_proj is not None:
             width = max(width, self.num_heads * 3 * self.angle_proj.shape[-1])
         return width
 
@@ -193,7 +203,11 @@ class PeriodicAttention(nn.Module):
 
         if self.frame != "none" and frames is None:
             frames = self.dynamic_frames(graph, chunks, a.detach(), logits.detach(), z0, alpha.detach())
-        psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, frames)
+        if frames is not None and self.angle_grid > 0:
+            psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, None)
+            psi = psi + self._tabulated_angle_encoding(graph, chunks, a_edge, z0, mean_d2, alpha.detach(), frames)
+        else:
+            psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, frames)
 
         messages = alpha.unsqueeze(-1) * (v[dst] + psi)
         out = messages.new_zeros(n, h, dh).index_add(0, src, messages)
@@ -246,6 +260,35 @@ class PeriodicAttention(nn.Module):
                 parts.append(checkpoint(self._chunk_value_encoding, *args, use_reentrant=False))
             else:
                 parts.append(self._chunk_value_encoding(*args))
+        return chunks.to_edge_order(parts)
+
+    def _tabulated_angle_encoding(
+        self,
+        graph: PeriodicGraph,
+        chunks: ImageChunks,
+        a_edge: Tensor,
+        z: Tensor,
+        mean_d2: Tensor,
+        alpha: Tensor,
+        frames: Tensor,
+    ) -> Tensor:
+        """c_angl sum_m W_m sum_n p b_angl(cos) (E, H, d_h) from tables of W_m b_angl (see framer.models.angles)."""
+        basis = self.angle_grid_basis.to(self.angle_proj.dtype)
+        table = self.angle_coef * torch.einsum("gd,mhod->hmgo", basis, self.angle_proj)
+        table = table.reshape(-1, self.head_dim)
+        tolerance = graph.image_tolerance
+        log_tolerance = math.log(tolerance) if tolerance > 0 else -math.inf
+        a = a_edge.detach()
+        with_derivative = torch.is_grad_enabled() and a_edge.requires_grad
+        log_alpha = alpha.log()
+        parts = []
+        for chunk in chunks:
+            edges = chunk.edges
+            value, derivative = chunk_angle_features(
+                table, self.angle_spacing, a[edges], z[edges], mean_d2[edges], log_alpha[edges],
+                frames[graph.src[edges]], chunk, log_tolerance, with_derivative,
+            )  # fmt: skip
+            parts.append(value if derivative is None else _with_derivative(value, derivative, a_edge[edges]))
         return chunks.to_edge_order(parts)
 
     def _chunk_value_encoding(

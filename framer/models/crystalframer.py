@@ -73,6 +73,8 @@ class CrystalFramer(nn.Module):
             do not depend on it).
         recompute: recompute the image features in the backward pass instead of storing them; None decides per
             layer from their size (stores them for typical batches, recomputes for very large cells).
+        angle_grid: grid points per angle-Gaussian width of the tabulated angle features (linear interpolation,
+            error below 1 / (8 angle_grid²) of a Gaussian's peak); 0 evaluates every Gaussian exactly (slow).
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -114,6 +116,7 @@ class CrystalFramer(nn.Module):
         image_tolerance: float = 1e-9,
         chunk_size: int = 2**22,
         recompute: bool | None = None,
+        angle_grid: int = 256,
     ):
         super().__init__()
         if frame not in ("none", "max", "static", "weighted_pca", "pca", "lattice"):
@@ -137,6 +140,7 @@ class CrystalFramer(nn.Module):
                     dist_coef,
                     angle_coef,
                     recompute,
+                    angle_grid,
                 ),
             )
             for _ in range(num_layers)
