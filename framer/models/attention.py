@@ -246,7 +246,7 @@ class PeriodicAttention(nn.Module):
         frames: Tensor | None,
     ) -> Tensor:
         """psi (E, H, d_h), one chunk of edges at a time."""
-        width = self.dist_proj.shape[-1] + (3 * self.angle_proj.shape[-1] if self.angle_proj is not None else 0)
+        width = self.dist_proj.shape[-1] + (3 * self.angle_proj.shape[-1] if frames is not None else 0)
         recompute = self.recompute
         if recompute is None:
             stored = graph.num_edges * self.num_heads * width * 2
