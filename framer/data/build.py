@@ -251,7 +251,7 @@ def build_moduli_target(spec: TargetSpec, data_dir: str | os.PathLike | None) ->
         id = _entry_id(item, "id", p)
         try:
             value = float(item.get(spec.field))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             value = math.nan
         if not math.isfinite(value):
             err = InvalidStructureError(f"{spec.field!r} missing or not finite", reason="missing_target")

@@ -5,8 +5,8 @@ A cache file holds plain arrays (no pickled objects)::
     b"FRMRCCH1" | uint64 header length | JSON header | zero padding | arrays, each 64-byte aligned
 
 The header carries the format version, the cache *key* (sha256 over everything the content depends on: raw file
-hashes, data set, target, split specification, this format version), free-form metadata and the sha256 of the
-payload. :func:`load_or_build` uses a file only if its key matches and its payload checksum verifies; a stale or
+hashes, data set, target, split specification, this format version), free-form metadata, the sha256 of the
+payload and the sha256 of the header itself (so a damaged array layout or metadata is caught too). :func:`load_or_build` uses a file only if its key matches and its payload checksum verifies; a stale or
 corrupt file is rebuilt with a warning, never silently used. Records are stored as concatenated columns plus
 offsets (:class:`RecordStore`), so DataLoader workers and DDP ranks share pages instead of copying them.
 """
@@ -30,7 +30,7 @@ from framer.data.structures import CrystalRecord
 
 log = logging.getLogger("framer.data")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the header carries its own checksum
 MAGIC = b"FRMRCCH1"
 _ALIGN = 64
 _CHUNK = 1 << 20
@@ -106,6 +106,8 @@ def write_cache(path: str | os.PathLike, key: str, arrays: dict[str, np.ndarray]
         "payload_nbytes": payload_nbytes,
         "payload_sha256": digest.hexdigest(),
     }
+    header = json.loads(json.dumps(header, sort_keys=True, default=str))  # exactly what a reader will parse
+    header["header_sha256"] = _header_digest(header)
     header_bytes = json.dumps(header, sort_keys=True).encode("utf-8")
     prefix = MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes
     prefix += b"\0" * (_aligned(len(prefix)) - len(prefix))
@@ -124,6 +126,12 @@ def write_cache(path: str | os.PathLike, key: str, arrays: dict[str, np.ndarray]
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _header_digest(header: dict) -> str:
+    """sha256 of the header's canonical JSON without its own checksum field."""
+    rest = {k: v for k, v in header.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def write_json_atomic(path: str | os.PathLike, content: Any) -> None:
@@ -206,6 +214,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
         _ = header["key"], header["arrays"], header["payload_nbytes"], header["payload_sha256"]
     except (ValueError, KeyError, TypeError) as err:
         raise CacheCorruptError(f"{path}: unreadable header ({err})") from None
+    if header.get("format_version") == FORMAT_VERSION and header.get("header_sha256") != _header_digest(header):
+        raise CacheCorruptError(f"{path}: header checksum mismatch (corrupt file)")
     return header, _aligned(len(MAGIC) + 8 + header_len)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import math
 import os
@@ -57,30 +58,40 @@ def read_id_prop(path: Path) -> list[IdPropRow]:
     """Rows of an id_prop.csv; raises DataError (naming file and line) for unusable content."""
     if not path.is_file():
         raise DataNotFoundError(f"{path} not found; a custom data folder needs an id_prop.csv with rows 'file,target'")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not a UTF-8 text file ({err})") from None
+    try:
+        return _parse_id_prop(path, text)
+    except csv.Error as err:
+        raise DataError(f"{path}: not a readable CSV ({err})") from None
+
+
+def _parse_id_prop(path: Path, text: str) -> list[IdPropRow]:
     rows: list[IdPropRow] = []
     seen: dict[str, int] = {}
-    with path.open(newline="") as fh:
-        for line, fields in enumerate(csv.reader(fh), start=1):
-            fields = [f.strip() for f in fields]
-            if not fields or not any(fields):
+    for line, fields in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+        fields = [f.strip() for f in fields]
+        if not fields or not any(fields):
+            continue
+        if len(fields) < 2 or not fields[0]:
+            raise DataError(f"{path}:{line}: expected 'filename_or_id,target', got {','.join(fields)!r}")
+        try:
+            value = float(fields[1])
+        except ValueError:
+            if not rows and line == 1:
+                log.info("%s: treating the first row %r as a header", path, fields)
                 continue
-            if len(fields) < 2 or not fields[0]:
-                raise DataError(f"{path}:{line}: expected 'filename_or_id,target', got {','.join(fields)!r}")
-            try:
-                value = float(fields[1])
-            except ValueError:
-                if not rows and line == 1:
-                    log.info("%s: treating the first row %r as a header", path, fields)
-                    continue
-                if fields[1].lower() in ("", "na", "nan", "none", "null"):
-                    value = math.nan
-                else:
-                    raise DataError(f"{path}:{line}: target {fields[1]!r} is not a number") from None
-            id = strip_extension(fields[0])
-            if id in seen:
-                raise DataError(f"{path}:{line}: id {id!r} already appears on line {seen[id]}")
-            seen[id] = line
-            rows.append(IdPropRow(line, fields[0], id, value))
+            if fields[1].lower() in ("", "na", "nan", "none", "null"):
+                value = math.nan
+            else:
+                raise DataError(f"{path}:{line}: target {fields[1]!r} is not a number") from None
+        id = strip_extension(fields[0])
+        if id in seen:
+            raise DataError(f"{path}:{line}: id {id!r} already appears on line {seen[id]}")
+        seen[id] = line
+        rows.append(IdPropRow(line, fields[0], id, value))
     if not rows:
         raise DataError(f"{path} has no rows")
     return rows

@@ -39,17 +39,31 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def safe_loads(data: bytes) -> Any:
-    """Unpickle bytes with the allow-list; raises UnsafePickleError for any other global."""
-    return _RestrictedUnpickler(io.BytesIO(data)).load()
+    """Unpickle bytes with the allow-list; raises UnsafePickleError for any other global.
+
+    Any other failure of malformed input (truncation, bad opcodes, absurd lengths, deep nesting, bad arguments to
+    the allowed numpy constructors) is a :class:`pickle.UnpicklingError`.
+    """
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except (UnsafePickleError, pickle.UnpicklingError):
+        raise
+    except Exception as err:  # malformed input can make the unpickler raise almost anything
+        raise pickle.UnpicklingError(f"truncated or corrupt pickle ({type(err).__name__}: {err})") from err
 
 
 def safe_load(path: str | Path) -> Any:
-    """Unpickle a file with the allow-list; UnsafePickleError and UnpicklingError messages name the file."""
+    """Unpickle a file with the allow-list; UnsafePickleError and UnpicklingError messages name the file.
+
+    The file is read whole first, so a corrupt length field cannot make the unpickler allocate or read past its end.
+    """
     path = Path(path)
+    data = path.read_bytes()
     try:
-        with path.open("rb") as fh:
-            return _RestrictedUnpickler(fh).load()
+        return safe_loads(data)
     except UnsafePickleError as err:
         raise UnsafePickleError(f"{path}: {err}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
-        raise pickle.UnpicklingError(f"{path}: truncated or corrupt pickle ({type(err).__name__}: {err})") from err
+    except pickle.UnpicklingError as err:
+        text = str(err)
+        text = text if text.startswith("truncated or corrupt") else f"truncated or corrupt pickle ({text})"
+        raise pickle.UnpicklingError(f"{path}: {text}") from err

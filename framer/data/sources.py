@@ -154,10 +154,15 @@ def target_spec(dataset: str, target: str) -> TargetSpec:
 
 
 def is_valid_number(value: object) -> bool:
-    """Crystalformer's filter: an ``int`` or a finite ``float`` ("na", None, NaN and inf are missing)."""
+    """Crystalformer's filter: an ``int`` or a finite ``float`` ("na", None, NaN, inf and huge ints are missing)."""
     if isinstance(value, bool):
         return False
-    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    if isinstance(value, int):
+        try:
+            return math.isfinite(float(value))
+        except OverflowError:  # an integer beyond the float range (JSON allows any size)
+            return False
+    return isinstance(value, float) and math.isfinite(value)
 
 
 # --------------------------------------------------------------------------------------------- loading

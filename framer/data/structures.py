@@ -13,11 +13,14 @@ from pathlib import Path
 
 import numpy as np
 
-from framer.geometry import image_box
+from framer.geometry import image_box, interplanar_spacings
 
 MAX_ATOMIC_NUMBER = 98  # one-hot width of the atom embedding (Z = 1..98)
 MIN_INTERATOMIC_DISTANCE = 0.1  # Å; closer pairs are treated as corrupt records
 MIN_CELL_VOLUME = 1e-3  # Å^3; smaller is a singular lattice
+# Å; closer lattice planes mean atoms overlapping their own periodic images (and an image box of > 70 per axis)
+MIN_INTERPLANAR_SPACING = MIN_INTERATOMIC_DISTANCE
+MAX_ABS_FRAC_COORD = 1e4  # larger fractional coordinates are corrupt (and lose all precision in float32)
 JARVIS_LATTICE_DECIMALS = 5  # jarvis-tools' Lattice(round_off=5), used for Cartesian -> fractional
 
 
@@ -63,9 +66,15 @@ class CrystalRecord:
         )
 
 
-@cache
 def atomic_number(symbol: str) -> int:
     """Atomic number of an element symbol; raises InvalidStructureError for unknown or unsupported symbols."""
+    if not isinstance(symbol, str):
+        raise InvalidStructureError(f"element {symbol!r} is a {type(symbol).__name__}, not a symbol", "unknown_element")
+    return _atomic_number(symbol)
+
+
+@cache
+def _atomic_number(symbol: str) -> int:
     from pymatgen.core.periodic_table import Element
 
     try:
@@ -87,32 +96,47 @@ def make_record(
         lattice = np.asarray(lattice, dtype=np.float64)
         frac = np.asarray(frac_coords, dtype=np.float64)
         numbers = np.asarray(atomic_numbers, dtype=np.int64)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise InvalidStructureError(f"non-numeric lattice or coordinates ({err})", "bad_arrays") from err
     if lattice.shape != (3, 3):
         raise InvalidStructureError(f"lattice has shape {lattice.shape}, expected (3, 3)", "bad_arrays")
     if not np.isfinite(lattice).all():
         raise InvalidStructureError("lattice has a NaN or infinite entry", "singular_lattice")
-    volume = abs(float(np.linalg.det(lattice)))
-    if not volume > MIN_CELL_VOLUME:
+    with np.errstate(all="ignore"):
+        volume = abs(float(np.linalg.det(lattice)))
+    if not volume > MIN_CELL_VOLUME or not math.isfinite(volume):
         raise InvalidStructureError(f"zero-volume or singular lattice (volume {volume:.3g} Å^3)", "singular_lattice")
+    with np.errstate(all="ignore"):
+        spacing = float(np.min(interplanar_spacings(lattice)))
+    if not spacing >= MIN_INTERPLANAR_SPACING:
+        raise InvalidStructureError(
+            f"degenerate lattice: lattice planes {spacing:.3g} Å apart (atoms overlap their periodic images)",
+            "singular_lattice",
+        )
     if numbers.ndim != 1 or len(numbers) == 0:
         raise InvalidStructureError("structure has no atoms", "no_atoms")
     if frac.shape != (len(numbers), 3):
         raise InvalidStructureError(f"coordinates have shape {frac.shape}, expected ({len(numbers)}, 3)", "bad_arrays")
     if not np.isfinite(frac).all():
         raise InvalidStructureError("a coordinate is NaN or infinite", "nan_coordinate")
+    if np.abs(frac).max() > MAX_ABS_FRAC_COORD:
+        raise InvalidStructureError(
+            f"a fractional coordinate is larger than {MAX_ABS_FRAC_COORD:g} in magnitude", "nan_coordinate"
+        )
     if (numbers < 1).any() or (numbers > MAX_ATOMIC_NUMBER).any():
         raise InvalidStructureError(f"atomic number outside 1..{MAX_ATOMIC_NUMBER}", "unknown_element")
     if check_overlap and len(numbers) > 1:
-        closest = closest_pair_distance(lattice, frac)
-        if closest < MIN_INTERATOMIC_DISTANCE:
+        try:
+            closest = closest_pair_distance(lattice, frac)
+        except (np.linalg.LinAlgError, ValueError, FloatingPointError, OverflowError) as err:
+            raise InvalidStructureError(f"cannot compute interatomic distances ({err})", "singular_lattice") from err
+        if not closest >= MIN_INTERATOMIC_DISTANCE:
             raise InvalidStructureError(
                 f"atoms closer than {MIN_INTERATOMIC_DISTANCE} Å ({closest:.3g} Å)", "overlapping_atoms"
             )
     try:
         target = float(target)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise InvalidStructureError(f"target {target!r} is not a number", "missing_target") from err
     return CrystalRecord(str(id), lattice, frac, numbers, target)
 
@@ -145,14 +169,17 @@ def record_from_jarvis_atoms(atoms: dict, id: str, target: float = math.nan) -> 
     try:
         lattice = np.asarray(atoms["lattice_mat"], dtype=np.float64)
         coords = np.asarray(atoms["coords"], dtype=np.float64).reshape(-1, 3) if len(numbers) else np.zeros((0, 3))
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise InvalidStructureError(f"non-numeric lattice or coordinates ({err})", "bad_arrays") from err
     if lattice.shape != (3, 3):
         raise InvalidStructureError(f"lattice has shape {lattice.shape}, expected (3, 3)", "bad_arrays")
     if atoms.get("cartesian", False):
-        if not np.isfinite(lattice).all() or abs(np.linalg.det(lattice)) <= MIN_CELL_VOLUME:
-            raise InvalidStructureError("zero-volume or singular lattice", "singular_lattice")
-        coords = np.dot(coords, np.linalg.inv(np.around(lattice, decimals=JARVIS_LATTICE_DECIMALS)))
+        with np.errstate(all="ignore"):
+            rounded = np.around(lattice, decimals=JARVIS_LATTICE_DECIMALS)
+            volume = abs(np.linalg.det(rounded)) if np.isfinite(rounded).all() else math.nan
+            if not volume > MIN_CELL_VOLUME or not math.isfinite(volume):
+                raise InvalidStructureError("zero-volume or singular lattice", "singular_lattice")
+            coords = np.dot(coords, np.linalg.inv(rounded))
     return make_record(id, lattice, coords, numbers, target)
 
 
