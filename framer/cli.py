@@ -12,7 +12,10 @@ After ``fit``, global rank 0 tests on a single device (no padded DistributedSamp
 the same ``tracking.run_name`` in place (same directory, same MLflow run) and starts afresh when there is none.
 
 User errors (missing config, data or checkpoint file) end with one ``framer: error: ...`` line and exit code 2;
-set ``FRAMER_DEBUG=1`` to see the traceback.
+set ``FRAMER_DEBUG=1`` to see the traceback. Every trainer runs with :func:`framer.callbacks.safety_callbacks` and
+atomic checkpoint writes: a NaN/inf loss or gradient stops training with one line and exit code 3, and SIGTERM saves
+``last.ckpt`` and exits with code 143 (128 + SIGTERM). Checkpoints are loaded with ``weights_only=True`` and checked
+before use, so a truncated, corrupt or code-carrying checkpoint is one ``framer: error`` line.
 """
 
 from __future__ import annotations
@@ -28,9 +31,10 @@ import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from framer.callbacks import PredictionWriter
+from framer.callbacks import AtomicCheckpointIO, NonFiniteLossError, PredictionWriter, safety_callbacks
 from framer.data.sources import DataError
 from framer.data.structures import InvalidStructureError
 from framer.module import CrystalRegressor
@@ -49,6 +53,9 @@ from framer.tracking import (
 )
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+EXIT_USER_ERROR = 2
+EXIT_NON_FINITE = 3  # training stopped on a NaN/inf loss or gradient
+EXIT_SIGTERM = 128 + 15  # the shell's convention for a process ended by SIGTERM
 
 
 class UserError(Exception):
@@ -74,7 +81,10 @@ def find_last_checkpoint(save_dir: str | Path, run_name: str) -> tuple[Path, str
     for ckpt in root.glob("*/checkpoints/last*.ckpt"):
         match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
         order = int(match.group(1)) if match else -1
-        candidates.append((order, ckpt.stat().st_mtime, ckpt))
+        try:
+            candidates.append((order, ckpt.stat().st_mtime, ckpt))
+        except FileNotFoundError:  # replaced or removed by a run writing there right now
+            continue
     if not candidates:
         return None
     _, _, ckpt = max(candidates)
@@ -175,15 +185,25 @@ class FramerCLI(LightningCLI):
                 config.ckpt_path = None
                 return
             path, version = found
+            check_checkpoint(path)
             config.ckpt_path = str(path)
             if subcommand == "fit":  # continue in the same run directory and MLflow run
                 config.tracking.version = version
                 self._mlflow_run_id = read_json(path.parent.parent / RUN_INFO_FILE).get("mlflow_run_id")
+            self._weights_only(config)
             return
         if ckpt in SPECIAL_CKPT_PATHS or "://" in str(ckpt):
             return
         if not Path(ckpt).is_file():
             raise UserError(f"checkpoint not found: {ckpt}")
+        check_checkpoint(Path(ckpt))
+        self._weights_only(config)
+
+    @staticmethod
+    def _weights_only(config: Any) -> None:
+        """Load checkpoints with ``weights_only=True`` unless the command says otherwise (framer's are plain data)."""
+        if "weights_only" in config and config.get("weights_only") is None:
+            config.weights_only = True
 
     def instantiate_classes(self) -> None:
         try:
@@ -203,7 +223,13 @@ class FramerCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
             tracking: Tracking = self._get(self.config_init, "tracking")
             kwargs["logger"] = tracking.loggers(mlflow_run_id=self._mlflow_run_id)
-        return super().instantiate_trainer(**kwargs)
+        plugins = kwargs.get("plugins", trainer_config.get("plugins"))
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic, fsynced checkpoint files
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        trainer = super().instantiate_trainer(**kwargs)
+        trainer.callbacks.extend(safety_callbacks())
+        return trainer
 
     # ----------------------------------------------------------------------------------------------------------------
     # subcommand hooks
@@ -286,7 +312,7 @@ def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: Ligh
     if best_path and Path(best_path).is_file():
         # a module built in Python around a network whose arguments could not be recorded needs it passed back
         extra = {"model": copy.deepcopy(module.model)} if module.hparams.get("model") is None else {}
-        best = type(module).load_from_checkpoint(best_path, map_location="cpu", **extra)
+        best = type(module).load_from_checkpoint(best_path, map_location="cpu", weights_only=True, **extra)
         best.eval_weights = "raw"
         best.test_prefix = "test_best"
         results = tester.test(best, datamodule=datamodule, verbose=False)
@@ -364,6 +390,31 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def check_checkpoint(path: Path) -> None:
+    """Open a checkpoint the way ``fit``/``test`` will (``weights_only``, memory-mapped, so cheap); UserError if not.
+
+    A truncated or corrupt file and a file carrying pickled code (anything beyond tensors and plain containers) are
+    both refused with one line naming the file.
+    """
+    try:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            torch.load(path, map_location="cpu", weights_only=True)  # an old (non-zip) torch.save format
+    except Exception as err:
+        text = " ".join(str(err).split())
+        if "Weights only load failed" in text:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise UserError(
+                f"checkpoint {path} was not loaded: it holds Python objects{what} beyond tensors and plain data, "
+                "and unpickling them could run code"
+            ) from None
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {text[:200]})") from None
+
+
 def main(args: Any = None) -> None:
     """Entry point of ``python -m framer.cli`` and the ``framer`` script."""
     try:
@@ -372,7 +423,18 @@ def main(args: Any = None) -> None:
         if os.environ.get("FRAMER_DEBUG"):
             raise
         sys.stderr.write(f"framer: error: {_one_line(err)}\n")
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except NonFiniteLossError as err:
+        if os.environ.get("FRAMER_DEBUG"):
+            raise
+        sys.stderr.write(f"framer: error: {_one_line(err)}\n")
+        raise SystemExit(EXIT_NON_FINITE) from None
+    except SIGTERMException as err:
+        saved = getattr(err, "framer_checkpoint", None)
+        step = getattr(err, "framer_global_step", None)
+        what = f"saved {saved} at global step {step}; resume with --ckpt_path last" if saved else "no checkpoint saved"
+        sys.stderr.write(f"framer: stopped by SIGTERM: {what}\n")
+        raise SystemExit(EXIT_SIGTERM) from None
 
 
 if __name__ == "__main__":

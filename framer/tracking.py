@@ -8,23 +8,31 @@ Every run directory ``<save_dir>/<run_name>/version_<n>/`` holds ``config.yaml``
 ``run.json`` (git commit, split fingerprints, parameter count, MLflow run id), ``metrics.csv``, ``checkpoints/``
 and, after testing, ``metrics.json`` and ``predictions.csv`` (id, target, prediction). Reports read these files and
 never depend on MLflow. Only global rank 0 writes, and every write is atomic (temporary file + rename).
+
+Several runs may start at once on one ``save_dir`` and one SQLite database: a new run claims its ``version_<n>``
+directory with an atomic ``mkdir`` (two runs of the same name never share a directory), and the first contact with
+the database (schema migrations, experiment and run creation) holds an exclusive lock file next to it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import random
 import re
 import subprocess
 import tempfile
+import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_LOCATION = "mlruns/artifacts"
@@ -73,12 +81,19 @@ class Tracking:
         self.tags = dict(tags or {})
 
     def loggers(self, mlflow_run_id: str | None = None) -> list[Logger]:
-        """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger."""
-        loggers: list[Logger] = [CSVLogger(save_dir=self.save_dir, name=self.run_name, version=self.version)]
+        """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger.
+
+        Without an explicit ``version``, the launching process (not the other ranks of a multi-process run) claims
+        the next free ``version_<n>`` directory at once, so concurrent runs of one name never share a directory.
+        """
+        version = self.version
+        if version is None and _is_launching_process():
+            version = claim_version(Path(self.save_dir) / self.run_name)
+        loggers: list[Logger] = [CSVLogger(save_dir=self.save_dir, name=self.run_name, version=version)]
         if self.mlflow:
             uri = resolve_tracking_uri(self.tracking_uri)
-            loggers.append(
-                MLFlowLogger(
+            with sqlite_lock(uri):  # creating the client migrates a new database: one process at a time
+                logger = LockingMLFlowLogger(
                     experiment_name=self.experiment_name,
                     run_name=self.run_name,
                     tracking_uri=uri,
@@ -87,8 +102,69 @@ class Tracking:
                     run_id=mlflow_run_id,
                     log_model=False,
                 )
-            )
+            loggers.append(logger)
         return loggers
+
+
+def _is_launching_process() -> bool:
+    """True unless this is a non-zero rank started by a launcher (torchrun, Lightning's DDP, SLURM)."""
+    return all(os.environ.get(name, "0") in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
+
+
+def claim_version(root: Path) -> int:
+    """Create and return the next free ``<root>/version_<n>`` (atomic ``mkdir``: concurrent callers get distinct n)."""
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(m.group(1)) for p in root.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
+    n = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{n}").mkdir()
+            return n
+        except FileExistsError:
+            n += 1
+
+
+@contextlib.contextmanager
+def sqlite_lock(tracking_uri: str) -> Iterator[None]:
+    """An exclusive file lock next to a SQLite tracking database (no-op for other backends)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(tracking_uri[len("sqlite:///") :] + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_MLFLOW_EXPERIMENT = MLFlowLogger.experiment.fget
+
+
+class LockingMLFlowLogger(MLFlowLogger):
+    """``MLFlowLogger`` whose first use (experiment and run creation) holds :func:`sqlite_lock`.
+
+    Two runs starting together would otherwise both find no experiment and both create it; the loser's run dies with
+    "already exists". On other backends (no lock) a failed first use is retried once, when the experiment exists.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> Any:
+        if self._initialized:
+            return self._mlflow_client
+        with sqlite_lock(self._tracking_uri):
+            try:
+                return _MLFLOW_EXPERIMENT(self)
+            except Exception:
+                if self._experiment_id is not None or self._run_id is not None:
+                    raise
+                time.sleep(0.5 + random.random())
+                return _MLFLOW_EXPERIMENT(self)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:

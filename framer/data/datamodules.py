@@ -1,8 +1,9 @@
 """LightningDataModules: MEGNet MP, JARVIS dft_3d_2021, custom CIF/POSCAR folders and the embedded Ewald set.
 
 All share :class:`CrystalDataModule`: ``prepare_data`` (rank 0) builds or validates the content-keyed cache,
-``setup`` opens it memory-mapped, loaders yield :class:`~framer.data.batch.CrystalBatch` (train: shuffled,
-``drop_last``; val/test/predict: in split order). Targets stay in physical units; :meth:`target_stats` gives the
+``setup`` opens it memory-mapped, loaders yield :class:`~framer.data.batch.CrystalBatch` (train: shuffled in an
+order fixed by the seed and the epoch, ``drop_last``, resumable mid-epoch — see :mod:`framer.data.resumable`;
+val/test/predict: in split order). Targets stay in physical units; :meth:`target_stats` gives the
 train mean and population std for the model's normalisation, :meth:`split_fingerprints` the split hashes to record.
 """
 
@@ -17,10 +18,12 @@ from typing import Literal
 
 import lightning.pytorch as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Dataset
 
 from framer.data import ewald as ewald_mod
 from framer.data.batch import collate_records
+from framer.data.resumable import EpochShuffleSampler, ResumableDataLoader, shuffle_seed
 from framer.data.build import SPLIT_CODES, BuildResult, SkipReport, assemble, build_jarvis_target, build_moduli_target
 from framer.data.cache import (
     CacheError,
@@ -261,8 +264,10 @@ class CrystalDataModule(L.LightningDataModule):
     def test_dataset(self) -> CrystalDataset:
         return self.dataset("test")
 
-    def _loader(self, dataset: CrystalDataset, batch_size: int, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(
+    def _loader(
+        self, dataset: CrystalDataset, batch_size: int, shuffle: bool, drop_last: bool, resumable: bool = False
+    ) -> DataLoader:
+        return (ResumableDataLoader if resumable else DataLoader)(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
@@ -279,7 +284,21 @@ class CrystalDataModule(L.LightningDataModule):
             log.warning(
                 "train split (%d) is smaller than batch_size %d: using one partial batch", len(dataset), self.batch_size
             )
-        return self._loader(dataset, self.batch_size, shuffle=True, drop_last=drop_last)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # Lightning replaces the random sampler with a DistributedSampler (seeded by epoch)
+            return self._loader(dataset, self.batch_size, shuffle=True, drop_last=drop_last, resumable=True)
+        # one device: an order fixed by (seed, epoch) that resumes mid-epoch (framer.data.resumable)
+        seed = shuffle_seed()
+        return ResumableDataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=EpochShuffleSampler(len(dataset), seed),
+            drop_last=drop_last,
+            collate_fn=collate_records,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),  # worker seeds without touching the global generator
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, self.batch_size, shuffle=False, drop_last=False)

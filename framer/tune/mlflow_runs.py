@@ -8,16 +8,16 @@ before Lightning started (an invalid config value) still gets a run, created her
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from framer.tracking import sqlite_lock
 
 log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -30,24 +30,6 @@ def artifact_root(tracking_uri: str) -> str | None:
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
     return None
-
-
-@contextlib.contextmanager
-def sqlite_lock(tracking_uri: str) -> Iterator[None]:
-    """An exclusive file lock next to a SQLite tracking database (no-op for other backends)."""
-    if not tracking_uri.startswith("sqlite:///"):
-        yield
-        return
-    import fcntl
-
-    lock = Path(tracking_uri[len("sqlite:///") :] + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def param_key(name: str) -> str:

@@ -1,4 +1,7 @@
-"""Run (or resume) a study and write its outputs: ``best.yaml``, ``trials.csv``, ``summary.json``, ``figures/``."""
+"""Run (or resume) a study and write its outputs: ``best.yaml``, ``trials.csv``, ``summary.json``, ``figures/``.
+
+The output files are written atomically (a worker killed while writing leaves the previous version).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from framer.tracking import atomic_write_text
 from framer.tune.configs import resolved_config
 from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective, overrides_of
 from framer.tune.storage import INTERRUPTED_ATTR, RETRY_ATTR, open_storage, recover_dead_trials, storage_spec
@@ -98,6 +102,9 @@ def tune(
         objective = SubprocessObjective(sweep, directory, uri, devices_per_trial, spec, timeout=trial_timeout)
     else:
         objective = InProcessObjective(sweep, directory, uri)
+    if objective.tracker is not None:  # the MLflow runs of trials whose worker died are FAILED, not RUNNING forever
+        for number in recovered:
+            objective.tracker.finish_trial(study, study.trials[number], sweep.metric)
     budget = TrialBudget(sweep.n_trials)
     left = budget.remaining(study)
     print(f"framer.tune: study {sweep.name!r} in {spec}: {budget.used(study)}/{sweep.n_trials} trials used")
@@ -129,7 +136,7 @@ def write_outputs(
     trials = study.get_trials(deepcopy=False)
     if trials:
         paths["trials"] = directory / "trials.csv"
-        study.trials_dataframe().to_csv(paths["trials"], index=False)
+        atomic_write_text(paths["trials"], study.trials_dataframe().to_csv(index=False))
     best = best_trial(study)
     if best is not None:
         overrides = {**overrides_of(sweep, best.params), "tracking.run_name": f"{sweep.name}_best"}
@@ -140,8 +147,7 @@ def write_outputs(
         )
         try:
             text = resolved_config(sweep.configs, overrides)
-            paths["best"] = directory / "best.yaml"
-            paths["best"].write_text(header + text)
+            paths["best"] = atomic_write_text(directory / "best.yaml", header + text)
         except RuntimeError as err:
             print(f"framer.tune: best.yaml not written: {err}", file=sys.stderr)
     counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
@@ -160,8 +166,7 @@ def write_outputs(
             "run_dir": best.user_attrs.get("run_dir"),
         },
     }
-    paths["summary"] = directory / "summary.json"
-    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    paths["summary"] = atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2) + "\n")
     if figures and trials:
         from framer import plots
 

@@ -10,7 +10,9 @@
   ``postgresql://`` to psycopg 3, which is not installed, so it is rewritten to ``postgresql+psycopg2://``.
 
 RDB storages record heartbeats, so a trial whose worker died is failed by the next worker and its parameters are
-queued again. Journal storages get the same recovery for workers on this machine (their pid is recorded).
+queued again. Journal storages get the same recovery for workers on this machine (their pid is recorded), and a
+journal line cut short by a killed worker is dropped when the journal is next opened (otherwise the next append
+would glue onto it and make the whole study unreadable).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import JournalStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 HEARTBEAT_INTERVAL = 30  # s
@@ -62,6 +64,9 @@ def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStora
     if spec.startswith("journal:"):
         path = Path(spec[len("journal:") :])
         path.parent.mkdir(parents=True, exist_ok=True)
+        dropped = repair_journal(path)
+        if dropped:
+            warnings.warn(f"{path}: dropped a partial last line ({dropped} bytes) of a killed worker", stacklevel=2)
         return JournalStorage(JournalFileBackend(str(path)))
     if spec.startswith("sqlite:///"):
         Path(spec[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +88,42 @@ def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStora
                 raise
             time.sleep(1.0 + random.random() * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def repair_journal(path: str | Path) -> int:
+    """Truncate a journal file after its last complete line, under the journal's own lock; returns bytes dropped.
+
+    A worker killed in the middle of an append leaves a line without its newline. Optuna skips such a last line when
+    reading, but the next append would be glued onto it, and the resulting undecodable line in the middle makes
+    every later read of the study fail.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    lock = JournalFileSymlinkLock(str(path))
+    lock.acquire()
+    try:
+        with path.open("rb+") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return 0
+            end = size
+            while end > 0:  # find the last newline, reading backwards
+                start = max(end - 65536, 0)
+                handle.seek(start)
+                chunk = handle.read(end - start)
+                cut = chunk.rfind(b"\n")
+                if cut >= 0:
+                    end = start + cut + 1
+                    break
+                end = start
+            handle.truncate(end)
+            handle.flush()
+            os.fsync(handle.fileno())
+            return size - end
+    finally:
+        lock.release()
 
 
 def worker_id() -> str:

@@ -1,0 +1,126 @@
+"""Stand-ins for the reliability tests: a small network with dropout and callbacks that inject failures.
+
+They are imported by class path (``--model.init_args.model reliability_standins.PooledMLP``,
+``--trainer.callbacks+=...``), also from ``python -m framer.cli`` subprocesses (see ``conftest.cli_env``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import signal
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+#: what the failure-injecting callbacks saw, for the tests to inspect (in-process runs only)
+SEEN: dict[str, object] = {}
+
+
+class PooledMLP(nn.Module):
+    """Mean-pooled element embeddings and the volume per atom, then an MLP with dropout (so resuming needs RNG state).
+
+    Args:
+        hidden: Width of the embedding and the MLP.
+        dropout: Dropout probability after the first layer.
+    """
+
+    def __init__(self, hidden: int = 16, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.dropout = dropout
+        self.embed = nn.Embedding(99, hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, batch) -> torch.Tensor:
+        h = self.embed(batch.atomic_numbers)
+        pooled = torch.zeros(len(batch), h.shape[1], dtype=h.dtype, device=h.device)
+        pooled.index_add_(0, batch.batch, h)
+        pooled = pooled / batch.sizes.unsqueeze(1).to(h.dtype)
+        volume = torch.linalg.det(batch.lattice).abs() / batch.sizes.to(h.dtype)
+        return self.mlp(torch.cat([pooled, (volume / 20.0).unsqueeze(1)], dim=1)).squeeze(1)
+
+
+def file_digest(path: str | Path) -> str | None:
+    path = Path(path)
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def _last_ckpt(trainer) -> Path:
+    return Path(trainer.checkpoint_callback.dirpath) / "last.ckpt"
+
+
+class CrashAt(Callback):
+    """Raise RuntimeError before the training batch that would make optimizer step ``step + 1`` (a crash).
+
+    Args:
+        step: Global step at which the run dies.
+    """
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"simulated crash at global step {self.step}")
+
+
+class SignalAt(Callback):
+    """Send ``signal`` to this process at the end of the training batch that completes optimizer step ``step``.
+
+    Args:
+        step: Global step after which the signal is sent.
+        signal: Signal name, e.g. ``SIGTERM``.
+    """
+
+    def __init__(self, step: int, signal: str = "SIGTERM") -> None:
+        self.step = step
+        self.signal = signal
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            SEEN["signal_step"] = trainer.global_step
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+class PoisonTarget(Callback):
+    """Replace the first target of the batch that would become optimizer step ``step + 1`` with ``value``.
+
+    Records the digest of ``last.ckpt`` at that moment in ``SEEN["last_ckpt_digest"]``.
+
+    Args:
+        step: Global step before the poisoned batch.
+        value: ``nan``, ``inf`` or ``-inf``.
+    """
+
+    def __init__(self, step: int, value: str = "nan") -> None:
+        self.step = step
+        self.value = float(value)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            SEEN["last_ckpt_digest"] = file_digest(_last_ckpt(trainer))
+            SEEN["poisoned_ids"] = list(batch.ids)
+            SEEN["weights"] = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+            batch.y[0] = self.value
+
+
+class PoisonGradient(Callback):
+    """Set one gradient entry to ``inf`` after the backward pass of the batch after optimizer step ``step``.
+
+    Args:
+        step: Global step before the poisoned backward pass.
+        parameter: Name of the parameter (in the LightningModule) whose gradient is poisoned.
+    """
+
+    def __init__(self, step: int, parameter: str = "model.mlp.0.weight") -> None:
+        self.step = step
+        self.parameter = parameter
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        if trainer.global_step == self.step:
+            SEEN["weights"] = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+            dict(pl_module.named_parameters())[self.parameter].grad.view(-1)[0] = math.inf
