@@ -45,8 +45,8 @@ format: venv ## apply ruff fixes and formatting
 demo: venv ## train Crystalformer and CrystalFramer on the embedded Ewald dataset (CPU, minutes)
 	$(PY) -m framer.demo
 
-bench: venv ## speed and memory benchmarks -> bench/results/<host>.json and .md
-	$(PY) -m framer.bench
+bench: venv ## speed and memory benchmarks (~20-30 min; BENCH_ARGS="--quick" or "--against bce53d5") -> bench/results/<host>.{json,md,png}
+	$(PY) -m framer.bench $(BENCH_ARGS)
 
 reproduce-table: RUNS ?= $(if $(filter 1,$(SMOKE)),runs/smoke,runs/paper)
 reproduce-table: RESULTS ?= $(if $(filter 1,$(SMOKE)),results/smoke,results)

@@ -1,0 +1,204 @@
+"""Measure one case in this (fresh) process: ``python framer/bench/worker.py SPEC.json`` writes ``spec["output"]``.
+
+The runner starts this file by path with the checkout under test first on ``PYTHONPATH``, so the same harness can
+measure an older revision. It therefore uses only the model API that every version has
+(``framer.models.CrystalFramer.preset``, ``framer.data.collate_structures``, ``model(batch)``; ``model.graph`` to count
+periodic images when it exists) and never imports ``framer.bench``; :mod:`timing` is loaded from the file next to this
+one.
+
+A case is a model preset, a list of structures and a list of stages run in order on the same model, e.g. inference
+on the first crystal, inference on all, then training steps on all. The model is built after ``torch.manual_seed``
+and its sigma statistics are first frozen by one training-mode forward without gradients on the first crystal, as in
+a trained model. Inference runs in eval mode under ``torch.no_grad``; a training step is forward, L1 loss against
+zeros, backward and an AdamW step (lr 1e-4). Stages run in
+increasing order of memory so each stage's resident-set high-water mark is its own peak (see :mod:`timing`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
+    sys.path.pop(0)  # run by path: do not let this directory's modules shadow top-level names
+
+
+def _load_timing():
+    if __package__:
+        from framer.bench import timing
+
+        return timing
+    spec = importlib.util.spec_from_file_location("_framer_bench_timing", HERE / "timing.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _error_text(error: BaseException, limit: int = 2000) -> str:
+    text = f"{type(error).__name__}: {error}".strip()
+    return text if len(text) <= limit else text[: limit - 20] + " ... (truncated)"
+
+
+def measure(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run the stages of ``spec`` and return their figures (errors are recorded per stage, not raised)."""
+    import torch
+
+    timing = _load_timing()
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    from pymatgen.core import Structure
+
+    import framer
+    from framer.data import collate_structures
+    from framer.models import CrystalFramer
+
+    root = str(Path(framer.__file__).resolve().parent.parent)
+    expected = spec.get("expect_root")
+    if expected and Path(expected).resolve() != Path(root):
+        raise RuntimeError(f"imported framer from {root}, expected {expected}")
+
+    device = torch.device(spec.get("device", "cpu"))
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    structures = [Structure.from_dict(d) for d in json.loads(Path(spec["structures"]).read_text())]
+    result: dict[str, Any] = {
+        "framer_root": root,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "pid": os.getpid(),
+        "stages": {},
+    }
+
+    torch.manual_seed(int(spec.get("seed", 0)))
+    model = CrystalFramer.preset(spec["preset"], **spec.get("overrides", {})).to(device=device, dtype=dtype)
+    result["parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    runner = model
+    if spec.get("compile"):
+        result["compile"] = {"status": "not run"}
+        try:
+            runner = torch.compile(model, **spec.get("compile_options", {}))
+            result["compile"] = {"status": "wrapped (compiles on the first call)"}
+        except Exception as error:  # recorded, not raised: compile support varies by platform
+            result["compile"] = {"status": "failed", "error": _error_text(error), "where": "torch.compile()"}
+            return result
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batches = {}
+
+    def batch_of(count: int | None):
+        count = len(structures) if count is None else count
+        if count not in batches:
+            batches[count] = collate_structures(structures[:count]).to(device=device, dtype=dtype)
+        return batches[count]
+
+    for count in {stage.get("crystals") for stage in spec["stages"]}:
+        batch_of(count)  # collate before the baseline: data loading is not measured
+    if spec.get("freeze_stats", True):
+        # Like a trained model, freeze the sigma standardisation statistics (on the first crystal, which keeps the
+        # resident set small) so inference does not standardise with each batch's own statistics.
+        model.train()
+        with torch.no_grad():
+            model(batch_of(1))
+    memory = timing.PeakMemory(device)
+    result["memory_method"] = memory.method
+    result["baseline_rss_mib"] = memory.baseline_rss / timing.MIB
+
+    for stage in spec["stages"]:
+        name, kind = stage["name"], stage["kind"]
+        batch = batch_of(stage.get("crystals"))
+        crystals = len(batch.sizes)
+        record: dict[str, Any] = {
+            "kind": kind,
+            "crystals": crystals,
+            "atoms": int(batch.sizes.sum()),
+            "atom_pairs": int((batch.sizes**2).sum()),
+        }
+        last: dict[str, Any] = {}
+        if kind == "train":
+            target = torch.zeros(crystals, device=device, dtype=dtype)
+
+            def call(batch=batch, target=target):
+                optimizer.zero_grad(set_to_none=True)
+                loss = torch.nn.functional.l1_loss(runner(batch), target)
+                loss.backward()
+                optimizer.step()
+                return loss
+
+            model.train()
+        elif kind == "infer":
+
+            def call(batch=batch, last=last):
+                with torch.no_grad():
+                    last["outputs"] = runner(batch)
+
+            model.eval()
+        else:
+            raise ValueError(f"unknown stage kind {kind!r}")
+        memory.start_stage()
+        start = time.perf_counter()
+        try:
+            record.update(
+                timing.time_calls(
+                    call,
+                    device,
+                    warmup=int(stage.get("warmup", 1)),
+                    repeats=int(stage.get("repeats", 3)),
+                    budget=float(stage.get("budget", float("inf"))),
+                )
+            )
+        except Exception as error:  # e.g. out of memory, or a torch.compile failure on the first call
+            record["error"] = _error_text(error)
+            record["traceback"] = traceback.format_exc(limit=8)[-4000:]
+            if spec.get("compile"):
+                result["compile"] = {"status": "failed", "error": record["error"], "where": f"first call ({name})"}
+        record["stage_s"] = time.perf_counter() - start
+        record["peak_mib"] = memory.stage_peak_mib()
+        record["process_peak_mib"] = memory.absolute_peak_mib()
+        if "wall_s" in record:
+            record["ms_per_crystal"] = 1000 * record["wall_s"] / crystals
+            record["cpu_ms_per_crystal"] = 1000 * record["cpu_s"] / crystals
+            record["crystals_per_s"] = crystals / record["wall_s"]
+            if "outputs" in last and stage.get("outputs"):
+                record["outputs"] = [float(v) for v in last["outputs"].detach().cpu()]
+        result["stages"][name] = record
+    if spec.get("compile") and result["compile"]["status"].startswith("wrapped"):
+        result["compile"]["status"] = "ok"
+
+    if spec.get("count_images", True):
+        result["graph"] = count_images(model, batch_of(None))
+    return result
+
+
+def count_images(model, batch) -> dict[str, Any]:
+    """Edges (atom pairs) and kept (edge, image) pairs of the model's periodic graph for ``batch``, if exposed."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            graph = model.graph(batch)
+        return {"edges": int(graph.num_edges), "images": int(graph.num_images)}
+    except Exception as error:  # older or newer models may not expose the graph
+        return {"error": _error_text(error, 300)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    spec = json.loads(Path(argv[0]).read_text())
+    try:
+        result = {"ok": True, **measure(spec)}
+    except Exception as error:
+        result = {"ok": False, "error": _error_text(error), "traceback": traceback.format_exc(limit=12)[-6000:]}
+    output = Path(spec["output"])
+    tmp = output.with_name(output.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, output)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The benchmark harness end to end on tiny models (no timing assertions: numbers are only checked to exist)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from framer.bench import batches, report, runner, targets
+from framer.bench.__main__ import main, override, preset_name
+
+TINY = {
+    "num_layers": 1,
+    "model_dim": 8,
+    "num_heads": 2,
+    "ff_dim": 8,
+    "dist_basis": 4,
+    "angle_basis": 2,
+    "head_dim": 4,
+}
+TINY_ARGS = [arg for key, value in TINY.items() for arg in ("--override", f"{key}={value}")]
+STAGE_KEYS = {"wall_s", "cpu_s", "min_wall_s", "repeats", "peak_mib", "crystals_per_s", "ms_per_crystal", "atoms"}
+PRESETS = ["crystalformer", "crystalframer", "crystalframer-lightweight"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[dict, str, Path]:
+    """A --quick-like run in this process: three tiny presets, 2 reference crystals, MP-like batch 3, sweep 2/4."""
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--quick", "--in-process", "--presets", *PRESETS, "--ref-crystals", "2", "--mp-batch", "3"]
+    argv += ["--mp-train-batch", "2", "--sweep-atoms", "2", "4", "--sweep-presets", "crystalformer"]
+    argv += [
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--batch1-repeats",
+        "1",
+        "--out",
+        str(out),
+        "--name",
+        "tiny",
+        *TINY_ARGS,
+    ]
+    assert main(argv) == 0
+    return json.loads((out / "tiny.json").read_text()), (out / "tiny.md").read_text(), out
+
+
+def test_results_have_every_expected_key(quick_run) -> None:
+    results, _, out = quick_run
+    assert {"schema", "system", "plan", "batches", "presets", "sweep", "targets", "reference", "duration_s"} <= set(
+        results
+    )
+    assert {"host", "date", "cpu", "torch", "torch_threads", "git_commit", "git_dirty"} <= set(results["system"])
+    assert results["batches"]["ref"]["crystals"] == 2 and results["batches"]["mp"]["crystals"] == 3
+    assert list(results["presets"]) == PRESETS
+    for preset, cases in results["presets"].items():
+        assert cases["ref"]["ok"] and cases["mp"]["ok"], preset
+        assert set(cases["ref"]["stages"]) == {"infer_b1", "infer", "train"}
+        assert set(cases["mp"]["stages"]) == {"infer", "train"}
+        for case in cases.values():
+            for record in case["stages"].values():
+                assert set(record) >= STAGE_KEYS and math.isfinite(record["wall_s"]), (preset, record)
+        assert cases["mp"]["stages"]["infer"]["crystals"] == 3 and cases["mp"]["stages"]["train"]["crystals"] == 2
+        assert len(cases["ref"]["stages"]["infer"]["outputs"]) == 2
+        assert cases["ref"]["graph"]["images"] > 0
+    points = results["sweep"]["crystalformer"]
+    assert [p["atoms"] for p in points] == [2, 4]
+    assert all(p["ok"] and p["images"] > 0 and p["atoms2_box_images"] >= p["atom_pairs"] for p in points)
+    keys = {row["key"] for row in results["targets"]}
+    assert {"crystalformer_train_step", "crystalformer_ms_per_material_b1", "crystalframer_throughput_over_v1"} <= keys
+    assert (out / "tiny.png").stat().st_size > 0
+    assert not list(out.glob(".*"))  # no temporary files left behind
+
+
+def test_markdown_has_a_row_per_preset_and_the_targets(quick_run) -> None:
+    results, md, _ = quick_run
+    for heading in ("## Targets (issue 6)", "## Presets", "## Scaling sweep", "reference / ours"):
+        assert heading in md
+    presets_table = md.split("## Presets")[1].split("##")[0]
+    for preset in PRESETS:
+        assert f"| {preset} |" in presets_table
+    assert "Crystalformer training step, reference batch" in md
+    assert "![scaling sweep](tiny.png)" in md
+    assert md == report.markdown(results, "tiny.png")
+
+
+def test_a_case_in_a_subprocess_measures_this_checkout(tmp_path) -> None:
+    plan = runner.Plan.quick_plan(overrides=TINY, warmup=0, repeats=1, timeout=120)
+    measurer = runner.Measurer(plan, tmp_path, log=lambda line: None)
+    result = measurer.run(
+        {"preset": "crystalframer", "stages": runner.sweep_stages(plan)}, [batches.sweep_structure(3)]
+    )
+    assert result["ok"], result
+    assert Path(result["framer_root"]) == runner.CURRENT_ROOT
+    assert "ru_maxrss" in result["memory_method"] and result["stages"]["train"]["peak_mib"] >= 0
+    assert result["graph"]["edges"] == 9
+
+
+def test_worker_failures_are_recorded_not_raised(tmp_path) -> None:
+    plan = runner.Plan.quick_plan(overrides={"no_such_argument": 1}, timeout=120)
+    result = runner.Measurer(plan, tmp_path, log=lambda line: None).run(
+        {"preset": "crystalformer", "stages": runner.sweep_stages(plan)}, [batches.sweep_structure(2)]
+    )
+    assert not result["ok"] and "no_such_argument" in result["error"]
+
+
+def test_git_worktree_is_removed_afterwards() -> None:
+    with runner.git_worktree("HEAD") as (commit, path):
+        assert len(commit) == 40 and (path / "framer" / "models" / "__init__.py").exists()
+    assert not path.exists()
+
+
+def test_report_handles_missing_and_failed_cases() -> None:
+    failed = {"ok": False, "error": "timeout after 5 s", "timeout": True}
+    results = {
+        "system": {"host": "h", "date": "d", "torch": "t", "torch_threads": 1, "cpu": "c", "cpus_available": 1,
+                   "git_commit": None, "git_dirty": None},
+        "plan": runner.asdict(runner.Plan()),
+        "batches": {},
+        "presets": {"crystalformer": {"ref": failed}},
+        "sweep": {"crystalformer": [{"atoms": 8, "atom_pairs": 64, "atoms2_box_images": 8000, **failed}]},
+        "against": {"rev": "v1", "error": "CalledProcessError: unknown revision"},
+    }  # fmt: skip
+    md = report.markdown(results)
+    assert "timeout" in md and "## Failures" in md and "Could not measure v1" in md
+    rows = targets.evaluate(results)
+    assert all(row["met"] is None for row in rows if row["key"] != "crystalformer_large_cell_trains")
+
+
+def test_cli_helpers() -> None:
+    assert preset_name("lightweight") == "crystalframer-lightweight"
+    assert preset_name("weighted_pca") == "crystalframer-weighted_pca"
+    assert preset_name("crystalformer") == "crystalformer"
+    assert override("num_layers=2") == ("num_layers", 2) and override("frame=max") == ("frame", "max")
