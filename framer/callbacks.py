@@ -83,7 +83,7 @@ def _describe_last_checkpoint(trainer: Trainer) -> str:
     callback = trainer.checkpoint_callback
     last = getattr(callback, "last_model_path", "") if callback is not None else ""
     if last and Path(last).is_file():
-        return f"the last good checkpoint is {last} (resume from it with --ckpt_path last)"
+        return f"the last good checkpoint is {Path(last).absolute()} (resume from it with --ckpt_path last)"
     return "no checkpoint had been written yet"
 
 
