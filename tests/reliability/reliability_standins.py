@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -124,3 +125,30 @@ class PoisonGradient(Callback):
         if trainer.global_step == self.step:
             SEEN["weights"] = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
             dict(pl_module.named_parameters())[self.parameter].grad.view(-1)[0] = math.inf
+
+
+class PauseAt(Callback):
+    """After the training batch that completes optimizer step ``step``, create ``marker`` and wait there.
+
+    The test kills the process (SIGKILL) or asks it to stop (SIGTERM) once the marker exists, so the signal lands at
+    a known point in the middle of an epoch however slow the machine is. The wait ends early on SIGTERM (Lightning
+    then stops after this batch) and after ``timeout`` seconds.
+
+    Args:
+        step: Global step after which the run pauses.
+        marker: File created when the pause starts (it holds the global step).
+        timeout: Longest pause in seconds.
+    """
+
+    def __init__(self, step: int, marker: str, timeout: float = 120.0) -> None:
+        self.step = step
+        self.marker = marker
+        self.timeout = timeout
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step != self.step:
+            return
+        Path(self.marker).write_text(str(trainer.global_step))
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline and not trainer.received_sigterm:
+            time.sleep(0.05)
