@@ -50,7 +50,7 @@ def start_paused(cwd: Path, env: dict) -> tuple[subprocess.Popen, Path]:
     """Start a run that pauses after step PAUSE; return it once it is paused there."""
     marker = cwd / "paused"
     pause = callback_arg("reliability_standins.PauseAt", step=PAUSE, marker=str(marker))
-    log = (cwd / "paused-run.log").open("w")  # a file, not a pipe nobody reads while we wait
+    log = (cwd / "paused-run.log").open("w")
     proc = subprocess.Popen(cli(cwd, pause), cwd=cwd, env=env, stdout=log, stderr=log, text=True)
     log.close()
     deadline = time.monotonic() + 300
