@@ -11,6 +11,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 from training_standins import TinyDataModule, TinyModel, quiet_trainer_kwargs, subprocess_env
 
 from framer.module import CrystalRegressor
@@ -105,7 +106,7 @@ def test_tracking_uri_defaults_to_sqlite_and_refuses_file_stores(tmp_path, monke
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri("sqlite:///x.db") == "http://127.0.0.1:5000"
     loggers = Tracking(run_name="r", save_dir=str(tmp_path / "runs")).loggers()
-    assert type(loggers[0]).__name__ == "CSVLogger" and type(loggers[1]).__name__ == "MLFlowLogger"
+    assert isinstance(loggers[0], CSVLogger) and isinstance(loggers[1], MLFlowLogger)
     assert Tracking(mlflow=False).loggers()[-1].__class__.__name__ == "CSVLogger"
 
 
