@@ -406,7 +406,7 @@ def check_checkpoint(path: Path) -> None:
     except Exception as err:
         text = " ".join(str(err).split())
         if "Weights only load failed" in text:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+            found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)  # allow-listable or blocked
             what = f" ({found.group(1)})" if found else ""
             raise UserError(
                 f"checkpoint {path} was not loaded: it holds Python objects{what} beyond tensors and plain data, "
