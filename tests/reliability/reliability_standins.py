@@ -127,26 +127,34 @@ class PoisonGradient(Callback):
             dict(pl_module.named_parameters())[self.parameter].grad.view(-1)[0] = math.inf
 
 
+_REACHED: dict[str, int] = {}  # PauseAt: times each marker's step was reached in this process
+
+
 class PauseAt(Callback):
     """After the training batch that completes optimizer step ``step``, create ``marker`` and wait there.
 
     The test kills the process (SIGKILL) or asks it to stop (SIGTERM) once the marker exists, so the signal lands at
     a known point in the middle of an epoch however slow the machine is. The wait ends early on SIGTERM (Lightning
-    then stops after this batch) and after ``timeout`` seconds.
+    then stops after this batch) and after ``timeout`` seconds. It pauses once: not at all if the marker exists.
 
     Args:
         step: Global step after which the run pauses.
         marker: File created when the pause starts (it holds the global step).
         timeout: Longest pause in seconds.
+        occurrence: Pause the n-th time this process reaches ``step`` (e.g. in the n-th trial of a study).
     """
 
-    def __init__(self, step: int, marker: str, timeout: float = 120.0) -> None:
+    def __init__(self, step: int, marker: str, timeout: float = 120.0, occurrence: int = 1) -> None:
         self.step = step
         self.marker = marker
         self.timeout = timeout
+        self.occurrence = occurrence
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step != self.step:
+        if trainer.global_step != self.step or Path(self.marker).exists():
+            return
+        _REACHED[self.marker] = _REACHED.get(self.marker, 0) + 1
+        if _REACHED[self.marker] < self.occurrence:
             return
         Path(self.marker).write_text(str(trainer.global_step))
         deadline = time.monotonic() + self.timeout
