@@ -155,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         if row["value"] is not None:
             met = {True: "met", False: "NOT met", None: ""}[row["met"]]
             ratio = f" ratio {row['ratio']:.3g}" if row["ratio"] is not None else ""
-            print(f"{row['figure']}: {report.num(row['value'])} {row['unit']}{ratio} {met}".rstrip())
+            cpu = ""
+            if row.get("value_cpu") is not None and row.get("ratio_cpu") is not None:
+                met_cpu = {True: "met", False: "NOT met", None: ""}[row["met_cpu"]]
+                cpu = f"; CPU s: {report.num(row['value_cpu'])} ratio {row['ratio_cpu']:.3g} {met_cpu}"
+            print(f"{row['figure']}: {report.num(row['value'])} {row['unit']}{ratio} {met}{cpu}".rstrip())
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 

@@ -325,7 +325,9 @@ def summary_line(label: str, result: dict[str, Any]) -> str:
         else:
             parts.append(f"{name} {record['ms_per_crystal']:.3g} ms/crystal")
     peak = max((r.get("peak_mib", 0) for r in result.get("stages", {}).values()), default=0)
-    return f"{label}: {', '.join(parts)}, peak {peak:.0f} MiB ({result.get('elapsed_s', 0):.0f} s)"
+    load = (result.get("load_average_end") or [None])[0]
+    load_text = f", load {load:.1f}" if load is not None else ""
+    return f"{label}: {', '.join(parts)}, peak {peak:.0f} MiB ({result.get('elapsed_s', 0):.0f} s{load_text})"
 
 
 def _load_average() -> list[float] | None:

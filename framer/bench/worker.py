@@ -72,6 +72,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "pid": os.getpid(),
+        "load_average_start": _load_average(),
         "stages": {},
     }
 
@@ -169,9 +170,18 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("compile") and result["compile"]["status"].startswith("wrapped"):
         result["compile"]["status"] = "ok"
 
+    result["load_average_end"] = _load_average()
     if spec.get("count_images", True):
         result["graph"] = count_images(model, batch_of(None))
     return result
+
+
+def _load_average() -> list[float] | None:
+    """1, 5 and 15-minute load averages (other processes on a shared machine inflate wall times)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def count_images(model, batch) -> dict[str, Any]:

@@ -135,3 +135,91 @@ def test_cli_helpers() -> None:
     assert preset_name("weighted_pca") == "crystalframer-weighted_pca"
     assert preset_name("crystalformer") == "crystalformer"
     assert override("num_layers=2") == ("num_layers", 2) and override("frame=max") == ("frame", "max")
+
+
+def _stage_record(wall: float, cpu: float, crystals: int = 16, **extra) -> dict:
+    return {"kind": "train", "crystals": crystals, "wall_s": wall, "cpu_s": cpu, "crystals_per_s": crystals / wall,
+            "ms_per_crystal": 1000 * wall / crystals, "cpu_ms_per_crystal": 1000 * cpu / crystals, "peak_mib": 100.0,
+            **extra}  # fmt: skip
+
+
+def test_targets_compute_ratios_from_given_numbers() -> None:
+    """Made-up figures in, the issue's ratios out (wall and CPU-second bases), met judged by the target's direction."""
+    ref = lambda train, b1=None, outputs=None: {  # noqa: E731
+        "ok": True,
+        "stages": {
+            "train": train,
+            **({"infer_b1": b1} if b1 else {}),
+            **({"infer": {**_stage_record(1.0, 1.0), "outputs": outputs}} if outputs else {}),
+        },
+    }
+    results = {
+        "presets": {
+            "crystalformer": {"ref": ref(_stage_record(1.0, 1.5), _stage_record(0.02, 0.03, crystals=1), [1.0, 2.0])},
+            "crystalframer": {"ref": ref(_stage_record(2.0, 1.8), outputs=[1.0, 2.0 + 1e-5])},
+            "crystalframer-lightweight": {"ref": ref(_stage_record(1.1, 1.5))},
+        },
+        "against": {"rev": "v1", "presets": {"crystalframer": {"ref": ref(_stage_record(8.0, 3.6))}}},
+        "sweep": {
+            "crystalformer": [
+                {"atoms": n, "atom_pairs": n * n, "atoms2_box_images": 1000 * n * n,
+                 "stages": {"train": {"wall_s": 1.0, "cpu_s": 2.0, "peak_mib": 0.5 * n * n}}}
+                for n in (64, 128, 256, 512)
+            ]
+        },
+    }  # fmt: skip
+    rows = {row["key"]: row for row in targets.evaluate(results)}
+    former = rows["crystalformer_train_step"]
+    assert (former["value"], former["target"], former["value_cpu"]) == (1.0, 2.1, 1.5)
+    assert former["ratio"] == pytest.approx(1.0 / 2.1) and former["met"] and former["met_cpu"]
+    b1 = rows["crystalformer_ms_per_material_b1"]
+    assert b1["value"] == pytest.approx(20.0) and b1["value_cpu"] == pytest.approx(30.0)
+    assert b1["target"] == pytest.approx(80 / 3) and b1["met"] and b1["ratio_cpu"] == pytest.approx(30 / (80 / 3))
+    framer = rows["crystalframer_step_over_crystalformer"]
+    assert framer["value"] == pytest.approx(2.0) and framer["ratio"] == pytest.approx(2.0 / 1.5) and not framer["met"]
+    assert framer["value_cpu"] == pytest.approx(1.2) and framer["met_cpu"]
+    light = rows["crystalframer-lightweight_step_over_crystalformer"]
+    assert light["value"] == pytest.approx(1.1) and light["met"] and light["value_cpu"] == pytest.approx(1.0)
+    v1 = rows["crystalframer_throughput_over_v1"]
+    assert v1["op"] == ">=" and v1["value"] == pytest.approx(4.0) and v1["ratio"] == pytest.approx(2.0) and v1["met"]
+    assert v1["value_cpu"] == pytest.approx(2.0) and v1["met_cpu"]
+    assert rows["crystalformer_outputs_vs_v1"]["value"] is None  # v1 has no recorded crystalformer outputs
+    exponent = rows["crystalformer_memory_exponent"]
+    assert exponent["value"] == pytest.approx(1.0) and exponent["met"]  # peak exactly proportional
+    large = rows["crystalformer_large_cell_trains"]
+    assert large["met"] and large["value"] == 1.0 and "512" in large["figure"]
+    md = report.markdown(
+        {
+            **results,
+            "system": {"host": "h", "date": "d", "torch": "t", "torch_threads": 1, "cpu": "c", "cpus_available": 1},
+            "plan": runner.asdict(runner.Plan(threads=1)),
+        }
+    )
+    assert "| 2.00 x | 1.20 x | ≤ 1.50 x | 1.33 | 0.800 | **no** | yes |" in md
+
+
+def test_memory_exponent_detects_superlinear_growth() -> None:
+    points = [
+        {"atoms": n, "atoms2_box_images": n * n, "stages": {"train": {"wall_s": 1.0, "peak_mib": (n * n) ** 1.5}}}
+        for n in (128, 256, 512)
+    ]
+    assert targets.memory_exponent(points) == pytest.approx(1.5)
+    assert targets.memory_exponent(points[:1]) is None
+
+
+def test_against_head_measures_a_worktree(tmp_path) -> None:
+    """--against HEAD: the worker imports framer from a temporary worktree, which is removed afterwards."""
+    plan = runner.Plan.quick_plan(
+        overrides=TINY, warmup=0, repeats=1, batch1_repeats=1, ref_crystals=1, against="HEAD",
+        against_presets=["crystalformer"], timeout=120,
+    )  # fmt: skip
+    before = runner._git("worktree", "list")
+    measurer = runner.Measurer(plan, tmp_path, log=lambda line: None)
+    section = runner.against(plan, measurer, log=lambda line: None)
+    assert section["commit"] == runner._git("rev-parse", "HEAD") and "error" not in section
+    result = section["presets"]["crystalformer"]["ref"]
+    assert result["ok"], result
+    root = Path(result["framer_root"])
+    assert root != runner.CURRENT_ROOT and "framer-bench-worktree-" in str(root) and not root.exists()
+    assert set(result["stages"]) == {"infer_b1", "infer", "train"}
+    assert runner._git("worktree", "list") == before
