@@ -118,7 +118,10 @@ class CrystalFramer(nn.Module):
         recompute: bool | None = None,
         angle_grid: int = 256,
     ):
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
+        #: the constructor arguments (plain data), so modules built in Python can be saved and rebuilt from checkpoints
+        self.init_args = arguments
         if frame not in ("none", "max", "static", "weighted_pca", "pca", "lattice"):
             raise ValueError(f"unknown frame {frame!r}")
         self.frame = frame
