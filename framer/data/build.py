@@ -192,10 +192,10 @@ def build_jarvis_target(
     try:
         splits = paper_split(n, n_train, n_val, n_test, split_seed=split_seed)
     except ValueError as err:
-        raise DataError(
-            f"{source.filename} has {n} entries with valid {spec.field!r}: {err}. For a subset of the published file, "
-            "set n_train/n_val/n_test to null to use 80/10/10 fractions"
-        ) from None
+        hint = "at least 10 are needed for an 80/10/10 split"
+        if (n_train, n_val, n_test) != (None, None, None):
+            hint = "for a subset of the published file, set n_train/n_val/n_test to null to use 80/10/10 fractions"
+        raise DataError(f"{source.filename} has {n} entries with valid {spec.field!r}: {err}; {hint}") from None
     paper = PAPER_SPLITS[spec.split_key]
     position_fps = {name: split_fingerprint(idx) for name, idx in splits.items()}
     raw_fps = {name: split_fingerprint(kept[idx]) for name, idx in splits.items()}
