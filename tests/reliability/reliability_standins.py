@@ -220,3 +220,23 @@ class KillDuringSave(Callback):
             import framer.callbacks
 
             kill_while_writing(framer.callbacks, ".ckpt.", self.limit)
+
+
+def meet_before_cache_write(rendezvous: str, parties: int = 2, timeout: float = 120.0) -> None:
+    """Make this process wait, just before it writes a data cache, until ``parties`` processes are there.
+
+    Processes that all found no cache and built it then write it at the same moment: a deterministic race.
+    """
+    import framer.data.cache as cache
+
+    write = cache.write_cache
+
+    def meeting_write(*args, **kwargs):
+        Path(rendezvous).mkdir(parents=True, exist_ok=True)
+        (Path(rendezvous) / str(os.getpid())).touch()
+        deadline = time.monotonic() + timeout
+        while len(list(Path(rendezvous).iterdir())) < parties and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return write(*args, **kwargs)
+
+    cache.write_cache = meeting_write
