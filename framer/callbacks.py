@@ -7,6 +7,7 @@ The safety net (added by :class:`framer.cli.FramerCLI` to every trainer):
   silently and no checkpoint with non-finite weights is ever written.
 - :class:`SigtermCheckpoint`: on SIGTERM (pre-emption, ``scancel``, ``kill``) Lightning stops at the end of the
   current batch; this callback then writes ``last.ckpt`` so ``fit --ckpt_path last`` continues from that batch.
+- :class:`LastCheckpointAtEnd`: a finished ``fit`` leaves ``last.ckpt`` at its final step (also with step checkpoints).
 - :class:`RandomState`: checkpoints carry the torch/numpy/Python random states, so a resumed run draws the same
   random numbers (dropout, augmentation) as an uninterrupted one.
 - :class:`AtomicCheckpointIO`: checkpoints are written to a temporary file in the same directory, fsynced and renamed
@@ -177,6 +178,25 @@ class SigtermCheckpoint(Callback):
         rank_zero_info(f"framer: SIGTERM received: saved {path} at global step {trainer.global_step}")
 
 
+class LastCheckpointAtEnd(Callback):
+    """Write ``last.ckpt`` when ``fit`` ends normally, so it always holds the final step.
+
+    With ``--checkpoint.every_n_train_steps N`` Lightning saves only every N steps (never at the end of an epoch), so
+    without this ``last.ckpt`` of a finished run can lag behind its last step, and ``fit --ckpt_path last`` with a
+    larger ``max_epochs`` would repeat steps. Interrupted runs are handled by :class:`SigtermCheckpoint`.
+    """
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        callback = trainer.checkpoint_callback
+        if trainer.interrupted or callback is None or not getattr(callback, "save_last", False):
+            return
+        if getattr(callback, "_last_global_step_saved", None) == trainer.global_step:
+            return  # Lightning's own last save already holds this step
+        path = last_checkpoint_path(trainer)
+        if path is not None:
+            trainer.save_checkpoint(path)
+
+
 class RandomState(Callback):
     """Save the torch (CPU and CUDA), numpy and Python random states in checkpoints and restore them on resume.
 
@@ -255,4 +275,4 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 def safety_callbacks() -> list[Callback]:
     """The callbacks every CLI trainer gets (see the module docstring)."""
-    return [FiniteGuard(), SigtermCheckpoint(), RandomState()]
+    return [FiniteGuard(), SigtermCheckpoint(), LastCheckpointAtEnd(), RandomState()]

@@ -69,6 +69,8 @@ def outcome(cwd: Path) -> dict:
     directory = run_dir(cwd)
     metrics = json.loads((directory / "metrics.json").read_text())
     state = load_checkpoint(directory / "checkpoints" / "last.ckpt")
+    # a finished run's last.ckpt holds its final step, also between periodic step checkpoints (LastCheckpointAtEnd)
+    assert state["global_step"] == metrics["global_step"] == EPOCHS * STEPS_PER_EPOCH
     return {
         "metrics": metrics["metrics"],
         "global_step": metrics["global_step"],
