@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import struct
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from framer.atomic import atomic_file, atomic_write_text
 from framer.data.structures import CrystalRecord
 
 log = logging.getLogger("framer.data")
@@ -112,20 +112,11 @@ def write_cache(path: str | os.PathLike, key: str, arrays: dict[str, np.ndarray]
     prefix = MAGIC + struct.pack("<Q", len(header_bytes)) + header_bytes
     prefix += b"\0" * (_aligned(len(prefix)) - len(prefix))
 
-    tmp_name = _temp_name(path)
-    try:
-        with open(tmp_name, "xb") as fh:
-            fh.write(prefix)
-            for a in arrays.values():
-                fh.write(a.tobytes())
-                fh.write(b"\0" * (_aligned(a.nbytes) - a.nbytes))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_file(path, "wb") as fh:
+        fh.write(prefix)
+        for a in arrays.values():
+            fh.write(a.tobytes())
+            fh.write(b"\0" * (_aligned(a.nbytes) - a.nbytes))
 
 
 def _header_digest(header: dict) -> str:
@@ -135,38 +126,8 @@ def _header_digest(header: dict) -> str:
 
 
 def write_json_atomic(path: str | os.PathLike, content: Any) -> None:
-    """Write JSON through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = _temp_name(path)
-    try:
-        with open(tmp_name, "x") as fh:
-            json.dump(content, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-
-
-def _temp_name(path: Path) -> Path:
-    """A fresh temporary name next to ``path`` (same file system, so ``os.replace`` is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Write JSON (indented, sorted keys) atomically."""
+    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @dataclass

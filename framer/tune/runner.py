@@ -16,7 +16,7 @@ import optuna
 from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from framer.tracking import atomic_write_text
+from framer.atomic import atomic_write_text
 from framer.tune.configs import resolved_config
 from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective, overrides_of
 from framer.tune.storage import INTERRUPTED_ATTR, RETRY_ATTR, open_storage, recover_dead_trials, storage_spec

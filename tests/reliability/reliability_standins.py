@@ -217,9 +217,9 @@ class KillDuringSave(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if trainer.global_step == self.step:
-            import framer.callbacks
+            import framer.atomic
 
-            kill_while_writing(framer.callbacks, ".ckpt.", self.limit)
+            kill_while_writing(framer.atomic, ".ckpt.", self.limit)
 
 
 def meet_before_cache_write(rendezvous: str, parties: int = 2, timeout: float = 120.0) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import callback_arg, cli_env, copy_data, fit_args, load_checkpoint
+from reliability_helpers import STEPS_PER_EPOCH, callback_arg, cli_env, copy_data, fit_args, load_checkpoint
 from reliability_standins import file_digest
 
 from framer.data import EwaldDataModule
@@ -30,11 +30,11 @@ def ewald(root: Path, **kwargs) -> EwaldDataModule:
 
 BUILD_AND_DIE = """
 import sys
-import framer.data.cache
+import framer.atomic
 from reliability_standins import kill_while_writing
 from framer.data import EwaldDataModule
 
-kill_while_writing(framer.data.cache, ".cache.", int(sys.argv[2]))
+kill_while_writing(framer.atomic, ".cache.", int(sys.argv[2]))
 EwaldDataModule(num_crystals=32, max_atoms=6, batch_size=4, build_workers=0, data_dir=sys.argv[1],
                 rebuild_cache=True).prepare_data()
 """
@@ -92,7 +92,7 @@ def test_kill_while_saving_a_checkpoint_keeps_the_previous_one_and_resume_works(
         timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert load_checkpoint(checkpoints / "last.ckpt")["global_step"] == 16
+    assert load_checkpoint(checkpoints / "last.ckpt")["global_step"] == 3 * STEPS_PER_EPOCH  # the final step
 
 
 def _truncate(data: bytearray, payload_start: int) -> bytearray:

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from conftest import cli_env, fit_args
+from reliability_helpers import cli_env, fit_args
 
 from framer.data import EwaldDataModule
 from framer.data.cache import read_cache

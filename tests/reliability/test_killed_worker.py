@@ -12,8 +12,8 @@ import time
 import optuna
 import pytest
 import yaml
-from conftest import CONF, cli_env
 from optuna.trial import TrialState
+from reliability_helpers import CONF, cli_env
 
 from framer.tune.runner import TrialBudget
 from framer.tune.storage import INTERRUPTED_ATTR, RETRY_ATTR, load_study_from_dir

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import STEPS_PER_EPOCH, callback_arg, fit_args, load_checkpoint
+from reliability_helpers import STEPS_PER_EPOCH, callback_arg, fit_args, load_checkpoint
 from reliability_standins import SEEN, file_digest
 
 from framer.callbacks import FiniteGuard, NonFiniteLossError

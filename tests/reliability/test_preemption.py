@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import STEPS_PER_EPOCH, callback_arg, cli_env, fit_args, load_checkpoint
+from reliability_helpers import STEPS_PER_EPOCH, callback_arg, cli_env, fit_args, load_checkpoint
 
 from framer.cli import EXIT_SIGTERM
 

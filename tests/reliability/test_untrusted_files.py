@@ -11,7 +11,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import CONF, QUIET, STANDIN, fit_args
+from reliability_helpers import CONF, QUIET, STANDIN, fit_args
 
 from framer.cli import EXIT_USER_ERROR, main
 from framer.data.testing import write_moduli_pickles

@@ -13,7 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import REPO
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _pg_bin() -> str | None:

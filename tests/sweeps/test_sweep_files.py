@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
-from conftest import REPO
 
 from framer.tune.configs import cli_overrides, config_callbacks, quiet_overrides, resolve_path
 from framer.tune.storage import storage_spec, storage_url
 from framer.tune.sweep import Sweep, SweepError, nested
+
+REPO = Path(__file__).resolve().parents[2]
 
 SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
 

@@ -14,10 +14,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 from training_standins import TinyDataModule, TinyModel, quiet_trainer_kwargs, subprocess_env
 
+from framer.atomic import atomic_write_text
 from framer.module import CrystalRegressor
 from framer.predict import collect_inputs
 from framer.predict import main as predict_main
-from framer.tracking import Tracking, TrackingError, atomic_write_text, resolve_tracking_uri
+from framer.tracking import Tracking, TrackingError, resolve_tracking_uri
 
 
 @pytest.fixture(scope="module")
