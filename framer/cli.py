@@ -315,6 +315,9 @@ def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: Ligh
         best = type(module).load_from_checkpoint(best_path, map_location="cpu", weights_only=True, **extra)
         best.eval_weights = "raw"
         best.test_prefix = "test_best"
+        # fit logged the run's hyperparameters; the reloaded module's are rebuilt from its network (other class path
+        # spelling), and MLflow refuses to change a logged parameter
+        best._log_hyperparams = False
         results = tester.test(best, datamodule=datamodule, verbose=False)
         metrics.update(results[0] if results else {})
         modules["_best"] = best

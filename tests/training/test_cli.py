@@ -209,3 +209,23 @@ def test_user_errors_are_one_line_without_traceback(workdir, capsys):
         errors = [line for line in err.splitlines() if line.startswith("framer: error:")]
         assert len(errors) == 1, (name, err[-2000:])
         assert "Traceback" not in err, (name, err[-2000:])
+
+
+def test_fit_with_the_paper_network_logs_to_mlflow_and_tests_the_best_checkpoint(workdir, monkeypatch):
+    """The default path: CrystalFramer (max frames) built by the CLI, MLflow on, best-val checkpoint reloaded."""
+    monkeypatch.setenv("FRAMER_DATA_DIR", str(workdir / "data"))
+    data = ["--config", str(CONF / "data" / "ewald.yaml"), "--config", str(CONF / "debug" / "tiny_model.yaml")]
+    small = ["--data.init_args.num_crystals=24", "--data.init_args.max_atoms=6", "--data.init_args.build_workers=0"]
+    args = fit_args(*data, *small, "--data.init_args.batch_size=4", "--trainer.max_epochs=2")
+    cli = FramerCLI(
+        args=[*args, "--model.init_args.swa_epochs=1", "--trainer.accelerator=cpu", "--tracking.run_name=net"]
+    )
+    assert {"test/mae", "test_best/mae", "best_val/mae"} <= set(cli.final_metrics)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("framer").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model/class_path"] == "framer.models.CrystalFramer"  # as the config spells it
+    assert run.data.params["model/init_args/frame"] == "max"
+    assert {"test/mae", "test_best/mae"} <= set(run.data.metrics)
