@@ -6,16 +6,18 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import optuna
 import pytest
 import yaml
-from conftest import REPO
 from optuna.trial import TrialState
 
 from framer.tune import tune
 from framer.tune.configs import resolved_config
 from framer.tune.storage import load_study_from_dir
+
+REPO = Path(__file__).resolve().parents[2]
 
 SMOKE = REPO / "sweeps" / "smoke.yaml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -133,7 +135,7 @@ def test_parallel_workers_share_the_budget(sweep_env):
 def test_ddp_trials_over_two_cpu_processes(sweep_env):
     tmp_path, uri = sweep_env
     space = {"model.init_args.optimizer.init_args.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}}
-    fixed = {**yaml.safe_load(SMOKE.read_text())["fixed"], "model.init_args.model.init_args.frame": "none"}
+    fixed = {**yaml.safe_load(SMOKE.read_text())["fixed"], "model.init_args.model.init_args.frame": "max"}
     sweep = small_sweep(
         tmp_path, "ddp", n_trials=2, search_space=space, fixed=fixed, pruner={"type": "median", "n_startup_trials": 1}
     )
