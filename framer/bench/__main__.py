@@ -63,6 +63,9 @@ def parser() -> argparse.ArgumentParser:
         "--budget", type=float, help="stop repeating once a stage's timed calls took this many s (60; quick 2)"
     )
     p.add_argument("--timeout", type=float, help="seconds per measuring subprocess before it is killed (1800)")
+    p.add_argument(
+        "--rounds", type=int, help="measure the ref cases this many times round-robin, keep the median (default 1)"
+    )
     p.add_argument("--against", metavar="REV", help="also measure this git revision (e.g. bce53d5) side by side")
     p.add_argument("--against-presets", nargs="+", type=preset_name, metavar="PRESET", help="default: former, framer")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile'd models on the reference batch")
@@ -116,6 +119,7 @@ def plan_from_args(args: argparse.Namespace) -> runner.Plan:
             "warmup": args.warmup,
             "budget": args.budget,
             "timeout": args.timeout,
+            "rounds": args.rounds,
             "against": args.against,
             "against_presets": args.against_presets,
             "compile_presets": args.compile_presets,

@@ -89,7 +89,13 @@ def markdown(results: dict[str, Any], plot_name: str | None = None) -> str:
         "seconds (all threads) in brackets. Inference is eval mode under no_grad; a training step is forward, L1 "
         "loss, backward and AdamW. Peak memory (MiB) is the resident-set high-water mark of a fresh process per case "
         "minus its size before the first stage (≤ marks a stage whose peak stayed below an earlier stage's). "
-        "`python -m framer.bench` measured these; nothing here is asserted by tests.",
+        "`python -m framer.bench` measured these; nothing here is asserted by tests."
+        + (
+            f" The reference-batch cases (and --against's) ran first, {plan['rounds']} times round-robin; each keeps "
+            "its round with the median training step (all rounds are in the JSON)."
+            if plan.get("rounds", 1) > 1
+            else ""
+        ),
         "",
     ]
     lines += _targets_section(results)

@@ -10,8 +10,10 @@ Scaling sweep (``sweep_presets``): one synthetic cell of 8 ... 512 atoms per cas
 with the model's count of kept (edge, image) pairs. A size that fails or times out skips the larger ones.
 
 ``against``: the same ``ref`` cases measured on an older revision, checked out with ``git worktree`` into a temporary
-directory and imported first on the measuring subprocess's ``PYTHONPATH``. ``compile``: the ``ref`` case of
-``compile_presets`` with ``torch.compile``'d models (failures and timeouts are recorded, not raised).
+directory and imported first on the measuring subprocess's ``PYTHONPATH``. The ``ref`` cases run first, the older
+revision's right after the current one's, ``rounds`` times round-robin (the round with the median training step is
+kept): the targets compare these figures, and on a shared machine the load drifts over minutes. ``compile``: the
+``ref`` case of ``compile_presets`` with ``torch.compile``'d models (failures and timeouts are recorded, not raised).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Plan:
     budget: float = 60.0  # wall seconds of timed calls per stage before stopping early (at least one call)
     batch1_repeats: int = 10
     timeout: float = 1800.0  # per subprocess
+    rounds: int = 1  # ref cases (and --against's) measured this many times round-robin; the median round is kept
     against: str | None = None
     against_presets: list[str] = field(default_factory=lambda: ["crystalformer", "crystalframer"])
     compile: bool = False
@@ -206,37 +209,99 @@ class Measurer:
 
 # --- the run -------------------------------------------------------------------------------------------------------
 def run(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure everything in ``plan``; returns the results dict (see :mod:`framer.bench.report`)."""
+    """Measure everything in ``plan``; returns the results dict (see :mod:`framer.bench.report`).
+
+    Order: the ``ref`` cases of every preset and, right after them, of ``against`` (``rounds`` times round-robin, so
+    the figures that the targets compare are measured close together in time), then the ``mp`` cases, the sweep and
+    the compiled models.
+    """
     started = time.perf_counter()
     results: dict[str, Any] = {
         "schema": 1,
         "system": system_info(),
         "plan": asdict(plan),
         "batches": {},
-        "presets": {},
+        "presets": {preset: {} for preset in plan.presets},
         "sweep": {},
     }
-    with tempfile.TemporaryDirectory(prefix="framer-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="framer-bench-") as tmp, contextlib.ExitStack() as stack:
         measurer = Measurer(plan, Path(tmp), log)
         for case in plan.cases:
             structures, _ = case_stages(plan, case)
             results["batches"][case] = {**batches.describe(structures), "atoms2_box_images": box_images(structures)}
+        old_root = None
+        if plan.against:
+            results["against"] = {"rev": plan.against, "presets": {}}
+            try:
+                commit, old_root = stack.enter_context(git_worktree(plan.against))
+                results["against"]["commit"] = commit
+            except (subprocess.CalledProcessError, OSError) as error:
+                detail = getattr(error, "stderr", "") or ""
+                results["against"]["error"] = f"{type(error).__name__}: {error} {detail}".strip()
+                log(f"--against {plan.against}: {results['against']['error']}")
+        if "ref" in plan.cases or old_root:
+            structures, stages = case_stages(plan, "ref")
+            ours = {preset: [] for preset in plan.presets if "ref" in plan.cases}
+            theirs = {preset: [] for preset in plan.against_presets if old_root}
+            for index in range(max(1, plan.rounds)):
+                label = f" (round {index + 1}/{plan.rounds})" if plan.rounds > 1 else ""
+                for preset, found in ours.items():
+                    found.append(measurer.run({"preset": preset, "stages": stages}, structures))
+                    log(summary_line(f"{preset} ref{label}", found[-1]))
+                for preset, found in theirs.items():
+                    found.append(measurer.run({"preset": preset, "stages": stages}, structures, root=old_root))
+                    log(summary_line(f"{preset} ref @ {plan.against}{label}", found[-1]))
+            for preset, found in ours.items():
+                results["presets"][preset]["ref"] = median_round(found)
+            for preset, found in theirs.items():
+                results["against"]["presets"][preset] = {"ref": median_round(found)}
+        stack.close()  # remove the worktree now
         for preset in plan.presets:
             for case in plan.cases:
+                if case == "ref":
+                    continue
                 structures, stages = case_stages(plan, case)
                 result = measurer.run({"preset": preset, "stages": stages}, structures)
-                results["presets"].setdefault(preset, {})[case] = result
+                results["presets"][preset][case] = result
                 log(summary_line(f"{preset} {case}", result))
         if plan.sweep:
             for preset in plan.sweep_presets:
                 results["sweep"][preset] = sweep(plan, measurer, preset, log)
-        if plan.against:
-            results["against"] = against(plan, measurer, log)
         if plan.compile:
             results["compile"] = compiled(plan, measurer, log)
+    results["presets"] = {preset: cases for preset, cases in results["presets"].items() if cases}
     results["system"]["load_average_end"] = _load_average()
     results["duration_s"] = time.perf_counter() - started
     return results
+
+
+def median_round(found: list[dict[str, Any]], stage: str = "train") -> dict[str, Any]:
+    """The round whose ``stage`` wall time is the median (the lower one of an even count), whole, so its figures
+    (times, outputs, memory) belong together; every round's times and load are kept under ``"rounds"``."""
+    if len(found) == 1:
+        return found[0]
+
+    def wall(result: dict[str, Any]) -> float:
+        record = (result.get("stages") or {}).get(stage) or {}
+        return record.get("wall_s", float("inf")) if result.get("ok") else float("inf")
+
+    order = sorted(range(len(found)), key=lambda i: wall(found[i]))
+    chosen = dict(found[order[(len(found) - 1) // 2]])
+    chosen["rounds"] = [
+        {
+            "ok": bool(result.get("ok")),
+            "load_average_end": result.get("load_average_end"),
+            **{
+                f"{name}_{key}": record[key]
+                for name, record in (result.get("stages") or {}).items()
+                for key in ("wall_s", "cpu_s")
+                if key in record
+            },
+        }
+        for result in found
+    ]
+    chosen["round_chosen"] = order[(len(found) - 1) // 2]
+    return chosen
 
 
 def sweep(plan: Plan, measurer: Measurer, preset: str, log: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -258,7 +323,8 @@ def sweep(plan: Plan, measurer: Measurer, preset: str, log: Callable[[str], None
 
 
 def against(plan: Plan, measurer: Measurer, log: Callable[[str], None]) -> dict[str, Any]:
-    """The ``ref`` cases of ``against_presets`` measured on revision ``plan.against``."""
+    """The ``ref`` cases of ``against_presets`` measured once on revision ``plan.against`` (:func:`run` interleaves
+    them with the current checkout's instead)."""
     section: dict[str, Any] = {"rev": plan.against, "presets": {}}
     try:
         with git_worktree(plan.against) as (commit, path):

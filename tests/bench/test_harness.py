@@ -30,7 +30,7 @@ def quick_run(tmp_path_factory) -> tuple[dict, str, Path]:
     """A --quick-like run in this process: three tiny presets, 2 reference crystals, MP-like batch 3, sweep 2/4."""
     out = tmp_path_factory.mktemp("bench")
     argv = ["--quick", "--in-process", "--presets", *PRESETS, "--ref-crystals", "2", "--mp-batch", "3"]
-    argv += ["--mp-train-batch", "2", "--sweep-atoms", "2", "4", "--sweep-presets", "crystalformer"]
+    argv += ["--mp-train-batch", "2", "--sweep-atoms", "2", "4", "--sweep-presets", "crystalformer", "--rounds", "2"]
     argv += [
         "--warmup",
         "0",
@@ -65,6 +65,8 @@ def test_results_have_every_expected_key(quick_run) -> None:
                 assert set(record) >= STAGE_KEYS and math.isfinite(record["wall_s"]), (preset, record)
         assert cases["mp"]["stages"]["infer"]["crystals"] == 3 and cases["mp"]["stages"]["train"]["crystals"] == 2
         assert len(cases["ref"]["stages"]["infer"]["outputs"]) == 2
+        assert len(cases["ref"]["rounds"]) == 2 and cases["ref"]["round_chosen"] in (0, 1)
+        assert "rounds" not in cases["mp"]
         assert cases["ref"]["graph"]["images"] > 0
     points = results["sweep"]["crystalformer"]
     assert [p["atoms"] for p in points] == [2, 4]
@@ -223,3 +225,14 @@ def test_against_head_measures_a_worktree(tmp_path) -> None:
     assert root != runner.CURRENT_ROOT and "framer-bench-worktree-" in str(root) and not root.exists()
     assert set(result["stages"]) == {"infer_b1", "infer", "train"}
     assert runner._git("worktree", "list") == before
+
+
+def test_median_round_keeps_a_whole_round() -> None:
+    def result(wall: float, ok: bool = True) -> dict:
+        return {"ok": ok, "stages": {"train": {"wall_s": wall, "cpu_s": wall / 2}}, "tag": wall}
+
+    chosen = runner.median_round([result(3.0), result(1.0), result(2.0)])
+    assert chosen["tag"] == 2.0 and chosen["round_chosen"] == 2
+    assert [r["train_wall_s"] for r in chosen["rounds"]] == [3.0, 1.0, 2.0]
+    assert runner.median_round([result(5.0), result(1.0, ok=False)])["tag"] == 5.0  # failures sort last
+    assert runner.median_round([result(4.0)]) == result(4.0)
