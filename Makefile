@@ -45,6 +45,7 @@ format: venv ## apply ruff fixes and formatting
 demo: venv ## train Crystalformer and CrystalFramer on the embedded Ewald dataset (CPU, minutes)
 	$(PY) -m framer.demo
 
+bench: BENCH_ARGS ?= --threads 1 --rounds 3
 bench: venv ## speed and memory benchmarks (~20-30 min; BENCH_ARGS="--quick" or "--against bce53d5") -> bench/results/<host>.{json,md,png}
 	$(PY) -m framer.bench $(BENCH_ARGS)
 
