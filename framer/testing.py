@@ -1,4 +1,5 @@
-"""Test helpers shipped with the package: random low-symmetry crystals, symmetry transforms, invariance checks.
+"""Test helpers shipped with the package: random low-symmetry crystals, symmetry transforms, invariance checks, and
+a tiny stand-in network for fast pipeline tests.
 
 Example:
     >>> model = CrystalFramer().double().eval()
@@ -14,6 +15,7 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+from torch import nn
 
 from framer.data.batch import CrystalBatch, collate_records
 from framer.data.structures import CrystalRecord
@@ -160,3 +162,30 @@ def assert_invariant(
     scale = max(1.0, float(out[0].abs()))
     assert diff <= atol * scale, f"not invariant: {float(out[0])!r} vs {float(out[1])!r} (|diff| {diff:.3g})"
     return diff
+
+
+class PooledMLP(nn.Module):
+    """A stand-in network for fast tests of training, checkpoints and resuming (not a crystal model).
+
+    Mean-pooled element embeddings and the volume per atom, then an MLP (with dropout, so that resuming exactly
+    needs the random state).
+
+    Args:
+        hidden: Width of the embedding and the MLP.
+        dropout: Dropout probability after the first layer.
+    """
+
+    def __init__(self, hidden: int = 16, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.dropout = dropout
+        self.embed = nn.Embedding(99, hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+
+    def forward(self, batch: CrystalBatch) -> torch.Tensor:
+        h = self.embed(batch.atomic_numbers)
+        pooled = torch.zeros(len(batch), h.shape[1], dtype=h.dtype, device=h.device)
+        pooled.index_add_(0, batch.batch, h)
+        pooled = pooled / batch.sizes.unsqueeze(1).to(h.dtype)
+        volume = torch.linalg.det(batch.lattice).abs() / batch.sizes.to(h.dtype)
+        return self.mlp(torch.cat([pooled, (volume / 20.0).unsqueeze(1)], dim=1)).squeeze(1)

@@ -13,36 +13,19 @@ import signal
 import time
 from pathlib import Path
 
-import torch
 from lightning.pytorch.callbacks import Callback
-from torch import nn
+
+from framer import testing
 
 #: what the failure-injecting callbacks saw, for the tests to inspect (in-process runs only)
 SEEN: dict[str, object] = {}
 
 
-class PooledMLP(nn.Module):
-    """Mean-pooled element embeddings and the volume per atom, then an MLP with dropout (so resuming needs RNG state).
-
-    Args:
-        hidden: Width of the embedding and the MLP.
-        dropout: Dropout probability after the first layer.
-    """
+class PooledMLP(testing.PooledMLP):
+    """:class:`framer.testing.PooledMLP` with dropout on by default (so resuming exactly needs the random state)."""
 
     def __init__(self, hidden: int = 16, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.hidden = hidden
-        self.dropout = dropout
-        self.embed = nn.Embedding(99, hidden)
-        self.mlp = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.SiLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
-
-    def forward(self, batch) -> torch.Tensor:
-        h = self.embed(batch.atomic_numbers)
-        pooled = torch.zeros(len(batch), h.shape[1], dtype=h.dtype, device=h.device)
-        pooled.index_add_(0, batch.batch, h)
-        pooled = pooled / batch.sizes.unsqueeze(1).to(h.dtype)
-        volume = torch.linalg.det(batch.lattice).abs() / batch.sizes.to(h.dtype)
-        return self.mlp(torch.cat([pooled, (volume / 20.0).unsqueeze(1)], dim=1)).squeeze(1)
+        super().__init__(hidden, dropout)
 
 
 def file_digest(path: str | Path) -> str | None:

@@ -12,34 +12,22 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from framer.data import collate_records
 from framer.data.structures import make_record
+from framer.testing import PooledMLP
 
 
-class TinyModel(nn.Module):
-    """Mean-pooled element embeddings plus the volume per atom, then an MLP.
+class TinyModel(PooledMLP):
+    """:class:`framer.testing.PooledMLP` without dropout.
 
     Args:
         hidden: Width of the embedding and the MLP.
     """
 
     def __init__(self, hidden: int = 16) -> None:
-        super().__init__()
-        self.hidden = hidden
-        self.embed = nn.Embedding(99, hidden)
-        self.mlp = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-    def forward(self, batch) -> torch.Tensor:
-        h = self.embed(batch.atomic_numbers)
-        pooled = torch.zeros(len(batch), h.shape[1], dtype=h.dtype, device=h.device)
-        pooled.index_add_(0, batch.batch, h)
-        pooled = pooled / batch.sizes.unsqueeze(1).to(h.dtype)
-        volume = torch.linalg.det(batch.lattice).abs() / batch.sizes.to(h.dtype)
-        return self.mlp(torch.cat([pooled, (volume / 20.0).unsqueeze(1)], dim=1)).squeeze(1)
+        super().__init__(hidden, dropout=0.0)
 
 
 def random_records(n: int, seed: int = 0):
