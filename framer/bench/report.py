@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from framer.atomic import atomic_file, atomic_write_text
 from framer.bench import targets
 
 MIB = 2**20
@@ -419,33 +418,17 @@ def plot(results: dict[str, Any], path: Path) -> Path | None:
     commit = (system.get("git_commit") or "")[:10]
     fig.suptitle(f"framer scaling sweep, {system['host']}, {system['date']}, commit {commit}")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_file(path, "wb") as handle:
+            fig.savefig(handle, dpi=110, format="png")
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 
 # --- files ---------------------------------------------------------------------------------------------------------
 def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "host"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write(results: dict[str, Any], out_dir: str | Path, name: str) -> dict[str, Path]:
@@ -459,6 +442,6 @@ def write(results: dict[str, Any], out_dir: str | Path, name: str) -> dict[str, 
     png = plot(results, out_dir / f"{name}.png")
     if png:
         paths["png"] = png
-    write_text_atomic(paths["md"], markdown(results, png.name if png else None))
-    write_text_atomic(paths["json"], json.dumps(results, indent=1, sort_keys=False, default=str) + "\n")
+    atomic_write_text(paths["md"], markdown(results, png.name if png else None))
+    atomic_write_text(paths["json"], json.dumps(results, indent=1, sort_keys=False, default=str) + "\n")
     return paths
