@@ -201,7 +201,7 @@ def _presets_section(results: dict) -> list[str]:
     train_mp = f"MP-{plan['mp_train_batch']}"
     infer_mp = f"MP-{plan['mp_batch']}"
     header = [
-        "preset", "params", "train step ref (s)", "crystals/s ref", f"train step {train_mp} (s)",
+        "preset", "trainable params", "train step ref (s)", "crystals/s ref", f"train step {train_mp} (s)",
         f"crystals/s {train_mp}", "infer ms/material batch 1", "infer ms/material ref",
         f"infer ms/material {infer_mp}", "peak MiB train ref", f"peak MiB train {train_mp}",
     ]  # fmt: skip
