@@ -262,6 +262,24 @@ class PeriodicAttention(nn.Module):
                 parts.append(self._chunk_value_encoding(*args))
         return chunks.to_edge_order(parts)
 
+    def _angle_table(self) -> Tensor:
+        """Rows c_angl W_hm b_angl(grid point), head-major then axis then grid point: (H * 3 * G, d_h).
+
+        Rebuilt in every call that needs a gradient for W; without one (inference) it is reused until W changes
+        (in-place updates bump the parameter's version counter; ``.to()``/``.double()`` give a new tensor).
+        """
+        weight = self.angle_proj
+        needs_grad = torch.is_grad_enabled() and weight.requires_grad
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device, self.angle_coef)
+        key += (torch.is_inference_mode_enabled(),)  # inference tensors must not leak into other modes
+        cached = getattr(self, "_table_cache", None)
+        if not needs_grad and cached is not None and cached[0] == key:
+            return cached[1]
+        basis = self.angle_grid_basis.to(weight.dtype)
+        table = (self.angle_coef * torch.einsum("gd,mhod->hmgo", basis, weight)).reshape(-1, self.head_dim)
+        self._table_cache = None if needs_grad else (key, table)
+        return table
+
     def _tabulated_angle_encoding(
         self,
         graph: PeriodicGraph,
@@ -273,9 +291,7 @@ class PeriodicAttention(nn.Module):
         frames: Tensor,
     ) -> Tensor:
         """c_angl sum_m W_m sum_n p b_angl(cos) (E, H, d_h) from tables of W_m b_angl (see framer.models.angles)."""
-        basis = self.angle_grid_basis.to(self.angle_proj.dtype)
-        table = self.angle_coef * torch.einsum("gd,mhod->hmgo", basis, self.angle_proj)
-        table = table.reshape(-1, self.head_dim)
+        table = self._angle_table()
         tolerance = graph.image_tolerance
         log_tolerance = math.log(tolerance) if tolerance > 0 else -math.inf
         a = a_edge.detach()

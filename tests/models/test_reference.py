@@ -104,6 +104,33 @@ def test_tabulated_angles_match_exact(preset: str) -> None:
         assert (g_fast - g_exact).abs().max() < 1e-5 * g_exact.abs().max()
 
 
+def test_inference_reuses_the_angle_table_only_while_the_weights_are_unchanged() -> None:
+    """Without a gradient the angle table is cached; any change of W (in place, by an optimizer, or by loading a
+    state dict) must be seen by the next call, exactly as a model built fresh with those weights computes it."""
+    batch = make_batch([random_crystal(n, seed=40 + n) for n in (3, 6)], dtype=torch.float64)
+    model = frozen_model("crystalframer").eval()
+    fresh = frozen_model("crystalframer").eval()
+    with torch.no_grad():
+        before = model(batch)
+        assert torch.equal(model(batch), before)  # served from the cache, same numbers
+        model.blocks[2].attention.angle_proj.mul_(1.5)
+        changed = model(batch)
+        assert not torch.equal(changed, before)
+        fresh.load_state_dict(model.state_dict())
+        assert torch.equal(fresh(batch), changed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    model(batch).sum().backward()
+    optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        stepped = model(batch)
+        fresh.load_state_dict(model.state_dict())
+        assert not torch.equal(stepped, changed) and torch.equal(fresh(batch), stepped)
+    with torch.inference_mode():
+        assert torch.equal(model(batch), stepped)
+
+
 def test_max_frame_brute_force() -> None:
     """f1/f2 of the max frame by exhaustive search over all (j, n) images of each atom."""
     torch.manual_seed(2)
