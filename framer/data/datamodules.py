@@ -264,17 +264,16 @@ class CrystalDataModule(L.LightningDataModule):
     def test_dataset(self) -> CrystalDataset:
         return self.dataset("test")
 
-    def _loader(
-        self, dataset: CrystalDataset, batch_size: int, shuffle: bool, drop_last: bool, resumable: bool = False
-    ) -> DataLoader:
-        return (ResumableDataLoader if resumable else DataLoader)(
+    def _loader(self, dataset: CrystalDataset, batch_size: int, drop_last: bool, **kwargs) -> DataLoader:
+        """A loader of ``dataset`` (in split order unless ``kwargs`` give ``shuffle`` or a ``sampler``)."""
+        return ResumableDataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
             drop_last=drop_last,
             collate_fn=collate_records,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            **kwargs,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -286,28 +285,23 @@ class CrystalDataModule(L.LightningDataModule):
             )
         if self.trainer is not None and self.trainer.world_size > 1:
             # Lightning replaces the random sampler with a DistributedSampler (seeded by epoch)
-            return self._loader(dataset, self.batch_size, shuffle=True, drop_last=drop_last, resumable=True)
+            return self._loader(dataset, self.batch_size, drop_last, shuffle=True)
         # one device: an order fixed by (seed, epoch) that resumes mid-epoch (framer.data.resumable)
         seed = shuffle_seed()
-        return ResumableDataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(dataset), seed),
-            drop_last=drop_last,
-            collate_fn=collate_records,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(seed),  # worker seeds without touching the global generator
+        sampler = EpochShuffleSampler(len(dataset), seed)
+        # the generator seeds the workers without touching the global generator
+        return self._loader(
+            dataset, self.batch_size, drop_last, sampler=sampler, generator=torch.Generator().manual_seed(seed)
         )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, self.batch_size, shuffle=False, drop_last=False)
+        return self._loader(self.val_dataset, self.batch_size, drop_last=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_dataset, self.test_batch_size, shuffle=False, drop_last=False)
+        return self._loader(self.test_dataset, self.test_batch_size, drop_last=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset(self.predict_split), self.test_batch_size, shuffle=False, drop_last=False)
+        return self._loader(self.dataset(self.predict_split), self.test_batch_size, drop_last=False)
 
     # ----------------------------------------------------------------------------------------- what runs record
 
