@@ -36,34 +36,49 @@ def cosine_grid(basis: GaussianBasis, points_per_width: int) -> tuple[Tensor, fl
     return -1.0 + spacing * torch.arange(count, dtype=torch.float64), spacing
 
 
-class _InterpolatedBagSum(torch.autograd.Function):
-    """out[b] = sum over the entries i of bag b of lower[i] table[row[i]] + upper[i] table[row[i] + 1].
+class _AngleBagSum(torch.autograd.Function):
+    """Angle features of each bag (edge, head) from the projected tables, with the gradient for W.
 
-    Entries are grouped by bag (``offsets``); the gradient is computed for ``table`` only, as bag sums over the
-    entries sorted by row.
+    value[b] = sum_m sum_{i in b} lower_mi table_m[row_mi] + upper_mi table_m[row_mi + 1], where
+    table_m[h G + g] = c W_hm b_angl(grid_g) (built from W without a graph) and row_mi = h G + cell_mi. Since the
+    value is linear in W, d value[b] / d W_hm = c sum_{i in b} (lower_mi basis[cell_mi] + upper_mi basis[cell_mi + 1])
+    for the bags b of head h: the backward pass reads the (G, D) grid basis with the same bag sums, so the gradient
+    needs no sort or scatter over table rows.
     """
 
     @staticmethod
-    def forward(ctx, table: Tensor, row: Tensor, offsets: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
-        ctx.save_for_backward(row, offsets, lower, upper)
-        ctx.table_rows = table.shape[0]
-        return _interpolated_bag_sum(table, row, offsets, lower, upper)
+    def forward(ctx, weight: Tensor, tables: Tensor, basis: Tensor, lookup: _Lookup, coef: float) -> Tensor:
+        ctx.lookup, ctx.coef = lookup, coef
+        ctx.save_for_backward(basis)
+        return bag_sums(tables, lookup.rows, lookup.offsets, lookup.lower, lookup.upper)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        row, offsets, lower, upper = ctx.saved_tensors
-        num_bags = offsets.shape[0]
-        sizes = torch.diff(offsets, append=offsets.new_tensor([row.shape[0]]))
-        bag = torch.repeat_interleave(torch.arange(num_bags, device=row.device, dtype=row.dtype), sizes)
-        order = torch.argsort(row)
-        counts = torch.bincount(row, minlength=ctx.table_rows)
-        row_offsets = (torch.cumsum(counts, 0) - counts).to(row.dtype)
-        bag, grad = bag.index_select(0, order), grad.contiguous()
-        lower, upper = lower.index_select(0, order), upper.index_select(0, order)
-        grad_table = F.embedding_bag(bag, grad, row_offsets, mode="sum", per_sample_weights=lower)
-        grad_next = F.embedding_bag(bag, grad, row_offsets, mode="sum", per_sample_weights=upper)
-        grad_table[1:] += grad_next[:-1]
-        return grad_table, None, None, None, None
+        (basis,) = ctx.saved_tensors
+        lookup = ctx.lookup
+        heads = lookup.heads
+        grad = grad.reshape(-1, heads, grad.shape[-1]).transpose(0, 1)  # (H, C, d_h)
+        axes = []
+        for cell, lower, upper in zip(lookup.cells, lookup.lower, lookup.upper):
+            features = _interpolated_bag_sum(basis, cell, lookup.offsets, lower, upper)  # (C H, D)
+            features = features.view(-1, heads, features.shape[-1]).transpose(0, 1)  # (H, C, D)
+            axes.append(torch.bmm(grad.transpose(1, 2), features))  # (H, d_h, D)
+        return torch.stack(axes).mul_(ctx.coef), None, None, None, None
+
+
+class _Lookup:
+    """Where the kept (edge, head, image) entries of a chunk read the tables, one row of arrays per axis m.
+
+    Attributes:
+        heads: H (bags are (edge, head) pairs, head fastest).
+        cells: (3, T) grid cell of each entry's cosine; rows: (3, T) ``head * G + cell``.
+        offsets: (C H,) start of each bag in the T entries.
+        lower, upper: (3, T) interpolation weights of the cell's two grid points, times the entry's weight.
+    """
+
+    def __init__(self, heads: int, cells: Tensor, rows: Tensor, offsets: Tensor, lower: Tensor, upper: Tensor):
+        self.heads, self.cells, self.rows, self.offsets = heads, cells, rows, offsets
+        self.lower, self.upper = lower, upper
 
 
 def _interpolated_bag_sum(table: Tensor, row: Tensor, offsets: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
@@ -71,8 +86,19 @@ def _interpolated_bag_sum(table: Tensor, row: Tensor, offsets: Tensor, lower: Te
     return out.add_(F.embedding_bag(row, table[1:], offsets, mode="sum", per_sample_weights=upper))
 
 
+def bag_sums(tables: Tensor, rows: Tensor, offsets: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    """sum over the axes m of the interpolated bag sums of ``tables[m]`` (3, R, F): (bags, F)."""
+    out = _interpolated_bag_sum(tables[0], rows[0], offsets, lower[0], upper[0])
+    for m in range(1, tables.shape[0]):
+        out.add_(_interpolated_bag_sum(tables[m], rows[m], offsets, lower[m], upper[m]))
+    return out
+
+
 def chunk_angle_features(
-    table: Tensor,
+    weight: Tensor,
+    tables: Tensor,
+    basis: Tensor,
+    coef: float,
     spacing: float,
     a: Tensor,
     z: Tensor,
@@ -86,8 +112,11 @@ def chunk_angle_features(
     """Angle features of one chunk, as (value, d value / d a or None), both (C, H, d_h).
 
     Args:
-        table: (H * 3 * G, d_h) rows g_hm(grid point), head-major then axis then grid point; may require grad.
-        spacing: grid spacing of the table.
+        weight: (3, H, d_h, D) the projections W_m (the value's gradient flows to it).
+        tables: (3, H * G, d_h) rows c W_hm b_angl(grid point), head-major (see :func:`projected_tables`).
+        basis: (G, D) b_angl at the grid points.
+        coef: c_angl.
+        spacing: grid spacing.
         a: (C, H) Gaussian exponents of the chunk's edges (detached).
         z: (C, H) log lattice sums; mean_d2: (C, H) their derivatives E_p[d²].
         log_alpha: (C, H) log attention weights of the edges (detached).
@@ -98,7 +127,7 @@ def chunk_angle_features(
     """
     c, h = a.shape
     m = chunk.dist2.shape[1]
-    grid_points = table.shape[0] // (3 * h)
+    grid_points = basis.shape[0]
     with torch.no_grad():
         logp = a.unsqueeze(-1) * chunk.dist2.unsqueeze(1) - z.unsqueeze(-1)  # (C, H, m)
         keep = (chunk.valid & ~chunk.self_image).unsqueeze(1) & (logp + log_alpha.unsqueeze(-1) > log_tolerance)
@@ -109,26 +138,32 @@ def chunk_angle_features(
         pair = edge * m + (kept - bag * m)  # (edge, image) of each kept entry
         head = bag - edge * h
         unit = chunk.unit.reshape(-1, 3).index_select(0, pair)  # (T, 3)
-        frame = frames.reshape(-1, 3, 3).index_select(0, bag)  # (T, 3, 3)
-        cos = (frame * unit.unsqueeze(1)).sum(-1)  # (T, 3)
-        position = cos.add_(1.0).div_(spacing).clamp_(0.0, grid_points - 1)
+        axes = frames.reshape(c * h, 3, 3).transpose(0, 1).index_select(1, bag)  # (3, T, 3)
+        position = (axes * unit).sum(-1).add_(1.0).div_(spacing).clamp_(0.0, grid_points - 1)  # (3, T)
         cell = position.floor().clamp_(max=grid_points - 2)
         upper = position.sub_(cell)  # weight of the next grid point, in [0, 1]
-        axis_base = (head.unsqueeze(1) * 3 + torch.arange(3, device=a.device)) * grid_points
-        index_dtype = torch.int32 if table.shape[0] < 2**31 else torch.int64
-        row = (axis_base + cell.long()).to(index_dtype).flatten()  # (3T,)
-        counts = keep.sum(-1).flatten() * 3
+        index_dtype = torch.int32 if tables.shape[1] < 2**31 else torch.int64
+        cells = cell.to(index_dtype)
+        rows = cells + (head * grid_points).to(index_dtype)
+        counts = keep.sum(-1).flatten()
         offsets = (torch.cumsum(counts, 0) - counts).to(index_dtype)
-        upper_p = (upper * p.unsqueeze(1)).flatten()
-        lower_p = p.unsqueeze(1).expand(-1, 3).flatten() - upper_p
+        upper_p = upper * p
+        lookup = _Lookup(h, cells, rows, offsets, p - upper_p, upper_p)
         derivative = None
         if with_derivative:  # dp/da = p (d² - E_p[d²])
             dp = p * (chunk.dist2.flatten().index_select(0, pair) - mean_d2.flatten().index_select(0, bag))
-            upper_dp = (upper * dp.unsqueeze(1)).flatten()
-            lower_dp = dp.unsqueeze(1).expand(-1, 3).flatten() - upper_dp
-            derivative = _interpolated_bag_sum(table.detach(), row, offsets, lower_dp, upper_dp).view(c, h, -1)
-    if table.requires_grad and torch.is_grad_enabled():
-        value = _InterpolatedBagSum.apply(table, row, offsets, lower_p, upper_p)
+            upper_dp = upper * dp
+            derivative = bag_sums(tables, rows, offsets, dp - upper_dp, upper_dp).view(c, h, -1)
+    if weight.requires_grad and torch.is_grad_enabled():
+        value = _AngleBagSum.apply(weight, tables, basis, lookup, coef)
     else:
-        value = _interpolated_bag_sum(table, row, offsets, lower_p, upper_p)
+        value = bag_sums(tables, rows, offsets, lookup.lower, lookup.upper)
     return value.view(c, h, -1), derivative
+
+
+def projected_tables(weight: Tensor, basis: Tensor, coef: float) -> Tensor:
+    """(3, H * G, d_h) tables c W_hm b_angl(grid point) from W (3, H, d_h, D) and the grid basis (G, D); no graph."""
+    axes, heads, head_dim, size = weight.shape
+    with torch.no_grad():
+        projection = (coef * weight).view(axes * heads, head_dim, size).transpose(1, 2)  # (3 H, D, d_h)
+        return torch.matmul(basis.to(weight.dtype), projection).view(axes, -1, head_dim)

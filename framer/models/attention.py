@@ -32,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from framer.geometry import R0, RHO_LOWER_BOUND
 from framer.models import encodings
-from framer.models.angles import chunk_angle_features, cosine_grid
+from framer.models.angles import chunk_angle_features, cosine_grid, projected_tables
 from framer.models.frames import max_frames, weighted_pca_frames
 from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
 
@@ -263,10 +263,12 @@ class PeriodicAttention(nn.Module):
         return chunks.to_edge_order(parts)
 
     def _angle_table(self) -> Tensor:
-        """Rows c_angl W_hm b_angl(grid point), head-major then axis then grid point: (H * 3 * G, d_h).
+        """Rows c_angl W_hm b_angl(grid point), axis-major then head then grid point: (3, H * G, d_h).
 
-        Rebuilt in every call that needs a gradient for W; without one (inference) it is reused until W changes
-        (in-place updates bump the parameter's version counter; ``.to()``/``.double()`` give a new tensor).
+        Built without a graph (the gradient for W is computed from the grid basis, see
+        :class:`framer.models.angles._AngleBagSum`), in every call that needs a gradient for W; without one
+        (inference) it is reused until W changes (in-place updates bump the parameter's version counter;
+        ``.to()``/``.double()`` give a new tensor).
         """
         weight = self.angle_proj
         needs_grad = torch.is_grad_enabled() and weight.requires_grad
@@ -275,8 +277,7 @@ class PeriodicAttention(nn.Module):
         cached = getattr(self, "_table_cache", None)
         if not needs_grad and cached is not None and cached[0] == key:
             return cached[1]
-        basis = self.angle_grid_basis.to(weight.dtype)
-        table = (self.angle_coef * torch.einsum("gd,mhod->hmgo", basis, weight)).reshape(-1, self.head_dim)
+        table = projected_tables(weight, self.angle_grid_basis, self.angle_coef)
         self._table_cache = None if needs_grad else (key, table)
         return table
 
@@ -292,6 +293,7 @@ class PeriodicAttention(nn.Module):
     ) -> Tensor:
         """c_angl sum_m W_m sum_n p b_angl(cos) (E, H, d_h) from tables of W_m b_angl (see framer.models.angles)."""
         table = self._angle_table()
+        basis = self.angle_grid_basis.to(table.dtype)
         tolerance = graph.image_tolerance
         log_tolerance = math.log(tolerance) if tolerance > 0 else -math.inf
         a = a_edge.detach()
@@ -301,8 +303,8 @@ class PeriodicAttention(nn.Module):
         for chunk in chunks:
             edges = chunk.edges
             value, derivative = chunk_angle_features(
-                table, self.angle_spacing, a[edges], z[edges], mean_d2[edges], log_alpha[edges],
-                frames[graph.src[edges]], chunk, log_tolerance, with_derivative,
+                self.angle_proj, table, basis, self.angle_coef, self.angle_spacing, a[edges], z[edges],
+                mean_d2[edges], log_alpha[edges], frames[graph.src[edges]], chunk, log_tolerance, with_derivative,
             )  # fmt: skip
             parts.append(value if derivative is None else _with_derivative(value, derivative, a_edge[edges]))
         return chunks.to_edge_order(parts)
