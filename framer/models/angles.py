@@ -133,25 +133,23 @@ def chunk_angle_features(
         keep = (chunk.valid & ~chunk.self_image).unsqueeze(1) & (logp + log_alpha.unsqueeze(-1) > log_tolerance)
         kept = torch.nonzero(keep.flatten()).squeeze(1)  # (T,), ordered by (edge, head): bags are contiguous
         p = logp.flatten().index_select(0, kept).exp_()
-        bag = kept // m  # edge * H + head
-        edge = bag // h
-        pair = edge * m + (kept - bag * m)  # (edge, image) of each kept entry
-        head = bag - edge * h
-        unit = chunk.unit.reshape(-1, 3).index_select(0, pair)  # (T, 3)
-        axes = frames.reshape(c * h, 3, 3).transpose(0, 1).index_select(1, bag)  # (3, T, 3)
-        position = (axes * unit).sum(-1).add_(1.0).div_(spacing).clamp_(0.0, grid_points - 1)  # (3, T)
+        cos = torch.bmm(frames.reshape(c, 3 * h, 3), chunk.unit.transpose(1, 2))  # (C, H * 3, m), every image
+        cos = cos.view(c, h, 3, m).permute(2, 0, 1, 3).reshape(3, -1).index_select(1, kept)  # (3, T)
+        position = cos.add_(1.0).div_(spacing).clamp_(0.0, grid_points - 1)
         cell = position.floor().clamp_(max=grid_points - 2)
         upper = position.sub_(cell)  # weight of the next grid point, in [0, 1]
         index_dtype = torch.int32 if tables.shape[1] < 2**31 else torch.int64
         cells = cell.to(index_dtype)
-        rows = cells + (head * grid_points).to(index_dtype)
+        head = torch.div(kept, m, rounding_mode="floor").remainder_(h)
+        rows = cells + head.mul_(grid_points).to(index_dtype)
         counts = keep.sum(-1).flatten()
         offsets = (torch.cumsum(counts, 0) - counts).to(index_dtype)
         upper_p = upper * p
         lookup = _Lookup(h, cells, rows, offsets, p - upper_p, upper_p)
         derivative = None
         if with_derivative:  # dp/da = p (d² - E_p[d²])
-            dp = p * (chunk.dist2.flatten().index_select(0, pair) - mean_d2.flatten().index_select(0, bag))
+            spread = chunk.dist2.unsqueeze(1) - mean_d2.unsqueeze(-1)  # (C, H, m)
+            dp = spread.flatten().index_select(0, kept).mul_(p)
             upper_dp = upper * dp
             derivative = bag_sums(tables, rows, offsets, dp - upper_dp, upper_dp).view(c, h, -1)
     if weight.requires_grad and torch.is_grad_enabled():

@@ -87,11 +87,10 @@ def max_frames(graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, logits: Ten
     for chunk in chunks:
         chunk_src = src[chunk.edges]
         unit = chunk.unit
-        cos = torch.einsum("cmx,chx->chm", unit, e1[chunk_src])
-        score = a[chunk_src].unsqueeze(-1) * chunk.dist2.unsqueeze(1)
-        score = score + torch.log(torch.clamp(1.0 - cos.abs(), min=MIN_ONE_MINUS_COS))
-        invalid = (chunk.self_image | ~chunk.valid).unsqueeze(1) | (cos.abs() >= COLLINEAR_COS)
-        score = score.masked_fill(invalid, -torch.inf)
+        cos = torch.bmm(e1[chunk_src], unit.transpose(1, 2)).abs_()  # (C, H, m): |cos(r, f1)|
+        invalid = (chunk.self_image | ~chunk.valid).unsqueeze(1) | (cos >= COLLINEAR_COS)
+        score = cos.neg_().add_(1.0).clamp_(min=MIN_ONE_MINUS_COS).log_()
+        score = score.add_(a[chunk_src].unsqueeze(-1) * chunk.dist2.unsqueeze(1)).masked_fill_(invalid, -torch.inf)
         best = torch.argmax(score, dim=2)  # (C, H)
         image_scores.append(torch.gather(score, 2, best.unsqueeze(-1)).squeeze(-1))
         image_units.append(unit[torch.arange(len(best), device=best.device).unsqueeze(1), best])

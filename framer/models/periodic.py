@@ -57,7 +57,7 @@ class ImageChunk:
     valid: Tensor
     self_image: Tensor
 
-    @property
+    @cached_property
     def unit(self) -> Tensor:
         """(C, m, 3) unit image vectors; the self image and padding get the zero vector."""
         return self.vectors / self.dist2.clamp_min(1e-30).sqrt().unsqueeze(-1)
