@@ -130,7 +130,7 @@ def chunk_angle_features(
     grid_points = basis.shape[0]
     with torch.no_grad():
         logp = a.unsqueeze(-1) * chunk.dist2.unsqueeze(1) - z.unsqueeze(-1)  # (C, H, m)
-        keep = (chunk.valid & ~chunk.self_image).unsqueeze(1) & (logp + log_alpha.unsqueeze(-1) > log_tolerance)
+        keep = (logp > (log_tolerance - log_alpha).unsqueeze(-1)) & (chunk.valid & ~chunk.self_image).unsqueeze(1)
         kept = torch.nonzero(keep.flatten()).squeeze(1)  # (T,), ordered by (edge, head): bags are contiguous
         p = logp.flatten().index_select(0, kept).exp_()
         cos = torch.bmm(frames.reshape(c, 3 * h, 3), chunk.unit.transpose(1, 2))  # (C, H * 3, m), every image
