@@ -1,8 +1,8 @@
 """Angle features by table lookup: the fast path of c_angl sum_m W_m sum_n p_ijn b_angl(f_ih,m . r̂_ijn).
 
 For head h and axis m the projected basis g_hm(c) = W_hm b_angl(c) is a smooth function of one cosine
-c in [-1, 1] with values in R^{d_h}. It is tabulated on a grid of spacing delta = width / ``points_per_width`` (the
-table is rebuilt from W in every forward, so W gets exact gradients) and read with linear interpolation, so every
+c in [-1, 1] with values in R^{d_h}. It is tabulated on a grid of spacing delta = width / ``points_per_width`` (from
+W, without a graph) and read with linear interpolation, so every
 (edge, head, image, axis) costs two table rows instead of D Gaussians and a D x d_h product. The interpolation
 error of each Gaussian is at most delta² / (8 width²) = 1 / (8 points_per_width²) of its peak (1.9e-6 for the
 default 256 points per width); a test checks the whole layer against the exact path.
@@ -11,10 +11,11 @@ Per head, images whose share alpha_ij p_ijn of atom i's attention is below the g
 skipped (together they move the layer output by less than their number times that tolerance, relative to the
 features' scale); the self image carries no angle.
 
-The sums over images are weighted bag sums (``torch.nn.functional.embedding_bag``), one bag per (edge, head), with
-a gradient for the table computed by bag sums over the entries sorted by table row (much faster on CPU than a
-scatter). The derivative with respect to the Gaussian exponent a is accumulated in the same way and attached
-as in :mod:`framer.models.attention`.
+The sums over images are weighted bag sums (``torch.nn.functional.embedding_bag``), one bag per (edge, head) and
+axis. The features are linear in W, so its exact gradient (of the interpolated function) needs the unprojected
+sums sum_n p b_angl(cos) per bag: the backward pass reads them from a table of the basis itself with the same bag
+sums and contracts them with the incoming gradient (no sort or scatter over table rows). The derivative with respect
+to the Gaussian exponent a is accumulated with the projected tables and attached as in :mod:`framer.models.attention`.
 """
 
 from __future__ import annotations
@@ -48,19 +49,18 @@ class _AngleBagSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: Tensor, tables: Tensor, basis: Tensor, lookup: _Lookup, coef: float) -> Tensor:
-        ctx.lookup, ctx.coef = lookup, coef
-        ctx.save_for_backward(basis)
+        ctx.heads, ctx.coef = lookup.heads, coef
+        ctx.save_for_backward(basis, lookup.cells, lookup.offsets, lookup.lower, lookup.upper)  # not the rows
         return bag_sums(tables, lookup.rows, lookup.offsets, lookup.lower, lookup.upper)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (basis,) = ctx.saved_tensors
-        lookup = ctx.lookup
-        heads = lookup.heads
+        basis, cells, offsets, lowers, uppers = ctx.saved_tensors
+        heads = ctx.heads
         grad = grad.reshape(-1, heads, grad.shape[-1]).transpose(0, 1)  # (H, C, d_h)
         axes = []
-        for cell, lower, upper in zip(lookup.cells, lookup.lower, lookup.upper):
-            features = _interpolated_bag_sum(basis, cell, lookup.offsets, lower, upper)  # (C H, D)
+        for cell, lower, upper in zip(cells, lowers, uppers):
+            features = _interpolated_bag_sum(basis, cell, offsets, lower, upper)  # (C H, D)
             features = features.view(-1, heads, features.shape[-1]).transpose(0, 1)  # (H, C, D)
             axes.append(torch.bmm(grad.transpose(1, 2), features))  # (H, d_h, D)
         return torch.stack(axes).mul_(ctx.coef), None, None, None, None
