@@ -50,7 +50,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repeats, MP-like batch of 16, sweep up to 64 atoms")
     p.add_argument("--presets", nargs="+", type=preset_name, metavar="PRESET", help="default: all seven")
     p.add_argument(
-        "--only", nargs="+", choices=("ref", "mp", "sweep"), help="parts to run (default: ref, mp and sweep)"
+        "--only",
+        nargs="+",
+        choices=("ref", "paired", "mp", "sweep"),
+        help="parts to run (default: ref, paired, mp and sweep)",
     )
     p.add_argument("--mp-batch", type=int, help="MP-like inference batch size (default 128; quick 16)")
     p.add_argument("--mp-train-batch", type=int, help="MP-like training batch size (default 64; quick 16)")
@@ -65,6 +68,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds per measuring subprocess before it is killed (1800)")
     p.add_argument(
         "--rounds", type=int, help="measure the ref cases this many times round-robin, keep the median (default 1)"
+    )
+    p.add_argument(
+        "--paired-rounds",
+        type=int,
+        help="rounds of interleaved training steps (crystalformer, crystalframer, lightweight) in one process (9)",
     )
     p.add_argument("--against", metavar="REV", help="also measure this git revision (e.g. bce53d5) side by side")
     p.add_argument("--against-presets", nargs="+", type=preset_name, metavar="PRESET", help="default: former, framer")
@@ -98,6 +106,7 @@ def suffix(plan: runner.Plan) -> str:
         set(plan.presets) != set(full.presets)
         or set(plan.cases) != set(full.cases)
         or (plan.sweep_atoms != full.sweep_atoms or not plan.sweep)
+        or not plan.paired
         or plan.overrides
         or plan.ref_crystals != full.ref_crystals
         or plan.in_process
@@ -120,6 +129,7 @@ def plan_from_args(args: argparse.Namespace) -> runner.Plan:
             "budget": args.budget,
             "timeout": args.timeout,
             "rounds": args.rounds,
+            "paired_rounds": args.paired_rounds,
             "against": args.against,
             "against_presets": args.against_presets,
             "compile_presets": args.compile_presets,
@@ -131,6 +141,7 @@ def plan_from_args(args: argparse.Namespace) -> runner.Plan:
     if args.only:
         changes["cases"] = [case for case in runner.CASES if case in args.only]
         changes["sweep"] = "sweep" in args.only
+        changes["paired"] = "paired" in args.only
     changes.update(
         compile=args.compile,
         device=args.device,

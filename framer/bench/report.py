@@ -100,6 +100,7 @@ def markdown(results: dict[str, Any], plot_name: str | None = None) -> str:
     lines += _targets_section(results)
     lines += _reference_section(results)
     lines += _presets_section(results)
+    lines += _paired_section(results)
     if results.get("against"):
         lines += _against_section(results)
     if results.get("compile"):
@@ -225,6 +226,39 @@ def _presets_section(results: dict) -> list[str]:
             ]
         )
     return ["## Presets", "", "; ".join(notes) + ".", "", *_table(header, rows), ""]
+
+
+def _paired_section(results: dict) -> list[str]:
+    paired = results.get("paired")
+    heading = "## Interleaved training steps (reference batch, one process)"
+    if not paired:
+        return []
+    if not paired.get("ok"):
+        return [heading, "", f"failed: {paired.get('error')}", ""]
+    base = paired["base"]
+    header = [
+        "preset",
+        "median step (s)",
+        f"median ratio to {base} (wall)",
+        "(CPU s)",
+        "per-round ratios (wall)",
+    ]
+    rows = [
+        [
+            preset,
+            f"{num(entry['median_wall_s'])} ({num(entry['median_cpu_s'])})",
+            num(entry["median_ratio_wall"]),
+            num(entry["median_ratio_cpu"]),
+            ", ".join(f"{r:.2f}" for r in entry["ratio_wall"]),
+        ]
+        for preset, entry in paired["summary"].items()
+    ]
+    intro = (
+        "One training step of each preset in turn, in one process, after one untimed step each; ratios are taken "
+        "within each round, so a machine whose speed drifts over minutes disturbs them far less than the per-case "
+        "figures above."
+    )
+    return [heading, "", intro, "", *_table(header, rows), ""]
 
 
 def _against_section(results: dict) -> list[str]:

@@ -53,6 +53,7 @@ ALL_PRESETS = (
     "crystalframer-weighted_pca",
 )
 CASES = ("ref", "mp")
+PAIRED_PRESETS = ("crystalformer", "crystalframer", "crystalframer-lightweight")  # the first is the denominator
 SWEEP_ATOMS = (8, 16, 32, 64, 128, 256, 512)
 QUICK_SWEEP_ATOMS = (8, 16, 32, 64)
 
@@ -77,6 +78,9 @@ class Plan:
     rounds: int = 1  # ref cases (and --against's) measured this many times round-robin; the median round is kept
     against: str | None = None
     against_presets: list[str] = field(default_factory=lambda: ["crystalformer", "crystalframer"])
+    paired: bool = True  # training steps of paired_presets interleaved in one process (ratios robust to drift)
+    paired_presets: list[str] = field(default_factory=lambda: list(PAIRED_PRESETS))
+    paired_rounds: int = 9
     compile: bool = False
     compile_presets: list[str] = field(default_factory=lambda: ["crystalformer", "crystalframer"])
     threads: int | None = None
@@ -96,6 +100,7 @@ class Plan:
             "repeats": 3,
             "budget": 2.0,
             "batch1_repeats": 5,
+            "paired_rounds": 3,
             "timeout": 600.0,
             "quick": True,
         }
@@ -255,6 +260,11 @@ def run(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
                 results["presets"][preset]["ref"] = median_round(found)
             for preset, found in theirs.items():
                 results["against"]["presets"][preset] = {"ref": median_round(found)}
+        if plan.paired:
+            structures, _ = case_stages(plan, "ref")
+            spec = {"paired": plan.paired_presets, "paired_rounds": plan.paired_rounds}
+            results["paired"] = summarize_paired(measurer.run(spec, structures), plan.paired_presets)
+            log(paired_line(results["paired"]))
         stack.close()  # remove the worktree now
         for preset in plan.presets:
             for case in plan.cases:
@@ -273,6 +283,42 @@ def run(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
     results["system"]["load_average_end"] = _load_average()
     results["duration_s"] = time.perf_counter() - started
     return results
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
+def summarize_paired(result: dict[str, Any], presets: list[str]) -> dict[str, Any]:
+    """Adds to a paired worker result each preset's median step and its per-round and median ratios to the first
+    preset's step of the same round (``ratio_wall``/``ratio_cpu``; ``median_*`` of those)."""
+    if not result.get("ok") or not presets:
+        return result
+    base = presets[0]
+    summary: dict[str, Any] = {}
+    for preset in presets:
+        entry: dict[str, Any] = {}
+        for key in ("wall", "cpu"):
+            times, base_times = result[f"train_{key}_s"][preset], result[f"train_{key}_s"][base]
+            ratios = [t / b for t, b in zip(times, base_times)]
+            entry[f"median_{key}_s"] = _median(times)
+            entry[f"ratio_{key}"] = ratios
+            entry[f"median_ratio_{key}"] = _median(ratios)
+        summary[preset] = entry
+    return {**result, "base": base, "presets": presets, "summary": summary}
+
+
+def paired_line(paired: dict[str, Any]) -> str:
+    """One log line: each preset's median interleaved step and its median ratio to the first preset."""
+    if not paired.get("ok"):
+        return f"paired: failed: {paired.get('error', '?')}"
+    parts = [
+        f"{preset} {entry['median_wall_s']:.3g} s ({entry['median_ratio_wall']:.2f}x)"
+        for preset, entry in paired["summary"].items()
+    ]
+    return f"paired ref, {len(next(iter(paired['train_wall_s'].values())))} interleaved rounds: " + ", ".join(parts)
 
 
 def median_round(found: list[dict[str, Any]], stage: str = "train") -> dict[str, Any]:

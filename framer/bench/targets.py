@@ -170,6 +170,28 @@ def evaluate(results: dict) -> list[dict[str, Any]]:
                 value_cpu,
             )
         )
+    paired = results.get("paired") or {}
+    summary = paired.get("summary") or {}
+    for preset, limit, label in (
+        (FRAMER, FRAMER_STEP_OVER_FORMER, "CrystalFramer (max, 64 bases)"),
+        (LIGHTWEIGHT, LIGHTWEIGHT_STEP_OVER_FORMER, "CrystalFramer lightweight"),
+    ):
+        entry = summary.get(preset) if paired.get("base") == FORMER else None
+        if entry is None:
+            continue
+        ratios = entry["ratio_wall"]
+        rows.append(
+            _row(
+                f"{preset}_step_over_crystalformer_paired",
+                f"{label} / Crystalformer training step, interleaved in one process",
+                entry["median_ratio_wall"],
+                limit,
+                "<=",
+                "x",
+                f"median of {len(ratios)} per-round ratios (wall {min(ratios):.2f}-{max(ratios):.2f})",
+                entry["median_ratio_cpu"],
+            )
+        )
     against = results.get("against") or {}
     new, old = stage(results, FRAMER, "ref", "train"), stage(results, FRAMER, "ref", "train", "against")
     value = new["crystals_per_s"] / old["crystals_per_s"] if new and old else None

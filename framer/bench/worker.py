@@ -12,6 +12,9 @@ and its sigma statistics are first frozen by one training-mode forward without g
 a trained model. Inference runs in eval mode under ``torch.no_grad``; a training step is forward, L1 loss against
 zeros, backward and an AdamW step (lr 1e-4). Stages run in
 increasing order of memory so each stage's resident-set high-water mark is its own peak (see :mod:`timing`).
+
+A paired spec (``spec["paired"]``: several presets) instead interleaves training steps of those presets in this one
+process (:func:`measure_paired`), for ratios that a drifting machine speed disturbs little.
 """
 
 from __future__ import annotations
@@ -46,10 +49,64 @@ def _error_text(error: BaseException, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[: limit - 20] + " ... (truncated)"
 
 
+def measure_paired(spec: dict[str, Any]) -> dict[str, Any]:
+    """Training steps of several presets interleaved in this one process: ``spec["paired"]`` lists the presets,
+    ``spec["paired_rounds"]`` how many rounds of one step each (after one untimed step each).
+
+    Steps of different presets taken one after another see the same machine speed, so their ratios are far less
+    disturbed by a host whose speed drifts than figures from separate processes minutes apart.
+    """
+    import torch
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    from pymatgen.core import Structure
+
+    from framer.data import collate_structures
+    from framer.models import CrystalFramer
+
+    device = torch.device(spec.get("device", "cpu"))
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    structures = [Structure.from_dict(d) for d in json.loads(Path(spec["structures"]).read_text())]
+    batch = collate_structures(structures).to(device=device, dtype=dtype)
+    first = collate_structures(structures[:1]).to(device=device, dtype=dtype)
+    target = torch.zeros(len(structures), device=device, dtype=dtype)
+    steps = {}
+    for preset in spec["paired"]:
+        torch.manual_seed(int(spec.get("seed", 0)))
+        model = CrystalFramer.preset(preset, **spec.get("overrides", {})).to(device=device, dtype=dtype).train()
+        with torch.no_grad():  # freeze the sigma statistics on the first crystal, as measure() does
+            model(first)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(model=model, optimizer=optimizer):
+            optimizer.zero_grad(set_to_none=True)
+            torch.nn.functional.l1_loss(model(batch), target).backward()
+            optimizer.step()
+
+        step()  # untimed: first-call costs
+        steps[preset] = step
+    wall = {preset: [] for preset in steps}
+    cpu = {preset: [] for preset in steps}
+    for _ in range(int(spec.get("paired_rounds", 5))):
+        for preset, step in steps.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            wall[preset].append(time.perf_counter() - start_wall)
+            cpu[preset].append(time.process_time() - start_cpu)
+    return {"crystals": len(structures), "train_wall_s": wall, "train_cpu_s": cpu, "threads": torch.get_num_threads()}
+
+
 def measure(spec: dict[str, Any]) -> dict[str, Any]:
     """Run the stages of ``spec`` and return their figures (errors are recorded per stage, not raised)."""
     import torch
 
+    if spec.get("paired"):
+        return measure_paired(spec)
     timing = _load_timing()
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))

@@ -71,15 +71,24 @@ def test_results_have_every_expected_key(quick_run) -> None:
     points = results["sweep"]["crystalformer"]
     assert [p["atoms"] for p in points] == [2, 4]
     assert all(p["ok"] and p["images"] > 0 and p["atoms2_box_images"] >= p["atom_pairs"] for p in points)
+    paired = results["paired"]  # interleaved steps in one process: three rounds (quick), ratios within each round
+    assert paired["ok"] and paired["base"] == "crystalformer" and list(paired["summary"]) == PRESETS
+    for preset in PRESETS:
+        assert len(paired["train_wall_s"][preset]) == len(paired["summary"][preset]["ratio_wall"]) == 3
+    assert paired["summary"]["crystalformer"]["ratio_wall"] == [1.0, 1.0, 1.0]
+    framer = paired["summary"]["crystalframer"]
+    expected = [a / b for a, b in zip(paired["train_wall_s"]["crystalframer"], paired["train_wall_s"]["crystalformer"])]
+    assert framer["ratio_wall"] == pytest.approx(expected) and framer["median_ratio_wall"] == sorted(expected)[1]
     keys = {row["key"] for row in results["targets"]}
     assert {"crystalformer_train_step", "crystalformer_ms_per_material_b1", "crystalframer_throughput_over_v1"} <= keys
+    assert "crystalframer_step_over_crystalformer_paired" in keys
     assert (out / "tiny.png").stat().st_size > 0
     assert not list(out.glob(".*"))  # no temporary files left behind
 
 
 def test_markdown_has_a_row_per_preset_and_the_targets(quick_run) -> None:
     results, md, _ = quick_run
-    for heading in ("## Targets (issue 6)", "## Presets", "## Scaling sweep", "reference / ours"):
+    for heading in ("## Targets (issue 6)", "## Presets", "## Interleaved training steps", "## Scaling sweep"):
         assert heading in md
     presets_table = md.split("## Presets")[1].split("##")[0]
     for preset in PRESETS:
@@ -162,6 +171,14 @@ def test_targets_compute_ratios_from_given_numbers() -> None:
             "crystalframer-lightweight": {"ref": ref(_stage_record(1.1, 1.5))},
         },
         "against": {"rev": "v1", "presets": {"crystalframer": {"ref": ref(_stage_record(8.0, 3.6))}}},
+        "paired": runner.summarize_paired(
+            {
+                "ok": True,
+                "train_wall_s": {"crystalformer": [1.0, 2.0, 1.0], "crystalframer": [1.4, 3.2, 2.0]},
+                "train_cpu_s": {"crystalformer": [1.0, 1.0, 1.0], "crystalframer": [1.3, 1.4, 1.5]},
+            },
+            ["crystalformer", "crystalframer"],
+        ),
         "sweep": {
             "crystalformer": [
                 {"atoms": n, "atom_pairs": n * n, "atoms2_box_images": 1000 * n * n,
@@ -186,6 +203,10 @@ def test_targets_compute_ratios_from_given_numbers() -> None:
     assert v1["op"] == ">=" and v1["value"] == pytest.approx(4.0) and v1["ratio"] == pytest.approx(2.0) and v1["met"]
     assert v1["value_cpu"] == pytest.approx(2.0) and v1["met_cpu"]
     assert rows["crystalformer_outputs_vs_v1"]["value"] is None  # v1 has no recorded crystalformer outputs
+    paired = rows["crystalframer_step_over_crystalformer_paired"]  # per-round ratios 1.4, 1.6, 2.0: median 1.6
+    assert paired["value"] == pytest.approx(1.6) and not paired["met"] and "1.40-2.00" in paired["note"]
+    assert paired["value_cpu"] == pytest.approx(1.4) and paired["met_cpu"]
+    assert "crystalframer-lightweight_step_over_crystalformer_paired" not in rows  # not measured
     exponent = rows["crystalformer_memory_exponent"]
     assert exponent["value"] == pytest.approx(1.0) and exponent["met"]  # peak exactly proportional
     large = rows["crystalformer_large_cell_trains"]
