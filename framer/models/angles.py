@@ -49,6 +49,7 @@ class _AngleBagSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: Tensor, tables: Tensor, basis: Tensor, lookup: _Lookup, coef: float) -> Tensor:
+        # ``weight`` (W) is not read here (``tables`` were built from it); it is an input so that its gradient lands.
         ctx.heads, ctx.coef = lookup.heads, coef
         ctx.save_for_backward(basis, lookup.cells, lookup.offsets, lookup.lower, lookup.upper)  # not the rows
         return bag_sums(tables, lookup.rows, lookup.offsets, lookup.lower, lookup.upper)
@@ -57,12 +58,12 @@ class _AngleBagSum(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         basis, cells, offsets, lowers, uppers = ctx.saved_tensors
         heads = ctx.heads
-        grad = grad.reshape(-1, heads, grad.shape[-1]).transpose(0, 1)  # (H, C, d_h)
+        grad = grad.reshape(-1, heads, grad.shape[-1]).permute(1, 2, 0)  # (H, d_h, C)
         axes = []
         for cell, lower, upper in zip(cells, lowers, uppers):
             features = _interpolated_bag_sum(basis, cell, offsets, lower, upper)  # (C H, D)
             features = features.view(-1, heads, features.shape[-1]).transpose(0, 1)  # (H, C, D)
-            axes.append(torch.bmm(grad.transpose(1, 2), features))  # (H, d_h, D)
+            axes.append(torch.bmm(grad, features))  # (H, d_h, D)
         return torch.stack(axes).mul_(ctx.coef), None, None, None, None
 
 
