@@ -49,6 +49,19 @@ def _error_text(error: BaseException, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[: limit - 20] + " ... (truncated)"
 
 
+def _setup(spec: dict[str, Any]):
+    """Apply ``spec``'s thread count; return its device, dtype and structures."""
+    import torch
+    from pymatgen.core import Structure
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    device = torch.device(spec.get("device", "cpu"))
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    structures = [Structure.from_dict(d) for d in json.loads(Path(spec["structures"]).read_text())]
+    return device, dtype, structures
+
+
 def measure_paired(spec: dict[str, Any]) -> dict[str, Any]:
     """Training steps of several presets interleaved in this one process: ``spec["paired"]`` lists the presets,
     ``spec["paired_rounds"]`` how many rounds of one step each (after one untimed step each).
@@ -58,16 +71,11 @@ def measure_paired(spec: dict[str, Any]) -> dict[str, Any]:
     """
     import torch
 
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    from pymatgen.core import Structure
-
     from framer.data import collate_structures
     from framer.models import CrystalFramer
 
-    device = torch.device(spec.get("device", "cpu"))
-    dtype = getattr(torch, spec.get("dtype", "float32"))
-    structures = [Structure.from_dict(d) for d in json.loads(Path(spec["structures"]).read_text())]
+    timing = _load_timing()
+    device, dtype, structures = _setup(spec)
     batch = collate_structures(structures).to(device=device, dtype=dtype)
     first = collate_structures(structures[:1]).to(device=device, dtype=dtype)
     target = torch.zeros(len(structures), device=device, dtype=dtype)
@@ -90,12 +98,10 @@ def measure_paired(spec: dict[str, Any]) -> dict[str, Any]:
     cpu = {preset: [] for preset in steps}
     for _ in range(int(spec.get("paired_rounds", 5))):
         for preset, step in steps.items():
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            timing.synchronize(device)
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             step()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            timing.synchronize(device)
             wall[preset].append(time.perf_counter() - start_wall)
             cpu[preset].append(time.process_time() - start_cpu)
     return {"crystals": len(structures), "train_wall_s": wall, "train_cpu_s": cpu, "threads": torch.get_num_threads()}
@@ -108,10 +114,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("paired"):
         return measure_paired(spec)
     timing = _load_timing()
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec["threads"]))
-    from pymatgen.core import Structure
-
+    device, dtype, structures = _setup(spec)
     import framer
     from framer.data import collate_structures
     from framer.models import CrystalFramer
@@ -120,10 +123,6 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     expected = spec.get("expect_root")
     if expected and Path(expected).resolve() != Path(root):
         raise RuntimeError(f"imported framer from {root}, expected {expected}")
-
-    device = torch.device(spec.get("device", "cpu"))
-    dtype = getattr(torch, spec.get("dtype", "float32"))
-    structures = [Structure.from_dict(d) for d in json.loads(Path(spec["structures"]).read_text())]
     result: dict[str, Any] = {
         "framer_root": root,
         "torch": torch.__version__,
