@@ -7,9 +7,12 @@ import math
 import torch
 from torch import Tensor, nn
 
-# exp() of arguments far below the float32 range takes a slow underflow path (about 15x slower on x86 CPUs), so
-# exponents are clamped here: e^-80 ~ 2e-35 is zero for every purpose of the model.
-MIN_EXPONENT = -80.0
+# Subnormal floats (below ~1.2e-38) are 10-100x slower than normal ones on x86 CPUs, both as exp() results and as
+# products of two tiny numbers (a Gaussian weight times a Gaussian basis value in the image sums): clamping every
+# exponent at -35 keeps the values, and their pairwise products (>= e^-70), normal. e^-35 ~ 6e-16 is zero for every
+# purpose of the model (float32 resolves 1e-7 relative to a feature's scale); measured on the reference batch,
+# it makes a Crystalformer training step about 1.7x faster than clamping at -80.
+MIN_EXPONENT = -35.0
 
 
 def exp_(x: Tensor) -> Tensor:
@@ -34,7 +37,7 @@ class GaussianBasis(nn.Module):
 
     The expansion is evaluated in place to keep the large per-image temporaries to one allocation, so call it on
     tensors that need no gradient (all image features are built under ``torch.no_grad()``). Values below
-    e^-80 are returned as e^-80 (see ``MIN_EXPONENT``).
+    e^-35 are returned as e^-35 (see ``MIN_EXPONENT``).
 
     Args:
         start: first centre.
