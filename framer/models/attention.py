@@ -49,7 +49,7 @@ def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
     peak = peak.scatter_reduce(0, expanded, logits.detach(), "amax", include_self=True)
     weights = torch.exp(logits - peak[index])
     total = weights.new_zeros(num_segments, logits.shape[1]).index_add(0, index, weights)
-    return weights / total[index]
+    return weights / total.index_select(0, index)
 
 
 def _with_derivative(value: Tensor, derivative: Tensor, a: Tensor) -> Tensor:
@@ -193,8 +193,9 @@ class PeriodicAttention(nn.Module):
         q, k, v = self.in_proj(x).view(n, 3, h, dh).unbind(1)
         a = self.gaussian_exponent(q)  # (N, H)
         src, dst = graph.src, graph.dst
-        logits = (q[src] * k[dst]).sum(-1) / math.sqrt(dh)  # (E, H)
-        a_edge = a[src]
+        # index_select, not q[src]: its backward (index_add) is deterministic with several threads and faster
+        logits = (q.index_select(0, src) * k.index_select(0, dst)).sum(-1) / math.sqrt(dh)  # (E, H)
+        a_edge = a.index_select(0, src)
 
         chunks = graph.layer_chunks(-a.detach().amax(dim=1))  # prune with this layer's widest Gaussians
         z0, mean_d2 = self._log_lattice_sums(graph, chunks, a.detach())
@@ -209,7 +210,7 @@ class PeriodicAttention(nn.Module):
         else:
             psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, frames)
 
-        messages = alpha.unsqueeze(-1) * (v[dst] + psi)
+        messages = alpha.unsqueeze(-1) * (v.index_select(0, dst) + psi)
         out = messages.new_zeros(n, h, dh).index_add(0, src, messages)
         return self.out_proj(out.reshape(n, self.dim))
 
@@ -255,7 +256,8 @@ class PeriodicAttention(nn.Module):
         parts = []
         for chunk in chunks:
             chunk_frames = frames[graph.src[chunk.edges]] if frames is not None else None
-            args = (a_edge[chunk.edges], z[chunk.edges], mean_d2[chunk.edges], chunk_frames, chunk)
+            edges = chunk.edges
+            args = (a_edge.index_select(0, edges), z.index_select(0, edges), mean_d2[edges], chunk_frames, chunk)
             if recompute:
                 parts.append(checkpoint(self._chunk_value_encoding, *args, use_reentrant=False))
             else:
@@ -306,7 +308,9 @@ class PeriodicAttention(nn.Module):
                 self.angle_proj, table, basis, self.angle_coef, self.angle_spacing, a[edges], z[edges],
                 mean_d2[edges], log_alpha[edges], frames[graph.src[edges]], chunk, log_tolerance, with_derivative,
             )  # fmt: skip
-            parts.append(value if derivative is None else _with_derivative(value, derivative, a_edge[edges]))
+            if derivative is not None:
+                value = _with_derivative(value, derivative, a_edge.index_select(0, edges))
+            parts.append(value)
         return chunks.to_edge_order(parts)
 
     def _chunk_value_encoding(

@@ -193,7 +193,8 @@ class CrystalFramer(nn.Module):
     def encode(self, batch: CrystalBatch) -> Tensor:
         """Atom features (N, model_dim) after the last block."""
         graph = self.graph(batch)
-        x = self.atom_embedding.weight[:, batch.atomic_numbers - 1].t()  # = one-hot(Z) @ W^T
+        # = one-hot(Z) @ W^T; index_select (not advanced indexing) keeps its backward deterministic on CPU threads
+        x = self.atom_embedding.weight.index_select(1, batch.atomic_numbers - 1).t()
         frames = self._fixed_frames(batch)
         for block in self.blocks:
             x = block(x, graph, frames)

@@ -74,7 +74,7 @@ class ImageChunks(list):
 
     def to_edge_order(self, chunk_values: list[Tensor]) -> Tensor:
         """Concatenate per-chunk results (in chunk order) and put them in global edge order."""
-        return torch.cat(chunk_values)[self._inverse]
+        return torch.cat(chunk_values).index_select(0, self._inverse)  # deterministic, fast backward
 
 
 class PeriodicGraph:
