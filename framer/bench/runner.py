@@ -26,6 +26,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -285,12 +286,6 @@ def run(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
     return results
 
 
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else 0.5 * (ordered[middle - 1] + ordered[middle])
-
-
 def summarize_paired(result: dict[str, Any], presets: list[str]) -> dict[str, Any]:
     """Adds to a paired worker result each preset's median step and its per-round and median ratios to the first
     preset's step of the same round (``ratio_wall``/``ratio_cpu``; ``median_*`` of those)."""
@@ -303,9 +298,9 @@ def summarize_paired(result: dict[str, Any], presets: list[str]) -> dict[str, An
         for key in ("wall", "cpu"):
             times, base_times = result[f"train_{key}_s"][preset], result[f"train_{key}_s"][base]
             ratios = [t / b for t, b in zip(times, base_times)]
-            entry[f"median_{key}_s"] = _median(times)
+            entry[f"median_{key}_s"] = statistics.median(times)
             entry[f"ratio_{key}"] = ratios
-            entry[f"median_ratio_{key}"] = _median(ratios)
+            entry[f"median_ratio_{key}"] = statistics.median(ratios)
         summary[preset] = entry
     return {**result, "base": base, "presets": presets, "summary": summary}
 
