@@ -19,6 +19,7 @@ process (:func:`measure_paired`), for ratios that a drifting machine speed distu
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -47,6 +48,17 @@ def _load_timing():
 def _error_text(error: BaseException, limit: int = 2000) -> str:
     text = f"{type(error).__name__}: {error}".strip()
     return text if len(text) <= limit else text[: limit - 20] + " ... (truncated)"
+
+
+def _training_step(model, optimizer, batch, target):
+    """The measured training step: forward, L1 loss against ``target``, backward and an optimizer step."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.l1_loss(model(batch), target)
+    loss.backward()
+    optimizer.step()
+    return loss
 
 
 def _setup(spec: dict[str, Any]):
@@ -86,12 +98,7 @@ def measure_paired(spec: dict[str, Any]) -> dict[str, Any]:
         with torch.no_grad():  # freeze the sigma statistics on the first crystal, as measure() does
             model(first)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-        def step(model=model, optimizer=optimizer):
-            optimizer.zero_grad(set_to_none=True)
-            torch.nn.functional.l1_loss(model(batch), target).backward()
-            optimizer.step()
-
+        step = functools.partial(_training_step, model, optimizer, batch, target)
         step()  # untimed: first-call costs
         steps[preset] = step
     wall = {preset: [] for preset in steps}
@@ -178,14 +185,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         last: dict[str, Any] = {}
         if kind == "train":
             target = torch.zeros(crystals, device=device, dtype=dtype)
-
-            def call(batch=batch, target=target):
-                optimizer.zero_grad(set_to_none=True)
-                loss = torch.nn.functional.l1_loss(runner(batch), target)
-                loss.backward()
-                optimizer.step()
-                return loss
-
+            call = functools.partial(_training_step, runner, optimizer, batch, target)
             model.train()
         elif kind == "infer":
 
