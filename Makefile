@@ -9,7 +9,7 @@ PYTEST := $(PY) -m pytest
 SMOKE ?= 0
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-slow test-all test-ddp lint format demo bench reproduce-table sweep-smoke clean
+.PHONY: help venv test test-slow test-all test-ddp lint format demo bench gpu-check reproduce-table sweep-smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -48,6 +48,12 @@ demo: venv ## train Crystalformer and CrystalFramer on the embedded Ewald datase
 bench: BENCH_ARGS ?= --threads 1 --rounds 3
 bench: venv ## speed and memory benchmarks (~20-30 min; BENCH_ARGS="--quick" or "--against bce53d5") -> bench/results/<host>.{json,md,png}
 	$(PY) -m framer.bench $(BENCH_ARGS)
+
+# The GPU check runs from the checkout with no install step: the .venv's Python when there is one, else $(PYTHON).
+GPU_CHECK_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check: DEVICE ?= cuda
+gpu-check: ## GPU readiness, <= 8 min on one H100 (DEVICE=cpu QUICK=1: tiny, any CPU) -> bench/results/<host>-gpu*.{json,md}
+	PYTHONPATH=. $(GPU_CHECK_PY) -m bench.gpu_check --device $(DEVICE) $(if $(filter 1,$(QUICK)),--quick,) $(GPU_CHECK_ARGS)
 
 reproduce-table: RUNS ?= $(if $(filter 1,$(SMOKE)),runs/smoke,runs/paper)
 reproduce-table: RESULTS ?= $(if $(filter 1,$(SMOKE)),results/smoke,results)
