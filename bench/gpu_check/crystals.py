@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,11 +131,18 @@ def synthetic_record(
     return CrystalRecord(id or f"synthetic-{num_atoms}", lattice, frac % 1.0, numbers, float(rng.normal()))
 
 
-def like_records(kind: str, count: int, seed: int = 0) -> list[CrystalRecord]:
-    """``count`` synthetic crystals with the atoms-per-cell distribution ``kind`` ("mp" or "jarvis")."""
+def iter_like_records(kind: str, count: int, seed: int = 0) -> Iterator[CrystalRecord]:
+    """``count`` synthetic crystals with the atoms-per-cell distribution ``kind`` ("mp" or "jarvis"), one by one.
+
+    The first k of them are the same for every ``count`` >= k: a shorter run sees a prefix of the same epoch.
+    """
     rng = np.random.default_rng([seed, 7])
-    sizes = SIZE_DISTRIBUTIONS[kind].sizes(count, seed)
-    return [synthetic_record(n, rng, id=f"{kind}-{seed}-{i}") for i, n in enumerate(sizes)]
+    for i, n in enumerate(SIZE_DISTRIBUTIONS[kind].sizes(count, seed)):
+        yield synthetic_record(n, rng, id=f"{kind}-{seed}-{i}")
+
+
+def like_records(kind: str, count: int, seed: int = 0) -> list[CrystalRecord]:
+    return list(iter_like_records(kind, count, seed))
 
 
 def sweep_record(num_atoms: int, seed: int = 0) -> CrystalRecord:

@@ -94,6 +94,7 @@ class PartContext:
     config: CheckConfig
     previous: dict[str, dict]
     deadline: float  # time.monotonic()
+    budget_s: float = 0.0
     figures: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     save_to: Path | None = None
@@ -174,7 +175,7 @@ def run_part(part: Part, config: CheckConfig, previous: dict[str, dict], isolate
 
 
 def _run_here(part: Part, config: CheckConfig, previous: dict[str, dict], deadline: float, save_to=None) -> dict:
-    ctx = PartContext(config, previous, deadline, save_to=save_to)
+    ctx = PartContext(config, previous, deadline, part.budget(config), save_to=save_to)
     try:
         part.run(ctx)
     except Skipped as skip:

@@ -44,6 +44,7 @@ the data pipeline: real epochs are slower, and the gap says how much is overhead
 from __future__ import annotations
 
 import contextlib
+import itertools
 from typing import Any
 
 import numpy as np
@@ -109,20 +110,21 @@ class LayerCounter(contextlib.AbstractContextManager):
         return False
 
 
-def count(preset: str, records: list, ctx: PartContext, deadline_left) -> dict[str, Any]:
-    """Per-layer counts of ``preset`` over ``records`` (stopping early when ``deadline_left()`` runs out)."""
+def count(preset: str, crystal_count: int, ctx: PartContext, deadline_left) -> dict[str, Any]:
+    """Per-layer counts of ``preset`` over the first ``crystal_count`` crystals of the JARVIS-like epoch, in
+    batches of the configured size (stopping early when ``deadline_left()`` runs out)."""
     device, batch_size = ctx.device, ctx.config.batch_size
     model = build_model(preset, crystals.reference_batch(1), **ctx.config.model_overrides)
     model = copy_to(model, device, torch.float32)
     layers = len(model.blocks)
+    records = crystals.iter_like_records("jarvis", crystal_count, seed=0)
     counted = []
     with LayerCounter(layers) as counter, torch.no_grad():
-        for start in range(0, len(records), batch_size):
-            if counted and deadline_left() <= 0:
-                break
-            chunk = records[start : start + batch_size]
+        while chunk := list(itertools.islice(records, batch_size)):
             model(collate_records(chunk).to(device=device, dtype=torch.float32))
             counted.extend(chunk)
+            if deadline_left() <= 0:
+                break
     sizes = np.array([r.num_atoms for r in counted])
     return {
         "crystals": len(counted),
@@ -187,8 +189,7 @@ def limit(ctx: PartContext) -> None:
     distribution = crystals.SIZE_DISTRIBUTIONS["jarvis"]
     epoch_sizes = np.array(distribution.sizes(distribution.train_size, seed=0))
     epoch_atoms, epoch_edges = int(epoch_sizes.sum()), int((epoch_sizes**2).sum())
-    wanted = config.limit_crystals or distribution.train_size
-    records = crystals.like_records("jarvis", min(wanted, distribution.train_size), seed=0)
+    wanted = min(config.limit_crystals or distribution.train_size, distribution.train_size)
     ctx.figures["epoch"] = {
         "distribution": distribution.name,
         "crystals": distribution.train_size,
@@ -204,7 +205,7 @@ def limit(ctx: PartContext) -> None:
             ctx.fail(preset, "not run: time budget spent")
             continue
         stop = ctx.left() - share
-        counts = count(preset, records, ctx, lambda stop=stop: ctx.left() - stop)
+        counts = count(preset, wanted, ctx, lambda stop=stop: ctx.left() - stop)
         row = {"counted": counts, "epoch": epoch_cost(counts, epoch_atoms, epoch_edges)}
         row["paper_epoch_s"] = PAPER_EPOCH_S[preset]
         row["paper_over_bound"] = PAPER_EPOCH_S[preset] / row["epoch"]["bound_s"]

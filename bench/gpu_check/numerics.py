@@ -103,12 +103,13 @@ def mixed_precision(ctx: PartContext) -> None:
 
 
 class tf32_enabled:
-    """TF32 for CUDA matmuls and cuDNN inside the block (restored afterwards)."""
+    """TF32 for float32 matmuls (``set_float32_matmul_precision("high")``) and cuDNN inside the block."""
 
     def __enter__(self):
-        self.saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = True
+        self.saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+        torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.allow_tf32 = True
 
     def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+        torch.set_float32_matmul_precision(self.saved[0])
+        torch.backends.cudnn.allow_tf32 = self.saved[1]

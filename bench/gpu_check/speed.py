@@ -133,8 +133,9 @@ def memory(ctx: PartContext) -> None:
     )
     peaks = ctx.figures.setdefault("peak_mib", {})
     target = torch.zeros(len(batch), device=device)
+    reserve = 0.4 * ctx.budget_s  # for the largest-cell search
     for preset in config.memory_presets or PRESETS:
-        if ctx.left() <= 0:
+        if ctx.left() <= reserve:
             ctx.fail(preset, "not run: time budget spent")
             continue
         try:
@@ -165,7 +166,7 @@ def _largest_cell(ctx: PartContext, preset: str) -> dict:
             record["stopped_by"] = f"size cap {config.largest_cell_cap}"
             break
         # a step costs about atoms² x images; stop when the next one would not fit in the budget
-        if ok and last_seconds * (atoms / ok) ** 2 > ctx.left():
+        if ctx.left() <= 0 or (ok and last_seconds * (atoms / ok) ** 2 > ctx.left()):
             record["stopped_by"] = "time budget"
             break
         batch = collate_records([crystals.sweep_record(atoms)]).to(device=device, dtype=torch.float32)
@@ -281,6 +282,8 @@ def compile_check(ctx: PartContext) -> None:
         model, optimizer = _trainer(preset, ctx)
         eager_step = functools.partial(training_step, model, optimizer, batch, target)
         row["eager_step_s"] = statistics.median([timed(eager_step, device) for _ in range(3)][1:])
+        row["status"] = "first call (compilation) did not finish"  # what a killed child leaves behind
+        ctx.save()
         torch.compiler.reset()  # no cache from an earlier preset
         try:
             compiled_step = functools.partial(

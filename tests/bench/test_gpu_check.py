@@ -180,3 +180,35 @@ def test_bad_arguments_are_one_line_errors(capsys) -> None:
     if not torch.cuda.is_available():
         assert main(["--device", "cuda"]) == 2
         assert "torch.cuda.is_available() is False" in capsys.readouterr().err
+
+
+def test_synchronisations_are_counted_per_code_location(monkeypatch) -> None:
+    """The sync counter on the CPU: a module whose forward warns as CUDA's sync debug mode does, twice per step.
+
+    (The debug mode itself needs CUDA; here it is a no-op and the warnings come from the module.)
+    """
+    import warnings
+
+    from bench.gpu_check import speed, steps
+
+    class Syncing(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(1))
+
+        def forward(self, batch):
+            for _ in range(2):
+                warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+            warnings.warn("an unrelated warning", UserWarning, stacklevel=1)
+            return self.weight * batch
+
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda mode: None)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: None)
+    model = Syncing()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    step = lambda: steps.training_step(model, optimizer, torch.ones(3), torch.zeros(3))  # noqa: E731
+    with pytest.warns(UserWarning, match="unrelated"):  # other warnings still reach the user
+        locations = speed._synchronisations(step, repeats=3)
+    assert sum(locations.values()) == 6 and len(locations) == 1
+    (where,) = locations
+    assert where.startswith("bench/gpu_check/steps.py:") and "training_step" in where and "test_gpu_check.py" in where
