@@ -36,7 +36,8 @@ def checks(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Pat
     ``make gpu-check DEVICE=cpu QUICK=1`` here, the same module run on the simulated GPU image (``PYTHONPATH``
     holding the blocker and ``.``, as on the lent machine), and two parts in child processes (``--isolate yes``)."""
     root = tmp_path_factory.mktemp("gpu-check")
-    module = [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--quick"]
+    # budgets are caps, not targets: generous ones keep a loaded shared machine from cutting parts short
+    module = [sys.executable, "-m", "bench.gpu_check", "--device", "cpu", "--quick", "--budget-scale", "4"]
     started = {
         "here": _start(
             [
@@ -46,7 +47,7 @@ def checks(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, Pat
                 "DEVICE=cpu",
                 "QUICK=1",
                 f"GPU_CHECK_PY={sys.executable}",
-                f"GPU_CHECK_ARGS=--out {root / 'here'}",
+                f"GPU_CHECK_ARGS=--out {root / 'here'} --budget-scale 4",
             ],
             os.environ.get("PYTHONPATH", ""),
         ),
