@@ -22,11 +22,11 @@ PARTS = {
         Part("speed", "Training and inference speed", speed.speed, 70, 20),
         Part("memory", "Peak memory and the largest cell", speed.memory, 45, 15),
         Part("syncs", "Host-device synchronisations", speed.syncs, 15, 10),
-        Part("loader", "Data pipeline", pipeline.loader, 25, 20, core=False),
+        Part("loader", "Data pipeline", pipeline.loader, 25, 20),
         Part("compile", "torch.compile", speed.compile_check, 120, 20),
         Part("limit", "The physical limit", limit.limit, 35, 15),
-        Part("cli_fit", "End to end: framer.cli fit", pipeline.cli_fit, 50, 45, pipeline.FIT_NEEDS, core=False),
-        Part("pytest_gpu", "End to end: pytest -m gpu", pipeline.pytest_gpu, 25, 30, pipeline.PYTEST_NEEDS, core=False),
+        Part("cli_fit", "End to end: framer.cli fit", pipeline.cli_fit, 50, 45, pipeline.FIT_NEEDS),
+        Part("pytest_gpu", "End to end: pytest -m gpu", pipeline.pytest_gpu, 25, 30, pipeline.PYTEST_NEEDS),
     )
 }
 TOTAL_BUDGET_S = {False: 450.0, True: 110.0}  # full run (8 minutes on one H100, with start-up margin), QUICK

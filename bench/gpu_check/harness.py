@@ -133,7 +133,6 @@ class Part:
     budget_s: float
     quick_budget_s: float
     needs: tuple[str, ...] = ()
-    core: bool = True  # runs on the lent GPU image (torch, numpy, lightning only)
 
     def budget(self, config: CheckConfig) -> float:
         return (self.quick_budget_s if config.quick else self.budget_s) * config.budget_scale
