@@ -123,7 +123,7 @@ BASE_SWEEP = {"configs": ["conf/default.yaml"], "search_space": {"a.c": ["x", "y
     "name", ["../../escaped", "/tmp/escaped", "a/b", "a\\b", "..", ".", "x\x00y", "-x", "a" * 129]
 )
 def test_study_names_that_are_not_plain_names_are_refused(name):
-    with pytest.raises(SweepError, match="study name .* is not a plain name") as err:
+    with pytest.raises(SweepError, match=r"study name .* is not a plain name") as err:
         Sweep.from_dict({**BASE_SWEEP, "study": name})
     assert len(str(err.value).splitlines()) == 1
 
