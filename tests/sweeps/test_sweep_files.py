@@ -119,9 +119,7 @@ def test_shipped_sweeps_resolve_with_the_cli(path):
 BASE_SWEEP = {"configs": ["conf/default.yaml"], "search_space": {"a.c": ["x", "y"]}}
 
 
-@pytest.mark.parametrize(
-    "name", ["../../escaped", "/tmp/escaped", "a/b", "a\\b", "..", ".", "x\x00y", "-x", "a" * 129]
-)
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped", "a/b", "a\\b", "..", ".", "x\x00y", "-x", "a" * 129])
 def test_study_names_that_are_not_plain_names_are_refused(name):
     with pytest.raises(SweepError, match=r"study name .* is not a plain name") as err:
         Sweep.from_dict({**BASE_SWEEP, "study": name})
