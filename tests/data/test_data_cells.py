@@ -175,7 +175,7 @@ def test_real_crystals_all_load_and_keep_their_cell_unless_a_reduced_one_is_chea
             changed.append(name)
             assert image_count(record.lattice) < image_count(structure.lattice.matrix)
             np.testing.assert_allclose(record.cart_coords, structure.cart_coords, atol=1e-9)
-    assert len(changed) <= 5, changed  # (1 of 380 today: arsenic's rhombohedral DCDFT cell)
+    assert len(changed) <= 5, changed  # (1 of 376 today: the DCDFT cell of arsenic)
 
 
 @pytest.mark.parametrize(
