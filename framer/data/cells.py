@@ -31,11 +31,11 @@ def reduce_cell(lattice: np.ndarray, frac_coords: np.ndarray) -> tuple[np.ndarra
     from pymatgen.core.lattice import Lattice
 
     given = Lattice(lattice)
-    with np.errstate(all="ignore"):  # absurd (huge) lattices overflow; their reduced basis is then not used
+    with np.errstate(all="ignore"):  # absurd (huge) inputs overflow: an infinite image count, or huge coordinates
         reduced = given.get_lll_reduced_lattice()
-    if image_count(reduced.matrix) >= image_count(lattice):
-        return lattice, frac_coords
-    return np.array(reduced.matrix, dtype=np.float64), np.asarray(given.get_lll_frac_coords(frac_coords))
+        if image_count(reduced.matrix) >= image_count(lattice):
+            return lattice, frac_coords
+        return np.array(reduced.matrix, dtype=np.float64), np.asarray(given.get_lll_frac_coords(frac_coords))
 
 
 def closest_pair_distance(lattice: np.ndarray, frac_coords: np.ndarray, cutoff: float) -> float:

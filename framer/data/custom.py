@@ -40,7 +40,7 @@ log = logging.getLogger("framer.data")
 
 STRUCTURE_EXTENSIONS = (".cif", ".vasp", ".poscar", ".CIF", ".VASP", ".POSCAR")
 PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity)", re.IGNORECASE)
-MISSING_VALUES = ("", "na", "nan", "none", "null")
+MISSING_VALUES = ("", "na", "nan", "+nan", "-nan", "none", "null")
 
 
 def strip_extension(name: str) -> str:

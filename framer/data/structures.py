@@ -147,10 +147,6 @@ def make_record(
         raise InvalidStructureError(f"coordinates have shape {frac.shape}, expected ({len(numbers)}, 3)", "bad_arrays")
     if not np.isfinite(frac).all():
         raise InvalidStructureError("a coordinate is NaN or infinite", "nan_coordinate")
-    if np.abs(frac).max() > MAX_ABS_FRAC_COORD:
-        raise InvalidStructureError(
-            f"a fractional coordinate is larger than {MAX_ABS_FRAC_COORD:g} in magnitude", "nan_coordinate"
-        )
     if (numbers < 1).any() or (numbers > MAX_ATOMIC_NUMBER).any():
         raise InvalidStructureError(f"atomic number outside 1..{MAX_ATOMIC_NUMBER}", "unknown_element")
     if volume / len(numbers) < MIN_VOLUME_PER_ATOM:
@@ -162,6 +158,10 @@ def make_record(
         lattice, frac = reduce_cell(lattice, frac)
     except (np.linalg.LinAlgError, ValueError, FloatingPointError, OverflowError) as err:
         raise InvalidStructureError(f"cannot reduce the lattice ({err})", "singular_lattice") from err
+    if np.abs(frac).max() > MAX_ABS_FRAC_COORD:  # in the cell used (a huge skew gives huge coordinates)
+        raise InvalidStructureError(
+            f"a fractional coordinate is larger than {MAX_ABS_FRAC_COORD:g} in magnitude", "nan_coordinate"
+        )
     with np.errstate(all="ignore"):
         spacing = float(np.min(interplanar_spacings(lattice)))
     if not spacing >= MIN_INTERPLANAR_SPACING:
