@@ -2,8 +2,8 @@
 
 Order of operations (datasets.md §1.3/§2.1): entries whose target *group* has a missing value are removed first; the
 split is computed on positions in that filtered list; then each split entry is converted, and entries whose
-structure is malformed are skipped and counted in a :class:`SkipReport`, so the surviving records keep their paper
-split membership.
+structure is malformed (or too large, ``max_atoms``) are skipped and counted in a :class:`SkipReport`, so the
+surviving records keep their paper split membership.
 """
 
 from __future__ import annotations
@@ -27,7 +27,12 @@ from framer.data.sources import (
     load_moduli_pickles,
 )
 from framer.data.splits import PAPER_SPLITS, SPLIT_NAMES, id_fingerprint, paper_split, split_fingerprint
-from framer.data.structures import CrystalRecord, InvalidStructureError, record_from_jarvis_atoms
+from framer.data.structures import (
+    DEFAULT_MAX_ATOMS,
+    CrystalRecord,
+    InvalidStructureError,
+    record_from_jarvis_atoms,
+)
 
 log = logging.getLogger("framer.data")
 
@@ -112,6 +117,9 @@ def assemble(
             except InvalidStructureError as err:
                 report.add(classify(err), getattr(err, "record_id", None) or f"#{p}", str(err))
                 continue
+            except MemoryError:
+                report.add("out_of_memory", f"#{p}", "ran out of memory converting this record")
+                continue
             records.append(record)
             positions.append(p)
             raws.append(raw_index(p) if raw_index else p)
@@ -146,12 +154,12 @@ def _entry_id(entry: object, id_field: str, raw_i: int) -> str:
     return f"#{raw_i}"
 
 
-def _convert_entry(entry: dict, id: str, value: float) -> CrystalRecord:
+def _convert_entry(entry: dict, id: str, value: float, max_atoms: int) -> CrystalRecord:
     atoms = entry.get("atoms")
     if atoms is None:
         raise InvalidStructureError("entry has no 'atoms'", reason="missing_atoms")
     try:
-        return record_from_jarvis_atoms(atoms, id, value)
+        return record_from_jarvis_atoms(atoms, id, value, max_atoms)
     except InvalidStructureError as err:
         err.record_id = id
         raise
@@ -179,6 +187,7 @@ def build_jarvis_target(
     n_test: int | None,
     split_seed: int,
     entries: list[dict] | None = None,
+    max_atoms: int = DEFAULT_MAX_ATOMS,
 ) -> BuildResult:
     """Records of one megnet/dft_3d_2021 target with the paper's split (see the module docstring)."""
     source = JARVIS_SOURCES[spec.dataset]
@@ -215,7 +224,7 @@ def build_jarvis_target(
     def convert(p: int) -> CrystalRecord:
         raw_i = int(kept[p])
         entry = entries[raw_i]
-        return _convert_entry(entry, _entry_id(entry, source.id_field, raw_i), float(entry[spec.field]))
+        return _convert_entry(entry, _entry_id(entry, source.id_field, raw_i), float(entry[spec.field]), max_atoms)
 
     report = SkipReport()
     arrays, meta = assemble(splits, convert, report, raw_index=lambda p: int(kept[p]))
@@ -235,7 +244,9 @@ def build_jarvis_target(
     return BuildResult(arrays, meta, report)
 
 
-def build_moduli_target(spec: TargetSpec, data_dir: str | os.PathLike | None) -> BuildResult:
+def build_moduli_target(
+    spec: TargetSpec, data_dir: str | os.PathLike | None, max_atoms: int = DEFAULT_MAX_ATOMS
+) -> BuildResult:
     """Records of bulk/shear modulus from Matformer's pre-split pickles (values already log10 GPa)."""
     pickles = load_moduli_pickles(spec.moduli_prop, data_dir)
     lists = [pickles[name] for name in SPLIT_NAMES]
@@ -257,7 +268,7 @@ def build_moduli_target(spec: TargetSpec, data_dir: str | os.PathLike | None) ->
             err = InvalidStructureError(f"{spec.field!r} missing or not finite", reason="missing_target")
             err.record_id = id
             raise err
-        return _convert_entry(item, id, value)
+        return _convert_entry(item, id, value, max_atoms)
 
     split_of = np.repeat(np.arange(3), [len(part) for part in lists])
     arrays, meta = assemble(

@@ -30,7 +30,7 @@ from framer.data.structures import CrystalRecord
 
 log = logging.getLogger("framer.data")
 
-FORMAT_VERSION = 2  # 2: the header carries its own checksum
+FORMAT_VERSION = 3  # 2: the header carries its own checksum; 3: records in their reduced cell, size limits
 MAGIC = b"FRMRCCH1"
 _ALIGN = 64
 _CHUNK = 1 << 20

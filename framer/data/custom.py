@@ -3,6 +3,11 @@
 ``id_prop.csv`` has rows ``filename_or_id,target`` and no header (a first row whose target is not a number is taken
 as a header and skipped). A name may omit the extension: ``mp-1`` finds ``mp-1``, ``mp-1.cif``, ``mp-1.vasp``,
 ``mp-1.poscar`` or ``POSCAR-mp-1``. The crystal id is the name without a structure extension.
+
+Targets are plain decimal numbers (``-1.5``, ``2e-3``; ``na``/``nan``/empty for a missing value): Python's ``float``
+also takes ``1_000`` or non-ASCII digits, which are refused here. Names are resolved inside the folder: an absolute
+path, a ``..`` component or a symbolic link to a file outside it is an error naming the row, unless the
+DataModule's ``allow_outside_root`` is set (a shared folder must not make framer read other files).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import io
 import logging
 import math
 import os
+import re
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import numpy as np
 
@@ -22,11 +28,19 @@ from framer.data.build import BuildResult, SkipReport, assemble
 from framer.data.cache import file_sha256
 from framer.data.sources import DataError, DataNotFoundError
 from framer.data.splits import SPLIT_NAMES, random_split, read_split_file
-from framer.data.structures import CrystalRecord, InvalidStructureError, record_from_file
+from framer.data.structures import (
+    DEFAULT_MAX_ATOMS,
+    DEFAULT_MAX_FILE_MB,
+    CrystalRecord,
+    InvalidStructureError,
+    record_from_file,
+)
 
 log = logging.getLogger("framer.data")
 
 STRUCTURE_EXTENSIONS = (".cif", ".vasp", ".poscar", ".CIF", ".VASP", ".POSCAR")
+PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:inf|infinity)", re.IGNORECASE)
+MISSING_VALUES = ("", "na", "nan", "+nan", "-nan", "none", "null")
 
 
 def strip_extension(name: str) -> str:
@@ -54,6 +68,27 @@ class IdPropRow:
     value: float
 
 
+def locate_structure_file(root: Path, id_prop: Path, row: IdPropRow, allow_outside_root: bool = False) -> Path | None:
+    """The structure file of a row (None if absent); raises DataError if it lies outside ``root``.
+
+    An absolute name, a ``..`` component, or a file that resolves (through symbolic links) outside ``root`` is
+    refused unless ``allow_outside_root``.
+    """
+    if not allow_outside_root and (PurePath(row.name).is_absolute() or ".." in PurePath(row.name).parts):
+        raise _outside_root_error(root, id_prop, row)
+    path = resolve_structure_file(root, row.name)
+    if path is not None and not allow_outside_root and not path.resolve().is_relative_to(root.resolve()):
+        raise _outside_root_error(root, id_prop, row, f" (it resolves to {path.resolve()})")
+    return path
+
+
+def _outside_root_error(root: Path, id_prop: Path, row: IdPropRow, detail: str = "") -> DataError:
+    return DataError(
+        f"{id_prop}:{row.line}: {row.name!r} is outside the data folder {root}{detail}; "
+        "set allow_outside_root=True on CustomDataModule to read it anyway"
+    )
+
+
 def read_id_prop(path: Path) -> list[IdPropRow]:
     """Rows of an id_prop.csv; raises DataError (naming file and line) for unusable content."""
     if not path.is_file():
@@ -77,16 +112,15 @@ def _parse_id_prop(path: Path, text: str) -> list[IdPropRow]:
             continue
         if len(fields) < 2 or not fields[0]:
             raise DataError(f"{path}:{line}: expected 'filename_or_id,target', got {','.join(fields)!r}")
-        try:
-            value = float(fields[1])
-        except ValueError:
-            if not rows and line == 1:
+        value = parse_target(fields[1])
+        if value is None:
+            if not rows and line == 1 and not _python_number(fields[1]):
                 log.info("%s: treating the first row %r as a header", path, fields)
                 continue
-            if fields[1].lower() in ("", "na", "nan", "none", "null"):
-                value = math.nan
-            else:
-                raise DataError(f"{path}:{line}: target {fields[1]!r} is not a number") from None
+            raise DataError(
+                f"{path}:{line}: target {fields[1]!r} is not a number (write it in plain decimal notation, "
+                "e.g. 1000, -1.5 or 2e-3)"
+            )
         id = strip_extension(fields[0])
         if id in seen:
             raise DataError(f"{path}:{line}: id {id!r} already appears on line {seen[id]}")
@@ -97,11 +131,27 @@ def _parse_id_prop(path: Path, text: str) -> list[IdPropRow]:
     return rows
 
 
-def folder_fingerprint(root: Path, rows: list[IdPropRow], id_prop: Path) -> str:
+def parse_target(text: str) -> float | None:
+    """A target value: a plain decimal number, NaN for a missing value, None if the text is neither."""
+    if text.lower() in MISSING_VALUES:
+        return math.nan
+    return float(text) if PLAIN_NUMBER.fullmatch(text) else None
+
+
+def _python_number(text: str) -> bool:
+    """Whether Python's ``float`` reads the text (e.g. ``1_000``: a mistyped number, not a header)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def folder_fingerprint(root: Path, rows: list[IdPropRow], id_prop: Path, allow_outside_root: bool = False) -> str:
     """sha256 over id_prop.csv and every referenced structure file (name and content)."""
     digest = hashlib.sha256(file_sha256(id_prop).encode())
     for row in rows:
-        path = resolve_structure_file(root, row.name)
+        path = locate_structure_file(root, id_prop, row, allow_outside_root)
         digest.update(f"\n{row.name}\t{path.name if path else '-'}\t".encode())
         if path is not None:
             digest.update(file_sha256(path).encode())
@@ -114,10 +164,18 @@ def build_custom(
     split_file: str | os.PathLike | None = None,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     split_seed: int = 123,
+    max_atoms: int = DEFAULT_MAX_ATOMS,
+    max_file_mb: float = DEFAULT_MAX_FILE_MB,
+    allow_outside_root: bool = False,
 ) -> BuildResult:
-    """Records of a custom folder, split at random (seeded) or by a JSON split file of ids."""
+    """Records of a custom folder, split at random (seeded) or by a JSON split file of ids.
+
+    Structure files larger than ``max_file_mb`` or with more than ``max_atoms`` atoms are skipped and counted;
+    names outside ``root`` are an error unless ``allow_outside_root``.
+    """
     root = Path(root)
-    rows = read_id_prop(root / id_prop_file)
+    id_prop = root / id_prop_file
+    rows = read_id_prop(id_prop)
     missing = SkipReport()
     valid = []
     for row in rows:
@@ -126,7 +184,7 @@ def build_custom(
         else:
             missing.add("missing_target", row.id, f"line {row.line}")
     if not valid:
-        raise DataError(f"{root / id_prop_file}: no row has a finite target")
+        raise DataError(f"{id_prop}: no row has a finite target")
     try:
         if split_file is None:
             splits = random_split(len(valid), fractions, split_seed)
@@ -137,12 +195,12 @@ def build_custom(
 
     def convert(p: int) -> CrystalRecord:
         row = valid[p]
-        path = resolve_structure_file(root, row.name)
+        path = locate_structure_file(root, id_prop, row, allow_outside_root)
         if path is None:
             err = InvalidStructureError(f"no structure file for {row.name!r} in {root}", "file_not_found")
         else:
             try:
-                return record_from_file(path, row.id, row.value)
+                return record_from_file(path, row.id, row.value, max_atoms, max_file_mb)
             except InvalidStructureError as e:
                 err = e
         err.record_id = row.id

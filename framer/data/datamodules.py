@@ -44,7 +44,7 @@ from framer.data.sources import (
     target_spec,
 )
 from framer.data.splits import PAPER_SPLIT_SEED, SPLIT_NAMES, random_split
-from framer.data.structures import CrystalRecord
+from framer.data.structures import DEFAULT_MAX_ATOMS, DEFAULT_MAX_FILE_MB, CrystalRecord
 
 log = logging.getLogger("framer.data")
 
@@ -348,6 +348,13 @@ class CrystalDataModule(L.LightningDataModule):
         }
 
 
+def _positive(name: str, value: float) -> float:
+    """``value`` if it is a positive number; ValueError naming the setting otherwise."""
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return value
+
+
 # --------------------------------------------------------------------------------------------- paper data sets
 
 
@@ -369,11 +376,13 @@ class _PaperDataModule(CrystalDataModule):
         n_val: int | None,
         n_test: int | None,
         split_seed: int,
+        max_atoms: int,
     ):
         self.spec: TargetSpec = target_spec(self.dataset_name, target)
         super().__init__(target, batch_size, test_batch_size, num_workers, data_dir, rebuild_cache, predict_split)
         self.target_units = self.spec.units
         self.n_train, self.n_val, self.n_test, self.split_seed = n_train, n_val, n_test, split_seed
+        self.max_atoms = _positive("max_atoms", max_atoms)
 
     def _split_spec(self) -> dict:
         if self.spec.pickled:
@@ -404,6 +413,7 @@ class _PaperDataModule(CrystalDataModule):
             "field": self.spec.field,
             "group": list(self.spec.group),
             "split": self._split_spec(),
+            "max_atoms": self.max_atoms,
         }
 
     def raw_fingerprint(self) -> dict:
@@ -411,8 +421,16 @@ class _PaperDataModule(CrystalDataModule):
 
     def build(self) -> BuildResult:
         if self.spec.pickled:
-            return build_moduli_target(self.spec, self.data_dir)
-        return build_jarvis_target(self.spec, self.data_dir, self.n_train, self.n_val, self.n_test, self.split_seed)
+            return build_moduli_target(self.spec, self.data_dir, self.max_atoms)
+        return build_jarvis_target(
+            self.spec,
+            self.data_dir,
+            self.n_train,
+            self.n_val,
+            self.n_test,
+            self.split_seed,
+            max_atoms=self.max_atoms,
+        )
 
 
 class MPDataModule(_PaperDataModule):
@@ -433,6 +451,7 @@ class MPDataModule(_PaperDataModule):
         n_val: Validation size (null: 10%).
         n_test: Test size (null: 10%).
         split_seed: Seed of the paper split's shuffle.
+        max_atoms: Crystals with more atoms are skipped and counted in the skip report.
     """
 
     dataset_name = "megnet"
@@ -451,6 +470,7 @@ class MPDataModule(_PaperDataModule):
         n_val: int | None = 5000,
         n_test: int | None = 4239,
         split_seed: int = PAPER_SPLIT_SEED,
+        max_atoms: int = DEFAULT_MAX_ATOMS,
     ):
         super().__init__(
             target,
@@ -464,6 +484,7 @@ class MPDataModule(_PaperDataModule):
             n_val,
             n_test,
             split_seed,
+            max_atoms,
         )
         self.save_hyperparameters()
 
@@ -486,6 +507,7 @@ class JarvisDataModule(_PaperDataModule):
         n_val: Validation size (null: 10%).
         n_test: Test size (null: 10%).
         split_seed: Seed of the paper split's shuffle.
+        max_atoms: Crystals with more atoms are skipped and counted in the skip report.
     """
 
     dataset_name = "dft_3d_2021"
@@ -503,6 +525,7 @@ class JarvisDataModule(_PaperDataModule):
         n_val: int | None = None,
         n_test: int | None = None,
         split_seed: int = PAPER_SPLIT_SEED,
+        max_atoms: int = DEFAULT_MAX_ATOMS,
     ):
         super().__init__(
             target,
@@ -516,6 +539,7 @@ class JarvisDataModule(_PaperDataModule):
             n_val,
             n_test,
             split_seed,
+            max_atoms,
         )
         self.save_hyperparameters()
 
@@ -542,6 +566,10 @@ class CustomDataModule(CrystalDataModule):
         test_fraction: Random split: share of test.
         split_seed: Random split seed.
         target_units: Units of the target, for logs and reports.
+        max_atoms: Structures with more atoms are skipped and counted in the skip report.
+        max_file_mb: Structure files larger than this (megabytes) are skipped, unparsed, and counted.
+        allow_outside_root: Read names in ``id_prop.csv`` that lie outside ``root`` (absolute paths, ``..``,
+            symbolic links out of the folder); by default they are an error.
     """
 
     dataset_name = "custom"
@@ -563,6 +591,9 @@ class CustomDataModule(CrystalDataModule):
         test_fraction: float = 0.1,
         split_seed: int = 123,
         target_units: str = "",
+        max_atoms: int = DEFAULT_MAX_ATOMS,
+        max_file_mb: float = DEFAULT_MAX_FILE_MB,
+        allow_outside_root: bool = False,
     ):
         super().__init__(target, batch_size, test_batch_size, num_workers, data_dir, rebuild_cache, predict_split)
         self.root = Path(root).expanduser().absolute()
@@ -573,6 +604,9 @@ class CustomDataModule(CrystalDataModule):
         self.fractions = (train_fraction, val_fraction, test_fraction)
         self.split_seed = split_seed
         self.target_units = target_units
+        self.max_atoms = _positive("max_atoms", max_atoms)
+        self.max_file_mb = _positive("max_file_mb", max_file_mb)
+        self.allow_outside_root = allow_outside_root
         self.save_hyperparameters()
 
     def cache_path(self) -> Path:
@@ -584,13 +618,20 @@ class CustomDataModule(CrystalDataModule):
 
     def cache_settings(self) -> dict:
         split = {"file": self.split_file} if self.split_file else {"fractions": self.fractions, "seed": self.split_seed}
-        return {"dataset": "custom", "root": str(self.root), "target": self.target, "split": split}
+        return {
+            "dataset": "custom",
+            "root": str(self.root),
+            "target": self.target,
+            "split": split,
+            "max_atoms": self.max_atoms,
+            "max_file_mb": self.max_file_mb,
+        }
 
     def raw_fingerprint(self) -> dict:
         from framer.data.custom import folder_fingerprint, read_id_prop
 
         id_prop = self.root / self.id_prop_file
-        raw = {"folder": folder_fingerprint(self.root, read_id_prop(id_prop), id_prop)}
+        raw = {"folder": folder_fingerprint(self.root, read_id_prop(id_prop), id_prop, self.allow_outside_root)}
         if self.split_file:
             if not Path(self.split_file).is_file():
                 raise DataNotFoundError(f"split file {self.split_file} not found")
@@ -600,7 +641,16 @@ class CustomDataModule(CrystalDataModule):
     def build(self) -> BuildResult:
         from framer.data.custom import build_custom
 
-        return build_custom(self.root, self.id_prop_file, self.split_file, self.fractions, self.split_seed)
+        return build_custom(
+            self.root,
+            self.id_prop_file,
+            self.split_file,
+            self.fractions,
+            self.split_seed,
+            self.max_atoms,
+            self.max_file_mb,
+            self.allow_outside_root,
+        )
 
 
 # --------------------------------------------------------------------------------------------- embedded data set

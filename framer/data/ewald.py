@@ -114,7 +114,7 @@ def _place_atoms(rng: np.random.Generator, lattice: np.ndarray, charges: np.ndar
 
 def random_ionic_crystal(seed: int, index: int, max_atoms: int = MAX_ATOMS):
     """The ``index``-th crystal of ``seed`` as (lattice, frac_coords, symbols, oxidation states)."""
-    from framer.data.structures import closest_pair_distance
+    from framer.data.cells import closest_pair_distance
     from framer.geometry import interplanar_spacings
 
     rng = np.random.default_rng([seed, index, GENERATOR_VERSION])
@@ -127,7 +127,7 @@ def random_ionic_crystal(seed: int, index: int, max_atoms: int = MAX_ATOMS):
         lattice = random_lattice(rng, volume)
         if interplanar_spacings(lattice).min() >= LIKE_CHARGE_MIN_DISTANCE:
             frac = _place_atoms(rng, lattice, np.array([q for _, q in sites]))
-            if frac is not None and (n == 1 or closest_pair_distance(lattice, frac) >= MIN_DISTANCE):
+            if frac is not None and (n == 1 or closest_pair_distance(lattice, frac, MIN_DISTANCE) >= MIN_DISTANCE):
                 return lattice, frac, [s for s, _ in sites], [q for _, q in sites]
         volume *= 1.15
 
@@ -149,7 +149,7 @@ def make_crystal(seed: int, index: int, max_atoms: int = MAX_ATOMS) -> CrystalRe
     lattice, frac, symbols, charges = random_ionic_crystal(seed, index, max_atoms)
     energy = ewald_energy_per_atom(lattice, frac, symbols, charges)
     numbers = [atomic_number(s) for s in symbols]
-    return make_record(f"ewald-{seed}-{index:05d}", lattice, frac, numbers, energy)
+    return make_record(f"ewald-{seed}-{index:05d}", lattice, frac, numbers, energy, max_atoms=max_atoms)
 
 
 def _make_chunk(args: tuple[int, list[int], int]) -> list[CrystalRecord]:

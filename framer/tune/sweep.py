@@ -16,13 +16,16 @@ Example::
     pruner: {type: median, n_startup_trials: 3, n_warmup_steps: 2}  # median | percentile | hyperband |
                                                                      # successive_halving | threshold | none
 
-Parameter names in Optuna and MLflow are the config paths unless a distribution gives ``name:``.
+Parameter names in Optuna and MLflow are the config paths unless a distribution gives ``name:``. The study name is
+also a directory name (``sweeps/<study>``): letters, digits, ``_``, ``-``, ``.``, ``+``, ``=``, ``@`` and spaces,
+starting with a letter, digit or ``_`` (no path separators, so a sweep file cannot write outside the study root).
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +44,7 @@ SAMPLERS = {
     "qmc": "QMCSampler",
     "cmaes": "CmaEsSampler",
 }
+STUDY_NAME = re.compile(r"\w[\w .+=@-]{0,127}")  # \w: Unicode letters and digits, and _
 RESEEDED = ("tpe", "random")  # samplers whose random draws are re-seeded per trial
 PRUNERS = {
     "median": "MedianPruner",
@@ -79,6 +83,13 @@ class Sweep:
     sampler: dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": 0})
     pruner: dict[str, Any] = field(default_factory=lambda: {"type": "median"})
     source: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not STUDY_NAME.fullmatch(self.name):
+            raise SweepError(
+                f"{self.source or 'sweep'}: study name {self.name!r} is not a plain name (letters, digits, _ - . + = @ "
+                "and spaces, at most 128 characters, no path separators or '..'): it names the study's directory"
+            )
 
     # ------------------------------------------------------------------------------------------------------------
     @classmethod

@@ -191,3 +191,19 @@ def test_cache_is_used_when_the_raw_file_was_removed(megnet_raw, small_mp_kwargs
     again.setup()
     assert again.cache_status == "hit-without-raw" and "not found; using the cache" in caplog.text
     assert again.split_fingerprints() == dm.split_fingerprints()
+
+
+def test_caches_of_format_2_are_rebuilt_since_records_are_stored_in_their_reduced_cell(
+    megnet_raw, small_mp_kwargs, monkeypatch, caplog
+):
+    import framer.data.cache as cache
+
+    assert cache.FORMAT_VERSION >= 3  # 3: cells reduced, unphysical cells and size limits (other records)
+    with monkeypatch.context() as patch:
+        patch.setattr(cache, "FORMAT_VERSION", 2)  # a cache written by the previous framer
+        MPDataModule(**small_mp_kwargs).setup()
+    again = MPDataModule(**small_mp_kwargs)
+    with caplog.at_level(logging.WARNING, logger="framer.data"):
+        again.setup()
+    assert again.cache_status == "stale" and f"format version 2 != {cache.FORMAT_VERSION}" in caplog.text
+    assert read_cache(again.cache_path()).header["format_version"] == cache.FORMAT_VERSION

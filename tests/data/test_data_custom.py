@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,91 @@ def test_cache_survives_removal_of_the_raw_folder_contents(folder, data_dir):
     assert again.cache_status == "hit-without-raw" and again.split_ids() == first.split_ids()
     with pytest.raises(DataError, match="other settings"):
         CustomDataModule(root=str(folder), split_seed=1).setup()
+
+
+# ------------------------------------------------------------------------------------------ names outside the folder
+
+
+@pytest.fixture
+def outside(tmp_path, folder):
+    """A valid structure file next to (not inside) the data folder."""
+    path = tmp_path / "secret.vasp"
+    (folder / "c1.vasp").rename(path)
+    return path
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "symlinked-dir"])
+def test_names_outside_the_data_folder_are_an_error_naming_the_row(folder, outside, data_dir, how):
+    rows = (folder / "id_prop.csv").read_text().splitlines()
+    target = rows[1].split(",")[1]
+    name = {"dotdot": "../secret.vasp", "absolute": str(outside), "symlink": "c1.vasp", "symlinked-dir": "up/secret"}
+    if how == "symlink":
+        (folder / "c1.vasp").symlink_to(outside)
+    elif how == "symlinked-dir":
+        (folder / "up").symlink_to(outside.parent, target_is_directory=True)
+    rows[1] = f"{name[how]},{target}"
+    (folder / "id_prop.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"id_prop\.csv:2: .* is outside the data folder .*allow_outside_root") as err:
+        CustomDataModule(root=str(folder)).setup()
+    assert len(str(err.value).splitlines()) == 1 and repr(name[how]) in str(err.value)
+    dm = CustomDataModule(root=str(folder), allow_outside_root=True)  # the explicit, documented way to read it
+    dm.setup()
+    assert len(dm.dataset("all")) == 12
+
+
+def test_a_symbolic_link_inside_the_folder_is_fine(folder, data_dir):
+    (folder / "sub").mkdir()
+    (folder / "c1.vasp").rename(folder / "sub" / "c1.vasp")
+    (folder / "c1.vasp").symlink_to(folder / "sub" / "c1.vasp")
+    dm = CustomDataModule(root=str(folder))
+    dm.setup()
+    assert "c1" in dm.dataset("all").ids
+
+
+# ------------------------------------------------------------------------------------------ target values
+
+
+@pytest.mark.parametrize("value", ["1_000", "1_0.5", "１２", "٣"])
+@pytest.mark.parametrize("line", [1, 2])
+def test_targets_must_be_plain_decimal_numbers(folder, data_dir, value, line):
+    rows = (folder / "id_prop.csv").read_text().splitlines()
+    rows[line - 1] = rows[line - 1].split(",")[0] + "," + value
+    (folder / "id_prop.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=rf"id_prop\.csv:{line}: target '{value}' is not a number") as err:
+        CustomDataModule(root=str(folder)).setup()
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_targets_whose_statistics_would_overflow_are_skipped_and_counted(folder, data_dir, caplog):
+    rows = (folder / "id_prop.csv").read_text().splitlines()
+    for i, value in ((0, "1e308"), (5, "-1.7e308"), (7, "1e31")):
+        rows[i] = rows[i].split(",")[0] + "," + value
+    (folder / "id_prop.csv").write_text("\n".join(rows) + "\n")
+    dm = CustomDataModule(root=str(folder), batch_size=2)
+    dm.setup()
+    assert json.loads(dm.report_path.read_text())["skipped"]["counts"] == {"target_out_of_range": 3}
+    assert "target_out_of_range" in caplog.text  # the build warns
+    mean, std = dm.target_stats()
+    assert np.isfinite(mean) and np.isfinite(std) and std > 0
+    assert max(abs(t) for t in dm.dataset("all").targets) < 1e3
+
+
+def test_a_folder_of_huge_targets_is_one_error_line_from_the_command_line(
+    folder, data_dir, tmp_path, monkeypatch, capsys
+):
+    from framer.cli import main
+
+    rows = (folder / "id_prop.csv").read_text().splitlines()
+    (folder / "id_prop.csv").write_text("\n".join(row.split(",")[0] + ",1e308" for row in rows) + "\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("sys.argv", ["framer"])
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    args = ["fit", "--config", str(conf / "default.yaml"), "--config", str(conf / "data" / "custom.yaml")]
+    args += ["--config", str(conf / "debug" / "smoke.yaml"), f"--data.init_args.root={folder}"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("framer: error:")]
+    assert len(errors) == 1 and "target_out_of_range" in errors[0], err[-2000:]
+    assert "Traceback" not in err

@@ -15,9 +15,9 @@ from framer.data.ewald import (
     generate_structures,
     random_ionic_crystal,
 )
-from framer.data.structures import closest_pair_distance
 from framer.data.testing import assert_records_equal
 from framer.geometry import interplanar_spacings
+from framer.testing import min_periodic_distance
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_crystals_are_neutral_ionic_and_well_separated(crystals):
         sizes.append(len(symbols))
         assert sum(charges) == 0
         assert all((CATIONS.get(s) == q) or (ANIONS.get(s) == q) for s, q in zip(symbols, charges))
-        assert closest_pair_distance(lattice, frac) >= MIN_DISTANCE - 1e-9
+        assert min_periodic_distance(lattice, frac) >= MIN_DISTANCE - 1e-9
         assert interplanar_spacings(lattice).min() >= LIKE_CHARGE_MIN_DISTANCE
         volume = abs(np.linalg.det(lattice))
         assert 8.0 <= volume / len(symbols) <= 80.0  # a physically reasonable density

@@ -21,8 +21,16 @@ from hypothesis import strategies as st
 from framer.data import CustomDataModule, MPDataModule
 from framer.data.cache import read_cache
 from framer.data.sources import DataError
-from framer.data.structures import InvalidStructureError
+from framer.data.structures import (
+    MAX_ABS_TARGET,
+    MIN_INTERATOMIC_DISTANCE,
+    MIN_LATTICE_VECTOR,
+    MIN_VOLUME_PER_ATOM,
+    InvalidStructureError,
+)
 from framer.data.testing import fake_megnet_entries, random_atoms, write_jarvis_zip
+from framer.geometry import image_box
+from framer.testing import min_periodic_distance
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REJECTED = (DataError, InvalidStructureError)
@@ -60,7 +68,9 @@ def mutated_entry(draw, i: int) -> object:
     atoms = random_atoms(np.random.default_rng(draw(st.integers(0, 2**32 - 1))), cartesian=draw(st.booleans()))
     entry: dict = {"id": f"mp-{i}", "atoms": atoms, "e_form": -1.0 + i * 0.01, "gap pbe": 0.5}
     for _ in range(draw(st.integers(0, 3))):
-        what = draw(st.sampled_from(["atoms-key", "drop-key", "coordinate", "element", "target", "atoms", "lattice"]))
+        what = draw(
+            st.sampled_from(["atoms-key", "drop-key", "coordinate", "element", "target", "atoms", "lattice", "cell"])
+        )
         if what == "atoms-key":
             key = draw(st.sampled_from(list(ATOMS_VALUES)))
             atoms[key] = draw(ATOMS_VALUES[key])
@@ -76,11 +86,31 @@ def mutated_entry(draw, i: int) -> object:
             row = atoms["lattice_mat"][draw(st.integers(0, len(atoms["lattice_mat"]) - 1))]
             if isinstance(row, list) and row:
                 row[draw(st.integers(0, len(row) - 1))] = draw(numbers)
+        elif what == "cell" and not atoms.get("cartesian") and _is_matrix(atoms.get("lattice_mat")):
+            # the same crystal in a skewed cell (c' = c + k a + m b), or the cell shrunk to unphysical sizes
+            lattice = np.array(atoms["lattice_mat"], dtype=float)
+            if draw(st.booleans()):
+                k, m = draw(st.integers(-60, 60)), draw(st.integers(-60, 60))
+                skew = np.array([[1, 0, 0], [0, 1, 0], [k, m, 1]], dtype=float)
+                atoms["lattice_mat"] = (skew @ lattice).tolist()
+                if _is_matrix(atoms.get("coords"), rows=None):
+                    atoms["coords"] = (np.array(atoms["coords"], dtype=float) @ np.linalg.inv(skew)).tolist()
+            else:
+                atoms["lattice_mat"] = (lattice * draw(st.sampled_from([0.02, 0.1, 0.2, 0.4]))).tolist()
         elif what == "target":
             entry[draw(st.sampled_from(["e_form", "gap pbe", "id"]))] = draw(json_values)
         elif what == "atoms":
             entry["atoms"] = draw(json_values)
     return entry
+
+
+def _is_matrix(value: object, rows: int | None = 3) -> bool:
+    """A list of rows of three finite numbers (``rows`` of them, if given)."""
+    try:
+        array = np.array(value, dtype=float)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return array.ndim == 2 and array.shape[1] == 3 and (rows is None or len(array) == rows) and np.isfinite(array).all()
 
 
 @st.composite
@@ -91,16 +121,22 @@ def megnet_files(draw) -> list:
 
 # ----------------------------------------------------------------------------------------------------------- checks
 def assert_valid_crystals(dm) -> None:
-    """Every crystal a DataModule kept is usable: finite arrays, known elements, a non-degenerate cell."""
+    """Every crystal a DataModule kept is usable: finite arrays, known elements, a physical cell with an image box
+    no larger than its cheapest basis needs, atoms apart, a target whose statistics cannot overflow."""
     data = dm.dataset("all")
     assert len(data) > 0
     event("loaded")
     for i in range(len(data)):
         record = data[i]
-        assert np.isfinite(record.lattice).all() and abs(np.linalg.det(record.lattice)) > 1e-6
+        volume = abs(np.linalg.det(record.lattice))
+        assert np.isfinite(record.lattice).all() and volume >= MIN_VOLUME_PER_ATOM * record.num_atoms
         assert record.num_atoms > 0 and np.isfinite(record.frac_coords).all()
         assert ((record.atomic_numbers >= 1) & (record.atomic_numbers <= 118)).all()
-        assert math.isfinite(record.target)
+        assert math.isfinite(record.target) and abs(record.target) <= MAX_ABS_TARGET
+        assert min(np.linalg.norm(record.lattice, axis=1)) >= MIN_LATTICE_VECTOR
+        assert min_periodic_distance(record.lattice, record.frac_coords) >= MIN_INTERATOMIC_DISTANCE
+        np.testing.assert_array_equal(record.image_box, image_box(record.lattice))
+        assert np.prod(2 * record.image_box + 1) <= 15**3, record.image_box  # these cells are 3.5-6 Å when reduced
 
 
 def assert_rejected_with_a_message(err: BaseException) -> None:
@@ -222,3 +258,47 @@ def test_fuzzed_cif_and_poscar_files_are_loaded_skipped_or_rejected(files):
             assert_rejected_with_a_message(err)
             return
         assert_valid_crystals(dm)
+
+
+# ----------------------------------------------------------------------------------------------------- id_prop.csv
+NAMES = st.sampled_from(["s0", "s1.cif", "s2", "../outside", "../outside.vasp", "sub/../s3", "./s4", "/etc/hostname"])
+BAD_TARGETS = ["1_000", "1e308", "-1e308", "1e31", "nan", "inf", "１２", "٣", "0x1", "", "1e", "--1"]
+TARGETS = st.one_of(
+    st.floats(-10, 10).map(repr),  # fine
+    st.sampled_from(["1e29", "+3.", ".5e-1", "-0", "7E+2"]),  # fine too
+    st.sampled_from(BAD_TARGETS),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.text(max_size=5),
+)
+
+
+@FUZZ
+@given(
+    rows=st.lists(st.tuples(NAMES, TARGETS), min_size=1, max_size=4, unique_by=lambda r: r[0].split(".")[0]),
+    link_out=st.booleans(),
+)
+def test_fuzzed_id_prop_rows_are_loaded_skipped_or_rejected(rows, link_out):
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, data_dir = Path(tmp) / "crystals", Path(tmp) / "data"
+        folder.mkdir()
+        for name in ("outside.vasp", *(f"s{i}.vasp" for i in range(5))):
+            (folder.parent if name.startswith("outside") else folder).joinpath(name).write_text(SEEDS[".vasp"])
+        if link_out:  # a name inside the folder that points outside it
+            (folder / "s2.vasp").unlink()
+            (folder / "s2.vasp").symlink_to(folder.parent / "outside.vasp")
+        good = [f"g{i},{0.1 * i}" for i in range(9)]
+        for i in range(9):
+            (folder / f"g{i}.vasp").write_text(SEEDS[".vasp"])
+        text = "\n".join(f"{name},{value}" for name, value in rows) + "\n" + "\n".join(good) + "\n"
+        (folder / "id_prop.csv").write_text(text, encoding="utf-8")
+        dm = CustomDataModule(root=str(folder), data_dir=str(data_dir), batch_size=1)
+        try:
+            dm.prepare_data()
+        except Exception as err:
+            assert_rejected_with_a_message(err)
+            assert len(str(err).splitlines()) == 1
+            return
+        assert_valid_crystals(dm)
+        kept = set(dm.dataset("all").ids)
+        assert not kept & {"../outside", "/etc/hostname"}  # nothing outside the folder was read
+        assert not (link_out and "s2" in kept)

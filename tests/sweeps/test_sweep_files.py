@@ -114,3 +114,35 @@ def test_shipped_sweeps_resolve_with_the_cli(path):
         for part in dotted.split("."):
             node = node[part]
         assert node == value, dotted
+
+
+BASE_SWEEP = {"configs": ["conf/default.yaml"], "search_space": {"a.c": ["x", "y"]}}
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "/tmp/escaped", "a/b", "a\\b", "..", ".", "x\x00y", "-x", "a" * 129])
+def test_study_names_that_are_not_plain_names_are_refused(name):
+    with pytest.raises(SweepError, match=r"study name .* is not a plain name") as err:
+        Sweep.from_dict({**BASE_SWEEP, "study": name})
+    assert len(str(err.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["lr", "frames v2", "lr-1e-3", "テスト", "_x", "a.b+c=d@e"])
+def test_plain_study_names_are_accepted(name):
+    assert Sweep.from_dict({**BASE_SWEEP, "study": name}).name == name
+
+
+def test_the_tune_command_refuses_an_escaping_study_name_without_creating_anything(tmp_path, monkeypatch):
+    from framer.tune.__main__ import main
+
+    work = tmp_path / "project" / "work"
+    work.mkdir(parents=True)
+    sweep_file = work / "evil.yaml"
+    sweep_file.write_text(yaml.safe_dump({**BASE_SWEEP, "configs": [str(REPO / "conf" / "default.yaml")]}))
+    sweep_file.write_text(sweep_file.read_text() + "study: ../../escaped\nn_trials: 1\n")
+    monkeypatch.chdir(work)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--sweep", str(sweep_file), "--no-mlflow", "--no-figures"])
+    message = str(exit_info.value.code)
+    assert message.startswith("framer.tune: error:") and "study name" in message and "\n" not in message
+    assert sorted(tmp_path.rglob("*")) == before  # no study directory, journal or trial anywhere
