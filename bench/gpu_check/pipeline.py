@@ -33,8 +33,18 @@ from bench.gpu_check import crystals
 from bench.gpu_check.harness import REPO, PartContext, Skipped, missing_packages, one_line
 from bench.gpu_check.steps import synchronize
 
-OPTIONAL_PACKAGES = ("lightning", "pymatgen", "jarvis", "mlflow", "optuna", "jsonargparse", "matminer", "pytest")
-FIT_NEEDS = ("jsonargparse", "mlflow", "pymatgen", "yaml")
+OPTIONAL_PACKAGES = (
+    "lightning",
+    "scipy",
+    "pymatgen",
+    "jarvis",
+    "mlflow",
+    "optuna",
+    "jsonargparse",
+    "matminer",
+    "pytest",
+)
+FIT_NEEDS = ("jsonargparse", "mlflow", "pymatgen", "scipy", "yaml")
 PYTEST_NEEDS = ("pytest",)
 
 

@@ -116,12 +116,12 @@ def test_quick_check_on_the_simulated_gpu_image(checks) -> None:
     parts = results["parts"]
     environment = parts["environment"]["figures"]
     assert environment["framer_from_checkout"]
-    assert {"pymatgen", "jsonargparse", "mlflow", "optuna", "jarvis", "matminer"} <= set(
+    assert {"pymatgen", "jsonargparse", "mlflow", "optuna", "jarvis", "matminer", "scipy"} <= set(
         environment["missing_optional"]
     )
     _assert_ran(parts, RUN_ON_CPU)
     assert parts["mixed_precision"]["status"] in ("ok", "failed")  # see the test above
-    assert parts["cli_fit"]["reason"] == "needs jsonargparse, mlflow, pymatgen"
+    assert parts["cli_fit"]["reason"] == "needs jsonargparse, mlflow, pymatgen, scipy"
     assert parts["pytest_gpu"]["reason"] == "needs pytest"
     assert all(parts[name]["status"] == "skipped" for name in END_TO_END)
 

@@ -12,6 +12,7 @@ from importlib.machinery import PathFinder
 
 BLOCKED = frozenset(
     {"pymatgen", "jarvis", "mlflow", "optuna", "jsonargparse", "matminer", "matbench", "ase", "pytest", "hypothesis"}
+    | {"scipy"}  # not on the image either (framer.data's overlap check imports it when called)
 )
 BLOCKED_DISTRIBUTIONS = BLOCKED | {"jarvis-tools", "mlflow-skinny", "mlflow-tracing", "optuna-integration"}
 
