@@ -119,3 +119,20 @@ def test_trainer_configs_compose(parser, name):
 def test_debug_configs_compose(parser, name):
     config = _compose(parser, CONF / "default.yaml", CONF / "data" / "ewald.yaml", CONF / "debug" / f"{name}.yaml")
     assert config.data.class_path == "framer.data.EwaldDataModule"
+
+
+PAPER_COLUMNS = yaml.safe_load((CONF / "paper_results.yaml").read_text())["columns"]
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_generated_cell_equals_the_composed_cell(parser, path):
+    """Temporary (issue 16 step 2): default + data/<dataset> + model/<preset> + target is the generated file."""
+    cell, preset = path.parent.name, path.stem
+    dataset, _, target = cell.partition("_")
+    old = _compose(parser, CONF / "default.yaml", path).as_dict()
+    args = ["fit", "--config", str(CONF / "default.yaml"), "--config", str(CONF / "data" / f"{dataset}.yaml")]
+    args += ["--config", str(CONF / "model" / f"{preset}.yaml"), f"--data.init_args.target={target}"]
+    new = parser.parse_args(args)["fit"].as_dict()
+    for config in (old, new):
+        del config["tracking"]["run_name"], config["config"]
+    assert new == old
