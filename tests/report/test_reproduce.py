@@ -28,12 +28,15 @@ def test_paper_manifest_covers_the_table(paper):
     runs = reproduce.plan(manifest, paper)
     assert len(runs) == 7 * 9 * len(manifest.seeds)
     run = next(r for r in runs if r.key == RunKey("crystalframer-pca", "jarvis/ehull", manifest.seeds[0]))
-    assert run.configs[-1].endswith("conf/experiments/jarvis_ehull/crystalframer-pca.yaml")
+    cell = ["conf/default.yaml", "conf/data/jarvis.yaml", "conf/model/crystalframer-pca.yaml"]
+    assert [str(Path(c).resolve().relative_to(REPO)) for c in run.configs] == cell
+    assert run.overrides["data.init_args.target"] == "ehull"
     assert all(Path(c).is_file() for r in runs for c in r.configs)
     args = run.args(resume=True)
     assert args[0] == "fit" and args[-1] == "--ckpt_path=last"
     assert f"--tracking.run_name={run.key.dirname}" in args
     assert f"--seed_everything={manifest.seeds[0]}" in args
+    assert "--data.init_args.target=ehull" in args
     assert "--trainer.enable_progress_bar=false" in args
 
 
