@@ -33,7 +33,8 @@ from typing import Any
 
 import yaml
 
-from framer.report import CELL_FILE, MANIFEST_FILE, PAPER_RESULTS, PaperTable, RunKey, find_file, git_sha, is_finished
+from framer.provenance import git_commit
+from framer.report import CELL_FILE, MANIFEST_FILE, PAPER_RESULTS, PaperTable, RunKey, find_file, is_finished
 
 REPO = Path(__file__).resolve().parent.parent
 MANIFESTS = {"paper": REPO / "conf" / "reproduce" / "paper.yaml", "smoke": REPO / "conf" / "reproduce" / "smoke.yaml"}
@@ -163,7 +164,7 @@ def write_manifest(manifest: Manifest, runs: Sequence[Run]) -> Path:
         "smoke": manifest.smoke,
         "stand_ins": manifest.stand_ins,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_sha(),
+        "git": git_commit(short=True).get("commit", ""),
         "runs": [{"model": r.key.model, "column": r.key.column, "seed": r.key.seed} for r in runs],
     }
     path.write_text(json.dumps(data, indent=1) + "\n")
