@@ -29,6 +29,7 @@ from framer.provenance import git_commit
 
 PAPER_RESULTS = Path(__file__).resolve().parent.parent / "conf" / "paper_results.yaml"
 CELL_FILE = "cell.json"
+FAILED_FILE = "FAILED"  # a launcher's note that the run failed (the message)
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
@@ -174,6 +175,11 @@ def find_file(run_dir: Path, name: str) -> Path | None:
     return found[-1] if found else None
 
 
+def has_last_checkpoint(run_dir: Path) -> bool:
+    """Whether a version below ``run_dir`` saved a ``last.ckpt`` (so the run can resume)."""
+    return any(run_dir.glob("*/checkpoints/last*.ckpt"))
+
+
 def is_finished(run_dir: Path) -> bool:
     """A run is finished when its metrics.json holds a test MAE."""
     metrics = read_metrics(run_dir)
@@ -186,7 +192,7 @@ def load_run(key: RunKey, run_dir: Path) -> RunResult:
         return RunResult(key, None, "missing")
     metrics = read_metrics(run_dir)
     if metrics is None or not math.isfinite(pick(metrics, SWA_KEYS + BEST_KEYS)):
-        failed = (run_dir / "FAILED").exists()
+        failed = (run_dir / FAILED_FILE).exists()
         return RunResult(key, run_dir, "failed" if failed else "incomplete")
     predictions = find_file(run_dir, PREDICTIONS_FILE)
     n_test = 0

@@ -81,12 +81,7 @@ KNOWN_UPWARD = {
 KNOWN_FACE_EDGES = {
     ("framer.demo", "framer.cli"): "step 13 (demo through the launcher)",
     ("framer.matbench.__main__", "framer.report"): "step 7 (run status from rundir)",
-    ("framer.matbench.__main__", "framer.reproduce"): "step 4 (the launcher)",
-    ("framer.matbench.__main__", "framer.tune.configs"): "step 4 (the launcher)",
-    ("framer.reproduce", "framer.cli"): "step 4 (the launcher)",
-    ("framer.reproduce", "framer.tune.configs"): "step 4 (the launcher)",
     ("framer.tune.callbacks", "framer.cli"): "step 12 (run_dir from tracking)",
-    ("framer.tune.configs", "framer.cli"): "step 4 (moved to framer.launch)",
     ("framer.tune.objective", "framer.cli"): "step 12 (trials through the launcher)",
 }
 KNOWN_CYCLES = {
