@@ -57,10 +57,6 @@ def cli_overrides(values: Mapping[str, Any]) -> list[str]:
     return [f"--{path}={cli_value(v)}" for path, v in values.items()]
 
 
-def config_args(configs: Sequence[str]) -> list[str]:
-    return [arg for config in configs for arg in ("--config", str(config))]
-
-
 def config_callbacks(configs: Sequence[str], overrides: Mapping[str, Any] | None = None) -> list[Any]:
     """``trainer.callbacks`` after composing the configs (a later list replaces an earlier one, as in jsonargparse)."""
     callbacks: list[Any] = []
@@ -109,7 +105,7 @@ class RunSpec:
             overrides = {**quiet_overrides(self.configs, overrides), **overrides}
         return [
             *([self.subcommand] if self.subcommand else []),
-            *config_args(self.configs),
+            *[arg for config in self.configs for arg in ("--config", config)],
             *cli_overrides(overrides),
             *(["--ckpt_path=last"] if self.resume else []),
         ]
