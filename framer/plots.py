@@ -33,16 +33,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DPI = 120
-PREDICTION_COLUMNS = ("prediction", "pred", "y_pred")
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
-    """``predictions.csv`` as a frame with columns ``id, target, prediction``."""
+    """``predictions.csv`` (columns ``id, target, prediction``) as a frame."""
     df = pd.read_csv(path)
-    for name in PREDICTION_COLUMNS:
-        if name in df.columns:
-            return df.rename(columns={name: "prediction"})
-    raise ValueError(f"{path}: no prediction column (expected one of {PREDICTION_COLUMNS})")
+    missing = {"target", "prediction"} - set(df.columns)
+    if missing:
+        raise ValueError(f"{path}: no {sorted(missing)} column (expected id, target, prediction)")
+    return df
 
 
 def read_curves(path: str | Path) -> pd.DataFrame:
@@ -181,7 +180,7 @@ def report_figures(
 ) -> dict[str, Path]:
     """Per model: parity, error and learning-curve grids over the 9 columns (all seeds pooled; curves of the first
     seed); plus ``frames.png`` comparing frame types against Crystalformer."""
-    from framer.report import CURVES_FILE, DATASET_SHORT, PREDICTIONS_FILE, find_file
+    from framer.report import CURVES_FILE, PREDICTIONS_FILE, find_file
 
     out = Path(out_dir)
     paths: dict[str, Path] = {}
@@ -193,7 +192,7 @@ def report_figures(
         figs = {kind: _grid(len(paper.columns)) for kind in ("parity", "errors", "curves")}
         for i, col in enumerate(paper.columns):
             runs = sorted((r for r in done if r.key.column == col.key), key=lambda r: r.key.seed)
-            name = f"{DATASET_SHORT.get(col.dataset, col.dataset)} {col.label}"
+            name = col.name
             frames = [read_predictions(p) for r in runs if (p := find_file(r.run_dir, PREDICTIONS_FILE))]
             preds = pd.concat(frames) if frames else pd.DataFrame({"target": [], "prediction": []})
             _parity_ax(figs["parity"][1][i], preds, name, col.unit)

@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import json
 import math
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,21 +25,23 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from framer.provenance import git_commit
+
 PAPER_RESULTS = Path(__file__).resolve().parent.parent / "conf" / "paper_results.yaml"
 CELL_FILE = "cell.json"
+FAILED_FILE = "FAILED"  # a launcher's note that the run failed (the message)
 MANIFEST_FILE = "manifest.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 CURVES_FILE = "metrics.csv"
 RUN_INFO_FILE = "run.json"
-CONFIG_FILE = "config.yaml"
 DATASET_SHORT = {"mp": "MP", "jarvis": "JARVIS"}
 
-# Flattened metrics.json keys (framer.cli writes {"metrics": {...}, "epochs", "n_test", "git_commit", ...}), tried in
-# order: the table's number is the final (SWA) model's test MAE, as in the paper; then the best-val checkpoint's.
-SWA_KEYS = ("metrics/test/mae", "test/mae")
-BEST_KEYS = ("metrics/test_best/mae", "test_best/mae")
-VAL_KEYS = ("metrics/best_val/mae", "best_val/mae", "metrics/val/mae", "val/mae")
+# Flattened metrics.json keys (framer.cli writes {"metrics": {...}, "epochs", "n_test", "git_commit", ...}): the
+# table's number is the final (SWA) model's test MAE, as in the paper; the best-val checkpoint's is reported beside.
+SWA_KEYS = ("metrics/test/mae",)
+BEST_KEYS = ("metrics/test_best/mae",)
+VAL_KEYS = ("metrics/best_val/mae",)
 
 SMOKE_BANNER = (
     "> **SMOKE RUN: these are not paper numbers.** Every column is a stand-in trained on the embedded synthetic "
@@ -61,6 +62,11 @@ class Column:
     @property
     def key(self) -> str:
         return f"{self.dataset}/{self.target}"
+
+    @property
+    def name(self) -> str:
+        """Short title, e.g. ``MP E form``."""
+        return f"{DATASET_SHORT.get(self.dataset, self.dataset)} {self.label}"
 
 
 @dataclass
@@ -169,6 +175,11 @@ def find_file(run_dir: Path, name: str) -> Path | None:
     return found[-1] if found else None
 
 
+def has_last_checkpoint(run_dir: Path) -> bool:
+    """Whether a version below ``run_dir`` saved a ``last.ckpt`` (so the run can resume)."""
+    return any(run_dir.glob("*/checkpoints/last*.ckpt"))
+
+
 def is_finished(run_dir: Path) -> bool:
     """A run is finished when its metrics.json holds a test MAE."""
     metrics = read_metrics(run_dir)
@@ -181,7 +192,7 @@ def load_run(key: RunKey, run_dir: Path) -> RunResult:
         return RunResult(key, None, "missing")
     metrics = read_metrics(run_dir)
     if metrics is None or not math.isfinite(pick(metrics, SWA_KEYS + BEST_KEYS)):
-        failed = (run_dir / "FAILED").exists()
+        failed = (run_dir / FAILED_FILE).exists()
         return RunResult(key, run_dir, "failed" if failed else "incomplete")
     predictions = find_file(run_dir, PREDICTIONS_FILE)
     n_test = 0
@@ -339,8 +350,7 @@ def cell_text(r: pd.Series) -> str:
 
 
 def header(col: Column) -> str:
-    ds = DATASET_SHORT.get(col.dataset, col.dataset)
-    return f"{ds} {col.label} ({col.unit})"
+    return f"{col.name} ({col.unit})"
 
 
 def render_markdown(
@@ -388,12 +398,12 @@ def render_markdown(
 
 
 def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    """A GitHub-flavoured markdown table (pipes in cells escaped)."""
+    """A GitHub-flavoured markdown table (pandas + tabulate; pipes in cells escaped, numbers printed as given)."""
 
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+    def escape(cells: list[str]) -> list[str]:
+        return [str(c).replace("|", "\\|") for c in cells]
 
-    return "\n".join([line(headers), "|" + "|".join("---" for _ in headers) + "|", *(line(r) for r in rows)])
+    return pd.DataFrame(map(escape, rows), columns=escape(headers)).to_markdown(index=False, disable_numparse=True)
 
 
 def runs_frame(results: list[RunResult], paper: PaperTable) -> pd.DataFrame:
@@ -422,14 +432,6 @@ def runs_frame(results: list[RunResult], paper: PaperTable) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-
-
 def write_report(
     runs_dir: str | Path, out_dir: str | Path, paper_path: str | Path = PAPER_RESULTS, figures: bool = True
 ) -> dict[str, Path]:
@@ -448,7 +450,9 @@ def write_report(
     title = manifest.get("title") or ("Smoke reproduction (not paper numbers)" if smoke else "Reproduction of Table 1")
     paths = {"md": out_dir / "table.md", "csv": out_dir / "table.csv", "runs": out_dir / "runs.csv"}
     md = render_markdown(summary, results, paper, smoke, title, manifest.get("stand_ins", {}))
-    paths["md"].write_text(md + f"\nGenerated from `{runs_dir}` at git {git_sha() or 'unknown'}.\n")
+    git = git_commit(short=True)
+    commit = f"{git['commit']}{' with uncommitted changes' if git['dirty'] else ''}" if git else "unknown"
+    paths["md"].write_text(md + f"\nGenerated from `{runs_dir}` at git {commit}.\n")
     table = wide(summary, paper)
     table.insert(0, "smoke", smoke)
     table.to_csv(paths["csv"], index=False)

@@ -7,7 +7,8 @@ Each run is ``python -m framer.cli fit --config <configs with {dataset}, {target
 with its run directory at ``<runs_dir>/<dataset>_<target>__<model>__seed<k>/`` (``cell.json`` there, the CLI's
 ``version_<n>/`` below it). A run whose ``metrics.json`` holds a test MAE is skipped; an interrupted run is resumed
 with ``--ckpt_path last`` when it left a ``last.ckpt``; a failed run leaves ``FAILED`` (the message) and the others
-go on. ``<runs_dir>/manifest.json`` lists every expected run, so the report shows missing ones.
+go on. A run stopped by SIGTERM (pre-emption) stops the whole command with exit code 143; run it again to resume.
+``<runs_dir>/manifest.json`` lists every expected run, so the report shows missing ones.
 
 Manifest keys (``conf/reproduce/*.yaml``): ``title``, ``smoke``, ``runs_dir``, ``seeds``, ``configs``, ``overrides``
 (every run; string values may use ``{dataset} {target} {model} {seed} {column_index}`` and are then read as YAML),
@@ -20,25 +21,34 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
-import subprocess
 import sys
 import time
-import traceback
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from framer.report import CELL_FILE, MANIFEST_FILE, PAPER_RESULTS, PaperTable, RunKey, find_file, git_sha, is_finished
+from framer import launch
+from framer.launch import EXIT_SIGTERM, LAUNCH_LOG, Outcome, RunSpec, config_path
+from framer.provenance import git_commit
+from framer.report import (
+    CELL_FILE,
+    FAILED_FILE,
+    MANIFEST_FILE,
+    PAPER_RESULTS,
+    PaperTable,
+    RunKey,
+    find_file,
+    has_last_checkpoint,
+    is_finished,
+)
 
-REPO = Path(__file__).resolve().parent.parent
-MANIFESTS = {"paper": REPO / "conf" / "reproduce" / "paper.yaml", "smoke": REPO / "conf" / "reproduce" / "smoke.yaml"}
-FAILED_FILE = "FAILED"
+MANIFESTS = {name: launch.REPO / "conf" / "reproduce" / f"{name}.yaml" for name in ("paper", "smoke")}
 LAUNCHERS = ("subprocess", "inprocess")
+Runner = Callable[..., Outcome]  # launch.run's signature: (spec, mode, log) -> Outcome
 
 
 @dataclass
@@ -65,6 +75,8 @@ class Manifest:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
+        if not raw.get("configs"):
+            raise ValueError(f"{path}: 'configs' must list at least one config file")
         manifest = cls(
             title=str(raw.get("title", Path(path).stem)),
             runs_dir=Path(raw.get("runs_dir", f"runs/{Path(path).stem}")),
@@ -93,18 +105,14 @@ class Manifest:
 
 @dataclass
 class Run:
-    """One run: its key, directory and the CLI arguments that make it."""
+    """One run: its key, directory and the CLI run that makes it."""
 
     key: RunKey
     root: Path
-    configs: list[str]
-    overrides: dict[str, Any]
+    spec: RunSpec
 
     def args(self, resume: bool) -> list[str]:
-        from framer.tune.configs import cli_overrides, config_args
-
-        extra = ["--ckpt_path=last"] if resume else []
-        return ["fit", *config_args(self.configs), *cli_overrides(self.overrides), *extra]
+        return replace(self.spec, resume=resume).args()
 
 
 def fill(template: Any, context: Mapping[str, Any]) -> Any:
@@ -121,8 +129,6 @@ def fill(template: Any, context: Mapping[str, Any]) -> Any:
 
 def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
     """The runs of a manifest with their configs and overrides resolved."""
-    from framer.tune.configs import quiet_overrides, resolve_path
-
     index = {c.key: i for i, c in enumerate(paper.columns)}
     runs = []
     for key in manifest.run_keys():
@@ -134,13 +140,11 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
             "seed": key.seed,
             "column_index": index[key.column],
         }
-        configs = [resolve_path(str(fill(c, context))) for c in manifest.configs]
+        configs = [config_path(str(fill(c, context))) for c in manifest.configs]
         missing = [c for c in configs if not Path(c).is_file()]
         if missing:
             raise FileNotFoundError(f"{key.model} / {key.column}: config {missing[0]} not found")
         overrides = {k: fill(v, context) for k, v in manifest.overrides.items()}
-        if manifest.quiet:
-            overrides = {**quiet_overrides(configs, overrides), **overrides}
         overrides.update(
             {
                 "seed_everything": key.seed,
@@ -150,7 +154,8 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
                 "tracking.tags": {"model": key.model, "column": key.column, "seed": str(key.seed)},
             }
         )
-        runs.append(Run(key, manifest.runs_dir / key.dirname, configs, overrides))
+        spec = RunSpec(configs, overrides, quiet=manifest.quiet)
+        runs.append(Run(key, manifest.runs_dir / key.dirname, spec))
     return runs
 
 
@@ -163,46 +168,11 @@ def write_manifest(manifest: Manifest, runs: Sequence[Run]) -> Path:
         "smoke": manifest.smoke,
         "stand_ins": manifest.stand_ins,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git": git_sha(),
+        "git": git_commit(short=True).get("commit", ""),
         "runs": [{"model": r.key.model, "column": r.key.column, "seed": r.key.seed} for r in runs],
     }
     path.write_text(json.dumps(data, indent=1) + "\n")
     return path
-
-
-def has_last_checkpoint(root: Path) -> bool:
-    return any(root.glob("*/checkpoints/last*.ckpt"))
-
-
-def launch(run: Run, launcher: str, resume: bool) -> tuple[bool, str]:
-    """Run one ``fit``; returns (ok, message)."""
-    args = run.args(resume)
-    if launcher == "subprocess":
-        log = run.root / "launch.log"
-        with log.open("a") as out:
-            out.write(f"\n$ {sys.executable} -m framer.cli {' '.join(args)}\n")
-            out.flush()
-            proc = subprocess.run(
-                [sys.executable, "-m", "framer.cli", *args], stdout=out, stderr=subprocess.STDOUT, check=False
-            )
-        if proc.returncode != 0:
-            tail = log.read_text()[-2000:]
-            return False, f"framer.cli exited with {proc.returncode}; see {log}\n{tail}"
-        return True, ""
-    from framer.cli import FramerCLI
-    from framer.tune.configs import bare_argv
-
-    try:
-        with bare_argv():
-            FramerCLI(args=args)
-    except SystemExit as exit_:
-        if exit_.code not in (0, None):
-            return False, f"framer.cli exited with {exit_.code}"
-    except Exception as err:  # one failed cell must not stop the table
-        return False, f"{type(err).__name__}: {err}\n{traceback.format_exc()[-2000:]}"
-    finally:
-        gc.collect()
-    return True, ""
 
 
 def run_figures(run: Run) -> None:
@@ -225,10 +195,15 @@ def run_figures(run: Run) -> None:
 
 
 def execute(
-    runs: Sequence[Run], launcher: str, shard: tuple[int, int] = (0, 1), max_runs: int | None = None
+    runs: Sequence[Run],
+    launcher: str,
+    shard: tuple[int, int] = (0, 1),
+    max_runs: int | None = None,
+    runner: Runner = launch.run,
 ) -> dict[str, int]:
-    """Run what is not finished yet (this shard's share); returns counts of done/skipped/failed."""
-    counts = {"finished": 0, "skipped": 0, "failed": 0, "resumed": 0}
+    """Run what is not finished yet (this shard's share) with ``runner``; returns counts of
+    finished/skipped/failed/resumed/interrupted runs. A run stopped by SIGTERM stops the loop."""
+    counts = {"finished": 0, "skipped": 0, "failed": 0, "resumed": 0, "interrupted": 0}
     todo = [r for i, r in enumerate(runs) if i % shard[1] == shard[0]]
     started = 0
     for n, run in enumerate(todo, 1):
@@ -248,14 +223,18 @@ def execute(
         t0 = time.time()
         what = "resuming" if resume else "running"
         print(f"framer.reproduce: [{n}/{len(todo)}] {what} {run.key.dirname}", flush=True)
-        ok, message = launch(run, launcher, resume)
-        if ok and is_finished(run.root):
+        outcome = runner(replace(run.spec, resume=resume), launcher, log=run.root / LAUNCH_LOG)
+        if outcome.interrupted:
+            counts["interrupted"] += 1
+            print(f"framer.reproduce: {run.key.dirname} stopped by SIGTERM; run again to resume", file=sys.stderr)
+            break
+        if outcome.ok and is_finished(run.root):
             counts["finished"] += 1
             run_figures(run)
             print(f"framer.reproduce: {run.key.dirname} done in {time.time() - t0:.0f} s", flush=True)
         else:
             counts["failed"] += 1
-            message = message or "fit ended without a test MAE in metrics.json"
+            message = outcome.message or "fit ended without a test MAE in metrics.json"
             (run.root / FAILED_FILE).write_text(message + "\n")
             print(f"framer.reproduce: {run.key.dirname} FAILED: {message.splitlines()[0]}", file=sys.stderr)
     return counts
@@ -284,15 +263,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     args = parser.parse_args(argv)
 
-    paper = PaperTable.load(args.paper)
     path = Path(args.manifest) if args.manifest else MANIFESTS["smoke" if args.smoke else "paper"]
-    manifest = Manifest.load(path, paper)
-    if args.runs_dir:
-        manifest.runs_dir = Path(args.runs_dir)
-    for name in ("seeds", "models", "columns", "launcher"):
-        if getattr(args, name) is not None:
-            setattr(manifest, name, getattr(args, name))
-    runs = plan(manifest, paper)
+    try:
+        paper = PaperTable.load(args.paper)
+        manifest = Manifest.load(path, paper)
+        if args.runs_dir:
+            manifest.runs_dir = Path(args.runs_dir)
+        for name in ("seeds", "models", "columns", "launcher"):
+            if getattr(args, name) is not None:
+                setattr(manifest, name, getattr(args, name))
+        runs = plan(manifest, paper)
+    except (OSError, ValueError, KeyError, yaml.YAMLError) as err:
+        what = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        print(f"framer.reproduce: error: {' '.join(what.split())}", file=sys.stderr)
+        return 2
     if args.dry_run:
         for run in runs:
             print(f"{run.root}: python -m framer.cli {' '.join(run.args(has_last_checkpoint(run.root)))}")
@@ -302,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     counts = execute(runs, manifest.launcher, args.shard, args.max_runs)
     print(f"framer.reproduce: {counts} in {time.time() - t0:.0f} s; table: python -m framer.report "
           f"--runs {manifest.runs_dir} --out <dir>")  # fmt: skip
-    return 0
+    return EXIT_SIGTERM if counts["interrupted"] else 0
 
 
 if __name__ == "__main__":

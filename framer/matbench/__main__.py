@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from framer.launch import EXIT_SIGTERM, LAUNCH_LOG, RunSpec, run
 from framer.matbench import tasks
 
 DEFAULT_CONFIGS = ["conf/default.yaml"]
@@ -40,11 +41,8 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def fold_args(args: argparse.Namespace, fold: int, out_dir: Path, resume: bool) -> list[str]:
-    """``fit`` arguments of one fold: the configs, the fold's data module, the user's overrides, the run dir."""
-    from framer.tune.configs import cli_overrides, config_args, quiet_overrides, resolve_path
-
-    configs = [resolve_path(c) for c in (args.config or DEFAULT_CONFIGS)]
+def fold_spec(args: argparse.Namespace, fold: int, out_dir: Path, resume: bool) -> RunSpec:
+    """The ``fit`` of one fold: the configs, the fold's data module, the user's overrides, the run dir."""
     data = {
         "class_path": "framer.matbench.MatbenchDataModule",
         "init_args": {
@@ -58,10 +56,7 @@ def fold_args(args: argparse.Namespace, fold: int, out_dir: Path, resume: bool) 
             "test_batch_size": args.test_batch_size,
         },
     }
-    overrides: dict[str, Any] = {"data": data}
-    if args.quiet:
-        overrides.update(quiet_overrides(configs))
-    overrides.update(parse_set(args.set or []))
+    overrides: dict[str, Any] = {"data": data, **parse_set(args.set or [])}
     overrides.update(
         {
             "seed_everything": args.seed + fold,
@@ -70,13 +65,13 @@ def fold_args(args: argparse.Namespace, fold: int, out_dir: Path, resume: bool) 
             "tracking.experiment_name": args.experiment_name or args.task,
         }
     )
-    return ["fit", *config_args(configs), *cli_overrides(overrides), *(["--ckpt_path=last"] if resume else [])]
+    return RunSpec(args.config or DEFAULT_CONFIGS, overrides, resume=resume, quiet=args.quiet)
 
 
 def train_folds(args: argparse.Namespace, out_dir: Path) -> dict[int, str]:
-    """Fit and test every requested fold that has not finished; returns {fold: status}."""
-    from framer.report import is_finished
-    from framer.reproduce import FAILED_FILE, launch
+    """Fit and test every requested fold that has not finished; returns {fold: status}. A fold stopped by
+    SIGTERM ("interrupted") ends the loop."""
+    from framer.report import FAILED_FILE, has_last_checkpoint, is_finished
 
     status = {}
     for fold in args.folds:
@@ -86,18 +81,22 @@ def train_folds(args: argparse.Namespace, out_dir: Path) -> dict[int, str]:
             continue
         root.mkdir(parents=True, exist_ok=True)
         (root / FAILED_FILE).unlink(missing_ok=True)
-        resume = any(root.glob("*/checkpoints/last*.ckpt"))
-        run = _ArgsRun(fold_args(args, fold, out_dir, resume), root)
+        resume = has_last_checkpoint(root)
         t0 = time.time()
         print(f"framer.matbench: {args.task} fold {fold}: {'resuming' if resume else 'training'}", flush=True)
-        ok, message = launch(run, args.launcher, resume=False)  # the arguments already carry --ckpt_path
-        if ok and is_finished(root):
+        outcome = run(fold_spec(args, fold, out_dir, resume), args.launcher, log=root / LAUNCH_LOG)
+        if outcome.interrupted:
+            status[fold] = "interrupted"
+            print(f"framer.matbench: fold {fold} stopped by SIGTERM; run again to resume", file=sys.stderr)
+            break
+        if outcome.ok and is_finished(root):
             status[fold] = f"finished in {time.time() - t0:.0f} s"
             fold_figures(root, f"{args.task} fold {fold}")
         else:
-            (root / FAILED_FILE).write_text((message or "no test MAE in metrics.json") + "\n")
+            message = outcome.message or "no test MAE in metrics.json"
+            (root / FAILED_FILE).write_text(message + "\n")
             status[fold] = "FAILED"
-            print(f"framer.matbench: fold {fold} FAILED: {(message or '').splitlines()[:1]}", file=sys.stderr)
+            print(f"framer.matbench: fold {fold} FAILED: {message.splitlines()[0]}", file=sys.stderr)
     return status
 
 
@@ -118,16 +117,6 @@ def fold_figures(root: Path, title: str) -> None:
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     if info.get("mlflow_run_id") and info.get("mlflow_tracking_uri") and paths:
         plots.log_figures(paths, info["mlflow_run_id"], info["mlflow_tracking_uri"])
-
-
-class _ArgsRun:
-    """What :func:`framer.reproduce.launch` needs of a run: its ``fit`` arguments and its directory."""
-
-    def __init__(self, args: list[str], root: Path) -> None:
-        self._args, self.root = args, root
-
-    def args(self, resume: bool) -> list[str]:
-        return self._args
 
 
 def fold_predictions(root: Path) -> tuple[pd.DataFrame, dict]:
@@ -228,8 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"framer.matbench: error: {tasks.data_file(args.task, args.data_home)} not found", file=sys.stderr)
         return 2
     if not args.record_only:
-        for fold, state in train_folds(args, out_dir).items():
+        status = train_folds(args, out_dir)
+        for fold, state in status.items():
             print(f"framer.matbench: fold {fold}: {state}")
+        if "interrupted" in status.values():
+            return EXIT_SIGTERM
     summary = record(args, out_dir)
     if summary["folds_recorded"]:
         print(

@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import io
 import json
 import math
-import os
-import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,30 +25,17 @@ from typing import Any
 import optuna
 import yaml
 
+from framer.launch import EXIT_SIGTERM, LOG_TAIL, RunSpec, Tail, bare_argv, config_path, run_subprocess
 from framer.tune.callbacks import BestMetric
-from framer.tune.configs import bare_argv, cli_overrides, quiet_overrides
 from framer.tune.mlflow_runs import RUN_ATTR, StudyTracker, artifact_root
 from framer.tune.storage import WORKER_ATTR, worker_id
 from framer.tune.sweep import Sweep, nested
 
-DDP_TRAINER_CONFIG = Path("conf/trainer/ddp.yaml")
-LOG_TAIL = 3000  # characters of a failed trial's output kept in its ``error`` attribute
+DDP_TRAINER_CONFIG = Path(config_path("conf/trainer/ddp.yaml"))
 
 
 class TrialError(RuntimeError):
     """A trial that could not run or produced no value."""
-
-
-class _Tee(io.StringIO):
-    """Collects text and forwards it to another stream."""
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__()
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        self.stream.write(text)
-        return super().write(text)
 
 
 def trial_name(number: int) -> str:
@@ -75,13 +58,9 @@ class Objective:
         self.tracking_uri = tracking_uri
         self.tracker = StudyTracker(tracking_uri, sweep.name) if tracking_uri else None
 
-    def base_args(self) -> list[str]:
-        return [arg for config in self.sweep.configs for arg in ("--config", str(config))]
-
     def plumbing(self, study: optuna.Study, number: int) -> dict[str, Any]:
-        """Overrides every trial gets: its run directory, MLflow experiment and tags, no progress bar."""
+        """Overrides every trial gets: its run directory, MLflow experiment and tags."""
         values: dict[str, Any] = {
-            **quiet_overrides(self.sweep.configs, self.sweep.fixed),
             "tracking.save_dir": str(self.trials_dir),
             "tracking.run_name": trial_name(number),
             "tracking.mlflow": self.tracker is not None,
@@ -139,15 +118,15 @@ class InProcessObjective(Objective):
         values = self.start(trial)
         overrides = {**self.sweep.overrides(values), **self.plumbing(trial.study, trial.number)}
         overrides["trainer.devices"] = 1
-        args = self.base_args() + cli_overrides(overrides)
+        spec = RunSpec(self.sweep.configs, overrides, subcommand=None, quiet=True)
         cli = None
         try:
-            stderr = _Tee(sys.stderr)
+            stderr = Tail(sys.stderr)
             try:
                 with contextlib.redirect_stderr(stderr), bare_argv():
-                    cli = FramerCLI(args=args, run=False)
+                    cli = FramerCLI(args=spec.args(), run=False)
             except SystemExit as exit_:  # the CLI's parser reports invalid values by exiting
-                message = stderr.getvalue().strip() or f"the CLI exited with status {exit_.code}"
+                message = stderr.text.strip() or f"the CLI exited with status {exit_.code}"
                 trial.set_user_attr("error", message[-LOG_TAIL:])
                 raise TrialError(message) from None
             trainer = cli.trainer
@@ -197,7 +176,8 @@ class SubprocessObjective(Objective):
         self.ddp_config = ddp_config if ddp_config is not None else DDP_TRAINER_CONFIG
         self.python = python
 
-    def command(self, trial: optuna.Trial, trial_yaml: Path, result_file: Path) -> list[str]:
+    def spec(self, trial: optuna.Trial, trial_yaml: Path, result_file: Path) -> RunSpec:
+        """The trial's ``fit``: base configs, the DDP trainer config, the trial's values, rank 0's reporter."""
         reporter = {
             "class_path": "framer.tune.callbacks.DDPTrialReporter",
             "init_args": {
@@ -210,22 +190,11 @@ class SubprocessObjective(Objective):
                 "pruner": self.sweep.pruner,
             },
         }
-        plumbing = self.plumbing(trial.study, trial.number)
-        plumbing.update({"trainer.devices": self.devices, "trainer.strategy": "ddp", "test_after_fit": False})
-        configs = self.base_args()
-        if self.ddp_config.is_file():
-            configs += ["--config", str(self.ddp_config)]
-        return [
-            self.python,
-            "-m",
-            "framer.cli",
-            "fit",
-            *configs,
-            "--config",
-            str(trial_yaml),
-            *cli_overrides(plumbing),
-            "--trainer.callbacks+=" + json.dumps(reporter),
-        ]
+        overrides = self.plumbing(trial.study, trial.number)
+        overrides.update({"trainer.devices": self.devices, "trainer.strategy": "ddp", "test_after_fit": False})
+        overrides["trainer.callbacks+"] = json.dumps(reporter)  # appended to the configs' callbacks
+        ddp = [str(self.ddp_config)] if self.ddp_config.is_file() else []
+        return RunSpec([*self.sweep.configs, *ddp, str(trial_yaml)], overrides, quiet=True)
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = self.start(trial)
@@ -237,53 +206,24 @@ class SubprocessObjective(Objective):
         header = f"# {self.sweep.name} trial {trial.number}: {json.dumps(values)}\n"
         trial_yaml.write_text(header + yaml.safe_dump(nested(self.sweep.overrides(values)), sort_keys=False))
         result_file.unlink(missing_ok=True)
-        cmd = self.command(trial, trial_yaml, result_file)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with log_file.open("w") as out:
-            out.write(" ".join(cmd) + "\n\n")
-            out.flush()
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            started = time.monotonic()
-            try:
-                while proc.poll() is None:
-                    if self.timeout is not None and time.monotonic() - started > self.timeout:
-                        out.write(f"\nframer.tune: trial killed after {self.timeout:.0f} s\n")
-                        _stop(proc)
-                        break
-                    time.sleep(0.5)
-            except BaseException:
-                _stop(proc)
-                raise
+        log_file.unlink(missing_ok=True)
+        spec = self.spec(trial, trial_yaml, result_file)
+        outcome = run_subprocess(spec, log_file, timeout=self.timeout, python=self.python)
         result = json.loads(result_file.read_text()) if result_file.is_file() else {}
         run_dir = Path(result["run_dir"]) if result.get("run_dir") else None
         info_file = run_dir / "run.json" if run_dir is not None else None
         run_info = json.loads(info_file.read_text()) if info_file is not None and info_file.is_file() else {}
         self.record_run(trial, run_dir, run_info.get("mlflow_run_id"))
-        if proc.returncode != 0 or not result:
-            tail = log_file.read_text()[-LOG_TAIL:]
-            trial.set_user_attr("error", tail)
-            raise TrialError(f"trial {trial.number}: framer.cli exited with {proc.returncode}; see {log_file}")
+        if outcome.interrupted:  # this worker got SIGTERM (passed on to the trial): stop as a killed worker does,
+            raise SystemExit(EXIT_SIGTERM)  # leaving the trial RUNNING, to be requeued when the study resumes
+        if not outcome.ok or not result:
+            trial.set_user_attr("error", outcome.message[-LOG_TAIL:] or log_file.read_text()[-LOG_TAIL:])
+            raise TrialError(f"trial {trial.number}: framer.cli exited with {outcome.code}; see {log_file}")
         if result.get("pruned"):
             raise optuna.TrialPruned(f"pruned at epoch {result.get('pruned_epoch')}")
         best = BestMetric(self.sweep.metric, self.sweep.direction)
         best.best, best.best_epoch, best.epochs = float(result["best"]), result["best_epoch"], result["epochs"]
         return _value(trial, best)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Terminate a trial's process group (the launcher and its DDP ranks), then kill what is left."""
-    import signal
-
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _value(trial: optuna.Trial, best: BestMetric) -> float:

@@ -127,6 +127,25 @@ def test_runner_one_fold_records_and_resumes(fixture_dir, runner_env):
     assert len(list((out / "fold1").glob("version_*"))) == 1
 
 
+def test_runner_stops_with_exit_143_when_a_fold_is_preempted(fixture_dir, runner_env, monkeypatch):
+    """Lightning's SIGTERMException (a SystemExit with code None) must not read as a finished fold."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    import framer.cli
+
+    started = []
+
+    def preempted(*args, **kwargs):
+        started.append(kwargs.get("args"))
+        raise SIGTERMException()
+
+    monkeypatch.setattr(framer.cli, "FramerCLI", preempted)
+    home, validation = fixture_dir
+    assert matbench_main(runner_args(home, validation, runner_env / "mb", "--folds", "0", "1")) == 143
+    assert len(started) == 1  # fold 1 never started
+    assert not (runner_env / "mb" / TASK / "fold0" / "FAILED").exists()  # interrupted, not failed
+
+
 @pytest.mark.slow
 def test_runner_all_folds_complete_and_valid(fixture_dir, runner_env):
     home, validation = fixture_dir

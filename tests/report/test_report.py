@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from fake_runs import make_run, make_runs
+from matplotlib.image import imread
 
-from framer import report
+from framer import plots, report, reproduce
 from framer.report import PaperTable, RunKey
 
 
@@ -69,14 +74,24 @@ def test_mean_std_and_delta(tmp_path, paper):
     assert len(results) == 7 * 9 * 3
 
 
+def pixels(path: Path) -> np.ndarray:
+    """A PNG decoded to an (height, width, channels) array."""
+    return imread(path)
+
+
 def test_smoke_banner_and_figures(tmp_path, paper):
     make_runs(tmp_path / "runs", paper, seeds=(0,), smoke=True, models=["crystalformer", "crystalframer"])
     paths = report.write_report(tmp_path / "runs", tmp_path / "out")
     assert "not paper numbers" in paths["md"].read_text()
     assert pd.read_csv(paths["csv"])["smoke"].all()
-    assert paths["frames"].stat().st_size > 10_000
-    for kind in ("parity", "errors", "curves"):
-        assert (tmp_path / "out" / "figures" / f"{kind}_crystalframer.png").is_file()
+    frames = pixels(paths["frames"])
+    assert frames.shape[:2] == (round(5.6 * plots.DPI), round(1.25 * len(paper.columns) * plots.DPI))
+    for kind in ("parity", "errors", "curves"):  # a 2 x 5 grid of 3-inch panels (+0.5 inch for the title)
+        assert pixels(tmp_path / "out" / "figures" / f"{kind}_crystalframer.png").shape[:2] == (780, 1800)
+    summary = report.summarize(report.collect(tmp_path / "runs", paper), paper)
+    summary.loc[summary["model"] == "crystalframer", "mae"] *= 0.5  # a different input draws a different chart
+    other = plots.frame_comparison(summary, paper, tmp_path / "other.png")
+    assert not np.array_equal(pixels(other), frames)
 
 
 def test_cli_entry_point(tmp_path, paper):
@@ -94,19 +109,18 @@ def test_fmt():
 
 
 def test_plots_command_line(tmp_path, paper):
-    from fake_runs import make_run
-
-    from framer import plots
-
-    run = make_run(tmp_path / "runs", RunKey("crystalformer", "mp/e_form", 0), 0.05)
-    plots.main(["run", str(run)])
-    for name in ("parity", "errors", "learning_curves"):
-        assert (run / "figures" / f"{name}.png").stat().st_size > 5000
+    sizes = {"parity": (504, 504), "errors": (408, 576), "learning_curves": (432, 624)}  # figsize x DPI
+    images = {}
+    for seed, mae in ((0, 0.05), (1, 0.2)):
+        run = make_run(tmp_path / "runs", RunKey("crystalformer", "mp/e_form", seed), mae, epochs=3 + seed)
+        plots.main(["run", str(run)])
+        images[seed] = {name: pixels(run / "figures" / f"{name}.png") for name in sizes}
+    for name, size in sizes.items():
+        assert images[0][name].shape[:2] == images[1][name].shape[:2] == size, name
+        assert not np.array_equal(images[0][name], images[1][name]), name  # drawn from the data
 
 
 def test_split_mismatch_is_flagged(tmp_path, paper):
-    import json
-
     root = tmp_path / "runs"
     for seed, split in [(0, "a"), (1, "b")]:
         run = make_run(root, RunKey("crystalformer", "mp/e_form", seed), 0.02)
@@ -114,3 +128,19 @@ def test_split_mismatch_is_flagged(tmp_path, paper):
     paths = report.write_report(root, tmp_path / "out", figures=False)
     assert "Split mismatch" in paths["md"].read_text()
     assert pd.read_csv(paths["runs"]).dropna(subset=["splits"])["splits"].nunique() == 2
+
+
+def test_report_and_manifest_record_framers_commit_from_another_directory(tmp_path, paper, monkeypatch):
+    """The commit is framer's checkout's, not the current directory's (here: not a git checkout at all)."""
+    repo = Path(report.__file__).resolve().parents[1]
+    git = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if git.returncode != 0:
+        pytest.skip("framer is not a git checkout here")
+    make_runs(tmp_path / "runs", paper, seeds=(0,), models=["crystalformer"])
+    monkeypatch.chdir(tmp_path)
+    paths = report.write_report("runs", "out", figures=False)
+    assert f"at git {git.stdout.strip()}" in paths["md"].read_text()
+    manifest = reproduce.Manifest.load(reproduce.MANIFESTS["smoke"], paper)
+    manifest.runs_dir, manifest.models = tmp_path / "reproduce", ["crystalformer"]
+    written = reproduce.write_manifest(manifest, reproduce.plan(manifest, paper))
+    assert json.loads(written.read_text())["git"] == git.stdout.strip()

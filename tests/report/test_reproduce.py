@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
+import framer.cli
 from framer import reproduce
+from framer.launch import EXIT_SIGTERM, Outcome
 from framer.report import PaperTable, RunKey, write_report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,12 +30,15 @@ def test_paper_manifest_covers_the_table(paper):
     runs = reproduce.plan(manifest, paper)
     assert len(runs) == 7 * 9 * len(manifest.seeds)
     run = next(r for r in runs if r.key == RunKey("crystalframer-pca", "jarvis/ehull", manifest.seeds[0]))
-    assert run.configs[-1].endswith("conf/experiments/jarvis_ehull/crystalframer-pca.yaml")
-    assert all(Path(c).is_file() for r in runs for c in r.configs)
+    cell = ["conf/default.yaml", "conf/data/jarvis.yaml", "conf/model/crystalframer-pca.yaml"]
+    assert [str(Path(c).resolve().relative_to(REPO)) for c in run.spec.configs] == cell
+    assert run.spec.overrides["data.init_args.target"] == "ehull"
+    assert all(Path(c).is_file() for r in runs for c in r.spec.configs)
     args = run.args(resume=True)
     assert args[0] == "fit" and args[-1] == "--ckpt_path=last"
     assert f"--tracking.run_name={run.key.dirname}" in args
     assert f"--seed_everything={manifest.seeds[0]}" in args
+    assert "--data.init_args.target=ehull" in args
     assert "--trainer.enable_progress_bar=false" in args
 
 
@@ -41,7 +46,7 @@ def test_smoke_manifest_fills_placeholders(paper):
     manifest = reproduce.Manifest.load(reproduce.MANIFESTS["smoke"], paper)
     runs = reproduce.plan(manifest, paper)
     assert manifest.smoke and len(runs) == 63 and set(manifest.stand_ins) == {c.key for c in paper.columns}
-    seeds = {r.key.column: r.overrides["data.init_args.split_seed"] for r in runs}
+    seeds = {r.key.column: r.spec.overrides["data.init_args.split_seed"] for r in runs}
     assert seeds["mp/e_form"] == 0 and seeds["jarvis/ehull"] == 8
 
 
@@ -55,23 +60,26 @@ def test_manifest_errors(tmp_path, paper):
         reproduce.Manifest.load(bad, paper)
 
 
-def fake_fit(calls: list, fail: set[str]):
-    """Stands in for framer.cli fit: records the call, writes what a finished run writes (or fails)."""
+def fake_fit(calls: list, fail: set[str] = frozenset(), interrupt: set[str] = frozenset()):
+    """Stands in for launch.run: records the call, writes what a finished run writes (or fails, or is stopped by
+    SIGTERM after saving last.ckpt)."""
 
-    def launch(run, launcher, resume):
-        calls.append((run.key.dirname, resume))
-        if run.key.dirname in fail:
-            (run.root / "version_0" / "checkpoints").mkdir(parents=True, exist_ok=True)
-            (run.root / "version_0" / "checkpoints" / "last.ckpt").write_text("x")
-            return False, "CUDA out of memory (pretend)"
-        version = run.root / "version_0"
+    def run(spec, mode, log):
+        name = spec.overrides["tracking.run_name"]
+        root = Path(spec.overrides["tracking.save_dir"]) / name
+        calls.append((name, spec.resume))
+        if name in fail | interrupt:
+            (root / "version_0" / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (root / "version_0" / "checkpoints" / "last.ckpt").write_text("x")
+            return Outcome(EXIT_SIGTERM) if name in interrupt else Outcome(1, "CUDA out of memory (pretend)")
+        version = root / "version_0"
         version.mkdir(parents=True, exist_ok=True)
         (version / "metrics.json").write_text(json.dumps({"metrics": {"test/mae": 0.02, "test_best/mae": 0.021}}))
         (version / "predictions.csv").write_text("id,target,prediction\na,1.0,1.02\nb,2.0,1.98\n")
         (version / "metrics.csv").write_text("epoch,step,train/loss,val/mae\n0,1,1.0,\n0,1,,0.5\n1,2,0.5,\n1,2,,0.3\n")
-        return True, ""
+        return Outcome(0)
 
-    return launch
+    return run
 
 
 def test_execute_skips_resumes_and_records_failures(tmp_path, paper, monkeypatch):
@@ -82,20 +90,18 @@ def test_execute_skips_resumes_and_records_failures(tmp_path, paper, monkeypatch
     reproduce.write_manifest(manifest, runs)
     calls: list = []
     flaky = "jarvis_ehull__crystalframer__seed0"
-    monkeypatch.setattr(reproduce, "launch", fake_fit(calls, fail={flaky}))
     monkeypatch.setattr(reproduce, "run_figures", lambda run: None)
 
-    counts = reproduce.execute(runs, "inprocess")
-    assert counts == {"finished": 3, "skipped": 0, "failed": 1, "resumed": 0}
+    counts = reproduce.execute(runs, "inprocess", runner=fake_fit(calls, fail={flaky}))
+    assert counts == {"finished": 3, "skipped": 0, "failed": 1, "resumed": 0, "interrupted": 0}
     assert "CUDA out of memory" in (tmp_path / "runs" / flaky / "FAILED").read_text()
     status = pd.read_csv(write_report(tmp_path / "runs", tmp_path / "out", figures=False)["runs"])
     assert sorted(status["status"]) == ["failed"] + ["finished"] * 3  # every run of the manifest is listed
 
     calls.clear()
-    monkeypatch.setattr(reproduce, "launch", fake_fit(calls, fail=set()))
-    counts = reproduce.execute(runs, "inprocess")
+    counts = reproduce.execute(runs, "inprocess", runner=fake_fit(calls))
     assert calls == [(flaky, True)]  # only the failed run again, resumed from its last.ckpt
-    assert counts == {"finished": 1, "skipped": 3, "failed": 0, "resumed": 1}
+    assert counts == {"finished": 1, "skipped": 3, "failed": 0, "resumed": 1, "interrupted": 0}
     assert not (tmp_path / "runs" / flaky / "FAILED").exists()
 
 
@@ -104,11 +110,54 @@ def test_shards_split_the_runs(tmp_path, paper, monkeypatch):
     manifest.runs_dir = tmp_path / "runs"
     runs = reproduce.plan(manifest, paper)
     seen: list = []
-    monkeypatch.setattr(reproduce, "launch", fake_fit(seen, fail=set()))
     monkeypatch.setattr(reproduce, "run_figures", lambda run: None)
     for i in range(3):
-        reproduce.execute(runs, "inprocess", shard=(i, 3))
+        reproduce.execute(runs, "inprocess", shard=(i, 3), runner=fake_fit(seen))
     assert sorted(name for name, _ in seen) == sorted(r.key.dirname for r in runs)
+
+
+def test_an_interrupted_run_stops_the_loop_and_resumes_next_time(tmp_path, paper, monkeypatch):
+    manifest = reproduce.Manifest.load(reproduce.MANIFESTS["smoke"], paper)
+    manifest.runs_dir = tmp_path / "runs"
+    manifest.models, manifest.columns = ["crystalformer"], ["mp/e_form", "mp/gap", "jarvis/ehull"]
+    runs = reproduce.plan(manifest, paper)
+    monkeypatch.setattr(reproduce, "run_figures", lambda run: None)
+    calls: list = []
+    stopped = "mp_gap__crystalformer__seed0"
+    counts = reproduce.execute(runs, "inprocess", runner=fake_fit(calls, interrupt={stopped}))
+    assert [name for name, _ in calls] == ["mp_e_form__crystalformer__seed0", stopped]  # the third never started
+    assert counts == {"finished": 1, "skipped": 0, "failed": 0, "resumed": 0, "interrupted": 1}
+    assert not (tmp_path / "runs" / stopped / "FAILED").exists()  # interrupted, not failed
+    calls.clear()
+    reproduce.execute(runs, "inprocess", runner=fake_fit(calls))
+    assert calls == [(stopped, True), ("jarvis_ehull__crystalformer__seed0", False)]
+
+
+def test_a_preempted_inprocess_run_stops_reproduce_with_exit_143(tmp_path, monkeypatch):
+    """Lightning raises SIGTERMException, a SystemExit whose code is None, when SIGTERM stops a fit. It used to
+    count as success: the cell was marked FAILED and the next one started in the job being pre-empted."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    started = []
+
+    def preempted(*args, **kwargs):
+        started.append(kwargs.get("args"))
+        raise SIGTERMException()
+
+    monkeypatch.setattr(framer.cli, "FramerCLI", preempted)
+    monkeypatch.setattr(reproduce, "run_figures", lambda run: None)
+    argv = ["--smoke", "--launcher", "inprocess", "--models", "crystalformer", "--columns", "mp/e_form", "mp/gap"]
+    assert reproduce.main([*argv, "--runs-dir", str(tmp_path / "runs")]) == EXIT_SIGTERM
+    assert len(started) == 1
+    assert not (tmp_path / "runs" / "mp_e_form__crystalformer__seed0" / "FAILED").exists()
+
+
+def test_a_bad_manifest_is_one_error_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"configs": ["conf/default.yaml"], "typo": 1}))
+    assert reproduce.main(["--manifest", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("framer.reproduce: error:") and "typo" in err[0], err
 
 
 def test_dry_run_prints_commands(capsys, tmp_path):

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from framer.launch import resolved_config
 from framer.tune import tune
-from framer.tune.configs import resolved_config
 from framer.tune.storage import load_study_from_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,6 +108,22 @@ def test_failed_trial_is_recorded_and_study_continues(sweep_env):
     status = {r.data.params["model.init_args.model.init_args.frame"]: r.info.status for r in trials}
     assert status == {"bogus": "FAILED", "max": "FINISHED"}
     assert (tmp_path / "study" / "best.yaml").is_file()
+
+
+def test_sigterm_during_a_ddp_trial_stops_the_worker_and_leaves_the_trial_to_requeue(sweep_env, monkeypatch):
+    """The launcher passes a worker's SIGTERM on to the trial's processes (they save last.ckpt and exit 143);
+    the worker then stops as a killed one would, so the study's next start requeues the trial."""
+    from framer.launch import EXIT_SIGTERM, Outcome
+    from framer.tune import objective
+
+    tmp_path, _ = sweep_env
+    started = []
+    monkeypatch.setattr(objective, "run_subprocess", lambda spec, log, **kw: started.append(spec) or Outcome(143))
+    sweep = small_sweep(tmp_path, "stopped", n_trials=2)
+    with pytest.raises(SystemExit) as stopped:
+        tune(sweep, study_dir=tmp_path / "study", devices_per_trial=2, mlflow=False, figures=False)
+    assert stopped.value.code == EXIT_SIGTERM and len(started) == 1
+    assert [t.state for t in load_study_from_dir(tmp_path / "study").trials] == [TrialState.RUNNING]
 
 
 def worker(sweep: str, study_dir, env) -> subprocess.Popen:

@@ -8,7 +8,7 @@ import optuna
 import pytest
 import yaml
 
-from framer.tune.configs import cli_overrides, config_callbacks, quiet_overrides, resolve_path
+from framer.launch import resolved_config
 from framer.tune.storage import storage_spec, storage_url
 from framer.tune.sweep import Sweep, SweepError, nested
 
@@ -68,25 +68,10 @@ def test_distributions_and_errors():
             Sweep.from_dict(bad)
 
 
-def test_override_helpers():
-    args = cli_overrides({"a.b": 1, "c": [1, 2], "d": {"k": "v"}, "e": "text", "f": False, "g": 1e-4})
-    assert args == ["--a.b=1", "--c=[1, 2]", "--d={k: v}", "--e=text", "--f=false", "--g=0.0001"]
+def test_nested_overrides():
     assert nested({"a.b.c": 1, "a.d": 2}) == {"a": {"b": {"c": 1}, "d": 2}}
     with pytest.raises(SweepError):
         nested({"a": 1, "a.b": 2})
-
-
-def test_quiet_overrides_drop_progress_bars(tmp_path):
-    base = tmp_path / "base.yaml"
-    callbacks = [{"class_path": "lightning.pytorch.callbacks.TQDMProgressBar"}, {"class_path": "x.Other"}]
-    base.write_text(yaml.safe_dump({"trainer": {"callbacks": callbacks}}))
-    later = tmp_path / "later.yaml"
-    later.write_text(yaml.safe_dump({"trainer": {"max_epochs": 1}}))
-    assert config_callbacks([str(base), str(later)]) == callbacks
-    quiet = quiet_overrides([str(base), str(later)])
-    assert quiet["trainer.callbacks"] == [{"class_path": "x.Other"}]
-    assert quiet["trainer.enable_progress_bar"] is False
-    assert resolve_path("conf/default.yaml").endswith("conf/default.yaml")
 
 
 def test_storage_urls(tmp_path):
@@ -101,8 +86,6 @@ def test_storage_urls(tmp_path):
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_shipped_sweeps_resolve_with_the_cli(path):
     """Every searched and fixed config path is a real CLI option (checked by jsonargparse, nothing is built)."""
-    from framer.tune.configs import resolved_config
-
     sweep = Sweep.load(path)
     values = {}
     for p in sweep.params:

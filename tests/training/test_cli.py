@@ -62,20 +62,33 @@ def raw_data(tmp_path, monkeypatch):
     return {"root": root, "custom": custom}
 
 
-DATASET_CONFIGS = sorted(p.stem for p in (CONF / "data").glob("*.yaml"))
+def dataset_runs() -> list[str]:
+    """Every data config; the paper's data sets once per target of the paper's table (``mp/gap``)."""
+    targets: dict[str, list[str]] = {}
+    for column in yaml.safe_load((CONF / "paper_results.yaml").read_text())["columns"]:
+        targets.setdefault(column["dataset"], []).append(f"{column['dataset']}/{column['target']}")
+    return [run for p in sorted((CONF / "data").glob("*.yaml")) for run in targets.get(p.stem, [p.stem])]
+
+
+ALL_ENTRIES = ["--data.init_args.n_train=null", "--data.init_args.n_val=null", "--data.init_args.n_test=null"]
 EXTRA = {
-    "mp_e_form": ["--data.init_args.n_train=null", "--data.init_args.n_val=null", "--data.init_args.n_test=null"],
-    "mp_gap": ["--data.init_args.n_train=null", "--data.init_args.n_val=null", "--data.init_args.n_test=null"],
+    "mp/e_form": ALL_ENTRIES,
+    "mp/gap": ALL_ENTRIES,
     "ewald": ["--data.init_args.num_crystals=12", "--data.init_args.build_workers=0"],
 }
 
 
-@pytest.mark.parametrize("name", DATASET_CONFIGS)
-def test_fast_dev_run_on_every_dataset_config(name, raw_data, workdir):
-    extra = list(EXTRA.get(name, []))
+@pytest.mark.parametrize("run", dataset_runs())
+def test_fast_dev_run_on_every_dataset_config(run, raw_data, workdir):
+    name, _, target = run.partition("/")
+    extra = list(EXTRA.get(run, []))
+    if target:
+        extra.append(f"--data.init_args.target={target}")
     if name == "custom":
         extra += [f"--data.init_args.root={raw_data['custom']}", "--data.init_args.target=half_a"]
     cli = FramerCLI(args=fit_args("--config", str(CONF / "data" / f"{name}.yaml"), *SMOKE, *extra))
+    if target:
+        assert cli.datamodule.target == target
     assert cli.trainer.global_step == 1
     assert cli.model.has_swa  # fast_dev_run: 1 epoch, so averaging covers it
     mean, std = cli.datamodule.target_stats()
@@ -158,7 +171,13 @@ def test_test_and_predict_subcommands_from_a_checkpoint(workdir):
 
 
 def test_print_config_round_trip(workdir, capsys):
-    base = [*fit_args("--config", str(CONF / "experiments" / "jarvis_ehull" / "crystalframer-static.yaml"))]
+    cell = [
+        "--config",
+        str(CONF / "data" / "jarvis.yaml"),
+        "--config",
+        str(CONF / "model" / "crystalframer-static.yaml"),
+    ]
+    base = [*fit_args(*cell, "--data.init_args.target=ehull")]
     with pytest.raises(SystemExit):
         FramerCLI(args=[*base, "--print_config"])
     first = capsys.readouterr().out

@@ -1,8 +1,8 @@
-"""Every YAML under conf/ and sweeps/ parses; every experiment composes with conf/default.yaml into a valid config."""
+"""Every YAML under conf/ and sweeps/ parses; every cell of the paper's table composes from conf/default.yaml,
+conf/data/<dataset>.yaml, conf/model/<preset>.yaml and a target into the paper's settings."""
 
 from __future__ import annotations
 
-import runpy
 from pathlib import Path
 
 import pytest
@@ -13,21 +13,15 @@ from framer.cli import FramerCLI
 REPO = Path(__file__).resolve().parents[2]
 CONF = REPO / "conf"
 YAML_FILES = sorted([*CONF.rglob("*.yaml"), *(REPO / "sweeps").glob("**/*.yaml")])
-EXPERIMENTS = sorted((CONF / "experiments").glob("*/*.yaml"))
-GENERATOR = runpy.run_path(str(CONF / "experiments" / "generate.py"))
+PAPER = yaml.safe_load((CONF / "paper_results.yaml").read_text())
 
-# parameter counts of the paper's networks (model-spec.md §3)
+# parameter counts of the paper's networks (docs/model.md, "Public API": the preset table)
 PAPER_PARAMS = {"crystalformer": 853_517, "crystalframer": 951_821, "crystalframer-lightweight": 878_093}
 
 
 @pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_yaml_parses(path):
     assert yaml.safe_load(path.read_text()) is not None
-
-
-def test_one_experiment_per_cell_and_files_up_to_date():
-    assert len(EXPERIMENTS) == 63
-    assert GENERATOR["main"](["--check"]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -50,42 +44,70 @@ class _Parsed(Exception):
         self.cli = cli
 
 
-def _compose(parser, *files: Path):
+def _compose(parser, *files: Path, overrides: tuple[str, ...] = ()):
     args = ["fit"]
     for f in files:
         args += ["--config", str(f)]
-    return parser.parse_args(args)["fit"]
+    return parser.parse_args([*args, *overrides])["fit"]
 
 
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_experiment_composes(parser, path):
-    config = _compose(parser, CONF / "default.yaml", path)
-    data, preset = path.parent.name, path.stem
-    data_file = yaml.safe_load((CONF / "data" / f"{data}.yaml").read_text())
-    assert config.data.class_path == data_file["data"]["class_path"]
-    assert config.data.init_args.target == data_file["data"]["init_args"]["target"]
-    assert config.data.init_args.batch_size == (128 if data.startswith("mp_") else 256)
-    assert config.trainer.max_epochs == (500 if data.startswith("mp_") else 2000)
-    assert config.tracking.run_name == f"{data}-{preset}"
+def _cell(parser, dataset: str, target: str, preset: str):
+    """A cell of the paper's table as conf/reproduce/paper.yaml composes it."""
+    files = (CONF / "default.yaml", CONF / "data" / f"{dataset}.yaml", CONF / "model" / f"{preset}.yaml")
+    return _compose(parser, *files, overrides=(f"--data.init_args.target={target}",))
+
+
+# Every column once, each with another preset, so all 9 columns and all 7 presets appear. The data and model files
+# set disjoint keys (data: epochs, batch, class, target; model: the network), so these cover the 63 cells.
+CELLS = [
+    (c["dataset"], c["target"], list(PAPER["models"])[i % len(PAPER["models"])]) for i, c in enumerate(PAPER["columns"])
+]
+DATASET = {"mp": ("framer.data.MPDataModule", 500, 128), "jarvis": ("framer.data.JarvisDataModule", 2000, 256)}
+
+
+@pytest.fixture(scope="module")
+def default(parser):
+    return _compose(parser, CONF / "default.yaml")
+
+
+@pytest.mark.parametrize(("dataset", "target", "preset"), CELLS, ids=lambda x: x)
+def test_every_table_cell_composes(parser, default, dataset, target, preset):
+    from framer.models import CrystalFramer
+
+    config = _cell(parser, dataset, target, preset)
+    data_class, epochs, batch_size = DATASET[dataset]
+    assert config.data.class_path == data_class and config.data.init_args.target == target
+    assert config.data.init_args.batch_size == batch_size and config.data.init_args.test_batch_size == 1
+    assert config.trainer.max_epochs == epochs
     assert config.seed_everything == 123 and config.trainer.gradient_clip_val == 1.0
     model = config.model.init_args.model
     assert model.class_path == "framer.models.CrystalFramer"
-    from framer.models import CrystalFramer
+    network = dict(model.init_args)
+    assert network == {**network, **CrystalFramer.preset_kwargs(preset)}
+    assert config.model.init_args.optimizer == default.model.init_args.optimizer  # the recipe is untouched
+    assert config.model.init_args.lr_scheduler == default.model.init_args.lr_scheduler
 
-    composed = dict(model.init_args)
-    expected = {**{k: composed[k] for k in composed}, **CrystalFramer.preset_kwargs(preset)}
-    assert composed == expected
-    model_file = CONF / "model" / f"{preset}.yaml"
-    if model_file.is_file():  # the experiment's network is the preset file's network
-        preset_config = _compose(parser, CONF / "default.yaml", model_file)
-        assert dict(preset_config.model.init_args.model.init_args) == composed
+
+def test_every_preset_and_column_is_a_cell():
+    assert {preset for *_, preset in CELLS} == set(PAPER["models"]) == {p.stem for p in (CONF / "model").glob("*.yaml")}
+    assert {dataset for dataset, *_ in CELLS} == set(DATASET)
+
+
+def test_default_repeats_the_mp_data_config(parser, default):
+    """conf/default.yaml is a complete run, so it repeats conf/data/mp.yaml; composing the two changes nothing
+    but the run name."""
+    alone = default.as_dict()
+    with_mp = _compose(parser, CONF / "default.yaml", CONF / "data" / "mp.yaml").as_dict()
+    for config in (alone, with_mp):
+        del config["tracking"]["run_name"], config["config"]
+    assert alone == with_mp
 
 
 @pytest.mark.parametrize("preset", sorted(PAPER_PARAMS))
 def test_composed_networks_have_the_papers_size(parser, preset):
     from framer.models import CrystalFramer
 
-    config = _compose(parser, CONF / "default.yaml", CONF / "experiments" / "mp_e_form" / f"{preset}.yaml")
+    config = _cell(parser, "mp", "e_form", preset)
     network = CrystalFramer(**dict(config.model.init_args.model.init_args))
     assert sum(p.numel() for p in network.parameters()) == PAPER_PARAMS[preset]
 
