@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from reliability_helpers import HERE  # noqa: F401 (puts this folder on sys.path for the stand-ins)
+from reliability_helpers import STANDIN_MODULES
+
+
+@pytest.fixture(autouse=True)
+def allow_standins(monkeypatch):
+    """Let configs and checkpoints name the stand-in classes (not under framer, torch or lightning)."""
+    monkeypatch.setenv("FRAMER_ALLOWED_MODULES", STANDIN_MODULES)
 
 
 @pytest.fixture(scope="session")
