@@ -162,7 +162,14 @@ def restrict_config_imports() -> None:
     """
     from jsonargparse import set_parsing_settings
 
-    set_parsing_settings(import_path_denylist=["*"], import_path_allowlist=list(allowed_modules()))
+    allowed = set(allowed_modules())
+    withdrawn = _ALLOWED_IN_JSONARGPARSE - allowed  # allowed by an earlier call in this process, no longer
+    set_parsing_settings(import_path_denylist=["*", *sorted(withdrawn)], import_path_allowlist=sorted(allowed))
+    _ALLOWED_IN_JSONARGPARSE.clear()
+    _ALLOWED_IN_JSONARGPARSE.update(allowed)
+
+
+_ALLOWED_IN_JSONARGPARSE: set[str] = set()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -286,8 +293,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         try:
             with atomic_file(path, "wb") as handle:
                 torch.save(checkpoint, handle)
-        except OSError as err:
-            reason = err.strerror or str(err)
+        except (OSError, RuntimeError) as err:
+            cause = _os_error_in(err)  # torch's zip writer reports a failed write as a RuntimeError
+            if cause is None:
+                raise
+            reason = cause.strerror or str(cause)
             raise CheckpointWriteError(
                 f"could not write checkpoint {path}: {reason}; the previous checkpoint file is intact "
                 "(fix the cause, then resume with --ckpt_path last)"
@@ -297,3 +307,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if map_location is None:
             return super().load_checkpoint(path, weights_only=True)
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """``err`` or the first OSError it was raised from (directly or while handling it)."""
+    seen: list[BaseException] = []
+    current: BaseException | None = err
+    while current is not None and current not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return None

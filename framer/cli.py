@@ -51,6 +51,7 @@ from framer.checkpoints import (
     CheckpointError,
     CheckpointWriteError,
     RefusedClassPath,
+    allowed_modules,
     check_checkpoint,
     check_config_class_paths,
     find_last_checkpoint,
@@ -154,6 +155,12 @@ def _parser_error_text(message: str) -> str:
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     if not lines:
         return "invalid arguments"
+    denied = re.search(r"Importing '([\w.]+)' is not allowed", message)
+    if denied:  # jsonargparse's import policy (framer.checkpoints.restrict_config_imports)
+        return (
+            f"{lines[0]} class path {denied.group(1)!r} was refused and not imported: only classes from "
+            f"{', '.join(allowed_modules())} may be named (trusted packages can be added to $FRAMER_ALLOWED_MODULES)"
+        )
     given = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), None)
     subtypes = next((line for line in lines if line.startswith("Subtypes:")), "")
     types = re.findall(r"<class '([\w.]+)'>", subtypes)
@@ -286,6 +293,8 @@ class FramerCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic, fsynced checkpoint files
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
+        if trainer.fast_dev_run:  # Lightning means to save nothing then, but ModelCheckpoint still saves last.ckpt
+            trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         trainer.callbacks.extend(safety_callbacks())
         return trainer
 

@@ -284,7 +284,8 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def check_tracking_backend(uri: str) -> None:
     """Make sure the MLflow backend at ``uri`` can be used, within seconds; :class:`TrackingError` if not.
 
-    SQLite: the file, when it exists, must be a database this process can write (and its directory writable).
+    SQLite: the file, when it exists, must be a database (its schema readable) this process may write, in a writable
+    directory.
     HTTP(S): the server must answer one request within ``SERVER_CHECK_TIMEOUT`` seconds (MLflow's client, with
     ``MLFLOW_HTTP_REQUEST_TIMEOUT`` and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` set for this request only). Other
     backends (PostgreSQL, ...) are left to MLflow.
@@ -303,18 +304,16 @@ def _check_sqlite(path: Path, uri: str) -> None:
         raise TrackingError(f"MLflow tracking database {path}: its directory is not writable; {hint}")
     if not path.exists():
         return
+    if not os.access(path, os.W_OK):  # file modes, a read-only mount, the immutable flag
+        raise TrackingError(f"MLflow tracking database {path} cannot be written (read-only); {hint}")
     try:
         connection = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=30)
-    except sqlite3.Error as err:
-        raise TrackingError(f"MLflow tracking database {path} cannot be opened for writing ({err}); {hint}") from None
-    try:
-        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        connection.execute("BEGIN IMMEDIATE")  # takes the write lock: fails on a read-only database
-        connection.rollback()
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            connection.close()
     except sqlite3.Error as err:
         raise TrackingError(f"MLflow tracking database {path} cannot be used ({err}); {hint}") from None
-    finally:
-        connection.close()
 
 
 @contextlib.contextmanager

@@ -79,7 +79,7 @@ def test_predict_user_errors(checkpoint, structures, tmp_path, capsys):
     empty.mkdir()
     assert predict_main(["--ckpt", str(checkpoint), "--inputs", str(empty)]) == 2
     err = capsys.readouterr().err
-    assert err.count("framer.predict: error:") == 3 and "Traceback" not in err
+    assert err.count("framer: error:") == 3 and "Traceback" not in err
 
 
 def test_predict_entry_point_as_a_subprocess(checkpoint, structures, tmp_path):
