@@ -169,6 +169,13 @@ def restrict_config_imports() -> None:
     _ALLOWED_IN_JSONARGPARSE.update(allowed)
 
 
+def follow_allowed_modules() -> None:
+    """Bring jsonargparse's import policy, if :func:`restrict_config_imports` set one, up to date with the allowed
+    packages (``$FRAMER_ALLOWED_MODULES`` may have changed since)."""
+    if _ALLOWED_IN_JSONARGPARSE and set(allowed_modules()) != _ALLOWED_IN_JSONARGPARSE:
+        restrict_config_imports()
+
+
 _ALLOWED_IN_JSONARGPARSE: set[str] = set()
 
 

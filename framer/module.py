@@ -38,7 +38,13 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanAbsoluteError
 
-from framer.checkpoints import RefusedClassPath, check_checkpoint, check_module_hparams, resolve_class
+from framer.checkpoints import (
+    RefusedClassPath,
+    check_checkpoint,
+    check_module_hparams,
+    follow_allowed_modules,
+    resolve_class,
+)
 
 DEFAULT_LR = 5e-4
 DEFAULT_BETAS = (0.9, 0.98)
@@ -353,6 +359,7 @@ class CrystalRegressor(pl.LightningModule):
             except yaml.YAMLError as err:
                 raise RefusedClassPath(f"hparams file {hparams_file} is not plain YAML ({err})") from None
             check_module_hparams(hparams, cls, f"hparams file {hparams_file}")
+        follow_allowed_modules()  # Lightning rebuilds the module through jsonargparse
         return super().load_from_checkpoint(
             checkpoint_path,
             map_location=map_location,

@@ -9,6 +9,7 @@ Payloads: ``subprocess.run(["touch", MARK])`` as the network, optimizer or sched
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import uuid
@@ -189,7 +190,7 @@ def test_a_pickle_payload_is_refused_in_every_spelling(workdir, capsys, monkeypa
 def test_a_class_path_payload_is_refused_in_every_spelling(workdir, real_checkpoint, capsys, spelling):
     marker = workdir / "pwned"
     url = spell(edited(real_checkpoint, workdir / "evil.ckpt", model=touch(marker)), spelling)
-    with pytest.raises(RefusedClassPath, match="'subprocess.run'"):
+    with pytest.raises(RefusedClassPath, match=r"'subprocess\.run'"):
         CrystalRegressor.load_from_checkpoint(url)
     args = fit_args("evil", "--tracking.mlflow=false", epochs=1)
     line = one_error(["test", *args[1:], f"--ckpt_path={url}"], capsys)
@@ -217,7 +218,7 @@ def test_a_config_file_naming_an_outside_class_is_refused_naming_the_file(workdi
 def test_a_command_line_class_path_outside_the_allowed_packages_is_refused(workdir, capsys, importing_module):
     name, marker = importing_module
     args = fit_args("evil", "--tracking.mlflow=false", epochs=1)
-    callback = '--trainer.callbacks+={"class_path": "%s.Net"}' % name
+    callback = "--trainer.callbacks+=" + json.dumps({"class_path": f"{name}.Net"})
     line = one_error([*args, callback], capsys)
     assert f"{name}.Net" in line
     line = one_error([*args, f"--model.init_args.model={name}.Net"], capsys)

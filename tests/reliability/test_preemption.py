@@ -131,4 +131,3 @@ def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_resume_matches(tmp_p
 
     finish(cli(tmp_path, "--ckpt_path=last"), tmp_path, env)
     assert_same(outcome(tmp_path), reference)
-

@@ -97,4 +97,3 @@ def test_the_smoke_config_writes_no_file(tmp_path, ewald_root, monkeypatch):
     smoke = ["--config", str(CONF / "data" / "ewald.yaml"), "--config", str(CONF / "debug" / "smoke.yaml")]
     main(["fit", "--config", str(CONF / "default.yaml"), *smoke, *DATA_ARGS])
     assert sorted(tmp_path.iterdir()) == []
-
