@@ -16,6 +16,9 @@ resuming the same run is refused (:mod:`framer.rundir`).
 ``test``, ``validate`` and ``predict`` never change a trained run: they write into a new ``<run dir>/<subcommand>/<n>/``
 of the run the checkpoint belongs to (else of ``<save_dir>/<run_name>``), with CSV files only (no MLflow run).
 
+``fit`` refuses settings it cannot work with before anything is written (a learning rate the optimizer rejects,
+``swa_epochs`` larger than ``max_epochs``); under ``fast_dev_run`` nothing is written at all.
+
 User errors (missing config, data or checkpoint file, a bad value) end with one ``framer: error: ...`` line and exit
 code 2; set ``FRAMER_DEBUG=1`` to see the traceback. Every trainer runs with
 :func:`framer.callbacks.safety_callbacks` and atomic checkpoint writes: a NaN/inf loss or gradient (or an optimizer
@@ -282,7 +285,7 @@ class FramerCLI(LightningCLI):
         trainer_config = self._get(self.config_init, "trainer", default={})
         subcommand = self.subcommand or "fit"  # run=False (framer.tune) builds trainers that fit
         if subcommand == "fit":
-            self._check_swa_epochs(trainer_config)
+            self._check_settings(trainer_config)
         if trainer_config.get("enable_progress_bar") is False and trainer_config.get("callbacks"):
             # `--trainer.enable_progress_bar false` wins over the progress bar of the configs (sweeps, batch jobs)
             trainer_config["callbacks"] = [c for c in trainer_config["callbacks"] if not isinstance(c, ProgressBar)]
@@ -314,8 +317,14 @@ class FramerCLI(LightningCLI):
             self._run_lock = RunLock(loggers[0].log_dir).acquire()
         return loggers
 
-    def _check_swa_epochs(self, trainer_config: dict) -> None:
-        """Refuse ``swa_epochs > max_epochs``: averaging would cover epochs that never run, from the first step."""
+    def _check_settings(self, trainer_config: dict) -> None:
+        """Refuse settings ``fit`` cannot work with before anything is written.
+
+        The optimizer and scheduler are built once (and dropped), so a learning rate torch rejects is reported now;
+        ``swa_epochs > max_epochs`` is refused: averaging would cover epochs that never run, from the first step.
+        """
+        if type(self.model).configure_optimizers is CrystalRegressor.configure_optimizers:  # needs no trainer
+            self.model.configure_optimizers()
         swa_epochs = getattr(self.model, "swa_epochs", None)
         max_epochs = trainer_config.get("max_epochs")
         if trainer_config.get("fast_dev_run") or not isinstance(swa_epochs, int) or max_epochs in (None, -1):

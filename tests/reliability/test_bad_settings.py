@@ -32,6 +32,7 @@ def test_angle_basis_below_two_is_one_line(workdir, capsys):
 def test_invalid_learning_rates_are_one_line(workdir, capsys, value, expected):
     line = one_error(fit_args("lr", "--tracking.mlflow=false", f"{LR}={value}"), capsys)
     assert expected in line
+    assert not (workdir / "runs").exists()
 
 
 def test_an_overflowing_optimizer_step_is_the_non_finite_stop(workdir, capsys):
