@@ -23,7 +23,7 @@ import io
 import os
 import pickle
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -256,10 +256,16 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return checkpoint
 
 
-def check_checkpoint(path: str | os.PathLike, module_class: type) -> dict[str, Any]:
-    """Read a checkpoint safely and check the hyperparameters ``module_class`` would be rebuilt from; return it."""
+def check_checkpoint(path: str | os.PathLike, module_class: type, overridden: Iterable[str] = ()) -> dict[str, Any]:
+    """Read a checkpoint safely and check the hyperparameters ``module_class`` would be rebuilt from; return it.
+
+    ``overridden``: hyperparameters the caller replaces (``load_from_checkpoint(path, model=net)``), not checked.
+    """
     checkpoint = read_checkpoint(path)
-    check_module_hparams(checkpoint.get("hyper_parameters"), module_class, f"checkpoint {os.fspath(path)}")
+    hparams = checkpoint.get("hyper_parameters")
+    if isinstance(hparams, Mapping):
+        hparams = {key: value for key, value in hparams.items() if key not in set(overridden)}
+    check_module_hparams(hparams, module_class, f"checkpoint {os.fspath(path)}")
     return checkpoint
 
 

@@ -352,12 +352,14 @@ class CrystalRegressor(pl.LightningModule):
             )
         if not isinstance(checkpoint_path, (str, os.PathLike)):
             raise TypeError(f"checkpoint_path must be a path or URL, not {type(checkpoint_path).__name__}")
-        check_checkpoint(checkpoint_path, cls)
+        check_checkpoint(checkpoint_path, cls, overridden=kwargs)
         if hparams_file is not None:
             try:
                 hparams = yaml.safe_load(Path(hparams_file).read_text())
             except yaml.YAMLError as err:
                 raise RefusedClassPath(f"hparams file {hparams_file} is not plain YAML ({err})") from None
+            if isinstance(hparams, dict):
+                hparams = {key: value for key, value in hparams.items() if key not in kwargs}
             check_module_hparams(hparams, cls, f"hparams file {hparams_file}")
         follow_allowed_modules()  # Lightning rebuilds the module through jsonargparse
         return super().load_from_checkpoint(

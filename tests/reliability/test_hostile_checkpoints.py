@@ -91,6 +91,14 @@ def test_load_from_checkpoint_refuses_a_class_path_payload(real_checkpoint, tmp_
     CrystalRegressor.load_from_checkpoint(real_checkpoint)  # the unedited file loads
 
 
+def test_a_network_passed_by_the_caller_replaces_the_checkpoints_without_importing_it(real_checkpoint, tmp_path):
+    marker = tmp_path / "pwned"
+    path = edited(real_checkpoint, tmp_path / "evil.ckpt", model=touch(marker))
+    network = CrystalRegressor.load_from_checkpoint(real_checkpoint).model
+    module = CrystalRegressor.load_from_checkpoint(path, model=network)
+    assert module.model is network and not marker.exists()
+
+
 def test_a_class_whose_module_runs_code_on_import_is_refused_before_the_import(
     real_checkpoint, tmp_path, importing_module
 ):
@@ -158,7 +166,7 @@ def pickle_payload(tmp_path) -> tuple[Path, Path]:
 def test_framer_predict_reads_with_weights_only_even_when_torch_is_told_not_to(pickle_payload, tmp_path):
     path, marker = pickle_payload
     (tmp_path / "POSCAR").write_text(POSCAR)
-    cmd = [sys.executable, "-m", "framer.predict", "--ckpt", path.as_uri(), "--inputs", "POSCAR"]
+    cmd = [sys.executable, "-m", "framer.predict", "--ckpt", str(path), "--inputs", "POSCAR"]
     line = assert_one_error_line(subprocess_run(cmd, tmp_path, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1"))
     assert "could run code" in line and "posix.system" in line
     assert not marker.exists()
