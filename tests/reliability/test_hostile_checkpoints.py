@@ -146,7 +146,7 @@ def assert_one_error_line(done: subprocess.CompletedProcess) -> str:
 
 def test_framer_predict_refuses_an_edited_real_checkpoint(real_checkpoint, tmp_path):
     marker = tmp_path / "pwned"
-    path = edited(real_checkpoint, tmp_path / "evil.ckpt", model=touch(marker))
+    path = edited(real_checkpoint, tmp_path / "evil.ckpt", **PAYLOADS["network without instantiator"](marker))
     (tmp_path / "POSCAR").write_text(POSCAR)
     cmd = [sys.executable, "-m", "framer.predict", "--ckpt", str(path), "--inputs", "POSCAR", "--out", "p.csv"]
     line = assert_one_error_line(subprocess_run(cmd, tmp_path))
