@@ -10,8 +10,9 @@ The safety net (added by :class:`framer.cli.FramerCLI` to every trainer):
 - :class:`LastCheckpointAtEnd`: a finished ``fit`` leaves ``last.ckpt`` at its final step (also with step checkpoints).
 - :class:`RandomState`: checkpoints carry the torch/numpy/Python random states, so a resumed run draws the same
   random numbers (dropout, augmentation) as an uninterrupted one.
-- :class:`AtomicCheckpointIO`: checkpoints are written to a temporary file in the same directory, fsynced and renamed
-  into place, so a process killed while saving leaves the previous checkpoint intact.
+
+(Checkpoint files themselves are written atomically and read with ``weights_only=True`` by
+:class:`framer.checkpoints.AtomicCheckpointIO`.) Under ``fast_dev_run`` nothing writes checkpoints, as in Lightning.
 """
 
 from __future__ import annotations
@@ -22,13 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from framer.atomic import atomic_file
 from framer.tracking import write_predictions_csv
 
 
@@ -162,7 +161,7 @@ class SigtermCheckpoint(Callback):
         self.saved: Path | None = None
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking or trainer.fast_dev_run:
             return
         if trainer.state.fn is None or trainer.state.fn.value != "fit":
             return
@@ -187,7 +186,7 @@ class LastCheckpointAtEnd(Callback):
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         callback = trainer.checkpoint_callback
-        if trainer.interrupted or callback is None or not getattr(callback, "save_last", False):
+        if trainer.interrupted or trainer.fast_dev_run or callback is None or not getattr(callback, "save_last", False):
             return
         if getattr(callback, "_last_global_step_saved", None) == trainer.global_step:
             return  # Lightning's own last save already holds this step
@@ -232,24 +231,6 @@ class RandomState(Callback):
         if "python" in state_dict:
             s = state_dict["python"]
             random.setstate((s["version"], tuple(s["internal"]), s["gauss_next"]))
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# checkpoint files
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` whose local saves are atomic and durable.
-
-    Lightning's default stages the bytes in a temporary file under ``/tmp`` and moves it into place; on a cluster
-    ``/tmp`` is usually another file system, so the "move" is a copy that a kill can cut short. Here the temporary
-    file sits next to the target (same file system), is fsynced, then renamed with ``os.replace``. Remote paths
-    (``s3://``...) use Lightning's behaviour.
-    """
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        if storage_options is not None or "://" in str(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_file(path, "wb") as handle:
-            torch.save(checkpoint, handle)
 
 
 def safety_callbacks() -> list[Callback]:

@@ -9,13 +9,24 @@ A LightningCLI with the model and the data as ``class_path``/``init_args`` subcl
 After ``fit``, global rank 0 tests on a single device (no padded DistributedSampler) both the SWA model
 (``test/mae``, the paper's number) and the best-``val/mae`` checkpoint (``test_best/mae``), and writes
 ``metrics.json`` and ``predictions.csv`` into the run directory. ``fit --ckpt_path last`` resumes the newest run of
-the same ``tracking.run_name`` in place (same directory, same MLflow run) and starts afresh when there is none.
+the same ``tracking.run_name`` in place (same directory, same MLflow run, the earlier rows of ``metrics.csv`` kept)
+and starts afresh when there is none. A ``fit`` holds a lock on its run directory while it runs: a second process
+resuming the same run is refused (:mod:`framer.rundir`).
 
-User errors (missing config, data or checkpoint file) end with one ``framer: error: ...`` line and exit code 2;
-set ``FRAMER_DEBUG=1`` to see the traceback. Every trainer runs with :func:`framer.callbacks.safety_callbacks` and
-atomic checkpoint writes: a NaN/inf loss or gradient stops training with one line and exit code 3, and SIGTERM saves
-``last.ckpt`` and exits with code 143 (128 + SIGTERM). Checkpoints are loaded with ``weights_only=True`` and checked
-before use, so a truncated, corrupt or code-carrying checkpoint is one ``framer: error`` line.
+``test``, ``validate`` and ``predict`` never change a trained run: they write into a new ``<run dir>/<subcommand>/<n>/``
+of the run the checkpoint belongs to (else of ``<save_dir>/<run_name>``), with CSV files only (no MLflow run).
+
+``fit`` refuses settings it cannot work with before anything is written (a learning rate the optimizer rejects,
+``swa_epochs`` larger than ``max_epochs``); under ``fast_dev_run`` nothing is written at all.
+
+User errors (missing config, data or checkpoint file, a bad value) end with one ``framer: error: ...`` line and exit
+code 2; set ``FRAMER_DEBUG=1`` to see the traceback. Every trainer runs with
+:func:`framer.callbacks.safety_callbacks` and atomic checkpoint writes: a NaN/inf loss or gradient (or an optimizer
+step that overflows) stops training with one line and exit code 3, and SIGTERM saves ``last.ckpt`` and exits with code
+143 (128 + SIGTERM). Config files and checkpoints are checked before jsonargparse or Lightning sees them
+(:mod:`framer.checkpoints`): checkpoints are read with ``weights_only=True`` whatever the path's spelling, and a
+class path outside ``framer``, ``torch``, ``lightning`` and ``$FRAMER_ALLOWED_MODULES`` is refused before it is
+imported, so a truncated, corrupt or code-carrying file is one ``framer: error`` line and nothing in it runs.
 """
 
 from __future__ import annotations
@@ -24,20 +35,35 @@ import copy
 import os
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from framer.callbacks import AtomicCheckpointIO, NonFiniteLossError, PredictionWriter, safety_callbacks
+from framer.callbacks import NonFiniteLossError, PredictionWriter, safety_callbacks
+from framer.checkpoints import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    CheckpointWriteError,
+    RefusedClassPath,
+    allowed_modules,
+    check_checkpoint,
+    check_config_class_paths,
+    find_last_checkpoint,
+    restrict_config_imports,
+)
 from framer.data.sources import DataError
 from framer.data.structures import InvalidStructureError
-from framer.module import CrystalRegressor
+from framer.module import ConfigurationError, CrystalRegressor
+from framer.rundir import RunDirectoryBusy, RunLock, evaluation_dir, run_dir_of_checkpoint
 from framer.tracking import (
     METRICS_FILE,
     PREDICTIONS_FILE,
@@ -45,6 +71,7 @@ from framer.tracking import (
     Tracking,
     TrackingError,
     atomic_write_json,
+    is_launching_process,
     log_artifacts,
     log_run_start,
     read_json,
@@ -53,6 +80,7 @@ from framer.tracking import (
 )
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3  # training stopped on a NaN/inf loss or gradient
 EXIT_SIGTERM = 128 + 15  # the shell's convention for a process ended by SIGTERM
@@ -71,24 +99,40 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     InvalidStructureError,
     MisconfigurationException,
     DataError,
+    CheckpointError,
+    CheckpointWriteError,
+    RefusedClassPath,
+    RunDirectoryBusy,
+    ConfigurationError,
 )
 
 
-def find_last_checkpoint(save_dir: str | Path, run_name: str) -> tuple[Path, str] | None:
-    """``last.ckpt`` of the newest ``<save_dir>/<run_name>/version_<n>`` that has one, with that version's name."""
-    root = Path(save_dir) / run_name
-    candidates = []
-    for ckpt in root.glob("*/checkpoints/last*.ckpt"):
-        match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
-        order = int(match.group(1)) if match else -1
-        try:
-            candidates.append((order, ckpt.stat().st_mtime, ckpt))
-        except FileNotFoundError:  # replaced or removed by a run writing there right now
+def check_config_files(args: Any) -> None:
+    """Refuse config files that name a class outside the allowed packages, before jsonargparse imports anything.
+
+    Every argument that is an existing ``.yaml``/``.yml``/``.json`` file (``--config FILE`` or an option given a
+    file) and every inline ``{...}``/``[...]`` value is read as plain YAML and its ``class_path`` entries checked
+    (:func:`framer.checkpoints.check_config_class_paths`). Files that do not parse are left to jsonargparse.
+    """
+    if not isinstance(args, Sequence) or isinstance(args, str):
+        if isinstance(args, dict):
+            check_config_class_paths(args, "the configuration")
+        return
+    for arg in args:
+        if not isinstance(arg, str):
             continue
-    if not candidates:
-        return None
-    _, _, ckpt = max(candidates)
-    return ckpt, ckpt.parent.parent.name
+        value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
+        if value.startswith(("{", "[")):
+            source, text = "the command line", value
+        elif value.lower().endswith(CONFIG_SUFFIXES) and Path(value).is_file():
+            source, text = f"config {value}", None
+        else:
+            continue
+        try:
+            data = yaml.safe_load(text if text is not None else Path(value).read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        check_config_class_paths(data, source)
 
 
 class FramerSaveConfigCallback(SaveConfigCallback):
@@ -104,11 +148,28 @@ class FramerArgumentParser(LightningArgumentParser):
     """Parser whose errors are one line (plus a pointer to ``--help``) instead of the full usage text."""
 
     def error(self, message: str, ex: Exception | None = None) -> None:
-        first = str(message).strip().splitlines()
-        text = " ".join(line.strip() for line in first[:3]) if first else "invalid arguments"
         hint = "see `python -m framer.cli {fit,validate,test,predict} --help`"
-        sys.stderr.write(f"framer: error: {text}\n  ({hint})\n")
+        sys.stderr.write(f"framer: error: {_parser_error_text(str(message))}\n  ({hint})\n")
         raise SystemExit(2)
+
+
+def _parser_error_text(message: str) -> str:
+    """One line from a jsonargparse error: the key, the value given and the types expected, when it says them."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "invalid arguments"
+    denied = re.search(r"Importing '([\w.]+)' is not allowed", message)
+    if denied:  # jsonargparse's import policy (framer.checkpoints.restrict_config_imports)
+        return (
+            f"{lines[0]} class path {denied.group(1)!r} was refused and not imported: only classes from "
+            f"{', '.join(allowed_modules())} may be named (trusted packages can be added to $FRAMER_ALLOWED_MODULES)"
+        )
+    given = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), None)
+    subtypes = next((line for line in lines if line.startswith("Subtypes:")), "")
+    types = re.findall(r"<class '([\w.]+)'>", subtypes)
+    if given is not None and types:
+        return f"{lines[0]} invalid value {given!r} (expected {' or '.join(types)})"
+    return " ".join(lines[:3])
 
 
 class FramerCLI(LightningCLI):
@@ -124,9 +185,17 @@ class FramerCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", False)
         kwargs.setdefault("parser_class", FramerArgumentParser)
         self._mlflow_run_id: str | None = None
+        self._resume_step: int | None = None  # global step of the checkpoint a fit resumes from
+        self._checkpoint_run: Path | None = None  # run directory of the checkpoint test/validate/predict evaluate
+        self._run_lock: RunLock | None = None
         #: test metrics of the run after fit (rank 0), e.g. {"test/mae": ..., "test_best/mae": ...}
         self.final_metrics: dict[str, float] = {}
-        super().__init__(*args, **kwargs)
+        restrict_config_imports()
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if self._run_lock is not None:
+                self._run_lock.release()
 
     # ----------------------------------------------------------------------------------------------------------------
     # parser
@@ -158,19 +227,23 @@ class FramerCLI(LightningCLI):
             "--predictions_csv",
             type=str | None,
             default=None,
-            help="predict: the CSV to write (id, prediction); default <run dir>/predictions.csv",
+            help="predict: the CSV to write (id, prediction); default <run dir>/predict/<n>/predictions.csv",
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        check_config_files(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         if subcommand:
             self._resolve_ckpt_path(subcommand, self.config[subcommand])
 
     def _resolve_ckpt_path(self, subcommand: str, config: Any) -> None:
+        """Find ``last``, then check the checkpoint (any spelling) before Lightning or jsonargparse reads it."""
         ckpt = config.get("ckpt_path")
         if not ckpt:
             return
+        if "weights_only" in config:
+            config.weights_only = True  # framer's checkpoints are plain data; nothing else is unpickled
         if ckpt == "last" and config.trainer.get("logger") in (None, True):
             tracking = config.tracking
             found = find_last_checkpoint(tracking.save_dir, tracking.run_name)
@@ -185,25 +258,18 @@ class FramerCLI(LightningCLI):
                 config.ckpt_path = None
                 return
             path, version = found
-            check_checkpoint(path)
-            config.ckpt_path = str(path)
+            ckpt = config.ckpt_path = str(path)
             if subcommand == "fit":  # continue in the same run directory and MLflow run
                 config.tracking.version = version
                 self._mlflow_run_id = read_json(path.parent.parent / RUN_INFO_FILE).get("mlflow_run_id")
-            self._weights_only(config)
+        elif ckpt in SPECIAL_CKPT_PATHS:
+            # resolved by Lightning itself and read through AtomicCheckpointIO (weights_only); no class is built
             return
-        if ckpt in SPECIAL_CKPT_PATHS or "://" in str(ckpt):
-            return
-        if not Path(ckpt).is_file():
-            raise UserError(f"checkpoint not found: {ckpt}")
-        check_checkpoint(Path(ckpt))
-        self._weights_only(config)
-
-    @staticmethod
-    def _weights_only(config: Any) -> None:
-        """Load checkpoints with ``weights_only=True`` unless the command says otherwise (framer's are plain data)."""
-        if "weights_only" in config and config.get("weights_only") is None:
-            config.weights_only = True
+        checkpoint = check_checkpoint(ckpt, self._model_class)
+        if subcommand == "fit":
+            self._resume_step = int(checkpoint.get("global_step") or 0)
+        else:
+            self._checkpoint_run = run_dir_of_checkpoint(ckpt)
 
     def instantiate_classes(self) -> None:
         try:
@@ -217,19 +283,58 @@ class FramerCLI(LightningCLI):
     # trainer: loggers from `tracking` unless trainer.logger is given
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
+        subcommand = self.subcommand or "fit"  # run=False (framer.tune) builds trainers that fit
+        if subcommand == "fit":
+            self._check_settings(trainer_config)
         if trainer_config.get("enable_progress_bar") is False and trainer_config.get("callbacks"):
             # `--trainer.enable_progress_bar false` wins over the progress bar of the configs (sweeps, batch jobs)
             trainer_config["callbacks"] = [c for c in trainer_config["callbacks"] if not isinstance(c, ProgressBar)]
         if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
-            tracking: Tracking = self._get(self.config_init, "tracking")
-            kwargs["logger"] = tracking.loggers(mlflow_run_id=self._mlflow_run_id)
+            kwargs["logger"] = self._default_loggers(subcommand, trainer_config)
         plugins = kwargs.get("plugins", trainer_config.get("plugins"))
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic, fsynced checkpoint files
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
+        if trainer.fast_dev_run:  # Lightning means to save nothing then, but ModelCheckpoint still saves last.ckpt
+            trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         trainer.callbacks.extend(safety_callbacks())
         return trainer
+
+    def _default_loggers(self, subcommand: str, trainer_config: dict) -> list[Logger] | bool:
+        """Loggers from ``tracking``: the run's for ``fit`` (its directory locked), new files for the others."""
+        if trainer_config.get("fast_dev_run"):
+            return False  # a smoke run writes no files (Lightning would log nothing either)
+        tracking: Tracking = self._get(self.config_init, "tracking")
+        if subcommand != "fit":  # test/validate/predict: a new <run>/<subcommand>/<n>/, CSV files only
+            run = self._checkpoint_run or Path(tracking.save_dir) / tracking.run_name
+            if not is_launching_process():
+                return [CSVLogger(save_dir=run, name=subcommand)]
+            directory = evaluation_dir(run, subcommand)
+            return [CSVLogger(save_dir=run, name=subcommand, version=directory.name)]
+        loggers = tracking.loggers(mlflow_run_id=self._mlflow_run_id, resume_step=self._resume_step)
+        if self.subcommand == "fit" and is_launching_process():
+            self._run_lock = RunLock(loggers[0].log_dir).acquire()
+        return loggers
+
+    def _check_settings(self, trainer_config: dict) -> None:
+        """Refuse settings ``fit`` cannot work with before anything is written.
+
+        The optimizer and scheduler are built once (and dropped), so a learning rate torch rejects is reported now;
+        ``swa_epochs > max_epochs`` is refused: averaging would cover epochs that never run, from the first step.
+        """
+        if type(self.model).configure_optimizers is CrystalRegressor.configure_optimizers:  # needs no trainer
+            self.model.configure_optimizers()
+        swa_epochs = getattr(self.model, "swa_epochs", None)
+        max_epochs = trainer_config.get("max_epochs")
+        if trainer_config.get("fast_dev_run") or not isinstance(swa_epochs, int) or max_epochs in (None, -1):
+            return
+        if swa_epochs > max_epochs:
+            raise UserError(
+                f"model.init_args.swa_epochs ({swa_epochs}) is larger than trainer.max_epochs ({max_epochs}): weights "
+                f"would be averaged from the first step with the learning rate frozen; set swa_epochs to at most "
+                f"{max_epochs} (0 disables SWA)"
+            )
 
     # ----------------------------------------------------------------------------------------------------------------
     # subcommand hooks
@@ -264,7 +369,9 @@ class FramerCLI(LightningCLI):
         output = self._get(self.config, "predictions_csv")
         if output is None:
             directory = run_dir(self.trainer)
-            output = str((directory or Path(self.trainer.default_root_dir)) / PREDICTIONS_FILE)
+            if directory is None:
+                raise UserError("predict without a CSV logger: give --predictions_csv FILE")
+            output = str(directory / PREDICTIONS_FILE)
         self.trainer.callbacks.append(PredictionWriter(output))
 
 
@@ -393,31 +500,6 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
-def check_checkpoint(path: Path) -> None:
-    """Open a checkpoint the way ``fit``/``test`` will (``weights_only``, memory-mapped, so cheap); UserError if not.
-
-    A truncated or corrupt file and a file carrying pickled code (anything beyond tensors and plain containers) are
-    both refused with one line naming the file.
-    """
-    try:
-        try:
-            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):
-                raise
-            torch.load(path, map_location="cpu", weights_only=True)  # an old (non-zip) torch.save format
-    except Exception as err:
-        text = " ".join(str(err).split())
-        if "Weights only load failed" in text:
-            found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL ([\w.]+)", text)  # allow-listable or blocked
-            what = f" ({found.group(1)})" if found else ""
-            raise UserError(
-                f"checkpoint {path} was not loaded: it holds Python objects{what} beyond tensors and plain data, "
-                "and unpickling them could run code"
-            ) from None
-        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {text[:200]})") from None
-
-
 def main(args: Any = None) -> None:
     """Entry point of ``python -m framer.cli`` and the ``framer`` script."""
     try:
@@ -427,7 +509,7 @@ def main(args: Any = None) -> None:
             raise
         sys.stderr.write(f"framer: error: {_one_line(err)}\n")
         raise SystemExit(EXIT_USER_ERROR) from None
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, FloatingPointError) as err:
         if os.environ.get("FRAMER_DEBUG"):
             raise
         sys.stderr.write(f"framer: error: {_one_line(err)}\n")

@@ -12,7 +12,11 @@ Training recipe (model-spec.md §6):
   ``fit --ckpt_path last`` resumes it) and is what ``test`` and ``predict`` use by default, as in the paper.
 
 Metrics are torchmetrics objects, one per stage, in physical units: ``train/mae``, ``val/mae``, ``test/mae``
-(plus ``train/loss``, the standardised L1, and ``val_swa/mae`` while averaging).
+(plus ``train/loss``, the standardised L1, and ``val_swa/mae`` while averaging). The running ``train/mae`` of the
+current epoch is part of the state dict, so a run resumed in the middle of an epoch logs the same epoch value.
+
+Networks, optimizers and schedulers named by class path (from Python, configs or checkpoints) are checked by
+:mod:`framer.checkpoints` before anything is imported; ``load_from_checkpoint`` reads with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -21,15 +25,26 @@ import copy
 import functools
 import inspect
 import math
+import os
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 from torchmetrics import MeanAbsoluteError
+
+from framer.checkpoints import (
+    RefusedClassPath,
+    check_checkpoint,
+    check_module_hparams,
+    follow_allowed_modules,
+    resolve_class,
+)
 
 DEFAULT_LR = 5e-4
 DEFAULT_BETAS = (0.9, 0.98)
@@ -37,6 +52,10 @@ DEFAULT_WEIGHT_DECAY = 1e-5
 DEFAULT_DECAY_STEPS = 4000
 TARGET_INFO_KEY = "framer_target"  # checkpoint entry with the dataset name, target and units
 INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"  # Lightning's allow-listed checkpoint instantiator
+
+
+class ConfigurationError(ValueError):
+    """A setting the training recipe cannot work with (e.g. a learning rate the optimizer rejects)."""
 
 
 class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
@@ -158,12 +177,13 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     return {"class_path": class_path(model), "init_args": init_args}
 
 
-def build_from_config(config: dict[str, Any]) -> Any:
-    """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}``."""
-    import importlib
+def build_from_config(config: dict[str, Any], source: str = "model config") -> nn.Module:
+    """Instantiate the network ``{"class_path": "pkg.mod.Class", "init_args": {...}}``.
 
-    module_name, _, name = config["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name)
+    The class path is checked before its module is imported (see :mod:`framer.checkpoints`) and the class must be a
+    ``torch.nn.Module``; :class:`framer.checkpoints.RefusedClassPath` otherwise.
+    """
+    cls = resolve_class(config.get("class_path"), nn.Module, source, "model.class_path")
     return cls(**dict(config.get("init_args") or {}))
 
 
@@ -241,6 +261,10 @@ class CrystalRegressor(pl.LightningModule):
         # first epoch of the phase the average covers: a resumed run with more epochs starts a fresh average
         self.register_buffer("swa_epoch", torch.tensor(-1, dtype=torch.long))
         self.train_mae = MeanAbsoluteError()
+        # the running train/mae of the epoch in progress is checkpointed with the epoch it belongs to, so a run
+        # resumed mid-epoch logs the same epoch value as an uninterrupted one
+        self.train_mae.persistent(True)
+        self.register_buffer("train_mae_epoch", torch.tensor(-1, dtype=torch.long))
         self.val_mae = MeanAbsoluteError()
         self.val_swa_mae = MeanAbsoluteError()
         self.test_mae = MeanAbsoluteError()
@@ -296,6 +320,56 @@ class CrystalRegressor(pl.LightningModule):
         if isinstance(stored, dict) and "model" in stored:
             self._set_hparams(dict(stored))
         self.target_info = dict(checkpoint.get(TARGET_INFO_KEY) or {})
+        # checkpoints written before train/mae was checkpointed: start that epoch's running MAE afresh
+        state = checkpoint.get("state_dict")
+        if isinstance(state, dict):
+            for key, value in self.state_dict().items():
+                if key.startswith("train_mae") and key not in state:
+                    state[key] = value
+
+    @classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: str | os.PathLike,
+        map_location: Any = None,
+        hparams_file: str | os.PathLike | None = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ):
+        """Lightning's ``load_from_checkpoint``, safe for checkpoints from anyone.
+
+        The file (local path or fsspec URL) is read with ``weights_only=True``, and the class paths it (and
+        ``hparams_file``) would rebuild the module from are checked before anything is imported: see
+        :mod:`framer.checkpoints`. Raises :class:`framer.checkpoints.CheckpointError` for a missing, corrupt or
+        code-carrying file and :class:`framer.checkpoints.RefusedClassPath` for a class outside the allowed packages
+        or of the wrong kind. Keyword arguments override the stored hyperparameters (e.g. ``model=network``).
+        """
+        if weights_only is False:
+            raise ValueError(
+                "framer loads checkpoints with weights_only=True only; for a file you trust that holds other Python "
+                "objects, use torch.load(path, weights_only=False) yourself"
+            )
+        if not isinstance(checkpoint_path, (str, os.PathLike)):
+            raise TypeError(f"checkpoint_path must be a path or URL, not {type(checkpoint_path).__name__}")
+        check_checkpoint(checkpoint_path, cls, overridden=kwargs)
+        if hparams_file is not None:
+            try:
+                hparams = yaml.safe_load(Path(hparams_file).read_text())
+            except yaml.YAMLError as err:
+                raise RefusedClassPath(f"hparams file {hparams_file} is not plain YAML ({err})") from None
+            if isinstance(hparams, dict):
+                hparams = {key: value for key, value in hparams.items() if key not in kwargs}
+            check_module_hparams(hparams, cls, f"hparams file {hparams_file}")
+        follow_allowed_modules()  # Lightning rebuilds the module through jsonargparse
+        return super().load_from_checkpoint(
+            checkpoint_path,
+            map_location=map_location,
+            hparams_file=hparams_file,
+            strict=strict,
+            weights_only=True,
+            **kwargs,
+        )
 
     # ----------------------------------------------------------------------------------------------------------------
     # target standardisation
@@ -338,10 +412,15 @@ class CrystalRegressor(pl.LightningModule):
         """Whether an SWA average exists (at least one averaged step)."""
         return self.swa_model is not None and int(self.swa_n) > 0
 
+    def on_train_epoch_start(self) -> None:
+        if int(self.train_mae_epoch) != self.current_epoch:  # not a resume in the middle of this epoch
+            self.train_mae.reset()
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         z = self.model(batch).reshape(-1)
         loss = torch.nn.functional.l1_loss(z, self.standardise(batch.y))
         self.train_mae(self.destandardise(z.detach()), batch.y)
+        self.train_mae_epoch.fill_(self.current_epoch)
         n = len(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         self.log("train/mae", self.train_mae, on_step=False, on_epoch=True, batch_size=n)
@@ -387,8 +466,11 @@ class CrystalRegressor(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------------------------
     # optimisation and SWA
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(parameter_groups(self.model))
-        scheduler = self.lr_scheduler_factory(optimizer)
+        try:
+            optimizer = self.optimizer_factory(parameter_groups(self.model))
+            scheduler = self.lr_scheduler_factory(optimizer)
+        except (ValueError, TypeError) as err:  # e.g. torch's "Invalid learning rate: -1.0"
+            raise ConfigurationError(f"the optimizer or learning-rate scheduler rejected its settings: {err}") from err
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     @property
@@ -415,7 +497,17 @@ class CrystalRegressor(pl.LightningModule):
             scheduler.step(metric)
 
     def optimizer_step(self, *args, **kwargs) -> None:
-        super().optimizer_step(*args, **kwargs)
+        try:
+            super().optimizer_step(*args, **kwargs)
+        except RuntimeError as err:
+            # torch refuses an update too large for the weights' dtype (e.g. AdamW with lr 1e38): a non-finite stop
+            if type(err) is not RuntimeError or "overflow" not in str(err):
+                raise
+            lrs = sorted({float(group["lr"]) for group in self.trainer.optimizers[0].param_groups})
+            raise FloatingPointError(
+                f"the optimizer step at global step {self.global_step} overflowed ({err}); the learning rate "
+                f"{', '.join(f'{lr:g}' for lr in lrs)} is too large. Lower it before resuming"
+            ) from err
         if self.in_swa_phase:
             start = self.swa_start_epoch
             if int(self.swa_epoch) != start:  # an average from an earlier, shorter schedule does not count

@@ -9,6 +9,10 @@ Directories are searched recursively for ``*.cif``, ``*.vasp``, ``*.poscar``, ``
 that cannot be read or are not usable crystals are reported by name on stderr and skipped. The CSV has one row per
 usable file: ``id`` (the path relative to its input directory, without the extension) and ``prediction`` in the
 target's physical units. By default the SWA weights are used when the checkpoint has them (what the paper reports).
+
+The checkpoint (a local path or an fsspec URL) is read with ``weights_only=True`` and the classes it names are checked
+before anything is imported (:mod:`framer.checkpoints`): a missing, corrupt or code-carrying checkpoint is one
+``framer: error:`` line and exit code 2, and nothing in it runs.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from framer.checkpoints import CheckpointError, RefusedClassPath
 from framer.data import collate_records
 from framer.data.structures import InvalidStructureError, record_from_file
 from framer.tracking import write_predictions_csv
@@ -61,13 +66,10 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[tuple[str, Path]]:
 
 
 def load_module(ckpt: str | Path, device: str | torch.device = "cpu"):
-    """A CrystalRegressor (or subclass) from a checkpoint, in eval mode on ``device``."""
+    """A CrystalRegressor (or subclass) from a checkpoint (checked first, see the module docstring), in eval mode."""
     from framer.module import CrystalRegressor
 
-    path = Path(ckpt)
-    if not path.is_file():
-        raise PredictError(f"checkpoint not found: {path}")
-    module = CrystalRegressor.load_from_checkpoint(path, map_location="cpu")
+    module = CrystalRegressor.load_from_checkpoint(ckpt, map_location="cpu")
     return module.to(device).eval()
 
 
@@ -144,10 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not rows:
             raise PredictError(f"none of the {len(files)} input files could be used")
         write_predictions_csv(args.out, rows, ("id", "prediction"))
-    except (PredictError, OSError) as err:
+    except (PredictError, CheckpointError, RefusedClassPath, OSError) as err:
         if os.environ.get("FRAMER_DEBUG"):
             raise
-        print(f"framer.predict: error: {err}", file=sys.stderr)
+        print(f"framer: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     info = getattr(module, "target_info", {}) or {}
     what = f" of {info['target']}" if info.get("target") else ""

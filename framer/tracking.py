@@ -12,6 +12,12 @@ never depend on MLflow. Only global rank 0 writes, and every write is atomic (te
 Several runs may start at once on one ``save_dir`` and one SQLite database: a new run claims its ``version_<n>``
 directory with an atomic ``mkdir`` (two runs of the same name never share a directory), and the first contact with
 the database (schema migrations, experiment and run creation) holds an exclusive lock file next to it.
+
+Before a run starts, :func:`check_tracking_backend` makes sure MLflow can be used, within seconds: an HTTP server is
+asked once with a 5 s timeout and no retries, a SQLite file must be a readable and writable database. A backend that
+cannot be used is one :class:`TrackingError` line, or, with ``tracking.mlflow_required: false``, a warning and a run
+tracked in its CSV files only. A resumed run keeps the rows of ``metrics.csv`` logged before the step it resumes from
+(:class:`ResumableCSVLogger`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import json
 import os
 import random
 import re
+import sqlite3
 import subprocess
 import time
 import warnings
@@ -31,15 +38,19 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from framer.atomic import atomic_write_text
+from framer.atomic import atomic_file, atomic_write_text
+from framer.rundir import claim_numbered_dir
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_LOCATION = "mlruns/artifacts"
 RUN_INFO_FILE = "run.json"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
+#: how long the check before a run waits for an MLflow HTTP server (seconds; one request, no retries)
+SERVER_CHECK_TIMEOUT = 5
 
 
 class TrackingError(ValueError):
@@ -59,6 +70,9 @@ class Tracking:
             File stores (plain paths, ``file:``) are rejected.
         artifact_location: Where a new MLflow experiment stores artifacts (default ``mlruns/artifacts``).
         tags: Extra MLflow tags.
+        mlflow_required: If the MLflow backend cannot be used when the run starts (server unreachable, database
+            corrupt or read-only): true stops with one error line; false warns and tracks the run in its CSV files
+            only.
     """
 
     def __init__(
@@ -71,6 +85,7 @@ class Tracking:
         tracking_uri: str | None = None,
         artifact_location: str | None = None,
         tags: dict[str, str] | None = None,
+        mlflow_required: bool = True,
     ) -> None:
         self.run_name = run_name
         self.save_dir = save_dir
@@ -80,19 +95,35 @@ class Tracking:
         self.tracking_uri = tracking_uri
         self.artifact_location = artifact_location
         self.tags = dict(tags or {})
+        self.mlflow_required = mlflow_required
 
-    def loggers(self, mlflow_run_id: str | None = None) -> list[Logger]:
+    def loggers(self, mlflow_run_id: str | None = None, resume_step: int | None = None) -> list[Logger]:
         """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger.
 
         Without an explicit ``version``, the launching process (not the other ranks of a multi-process run) claims
         the next free ``version_<n>`` directory at once, so concurrent runs of one name never share a directory.
+        ``resume_step``: the global step of the checkpoint a resumed run starts from (its earlier rows are kept).
+        The MLflow backend is checked first (:func:`check_tracking_backend`).
         """
-        version = self.version
-        if version is None and _is_launching_process():
-            version = claim_version(Path(self.save_dir) / self.run_name)
-        loggers: list[Logger] = [CSVLogger(save_dir=self.save_dir, name=self.run_name, version=version)]
-        if self.mlflow:
+        use_mlflow = self.mlflow
+        if use_mlflow:  # before anything is written
             uri = resolve_tracking_uri(self.tracking_uri)
+            try:
+                check_tracking_backend(uri)
+            except TrackingError as err:
+                if self.mlflow_required:
+                    raise
+                warnings.warn(
+                    f"{err}; tracking this run in its CSV files only (tracking.mlflow_required false)", stacklevel=2
+                )
+                use_mlflow = False
+        version = self.version
+        if version is None and is_launching_process():
+            version = claim_version(Path(self.save_dir) / self.run_name)
+        loggers: list[Logger] = [
+            ResumableCSVLogger(save_dir=self.save_dir, name=self.run_name, version=version, resume_step=resume_step)
+        ]
+        if use_mlflow:
             with sqlite_lock(uri):  # creating the client migrates a new database: one process at a time
                 logger = LockingMLFlowLogger(
                     experiment_name=self.experiment_name,
@@ -107,22 +138,80 @@ class Tracking:
         return loggers
 
 
-def _is_launching_process() -> bool:
+def is_launching_process() -> bool:
     """True unless this is a non-zero rank started by a launcher (torchrun, Lightning's DDP, SLURM)."""
     return all(os.environ.get(name, "0") in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
 
 
 def claim_version(root: Path) -> int:
     """Create and return the next free ``<root>/version_<n>`` (atomic ``mkdir``: concurrent callers get distinct n)."""
-    root.mkdir(parents=True, exist_ok=True)
-    taken = [int(m.group(1)) for p in root.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
-    n = max(taken, default=-1) + 1
-    while True:
-        try:
-            (root / f"version_{n}").mkdir()
-            return n
-        except FileExistsError:
-            n += 1
+    return int(claim_numbered_dir(root, "version_").name.removeprefix("version_"))
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's ``CSVLogger``, except that a resumed run keeps the history of its ``metrics.csv``.
+
+    Lightning's writer deletes an existing ``metrics.csv`` when it starts. With ``resume_step`` (the global step of
+    the checkpoint the run resumes from), the rows logged before that step are kept and the later ones (logged by
+    the interrupted run after its checkpoint, and about to be logged again) dropped, so the file ends up as the one
+    of an uninterrupted run. The kept rows wait in a hidden file while Lightning's writer starts and are then renamed
+    into place; a crash in between leaves them there for the next resume.
+
+    Args:
+        resume_step: Global step of the checkpoint the run resumes from; None for a new run.
+        **kwargs: Arguments of ``CSVLogger``.
+    """
+
+    def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_step = resume_step
+        self._history_restored = False
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._history_restored or self.resume_step is None:
+            return _CSV_EXPERIMENT(self)
+        path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+        parked = path.with_name(f".{path.name}.resumed")
+        header = _park_rows_before(path, parked, self.resume_step)
+        writer = _CSV_EXPERIMENT(self)  # Lightning's writer: removes metrics.csv
+        if header:
+            os.replace(parked, path)
+            writer.metrics_keys = header
+        self._history_restored = True
+        return writer
+
+
+_CSV_EXPERIMENT = CSVLogger.experiment.fget
+
+
+def _park_rows_before(path: Path, parked: Path, step: int) -> list[str]:
+    """Write the rows of ``path`` (or of ``parked``, left by a crash) with a step below ``step`` to ``parked``.
+
+    Returns the CSV header, or [] when there is no history to keep.
+    """
+    source = path if path.is_file() else parked if parked.is_file() else None
+    if source is None:
+        return []
+    with source.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = list(reader.fieldnames or [])
+        rows = [row for row in reader if _row_step(row) < step]
+    if not header:
+        return []
+    with atomic_file(parked, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    return header
+
+
+def _row_step(row: Mapping[str, str]) -> float:
+    try:
+        return float(row.get("step") or "inf")
+    except ValueError:
+        return float("inf")
 
 
 @contextlib.contextmanager
@@ -160,12 +249,15 @@ class LockingMLFlowLogger(MLFlowLogger):
             return self._mlflow_client
         with sqlite_lock(self._tracking_uri):
             try:
-                return _MLFLOW_EXPERIMENT(self)
-            except Exception:
-                if self._experiment_id is not None or self._run_id is not None:
-                    raise
-                time.sleep(0.5 + random.random())
-                return _MLFLOW_EXPERIMENT(self)
+                try:
+                    return _MLFLOW_EXPERIMENT(self)
+                except Exception:
+                    if self._experiment_id is not None or self._run_id is not None:
+                        raise
+                    time.sleep(0.5 + random.random())
+                    return _MLFLOW_EXPERIMENT(self)
+            except Exception as err:  # the backend failed after the check before the run: one line, not a traceback
+                raise TrackingError(f"MLflow tracking at {self._tracking_uri} failed: {_first_line(err)}") from err
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -187,6 +279,83 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
             absolute.parent.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{absolute}"
     return uri
+
+
+def check_tracking_backend(uri: str) -> None:
+    """Make sure the MLflow backend at ``uri`` can be used, within seconds; :class:`TrackingError` if not.
+
+    SQLite: the file, when it exists, must be a database (its schema readable) this process may write, in a writable
+    directory.
+    HTTP(S): the server must answer one request within ``SERVER_CHECK_TIMEOUT`` seconds (MLflow's client, with
+    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` set for this request only). Other
+    backends (PostgreSQL, ...) are left to MLflow.
+    """
+    if uri.startswith("sqlite:///"):
+        _check_sqlite(Path(uri[len("sqlite:///") :]), uri)
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
+
+
+def _check_sqlite(path: Path, uri: str) -> None:
+    if str(path) in ("", ":memory:"):
+        return
+    hint = "use another MLFLOW_TRACKING_URI, or --tracking.mlflow false"
+    if not os.access(path.parent, os.W_OK):
+        raise TrackingError(f"MLflow tracking database {path}: its directory is not writable; {hint}")
+    if not path.exists():
+        return
+    if not os.access(path, os.W_OK):  # file modes, a read-only mount, the immutable flag
+        raise TrackingError(f"MLflow tracking database {path} cannot be written (read-only); {hint}")
+    try:
+        connection = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=30)
+        try:
+            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            connection.close()
+    except sqlite3.Error as err:
+        raise TrackingError(f"MLflow tracking database {path} cannot be used ({err}); {hint}") from None
+
+
+@contextlib.contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _check_server(uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    try:
+        with _environment(**limits):
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except Exception as err:
+        raise TrackingError(
+            f"MLflow tracking server {uri} cannot be reached ({_root_cause(err)[:300]}); start it, set "
+            "MLFLOW_TRACKING_URI to a server that runs, or use --tracking.mlflow false "
+            "(--tracking.mlflow_required false: warn and track in CSV files only)"
+        ) from None
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost exception of a chain (e.g. ``[Errno 111] Connection refused`` under MLflow's and urllib3's)."""
+    seen = [err]
+    while (nxt := seen[-1].__cause__ or seen[-1].__context__) is not None and nxt not in seen and len(seen) < 20:
+        seen.append(nxt)
+    return next((_first_line(e) for e in reversed(seen) if str(e).strip()), _first_line(err))
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def resolve_artifact_location(location: str | None) -> str:

@@ -124,6 +124,17 @@ class CrystalFramer(nn.Module):
         self.init_args = arguments
         if frame not in ("none", "max", "static", "weighted_pca", "pca", "lattice"):
             raise ValueError(f"unknown frame {frame!r}")
+        sizes = {"num_layers": num_layers, "model_dim": model_dim, "num_heads": num_heads, "ff_dim": ff_dim}
+        sizes.update(dist_basis=dist_basis, head_dim=head_dim, chunk_size=chunk_size)
+        for name, value in sizes.items():
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not dist_max > 0:
+            raise ValueError(f"dist_max must be positive, got {dist_max}")
+        if frame != "none" and angle_basis < 2:
+            raise ValueError(f"angle_basis must be at least 2 (Gaussian centres from -1 to 1), got {angle_basis}")
+        if frame != "none" and not angle_width > 0:
+            raise ValueError(f"angle_width must be positive, got {angle_width}")
         self.frame = frame
         self.image_tolerance = image_tolerance
         self.chunk_size = chunk_size

@@ -5,7 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from reliability_helpers import HERE  # noqa: F401 (puts this folder on sys.path for the stand-ins)
+from reliability_helpers import STANDIN_MODULES
+
+
+@pytest.fixture(autouse=True)
+def allow_standins(monkeypatch):
+    """Let configs and checkpoints name the stand-in classes (not under framer, torch or lightning)."""
+    monkeypatch.setenv("FRAMER_ALLOWED_MODULES", STANDIN_MODULES)
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +40,13 @@ def fresh_data(tmp_path) -> Path:
     root = tmp_path / "data"
     root.mkdir()
     return root
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite database with its schema, built once (its migrations take seconds): copy it to use it."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments(max_results=1)
+    return path

@@ -25,6 +25,8 @@ DATA_ARGS = [
     "--data.init_args.build_workers=0",
 ]
 STEPS_PER_EPOCH = 6
+#: the packages of the stand-ins, which configs name by class path (allowed through $FRAMER_ALLOWED_MODULES)
+STANDIN_MODULES = "reliability_standins,training_standins"
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.log_every_n_steps=1"]
 STANDIN = ["--model.init_args.model=reliability_standins.PooledMLP", "--model.init_args.model.init_args.hidden=16"]
 
@@ -67,6 +69,7 @@ def cli_env(tmp_path: Path, data_root: Path | None = None) -> dict[str, str]:
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     env["OMP_NUM_THREADS"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    env["FRAMER_ALLOWED_MODULES"] = STANDIN_MODULES
     if data_root is not None:
         env["FRAMER_DATA_DIR"] = str(data_root)
     env.pop("FRAMER_DEBUG", None)

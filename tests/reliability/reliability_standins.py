@@ -6,6 +6,7 @@ They are imported by class path (``--model.init_args.model reliability_standins.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -203,6 +204,48 @@ class KillDuringSave(Callback):
             import framer.atomic
 
             kill_while_writing(framer.atomic, ".ckpt.", self.limit)
+
+
+class _FullDiskFile(_KillingFile):
+    """A file whose writes fail with ENOSPC once ``limit`` bytes have gone through them (a disk that fills up)."""
+
+    def write(self, data) -> int:
+        if len(data) >= self._left:
+            self._handle.write(data[: self._left])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._left -= len(data)
+        return self._handle.write(data)
+
+
+class DiskFullDuringSave(Callback):
+    """From optimizer step ``step`` on, checkpoint files fail with ENOSPC after ``limit`` bytes, as on a full disk.
+
+    (A real full disk cannot be made safely here; the error is injected at the write, where the OS would raise it.)
+
+    Args:
+        step: Global step whose checkpoint save is the first to fail.
+        limit: Bytes written before the error.
+    """
+
+    def __init__(self, step: int, limit: int = 2000) -> None:
+        self.step = step
+        self.limit = limit
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        if trainer.global_step == self.step:
+            import builtins
+
+            import framer.atomic
+
+            SEEN["last_ckpt_digest"] = file_digest(_last_ckpt(trainer))
+
+            def full_disk_open(file, mode="r", *args, **kwargs):
+                handle = builtins.open(file, mode, *args, **kwargs)  # noqa: SIM115 (returned to the caller)
+                if ".ckpt." in Path(file).name and any(m in mode for m in "wxa"):
+                    return _FullDiskFile(handle, self.limit)
+                return handle
+
+            framer.atomic.open = full_disk_open
 
 
 def meet_before_cache_write(rendezvous: str, parties: int = 2, timeout: float = 120.0) -> None:

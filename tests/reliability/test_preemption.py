@@ -1,5 +1,6 @@
 """Pre-emption: a ``python -m framer.cli fit`` killed in the middle of an epoch (SIGKILL) or stopped by SIGTERM and
-restarted with ``--ckpt_path last`` ends with the same weights and test metrics as a run that was never interrupted.
+restarted with ``--ckpt_path last`` ends with the same weights, test metrics and learning curve (``metrics.csv``, row
+for row) as a run that was never interrupted.
 
 The runs are real subprocesses on CPU with the dropout stand-in network (so the RNG state matters). A stand-in
 callback (``PauseAt``) holds the run after a known step until the test has sent its signal, so the signal always
@@ -46,17 +47,17 @@ def finish(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
     return done
 
 
-def start_paused(cwd: Path, env: dict) -> tuple[subprocess.Popen, Path]:
-    """Start a run that pauses after step PAUSE; return it once it is paused there."""
+def start_paused(cwd: Path, env: dict, step: int = PAUSE) -> tuple[subprocess.Popen, Path]:
+    """Start a run that pauses after optimizer step ``step``; return it once it is paused there."""
     marker = cwd / "paused"
-    pause = callback_arg("reliability_standins.PauseAt", step=PAUSE, marker=str(marker))
+    pause = callback_arg("reliability_standins.PauseAt", step=step, marker=str(marker))
     log = (cwd / "paused-run.log").open("w")
     proc = subprocess.Popen(cli(cwd, pause), cwd=cwd, env=env, stdout=log, stderr=log, text=True)
     log.close()
     deadline = time.monotonic() + 300
     while not marker.exists():
         if proc.poll() is not None:
-            pytest.fail(f"run ended before step {PAUSE}: {(cwd / 'paused-run.log').read_text()[-3000:]}")
+            pytest.fail(f"run ended before step {step}: {(cwd / 'paused-run.log').read_text()[-3000:]}")
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail("run did not reach the pause")
@@ -75,6 +76,7 @@ def outcome(cwd: Path) -> dict:
         "metrics": metrics["metrics"],
         "global_step": metrics["global_step"],
         "predictions": (directory / "predictions.csv").read_text(),
+        "curve": (directory / "metrics.csv").read_text(),
         "weights": state["state_dict"],
     }
 
@@ -84,6 +86,7 @@ def assert_same(resumed: dict, reference: dict) -> None:
     assert set(resumed["metrics"]) == set(reference["metrics"]) >= {"test/mae", "test_best/mae", "best_val/mae"}
     assert resumed["metrics"] == reference["metrics"]  # exact, see the module docstring
     assert resumed["predictions"] == reference["predictions"]
+    assert resumed["curve"].splitlines() == reference["curve"].splitlines()  # the history before the resume is kept
     assert resumed["weights"].keys() == reference["weights"].keys()
     for name, value in reference["weights"].items():
         assert torch.equal(resumed["weights"][name], value), name

@@ -13,6 +13,16 @@ if str(HERE) not in sys.path:  # the stand-ins are imported by class path, also 
     sys.path.insert(0, str(HERE))
 
 
+#: the packages of the stand-ins, which configs name by class path (see framer.checkpoints)
+STANDIN_MODULES = "training_standins,reliability_standins"
+
+
+@pytest.fixture(autouse=True)
+def allow_standins(monkeypatch):
+    """Let configs and checkpoints name the stand-in classes (not under framer, torch or lightning)."""
+    monkeypatch.setenv("FRAMER_ALLOWED_MODULES", STANDIN_MODULES)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """Run in a fresh directory with a private MLflow SQLite database."""

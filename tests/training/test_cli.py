@@ -160,7 +160,11 @@ def test_test_and_predict_subcommands_from_a_checkpoint(workdir):
     config = str(ckpt.parents[1] / "config.yaml")
     tester = FramerCLI(args=["test", "--config", config, "--ckpt_path", str(ckpt), "--tracking.mlflow=false"])
     assert float(tester.trainer.callback_metrics["test/mae"]) == pytest.approx(fit_metrics["test/mae"], rel=1e-6)
-    assert json.loads((workdir / "runs" / "sub" / "version_1" / "metrics.json").read_text())["metrics"]["test/mae"]
+    tested_dir = workdir / "runs" / "sub" / "version_0" / "test" / "0"  # a new sub-directory of the run
+    assert json.loads((tested_dir / "metrics.json").read_text())["metrics"]["test/mae"] == pytest.approx(
+        fit_metrics["test/mae"], rel=1e-6
+    )
+    assert not (workdir / "runs" / "sub" / "version_1").exists()
     out = workdir / "preds.csv"
     FramerCLI(args=["predict", "--config", config, "--ckpt_path", str(ckpt), f"--predictions_csv={out}"])
     rows = read_csv(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import math
 
@@ -258,3 +259,29 @@ def test_resume_from_last_continues_step_count_and_schedule(tmp_path):
     assert len(resumed_rec.lrs) == 6  # only the remaining steps ran
     assert resumed_rec.lrs == pytest.approx(full_rec.lrs[6:])
     assert int(resumed_module.swa_n) == int(full_module.swa_n) == 3
+
+
+def test_train_mae_of_an_epoch_counts_only_that_epoch_also_after_resume(tmp_path):
+    """train/mae is checkpointed (a resume mid-epoch keeps the epoch's running value) and starts afresh each epoch,
+    also when the run resumes from a checkpoint taken at the end of the previous epoch."""
+
+    def run(name, max_epochs, ckpt_path=None):
+        pl.seed_everything(4)
+        recorder = Recorder()
+        ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+        logger = CSVLogger(tmp_path, name=name)
+        kwargs = quiet_trainer_kwargs(max_epochs=max_epochs, callbacks=[ckpt, recorder], enable_checkpointing=True)
+        trainer = pl.Trainer(**{**kwargs, "logger": logger})
+        module = make_module(swa_epochs=0)
+        trainer.fit(module, datamodule=TinyDataModule(num_crystals=40, batch_size=8), ckpt_path=ckpt_path)
+        rows = list(csv.DictReader(open(logger.log_dir + "/metrics.csv")))  # noqa: SIM115
+        logged = {int(r["epoch"]): float(r["train/mae"]) for r in rows if r.get("train/mae")}
+        return module, recorder, logged
+
+    run("first", 1)
+    module, recorder, logged = run("resumed", 2, ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert list(logged) == [1] and set(recorder.epochs) == {1}
+    # equal batches (drop_last): the epoch's MAE is target_std times the mean standardised L1 loss of its batches
+    expected = float(module.target_std) * sum(recorder.losses) / len(recorder.losses)
+    assert logged[1] == pytest.approx(expected, rel=1e-5)
+    assert "train_mae.sum_abs_error" in module.state_dict()

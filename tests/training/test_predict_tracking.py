@@ -79,7 +79,7 @@ def test_predict_user_errors(checkpoint, structures, tmp_path, capsys):
     empty.mkdir()
     assert predict_main(["--ckpt", str(checkpoint), "--inputs", str(empty)]) == 2
     err = capsys.readouterr().err
-    assert err.count("framer.predict: error:") == 3 and "Traceback" not in err
+    assert err.count("framer: error:") == 3 and "Traceback" not in err
 
 
 def test_predict_entry_point_as_a_subprocess(checkpoint, structures, tmp_path):
@@ -106,9 +106,10 @@ def test_tracking_uri_defaults_to_sqlite_and_refuses_file_stores(tmp_path, monke
             resolve_tracking_uri(bad)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     assert resolve_tracking_uri("sqlite:///x.db") == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     loggers = Tracking(run_name="r", save_dir=str(tmp_path / "runs")).loggers()
     assert isinstance(loggers[0], CSVLogger) and isinstance(loggers[1], MLFlowLogger)
-    assert Tracking(mlflow=False).loggers()[-1].__class__.__name__ == "CSVLogger"
+    assert isinstance(Tracking(mlflow=False, save_dir=str(tmp_path / "runs")).loggers()[-1], CSVLogger)
 
 
 def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):

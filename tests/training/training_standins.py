@@ -126,5 +126,6 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     env.setdefault("OMP_NUM_THREADS", "1")
+    env["FRAMER_ALLOWED_MODULES"] = "training_standins,reliability_standins"
     env.pop("FRAMER_DEBUG", None)
     return env
