@@ -19,8 +19,8 @@
    per-crystal cost of reading a record and of ``collate_records``.
 
 The machine may be shared: every figure carries the load averages before and after, and projections use CPU
-seconds. ``--compare FILE`` adds the serial figures of an earlier results file (e.g. a run on an older commit) to
-the markdown report.
+seconds. ``--compare FILE`` keeps the serial builds of an earlier results file (e.g. a run on an older commit: same
+``--count`` and ``--seed``, so the same records) beside this run's.
 """
 
 from __future__ import annotations
@@ -488,7 +488,20 @@ def projection(dataset: str, raw: dict, builds: list[dict], processes: list[int]
 # --------------------------------------------------------------------------------------------- report
 
 
-def markdown(results: dict, compare: dict | None) -> str:
+def before_figures(earlier: dict) -> dict:
+    """The serial builds of an earlier results file (``--compare``), kept in this one."""
+    out = {key: earlier["system"][key] for key in ("git_commit", "date", "host")}
+    out["datasets"] = {}
+    for dataset, part in earlier.get("datasets", {}).items():
+        serial = next((b for b in part["builds"] if b["workers"] in (0, None)), None)
+        if serial:
+            keep = ("records", "wall_s", "cpu_s", "peak_rss_mib", "rss_before_mib", "load_before", "load_after")
+            out["datasets"][dataset] = {key: serial[key] for key in (*keep, "cache_sha256")}
+            out["datasets"][dataset]["profile"] = part.get("profile")
+    return out
+
+
+def markdown(results: dict) -> str:
     system, settings = results["system"], results["settings"]
     lines = [
         "# Cache builds and DataLoader delivery (CPU)",
@@ -537,14 +550,21 @@ def markdown(results: dict, compare: dict | None) -> str:
             lines.append("")
         if part.get("profile"):
             prof = part["profile"]
+            earlier = (results.get("before", {}).get("datasets", {}).get(dataset) or {}).get("profile")
+            before = {step["step"]: step for step in earlier["steps"]} if earlier else {}
             lines += [
-                f"Where the time goes (one serial build under cProfile, {prof['total_s']:.2f} s in all; cProfile "
-                "inflates code made of many small calls, so shares are indicative):",
+                f"Where the time goes (one serial build under cProfile, {prof['total_s']:.2f} s in all"
+                + (f"; before: {earlier['total_s']:.2f} s" if earlier else "")
+                + "; cProfile inflates code made of many small calls, so shares are indicative):",
                 "",
-                "| step | s | share |",
-                "|---|---|---|",
+                "| step | s | share |" + (" s before | share before |" if before else ""),
+                "|---|---|---|" + ("---|---|" if before else ""),
             ]
-            lines += [f"| {s['step']} | {s['s']:.3f} | {s['share']:.0%} |" for s in prof["steps"]]
+            for step in prof["steps"]:
+                row = f"| {step['step']} | {step['s']:.3f} | {step['share']:.0%} |"
+                if step["step"] in before:
+                    row += f" {before[step['step']]['s']:.3f} | {before[step['step']]['share']:.0%} |"
+                lines.append(row)
             lines.append("")
         proj = part.get("projection")
         if proj:
@@ -560,17 +580,18 @@ def markdown(results: dict, compare: dict | None) -> str:
                 "| seconds | " + " | ".join(f"{proj['seconds'][c]:.0f}" for c in cols) + " |",
                 "",
             ]
-        if compare and dataset in compare.get("datasets", {}):
-            before = next((b for b in compare["datasets"][dataset]["builds"] if b["workers"] in (0, None)), None)
-            if before and serial:
-                c_sys = compare["system"]
-                lines += [
-                    f"Serial build before (commit {str(c_sys['git_commit'])[:10]}, {c_sys['date']}): "
-                    f"{before['records'] / before['cpu_s']:.0f} records/CPU s "
-                    f"({before['cpu_s']:.2f} CPU s, peak RSS {before['peak_rss_mib']:.0f} MiB); now "
-                    f"{serial['records'] / serial['cpu_s']:.0f} records/CPU s.",
-                    "",
-                ]
+        before = results.get("before", {}).get("datasets", {}).get(dataset)
+        if before and serial:
+            same = "the same" if before["cache_sha256"] == serial["cache_sha256"] else "a different"
+            lines += [
+                f"Serial build of the same records at commit {str(results['before']['git_commit'])[:10]} "
+                f"({results['before']['date']}, load {before['load_before'][0]}→{before['load_after'][0]}): "
+                f"{before['records'] / before['cpu_s']:.0f} records/CPU s ({before['cpu_s']:.2f} CPU s, "
+                f"{before['wall_s']:.2f} s wall, peak RSS {before['peak_rss_mib']:.0f} MiB); now "
+                f"{serial['records'] / serial['cpu_s']:.0f} records/CPU s, {before['cpu_s'] / serial['cpu_s']:.2f}x "
+                f"fewer CPU seconds, {same} cache file (sha256).",
+                "",
+            ]
     cost = results.get("cost_by_size")
     if cost:
         lines += [
@@ -676,11 +697,12 @@ def main(argv: list[str] | None = None) -> int:
                 results["loader"] = {"dataset": dataset, "batch_size": args.batch_size, "runs": runs}
     results["cost_by_size"] = run_child("cost", {"sizes": [2, 8, 32, 128], "repeats": 200}, log)
     results["load_average_end"] = load_average()
-    compare = json.loads(args.compare.read_text()) if args.compare else None
+    if args.compare:
+        results["before"] = before_figures(json.loads(args.compare.read_text()))
     name = args.name or results["system"]["host"] + "-cache-build" + ("" if args.count >= 10_000 else "-quick")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(results, compare) + "\n")
+    (args.out / f"{name}.md").write_text(markdown(results) + "\n")
     log(f"wrote {args.out / name}.json and .md")
     return 0
 
