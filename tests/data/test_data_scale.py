@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -278,3 +279,55 @@ def test_ddp_fit_builds_in_worker_processes_on_rank_zero_and_feeds_persistent_lo
     assert built.read_bytes() == serial.cache_path().read_bytes()
     metrics = json.loads((tmp_path / "runs" / "ddp" / "version_0" / "metrics.json").read_text())
     assert "test/mae" in metrics["metrics"]
+
+
+CONCURRENT_BUILD = """
+import sys, time
+from pathlib import Path
+from framer.data import MPDataModule
+
+dm = MPDataModule(n_train=None, n_val=None, n_test=None, build_workers=2, data_dir=sys.argv[1])
+Path(sys.argv[2]).touch()  # imported: ready
+while not Path(sys.argv[3]).exists():
+    time.sleep(0.01)
+dm.prepare_data()
+print(dm.cache_status, sum(dm.split_sizes().values()))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LINUX, reason="worker processes are forked on Linux only")
+def test_two_runs_building_the_same_cache_at_once_both_succeed_and_leave_the_serial_bytes(tmp_path):
+    import subprocess
+
+    data = tmp_path / "data"
+    write_jarvis_zip(data / "raw", "megnet", _megnet_with_defects(330))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    go = tmp_path / "go"
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_BUILD, str(data), str(tmp_path / f"ready{i}"), str(go)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        assert all(run.poll() is None for run in runs), [run.communicate() for run in runs]
+        time.sleep(0.05)
+    go.touch()  # both build now, each with two worker processes
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    serial = MPDataModule(n_train=None, n_val=None, n_test=None, data_dir=str(tmp_path / "serial"), build_workers=0)
+    (tmp_path / "serial" / "raw").mkdir(parents=True)
+    (tmp_path / "serial" / "raw" / "megnet.json.zip").write_bytes((data / "raw" / "megnet.json.zip").read_bytes())
+    serial.prepare_data()
+    built = next((data / "processed" / "megnet").glob("*.cache"))
+    assert built.read_bytes() == serial.cache_path().read_bytes()
+    assert not list((data / "processed" / "megnet").glob(".*.tmp"))  # no temporary file left behind
+    records = str(sum(serial.split_sizes().values()))
+    statuses = [out.split()[-2] for out, _ in outputs]
+    assert [out.split()[-1] for out, _ in outputs] == [records, records], outputs
+    assert "miss" in statuses and set(statuses) <= {"miss", "hit"}  # (a hit if the other run had finished first)
