@@ -13,10 +13,10 @@ Where data live (``$FRAMER_DATA_DIR``, default ``./data``)::
 jarvis-tools' own ``data(key, store_dir=raw_dir)``, so a pre-placed file is never downloaded again.
 
 DataModules (all take ``target``, ``batch_size``, ``test_batch_size``, ``num_workers``, ``data_dir``,
-``rebuild_cache``, ``predict_split``): :class:`MPDataModule`, :class:`JarvisDataModule`,
-:class:`CustomDataModule` (CIF/POSCAR folder + ``id_prop.csv``) and :class:`EwaldDataModule` (embedded synthetic
-set). Each exposes ``target_stats()``, ``split_fingerprints()``, ``split_ids()``, ``summary()``, ``dataset_name``,
-``target`` and ``target_units``; batches are :class:`CrystalBatch`.
+``rebuild_cache``, ``predict_split``, ``build_workers``, ``pin_memory``): :class:`MPDataModule`,
+:class:`JarvisDataModule`, :class:`CustomDataModule` (CIF/POSCAR folder + ``id_prop.csv``) and
+:class:`EwaldDataModule` (embedded synthetic set). Each exposes ``target_stats()``, ``split_fingerprints()``,
+``split_ids()``, ``summary()``, ``dataset_name``, ``target`` and ``target_units``; batches are :class:`CrystalBatch`.
 
 Names are imported lazily (PEP 562), so ``python -m framer.data info`` does not pay for torch and Lightning.
 """

@@ -4,20 +4,27 @@ Order of operations (datasets.md §1.3/§2.1): entries whose target *group* has 
 split is computed on positions in that filtered list; then each split entry is converted, and entries whose
 structure is malformed (or too large, ``max_atoms``) are skipped and counted in a :class:`SkipReport`, so the
 surviving records keep their paper split membership.
+
+The conversion runs in ``workers`` processes (:func:`framer.data.parallel.map_chunks`); results are gathered in split
+order, so the arrays, the metadata and the skip report do not depend on the number of processes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
+import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from framer.data.cache import records_to_arrays
+from framer.data.cache import concatenate_columns, records_to_arrays
+from framer.data.parallel import map_chunks
 from framer.data.sources import (
     JARVIS_SOURCES,
     DataError,
@@ -83,13 +90,75 @@ def classify(err: InvalidStructureError) -> str:
     return "invalid_structure"
 
 
+class PhaseTimer:
+    """Wall and CPU seconds (of this process) of the named phases of a build, for logs and benchmarks.
+
+    Timings never enter a cache: its bytes must not depend on the machine or the number of processes.
+    """
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict[str, float]] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - wall, time.process_time() - cpu)
+
+    def add(self, name: str, wall_s: float, cpu_s: float) -> None:
+        phase = self.phases.setdefault(name, {"wall_s": 0.0, "cpu_s": 0.0})
+        phase["wall_s"] = round(phase["wall_s"] + wall_s, 4)
+        phase["cpu_s"] = round(phase["cpu_s"] + cpu_s, 4)
+
+    def merge(self, phases: dict[str, dict[str, float]]) -> None:
+        for name, phase in phases.items():
+            self.add(name, phase["wall_s"], phase["cpu_s"])
+
+
 @dataclass
 class BuildResult:
-    """What a builder hands to the cache: arrays, metadata and the skip report."""
+    """What a builder hands to the cache: arrays, metadata, the skip report and the phases' timings."""
 
     arrays: dict[str, np.ndarray]
     meta: dict
     report: SkipReport
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    """A record that could not be converted (what :meth:`SkipReport.add` needs)."""
+
+    reason: str
+    id: str
+    message: str
+
+
+@dataclass
+class _Converted:
+    """The outcome of converting some positions: columns of the good records, which ones were good, why not."""
+
+    columns: dict[str, np.ndarray]
+    kept: np.ndarray  # bool per position
+    skipped: list[_Skipped]
+
+
+def _convert_positions(convert: Callable[[int], CrystalRecord], positions: Sequence[int]) -> _Converted:
+    """Convert ``positions`` (in a worker process, or all of them in this one) into columns."""
+    records, kept, skipped = [], [], []
+    for p in positions:
+        try:
+            records.append(convert(p))
+            kept.append(True)
+            continue
+        except InvalidStructureError as err:
+            skipped.append(_Skipped(classify(err), getattr(err, "record_id", None) or f"#{p}", str(err)))
+        except MemoryError:
+            skipped.append(_Skipped("out_of_memory", f"#{p}", "ran out of memory converting this record"))
+        kept.append(False)
+    return _Converted(records_to_arrays(records), np.array(kept, dtype=bool), skipped)
 
 
 def assemble(
@@ -98,36 +167,43 @@ def assemble(
     report: SkipReport,
     raw_index: Callable[[int], int] | None = None,
     fingerprint: str = "positions",
+    workers: int = 0,
+    timer: PhaseTimer | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Convert every split position with ``convert(position)``; skipped entries are added to ``report``.
 
+    ``workers`` > 1 converts in that many forked processes (``convert`` is inherited, not pickled), each turning its
+    share into columns; the columns are concatenated in split order, so the result does not depend on ``workers``.
     Returns the cache arrays (records in split order: train, val, test) with per-record ``position``,
     ``raw_index`` and ``split`` columns, and meta with split sizes and fingerprints of the kept records.
     """
-    records: list[CrystalRecord] = []
-    positions, raws, codes = [], [], []
-    requested = {}
-    for name in SPLIT_NAMES:
-        part = np.asarray(split_positions[name], dtype=np.int64)
-        requested[name] = len(part)
-        for p in part:
-            p = int(p)
-            try:
-                record = convert(p)
-            except InvalidStructureError as err:
-                report.add(classify(err), getattr(err, "record_id", None) or f"#{p}", str(err))
-                continue
-            except MemoryError:
-                report.add("out_of_memory", f"#{p}", "ran out of memory converting this record")
-                continue
-            records.append(record)
-            positions.append(p)
-            raws.append(raw_index(p) if raw_index else p)
-            codes.append(SPLIT_CODES[name])
-    arrays = records_to_arrays(records)
-    arrays["position"] = np.asarray(positions, dtype=np.int64)
-    arrays["raw_index"] = np.asarray(raws, dtype=np.int64)
-    arrays["split"] = np.asarray(codes, dtype=np.int8)
+    timer = timer or PhaseTimer()
+    positions = np.concatenate([np.asarray(split_positions[name], dtype=np.int64) for name in SPLIT_NAMES])
+    codes = np.repeat(
+        np.array([SPLIT_CODES[name] for name in SPLIT_NAMES], dtype=np.int8),
+        [len(split_positions[name]) for name in SPLIT_NAMES],
+    )
+    with timer("convert"):
+        parts = map_chunks(functools.partial(_convert_positions, convert), positions.tolist(), workers)
+    with timer("columns"):
+        for part in parts:
+            for skip in part.skipped:
+                report.add(skip.reason, skip.id, skip.message)
+        arrays = concatenate_columns([part.columns for part in parts])
+        kept = np.concatenate([part.kept for part in parts])
+        del parts
+        arrays["position"] = positions[kept]
+        arrays["raw_index"] = np.asarray(
+            [raw_index(p) if raw_index else p for p in arrays["position"].tolist()], dtype=np.int64
+        )
+        arrays["split"] = codes[kept]
+        meta = _split_meta(arrays, {name: len(split_positions[name]) for name in SPLIT_NAMES}, fingerprint)
+    meta["skipped"] = report.to_dict()
+    return arrays, meta
+
+
+def _split_meta(arrays: dict[str, np.ndarray], requested: dict[str, int], fingerprint: str) -> dict:
+    """Split sizes and fingerprints of the kept records."""
     sizes, fps, raw_fps = {}, {}, {}
     for name, code in SPLIT_CODES.items():
         mask = arrays["split"] == code
@@ -137,15 +213,13 @@ def assemble(
         else:
             fps[name] = split_fingerprint(arrays["position"][mask])
         raw_fps[name] = split_fingerprint(arrays["raw_index"][mask])
-    meta = {
+    return {
         "sizes": sizes,
         "requested_sizes": requested,
         "split_fingerprints": fps,
         "raw_split_fingerprints": raw_fps,
         "fingerprint_kind": fingerprint,
-        "skipped": report.to_dict(),
     }
-    return arrays, meta
 
 
 def _entry_id(entry: object, id_field: str, raw_i: int) -> str:
@@ -188,23 +262,30 @@ def build_jarvis_target(
     split_seed: int,
     entries: list[dict] | None = None,
     max_atoms: int = DEFAULT_MAX_ATOMS,
+    workers: int = 0,
 ) -> BuildResult:
-    """Records of one megnet/dft_3d_2021 target with the paper's split (see the module docstring)."""
+    """Records of one megnet/dft_3d_2021 target with the paper's split (see the module docstring).
+
+    ``workers`` > 1 converts the structures in that many processes (same result).
+    """
     source = JARVIS_SOURCES[spec.dataset]
+    timer = PhaseTimer()
     if entries is None:
-        entries = load_jarvis_dataset(spec.dataset, data_dir)
-    filtered_report = SkipReport()
-    kept = filter_group(entries, spec.group, source.id_field, filtered_report)
-    n = len(kept)
-    if n == 0:
-        raise DataError(f"{source.filename}: no entry has valid values for {', '.join(spec.group)}")
-    try:
-        splits = paper_split(n, n_train, n_val, n_test, split_seed=split_seed)
-    except ValueError as err:
-        hint = "at least 10 are needed for an 80/10/10 split"
-        if (n_train, n_val, n_test) != (None, None, None):
-            hint = "for a subset of the published file, set n_train/n_val/n_test to null to use 80/10/10 fractions"
-        raise DataError(f"{source.filename} has {n} entries with valid {spec.field!r}: {err}; {hint}") from None
+        with timer("read"):
+            entries = load_jarvis_dataset(spec.dataset, data_dir)
+    with timer("filter_split"):
+        filtered_report = SkipReport()
+        kept = filter_group(entries, spec.group, source.id_field, filtered_report)
+        n = len(kept)
+        if n == 0:
+            raise DataError(f"{source.filename}: no entry has valid values for {', '.join(spec.group)}")
+        try:
+            splits = paper_split(n, n_train, n_val, n_test, split_seed=split_seed)
+        except ValueError as err:
+            hint = "at least 10 are needed for an 80/10/10 split"
+            if (n_train, n_val, n_test) != (None, None, None):
+                hint = "for a subset of the published file, set n_train/n_val/n_test to null to use 80/10/10 fractions"
+            raise DataError(f"{source.filename} has {n} entries with valid {spec.field!r}: {err}; {hint}") from None
     paper = PAPER_SPLITS[spec.split_key]
     position_fps = {name: split_fingerprint(idx) for name, idx in splits.items()}
     raw_fps = {name: split_fingerprint(kept[idx]) for name, idx in splits.items()}
@@ -227,7 +308,7 @@ def build_jarvis_target(
         return _convert_entry(entry, _entry_id(entry, source.id_field, raw_i), float(entry[spec.field]), max_atoms)
 
     report = SkipReport()
-    arrays, meta = assemble(splits, convert, report, raw_index=lambda p: int(kept[p]))
+    arrays, meta = assemble(splits, convert, report, raw_index=lambda p: int(kept[p]), workers=workers, timer=timer)
     meta.update(
         dataset=spec.dataset,
         target=spec.name,
@@ -241,14 +322,16 @@ def build_jarvis_target(
         paper_raw_split_fingerprints=raw_fps,
         matches_paper_split=matches_paper,
     )
-    return BuildResult(arrays, meta, report)
+    return BuildResult(arrays, meta, report, timer.phases)
 
 
 def build_moduli_target(
-    spec: TargetSpec, data_dir: str | os.PathLike | None, max_atoms: int = DEFAULT_MAX_ATOMS
+    spec: TargetSpec, data_dir: str | os.PathLike | None, max_atoms: int = DEFAULT_MAX_ATOMS, workers: int = 0
 ) -> BuildResult:
     """Records of bulk/shear modulus from Matformer's pre-split pickles (values already log10 GPa)."""
-    pickles = load_moduli_pickles(spec.moduli_prop, data_dir)
+    timer = PhaseTimer()
+    with timer("read"):
+        pickles = load_moduli_pickles(spec.moduli_prop, data_dir)
     lists = [pickles[name] for name in SPLIT_NAMES]
     flat = [item for part in lists for item in part]
     starts = np.cumsum([0] + [len(part) for part in lists])
@@ -272,7 +355,13 @@ def build_moduli_target(
 
     split_of = np.repeat(np.arange(3), [len(part) for part in lists])
     arrays, meta = assemble(
-        splits, convert, report, raw_index=lambda p: int(p - starts[split_of[p]]), fingerprint="ids"
+        splits,
+        convert,
+        report,
+        raw_index=lambda p: int(p - starts[split_of[p]]),
+        fingerprint="ids",
+        workers=workers,
+        timer=timer,
     )
     meta.update(
         dataset=spec.dataset,
@@ -283,4 +372,4 @@ def build_moduli_target(
         filtered_entries=len(flat),
         file_sizes={name: len(part) for name, part in zip(SPLIT_NAMES, lists)},
     )
-    return BuildResult(arrays, meta, report)
+    return BuildResult(arrays, meta, report, timer.phases)

@@ -6,7 +6,8 @@ A cache file holds plain arrays (no pickled objects)::
 
 The header carries the format version, the cache *key* (sha256 over everything the content depends on: raw file
 hashes, data set, target, split specification, this format version), free-form metadata, the sha256 of the
-payload and the sha256 of the header itself (so a damaged array layout or metadata is caught too). :func:`load_or_build` uses a file only if its key matches and its payload checksum verifies; a stale or
+payload and the sha256 of the header itself (so a damaged array layout or metadata is caught too).
+:func:`load_or_build` uses a file only if its key matches and its payload checksum verifies; a stale or
 corrupt file is rebuilt with a warning, never silently used. Records are stored as concatenated columns plus
 offsets (:class:`RecordStore`), so DataLoader workers and DDP ranks share pages instead of copying them.
 """
@@ -262,6 +263,18 @@ def records_to_arrays(records: Sequence[CrystalRecord]) -> dict[str, np.ndarray]
         "target": np.array([r.target for r in records], dtype=np.float64),
         "ids": np.array([r.id for r in records], dtype=f"<U{width}"),
     }
+
+
+def concatenate_columns(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """What :func:`records_to_arrays` gives the records of all ``parts`` together (shifted offsets, widest ids)."""
+    if len(parts) == 1:
+        return parts[0]
+    sizes = np.concatenate([np.diff(part["offsets"]) for part in parts])
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    out = {name: np.concatenate([part[name] for part in parts]) for name in parts[0] if name != "offsets"}
+    out["offsets"] = offsets
+    return {name: out[name] for name in parts[0]}  # the same order of columns (the file layout follows it)
 
 
 class RecordStore:

@@ -24,7 +24,7 @@ from pathlib import Path, PurePath
 
 import numpy as np
 
-from framer.data.build import BuildResult, SkipReport, assemble
+from framer.data.build import BuildResult, PhaseTimer, SkipReport, assemble
 from framer.data.cache import file_sha256
 from framer.data.sources import DataError, DataNotFoundError
 from framer.data.splits import SPLIT_NAMES, random_split, read_split_file
@@ -167,15 +167,19 @@ def build_custom(
     max_atoms: int = DEFAULT_MAX_ATOMS,
     max_file_mb: float = DEFAULT_MAX_FILE_MB,
     allow_outside_root: bool = False,
+    workers: int = 0,
 ) -> BuildResult:
     """Records of a custom folder, split at random (seeded) or by a JSON split file of ids.
 
     Structure files larger than ``max_file_mb`` or with more than ``max_atoms`` atoms are skipped and counted;
-    names outside ``root`` are an error unless ``allow_outside_root``.
+    names outside ``root`` are an error unless ``allow_outside_root``. ``workers`` > 1 parses the files in that many
+    processes (same result).
     """
     root = Path(root)
     id_prop = root / id_prop_file
-    rows = read_id_prop(id_prop)
+    timer = PhaseTimer()
+    with timer("read"):
+        rows = read_id_prop(id_prop)
     missing = SkipReport()
     valid = []
     for row in rows:
@@ -207,7 +211,7 @@ def build_custom(
         raise err
 
     report = SkipReport()
-    arrays, meta = assemble(splits, convert, report, fingerprint="positions")
+    arrays, meta = assemble(splits, convert, report, fingerprint="positions", workers=workers, timer=timer)
     if report.total:
         log.warning("%s: skipped %d of %d structures (%s)", root, report.total, len(valid), dict(report.counts))
     if len(arrays["ids"]) == 0:
@@ -220,7 +224,7 @@ def build_custom(
         missing_target=missing.to_dict(),
         split_source=str(split_file) if split_file else f"random {tuple(fractions)} seed {split_seed}",
     )
-    return BuildResult(arrays, meta, report)
+    return BuildResult(arrays, meta, report, timer.phases)
 
 
 def _splits_from_file(path: Path, rows: list[IdPropRow], valid: list[IdPropRow], missing: SkipReport):

@@ -5,6 +5,11 @@ All share :class:`CrystalDataModule`: ``prepare_data`` (rank 0) builds or valida
 order fixed by the seed and the epoch, ``drop_last``, resumable mid-epoch — see :mod:`framer.data.resumable`;
 val/test/predict: in split order). Targets stay in physical units; :meth:`target_stats` gives the
 train mean and population std for the model's normalisation, :meth:`split_fingerprints` the split hashes to record.
+
+Feeding a GPU: with ``num_workers`` > 0 the loader workers persist across epochs; batches are collated in page-locked
+memory when ``pin_memory`` is on (by default whenever CUDA is available) and copied to the device without blocking
+(:meth:`CrystalDataModule.transfer_batch_to_device`). Caches are built in ``build_workers`` processes
+(:mod:`framer.data.parallel`); their content and key do not depend on that number.
 """
 
 from __future__ import annotations
@@ -22,9 +27,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from framer.data import ewald as ewald_mod
-from framer.data.batch import collate_records
-from framer.data.resumable import EpochShuffleSampler, ResumableDataLoader, shuffle_seed
-from framer.data.build import SPLIT_CODES, BuildResult, SkipReport, assemble, build_jarvis_target, build_moduli_target
+from framer.data.batch import CrystalBatch, collate_records
+from framer.data.build import (
+    SPLIT_CODES,
+    BuildResult,
+    PhaseTimer,
+    SkipReport,
+    assemble,
+    build_jarvis_target,
+    build_moduli_target,
+)
 from framer.data.cache import (
     CacheError,
     RecordStore,
@@ -34,6 +46,8 @@ from framer.data.cache import (
     read_cache,
     write_json_atomic,
 )
+from framer.data.parallel import resolve_workers
+from framer.data.resumable import EpochShuffleSampler, ResumableDataLoader, shuffle_seed
 from framer.data.sources import (
     DataError,
     DataNotFoundError,
@@ -81,10 +95,14 @@ class CrystalDataModule(L.LightningDataModule):
         target: Property to predict.
         batch_size: Crystals per training (and validation) batch, per device.
         test_batch_size: Crystals per test/predict batch (the papers test with 1).
-        num_workers: DataLoader worker processes.
+        num_workers: DataLoader worker processes (kept alive across epochs when > 0).
         data_dir: Data root; None means ``$FRAMER_DATA_DIR`` or ``./data``.
         rebuild_cache: Rebuild the processed cache even if it is valid.
         predict_split: Split served by ``predict_dataloader``: train, val, test or all.
+        build_workers: Processes that build the cache (null: min(8, available CPUs); 0 or 1: this process). The
+            cache's content and key do not depend on it.
+        pin_memory: Collate batches in page-locked memory for faster, non-blocking copies to a GPU (null: when CUDA
+            is available).
     """
 
     dataset_name: str = "crystals"
@@ -98,6 +116,8 @@ class CrystalDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         rebuild_cache: bool = False,
         predict_split: Literal["train", "val", "test", "all"] = "test",
+        build_workers: int | None = None,
+        pin_memory: bool | None = None,
     ):
         super().__init__()
         if batch_size < 1 or test_batch_size < 1:
@@ -108,6 +128,7 @@ class CrystalDataModule(L.LightningDataModule):
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if predict_split not in PREDICT_SPLITS:
             raise ValueError(f"predict_split must be one of {PREDICT_SPLITS}, got {predict_split!r}")
+        resolve_workers(build_workers)  # validates
         self.target = target
         self.batch_size = batch_size
         self.test_batch_size = test_batch_size
@@ -115,6 +136,11 @@ class CrystalDataModule(L.LightningDataModule):
         self.data_dir = data_root(data_dir)
         self.rebuild_cache = rebuild_cache
         self.predict_split = predict_split
+        self.build_workers = build_workers
+        self.pin_memory = pin_memory
+        #: wall and CPU seconds (this process) of the last cache build's phases ("total": all but "key"); empty
+        #: when the cache was valid
+        self.build_timings: dict[str, dict[str, float]] = {}
         self.cache_status: str | None = None
         self._store: RecordStore | None = None
         self._meta: dict = {}
@@ -145,6 +171,11 @@ class CrystalDataModule(L.LightningDataModule):
         """Raw files the cache is built from (checked before the key is computed)."""
         return []
 
+    @property
+    def build_processes(self) -> int:
+        """Processes a cache build uses (``build_workers`` resolved; 0 or 1: this process)."""
+        return resolve_workers(self.build_workers)
+
     # ----------------------------------------------------------------------------------------- cache life cycle
 
     @property
@@ -166,11 +197,14 @@ class CrystalDataModule(L.LightningDataModule):
             cache = self._cache_without_raw(path, missing[0])
             status = "hit-without-raw"
         else:
-            parts = self._cache_parts()
-            key = cache_key(**parts)
+            timer = PhaseTimer()
+            with timer("key"):
+                parts = self._cache_parts()
+                key = cache_key(**parts)
 
             def build():
                 result = self.build()
+                timer.merge(result.timings)
                 report = {
                     "dataset": self.dataset_name,
                     "target": self.target,
@@ -194,13 +228,31 @@ class CrystalDataModule(L.LightningDataModule):
                     )
                 return result.arrays, {**result.meta, "key_parts": parts}
 
-            cache, status = load_or_build(path, key, build, rebuild=rebuild, description=description)
+            with timer("total"):  # building (the phases above) and writing
+                cache, status = load_or_build(path, key, build, rebuild=rebuild, description=description)
+            if status != "hit":
+                self.build_timings = timer.phases
+                self._log_build(description, len(cache.array("ids")))
         self.cache_status = status
         self._store = RecordStore(cache)
         self._meta = cache.meta
         split = np.asarray(cache.array("split"))
         self._split_indices = {name: np.flatnonzero(split == code) for name, code in SPLIT_CODES.items()}
         self._check_usable()
+
+    def _log_build(self, description: str, records: int) -> None:
+        phases = {name: phase["wall_s"] for name, phase in self.build_timings.items()}
+        total = phases.pop("total") + phases.pop("key")
+        processes = max(self.build_processes, 1)
+        log.info(
+            "built the cache of %s: %d records in %.1f s with %d process%s (%s)",
+            description,
+            records,
+            total,
+            processes,
+            "es" if processes > 1 else "",
+            ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()),
+        )
 
     def _cache_without_raw(self, path: Path, missing: Path):
         """Use a valid cache whose raw file was removed, if every non-raw setting still matches."""
@@ -264,8 +316,18 @@ class CrystalDataModule(L.LightningDataModule):
     def test_dataset(self) -> CrystalDataset:
         return self.dataset("test")
 
+    @property
+    def pins_memory(self) -> bool:
+        """Whether loaders collate into page-locked memory (``pin_memory``, or CUDA availability when null)."""
+        return torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
+
     def _loader(self, dataset: CrystalDataset, batch_size: int, drop_last: bool, **kwargs) -> DataLoader:
-        """A loader of ``dataset`` (in split order unless ``kwargs`` give ``shuffle`` or a ``sampler``)."""
+        """A loader of ``dataset`` (in split order unless ``kwargs`` give ``shuffle`` or a ``sampler``).
+
+        Workers, when there are any, live as long as the loader (no restart each epoch) and keep torch's default of
+        two batches each in flight: reading and collating a crystal costs tens of microseconds
+        (``bench/cache_build.py``), so more prefetching would only hold more memory.
+        """
         return ResumableDataLoader(
             dataset,
             batch_size=batch_size,
@@ -273,8 +335,16 @@ class CrystalDataModule(L.LightningDataModule):
             collate_fn=collate_records,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pins_memory,
             **kwargs,
         )
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Move a :class:`CrystalBatch` to ``device``; to a GPU without blocking (the copy waits for nothing but the
+        stream it runs on; from pinned memory it overlaps with the model's work)."""
+        if isinstance(batch, CrystalBatch):
+            return batch.to(device, non_blocking=torch.device(device).type == "cuda")
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
@@ -377,9 +447,21 @@ class _PaperDataModule(CrystalDataModule):
         n_test: int | None,
         split_seed: int,
         max_atoms: int,
+        build_workers: int | None,
+        pin_memory: bool | None,
     ):
         self.spec: TargetSpec = target_spec(self.dataset_name, target)
-        super().__init__(target, batch_size, test_batch_size, num_workers, data_dir, rebuild_cache, predict_split)
+        super().__init__(
+            target,
+            batch_size,
+            test_batch_size,
+            num_workers,
+            data_dir,
+            rebuild_cache,
+            predict_split,
+            build_workers,
+            pin_memory,
+        )
         self.target_units = self.spec.units
         self.n_train, self.n_val, self.n_test, self.split_seed = n_train, n_val, n_test, split_seed
         self.max_atoms = _positive("max_atoms", max_atoms)
@@ -421,7 +503,7 @@ class _PaperDataModule(CrystalDataModule):
 
     def build(self) -> BuildResult:
         if self.spec.pickled:
-            return build_moduli_target(self.spec, self.data_dir, self.max_atoms)
+            return build_moduli_target(self.spec, self.data_dir, self.max_atoms, workers=self.build_processes)
         return build_jarvis_target(
             self.spec,
             self.data_dir,
@@ -430,6 +512,7 @@ class _PaperDataModule(CrystalDataModule):
             self.n_test,
             self.split_seed,
             max_atoms=self.max_atoms,
+            workers=self.build_processes,
         )
 
 
@@ -452,6 +535,10 @@ class MPDataModule(_PaperDataModule):
         n_test: Test size (null: 10%).
         split_seed: Seed of the paper split's shuffle.
         max_atoms: Crystals with more atoms are skipped and counted in the skip report.
+        build_workers: Processes that build the cache (null: min(8, available CPUs); 0 or 1: this process). The
+            cache's content and key do not depend on it.
+        pin_memory: Collate batches in page-locked memory for faster, non-blocking copies to a GPU (null: when CUDA
+            is available).
     """
 
     dataset_name = "megnet"
@@ -471,6 +558,8 @@ class MPDataModule(_PaperDataModule):
         n_test: int | None = 4239,
         split_seed: int = PAPER_SPLIT_SEED,
         max_atoms: int = DEFAULT_MAX_ATOMS,
+        build_workers: int | None = None,
+        pin_memory: bool | None = None,
     ):
         super().__init__(
             target,
@@ -485,6 +574,8 @@ class MPDataModule(_PaperDataModule):
             n_test,
             split_seed,
             max_atoms,
+            build_workers,
+            pin_memory,
         )
         self.save_hyperparameters()
 
@@ -508,6 +599,10 @@ class JarvisDataModule(_PaperDataModule):
         n_test: Test size (null: 10%).
         split_seed: Seed of the paper split's shuffle.
         max_atoms: Crystals with more atoms are skipped and counted in the skip report.
+        build_workers: Processes that build the cache (null: min(8, available CPUs); 0 or 1: this process). The
+            cache's content and key do not depend on it.
+        pin_memory: Collate batches in page-locked memory for faster, non-blocking copies to a GPU (null: when CUDA
+            is available).
     """
 
     dataset_name = "dft_3d_2021"
@@ -526,6 +621,8 @@ class JarvisDataModule(_PaperDataModule):
         n_test: int | None = None,
         split_seed: int = PAPER_SPLIT_SEED,
         max_atoms: int = DEFAULT_MAX_ATOMS,
+        build_workers: int | None = None,
+        pin_memory: bool | None = None,
     ):
         super().__init__(
             target,
@@ -540,6 +637,8 @@ class JarvisDataModule(_PaperDataModule):
             n_test,
             split_seed,
             max_atoms,
+            build_workers,
+            pin_memory,
         )
         self.save_hyperparameters()
 
@@ -570,6 +669,10 @@ class CustomDataModule(CrystalDataModule):
         max_file_mb: Structure files larger than this (megabytes) are skipped, unparsed, and counted.
         allow_outside_root: Read names in ``id_prop.csv`` that lie outside ``root`` (absolute paths, ``..``,
             symbolic links out of the folder); by default they are an error.
+        build_workers: Processes that read the structure files into the cache (null: min(8, available CPUs); 0 or
+            1: this process). The cache's content and key do not depend on it.
+        pin_memory: Collate batches in page-locked memory for faster, non-blocking copies to a GPU (null: when CUDA
+            is available).
     """
 
     dataset_name = "custom"
@@ -594,8 +697,20 @@ class CustomDataModule(CrystalDataModule):
         max_atoms: int = DEFAULT_MAX_ATOMS,
         max_file_mb: float = DEFAULT_MAX_FILE_MB,
         allow_outside_root: bool = False,
+        build_workers: int | None = None,
+        pin_memory: bool | None = None,
     ):
-        super().__init__(target, batch_size, test_batch_size, num_workers, data_dir, rebuild_cache, predict_split)
+        super().__init__(
+            target,
+            batch_size,
+            test_batch_size,
+            num_workers,
+            data_dir,
+            rebuild_cache,
+            predict_split,
+            build_workers,
+            pin_memory,
+        )
         self.root = Path(root).expanduser().absolute()
         if not self.root.is_dir():
             raise DataNotFoundError(f"custom data folder {self.root} not found")
@@ -650,6 +765,7 @@ class CustomDataModule(CrystalDataModule):
             self.max_atoms,
             self.max_file_mb,
             self.allow_outside_root,
+            workers=self.build_processes,
         )
 
 
@@ -674,7 +790,10 @@ class EwaldDataModule(CrystalDataModule):
         seed: Generator seed (crystal i depends only on seed and i).
         max_atoms: Largest cell (atoms).
         split_seed: Seed of the 80/10/10 split.
-        build_workers: Processes used to generate the crystals (0: in this process).
+        build_workers: Processes that generate the crystals (null: min(8, available CPUs); 0 or 1: this process).
+            The cache's content and key do not depend on it.
+        pin_memory: Collate batches in page-locked memory for faster, non-blocking copies to a GPU (null: when CUDA
+            is available).
     """
 
     dataset_name = "ewald"
@@ -692,15 +811,26 @@ class EwaldDataModule(CrystalDataModule):
         seed: int = 0,
         max_atoms: int = ewald_mod.MAX_ATOMS,
         split_seed: int = 123,
-        build_workers: int = 2,
+        build_workers: int | None = None,
+        pin_memory: bool | None = None,
     ):
         if target != ewald_mod.TARGET_NAME:
             raise ValueError(f"EwaldDataModule has one target, {ewald_mod.TARGET_NAME!r}; got {target!r}")
         if num_crystals < 3:
             raise ValueError(f"num_crystals must be at least 3 (one per split), got {num_crystals}")
-        super().__init__(target, batch_size, test_batch_size, num_workers, data_dir, rebuild_cache, predict_split)
+        super().__init__(
+            target,
+            batch_size,
+            test_batch_size,
+            num_workers,
+            data_dir,
+            rebuild_cache,
+            predict_split,
+            build_workers,
+            pin_memory,
+        )
         self.num_crystals, self.seed, self.max_atoms = num_crystals, seed, max_atoms
-        self.split_seed, self.build_workers = split_seed, build_workers
+        self.split_seed = split_seed
         self.target_units = ewald_mod.TARGET_UNITS
         self.save_hyperparameters()
 
@@ -720,9 +850,11 @@ class EwaldDataModule(CrystalDataModule):
         }
 
     def build(self) -> BuildResult:
-        records = ewald_mod.generate_records(self.num_crystals, self.seed, self.build_workers, self.max_atoms)
+        timer = PhaseTimer()
+        with timer("generate"):
+            records = ewald_mod.generate_records(self.num_crystals, self.seed, self.build_processes, self.max_atoms)
         splits = random_split(len(records), (0.8, 0.1, 0.1), self.split_seed)
         report = SkipReport()
-        arrays, meta = assemble(splits, lambda p: records[p], report)
+        arrays, meta = assemble(splits, lambda p: records[p], report, timer=timer)
         meta.update(dataset="ewald", target=self.target, units=self.target_units, raw_entries=len(records))
-        return BuildResult(arrays, meta, report)
+        return BuildResult(arrays, meta, report, timer.phases)

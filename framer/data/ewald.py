@@ -13,13 +13,12 @@ worker processes. Use :func:`generate_records` in tests (64 crystals take one to
 
 from __future__ import annotations
 
-import concurrent.futures
+import functools
 import math
-import multiprocessing
-import sys
 
 import numpy as np
 
+from framer.data.parallel import map_chunks
 from framer.data.structures import CrystalRecord, make_record
 
 GENERATOR_VERSION = 1
@@ -152,31 +151,25 @@ def make_crystal(seed: int, index: int, max_atoms: int = MAX_ATOMS) -> CrystalRe
     return make_record(f"ewald-{seed}-{index:05d}", lattice, frac, numbers, energy, max_atoms=max_atoms)
 
 
-def _make_chunk(args: tuple[int, list[int], int]) -> list[CrystalRecord]:
-    seed, indices, max_atoms = args
-    return [make_crystal(seed, i, max_atoms) for i in indices]
-
-
 def generate_records(n: int, seed: int = 0, num_workers: int = 0, max_atoms: int = MAX_ATOMS) -> list[CrystalRecord]:
     """``n`` labelled random ionic crystals, deterministic in ``seed`` (and independent of ``num_workers``).
 
     Args:
         n: Number of crystals.
         seed: Data set seed.
-        num_workers: Worker processes (0 or 1: in this process). Workers are forked (Linux only; elsewhere the
-            crystals are made in this process), so scripts need no ``if __name__ == "__main__"`` guard; they run
-            only numpy and pymatgen code.
+        num_workers: Worker processes (0 or 1: in this process), forked on Linux (elsewhere the crystals are made
+            in this process; see :func:`framer.data.parallel.map_chunks`).
         max_atoms: Largest cell (at least 2).
     """
     if max_atoms < 2:
         raise ValueError("max_atoms must be at least 2 (a neutral ionic cell has a cation and an anion)")
-    if num_workers <= 1 or n < 32 or not sys.platform.startswith("linux"):
-        return [make_crystal(seed, i, max_atoms) for i in range(n)]
-    chunk = max(16, n // (num_workers * 8))
-    jobs = [(seed, list(range(start, min(n, start + chunk))), max_atoms) for start in range(0, n, chunk)]
-    context = multiprocessing.get_context("fork")
-    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
-        return [record for part in pool.map(_make_chunk, jobs) for record in part]
+    make = functools.partial(_make_crystals, seed, max_atoms)
+    parts = map_chunks(make, range(n), num_workers, min_chunk=16)  # ~20 ms per crystal: small chunks pay off
+    return [record for part in parts for record in part]
+
+
+def _make_crystals(seed: int, max_atoms: int, indices: range) -> list[CrystalRecord]:
+    return [make_crystal(seed, i, max_atoms) for i in indices]
 
 
 def generate_structures(n: int, seed: int = 0, max_atoms: int = MAX_ATOMS) -> list:

@@ -155,21 +155,26 @@ def make_record(
             "unphysical_cell",
         )
     try:
-        lattice, frac = reduce_cell(lattice, frac)
+        with np.errstate(all="ignore"):
+            spacings = interplanar_spacings(lattice)
+        reduced, frac = reduce_cell(lattice, frac, spacings)
     except (np.linalg.LinAlgError, ValueError, FloatingPointError, OverflowError) as err:
         raise InvalidStructureError(f"cannot reduce the lattice ({err})", "singular_lattice") from err
+    if reduced is not lattice:
+        lattice = reduced
+        with np.errstate(all="ignore"):
+            spacings = interplanar_spacings(lattice)
     if np.abs(frac).max() > MAX_ABS_FRAC_COORD:  # in the cell used (a huge skew gives huge coordinates)
         raise InvalidStructureError(
             f"a fractional coordinate is larger than {MAX_ABS_FRAC_COORD:g} in magnitude", "nan_coordinate"
         )
-    with np.errstate(all="ignore"):
-        spacing = float(np.min(interplanar_spacings(lattice)))
+    spacing = float(np.min(spacings))
     if not spacing >= MIN_INTERPLANAR_SPACING:
         raise InvalidStructureError(
             f"degenerate lattice: lattice planes {spacing:.3g} Å apart (atoms overlap their periodic images)",
             "singular_lattice",
         )
-    shortest = shortest_lattice_vector(lattice, MIN_LATTICE_VECTOR)
+    shortest = shortest_lattice_vector(lattice, MIN_LATTICE_VECTOR, spacings)
     if shortest < MIN_LATTICE_VECTOR:
         raise InvalidStructureError(
             f"unphysical cell: every atom is {shortest:.3g} Å from its own periodic image "
@@ -177,7 +182,7 @@ def make_record(
             "unphysical_cell",
         )
     if check_overlap and len(numbers) > 1:
-        closest = closest_pair_distance(lattice, frac, MIN_INTERATOMIC_DISTANCE)
+        closest = closest_pair_distance(lattice, frac, MIN_INTERATOMIC_DISTANCE, spacings)
         if closest < MIN_INTERATOMIC_DISTANCE:
             raise InvalidStructureError(
                 f"atoms closer than {MIN_INTERATOMIC_DISTANCE} Å ({closest:.3g} Å)", "overlapping_atoms"
