@@ -114,8 +114,8 @@ class PeriodicAttention(nn.Module):
             self.angle_basis = encodings.angle_basis(angle_basis, angle_width)
             self.angle_proj = nn.Parameter(torch.empty(3, num_heads, self.head_dim, angle_basis))  # W_1..3
             if angle_grid > 0:
-                grid, self.angle_spacing = cosine_grid(self.angle_basis, angle_grid)
-                self.register_buffer("angle_grid_basis", self.angle_basis(grid).float(), persistent=False)
+                self.angle_grid_points, self.angle_spacing = cosine_grid(self.angle_basis, angle_grid)
+                self._grid_basis_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         else:
             self.angle_basis = None
             self.register_parameter("angle_proj", None)
@@ -219,11 +219,11 @@ class PeriodicAttention(nn.Module):
     ) -> Tensor:
         """Frames (N, H, 3, 3) of this layer built from its own (detached) attention."""
         if self.frame == "max":
-            return max_frames(graph, chunks, a, logits)
+            return max_frames(graph, chunks, a, logits, attention=(z, alpha))
         if self.frame == "static":
-            return max_frames(graph, chunks, a, None)
+            return max_frames(graph, chunks, a, None, tie_logits=logits, attention=(z, alpha))
         if self.frame == "weighted_pca":
-            return weighted_pca_frames(graph, chunks, a, z, alpha)
+            return weighted_pca_frames(graph, chunks, a, z, alpha, logits)
         raise ValueError(f"frame {self.frame!r} is not built per layer; pass fixed frames")
 
     @torch.no_grad()
@@ -264,6 +264,17 @@ class PeriodicAttention(nn.Module):
                 parts.append(self._chunk_value_encoding(*args))
         return chunks.to_edge_order(parts)
 
+    def grid_basis(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """(G, D) angle basis at the tabulation grid points, with centres in ``dtype`` (cached per dtype).
+
+        The float64 grid points are expanded in float64 arithmetic and the result cast to ``dtype``.
+        """
+        key = (dtype, device)
+        if key not in self._grid_basis_cache:
+            basis = self.angle_basis(self.angle_grid_points.to(device), centers_dtype=dtype)
+            self._grid_basis_cache[key] = basis.to(dtype)
+        return self._grid_basis_cache[key]
+
     def _angle_table(self) -> Tensor:
         """Rows c_angl W_hm b_angl(grid point), axis-major then head then grid point: (3, H * G, d_h).
 
@@ -279,7 +290,7 @@ class PeriodicAttention(nn.Module):
         cached = getattr(self, "_table_cache", None)
         if not needs_grad and cached is not None and cached[0] == key:
             return cached[1]
-        table = projected_tables(weight, self.angle_grid_basis, self.angle_coef)
+        table = projected_tables(weight, self.grid_basis(weight.dtype, weight.device), self.angle_coef)
         self._table_cache = None if needs_grad else (key, table)
         return table
 
@@ -295,7 +306,7 @@ class PeriodicAttention(nn.Module):
     ) -> Tensor:
         """c_angl sum_m W_m sum_n p b_angl(cos) (E, H, d_h) from tables of W_m b_angl (see framer.models.angles)."""
         table = self._angle_table()
-        basis = self.angle_grid_basis.to(table.dtype)
+        basis = self.grid_basis(table.dtype, table.device)
         tolerance = graph.image_tolerance
         log_tolerance = math.log(tolerance) if tolerance > 0 else -math.inf
         a = a_edge.detach()

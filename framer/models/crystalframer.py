@@ -22,19 +22,20 @@ Deviations from the reference implementation (each chosen to follow the papers' 
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from framer.data.batch import CrystalBatch
 from framer.data.structures import MAX_ATOMIC_NUMBER
-from framer.geometry import R0
+from framer.geometry import R0, tolerance_image_box
 from framer.models.attention import FrameType, PeriodicAttention
 from framer.models.frames import lattice_frames, pca_frames
 from framer.models.periodic import PeriodicGraph
 
 T_FIXUP_GAIN = 0.67
+ImageBox = Literal["paper", "exact"]
 
 
 class EncoderBlock(nn.Module):
@@ -75,6 +76,12 @@ class CrystalFramer(nn.Module):
             layer from their size (stores them for typical batches, recomputes for very large cells).
         angle_grid: grid points per angle-Gaussian width of the tabulated angle features (linear interpolation,
             error below 1 / (8 angle_grid²) of a Gaussian's peak); 0 evaluates every Gaussian exactly (slow).
+        image_box: "paper" (default) sums each crystal's image box ``batch.image_box``, the paper's truncation at
+            3.5 sigma_max, with images pruned relative to each edge's nearest image. "exact" sums, around every
+            atom, all images whose weight is above ``image_tolerance`` of the atom's nearest neighbour image (the
+            box is recomputed from ``batch.lattice`` to hold them): every cell of a crystal (primitive,
+            conventional, supercell, any basis) then gives the same prediction for the frames "none", "max",
+            "static" and "weighted_pca", at a higher cost (see docs/model.md, "Invariance").
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -117,6 +124,7 @@ class CrystalFramer(nn.Module):
         chunk_size: int = 2**22,
         recompute: bool | None = None,
         angle_grid: int = 256,
+        image_box: ImageBox = "paper",
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -149,6 +157,9 @@ class CrystalFramer(nn.Module):
             for _ in range(num_layers)
         )
         self.head = nn.Sequential(nn.Linear(model_dim, head_dim), nn.ReLU(), nn.Linear(head_dim, 1))
+        if image_box not in ("paper", "exact") or (image_box == "exact" and not 0 < image_tolerance < 1):
+            raise ValueError(f"image_box={image_box!r} needs 'paper', or 'exact' with 0 < image_tolerance < 1")
+        self.image_box = image_box
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -178,42 +189,61 @@ class CrystalFramer(nn.Module):
         """Build a named preset, e.g. ``CrystalFramer.preset("crystalframer-lightweight")``."""
         return cls(**{**cls.preset_kwargs(name), **overrides})
 
-    def graph(self, batch: CrystalBatch) -> PeriodicGraph:
+    def image_boxes(self, batch: CrystalBatch) -> Tensor:
+        """(B, 3) image-box half-ranges: ``batch.image_box`` ("paper") or chosen from the tolerance ("exact")."""
+        if self.image_box == "exact":
+            return tolerance_image_box(batch.lattice, self.image_tolerance)
+        return batch.image_box
+
+    def graph(self, batch: CrystalBatch, image_boxes: Tensor | None = None) -> PeriodicGraph:
         """Edges and periodic images of ``batch`` (shared by all layers)."""
         return PeriodicGraph(
             batch.pos,
             batch.lattice,
             batch.sizes,
-            batch.image_box,
+            self.image_boxes(batch) if image_boxes is None else image_boxes,
             chunk_size=self.chunk_size,
             width=self.blocks[0].attention.pair_width,
             image_tolerance=self.image_tolerance,
+            per_atom_reference=self.image_box == "exact",
         )
 
+    def prepare(self, batch: CrystalBatch) -> CrystalBatch:
+        """``batch`` on the model's device, its floating tensors in the model's dtype (no copy when they are)."""
+        weight = self.atom_embedding.weight
+        return batch.to(weight.device, weight.dtype)
+
     def encode(self, batch: CrystalBatch) -> Tensor:
-        """Atom features (N, model_dim) after the last block."""
-        graph = self.graph(batch)
+        """Atom features (N, model_dim) after the last block (the batch is first cast as in :meth:`prepare`)."""
+        batch = self.prepare(batch)
+        boxes = self.image_boxes(batch)
+        graph = self.graph(batch, boxes)
         # = one-hot(Z) @ W^T; index_select (not advanced indexing) keeps its backward deterministic on CPU threads
         x = self.atom_embedding.weight.index_select(1, batch.atomic_numbers - 1).t()
-        frames = self._fixed_frames(batch)
+        frames = self._fixed_frames(batch, boxes)
         for block in self.blocks:
             x = block(x, graph, frames)
         return x
 
     def forward(self, batch: CrystalBatch) -> Tensor:
-        """Predictions (B,) for the crystals of ``batch``."""
+        """Predictions (B,) for the crystals of ``batch``.
+
+        The batch's floating tensors are cast to the model's dtype and every tensor is moved to its device first
+        (a float32 batch works with a float64 model, and the other way round).
+        """
+        batch = self.prepare(batch)
         x = self.encode(batch)
         crystal = torch.repeat_interleave(torch.arange(len(batch.sizes), device=x.device), batch.sizes.to(x.device))
         pooled = x.new_zeros(len(batch.sizes), x.shape[1]).index_add(0, crystal, x)
         pooled = pooled / batch.sizes.to(x.device, x.dtype).unsqueeze(1)
         return self.head(pooled).squeeze(-1)
 
-    def _fixed_frames(self, batch: CrystalBatch) -> Tensor | None:
+    def _fixed_frames(self, batch: CrystalBatch, image_boxes: Tensor) -> Tensor | None:
         """(N, H, 3, 3) frames for "pca"/"lattice" (the same for every layer, atom of a crystal and head)."""
         if self.frame == "pca":
-            per_crystal = pca_frames(batch.pos, batch.sizes)
+            per_crystal = pca_frames(batch.pos, batch.sizes, batch.lattice, image_boxes)
         elif self.frame == "lattice":
-            per_crystal = lattice_frames(batch.lattice, batch.image_box)
+            per_crystal = lattice_frames(batch.lattice, image_boxes)
         else:
             return None
         crystal = torch.repeat_interleave(
