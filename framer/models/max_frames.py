@@ -74,24 +74,31 @@ def max_frames(
     e1 = near_unit[edge1, :]  # (N, H, 3)
     e1 = torch.where(torch.isfinite(best1).unsqueeze(-1), e1, torch.eye(3, dtype=a.dtype, device=a.device)[0])
 
-    image_scores, image_units, image_ties = [], [], []
+    image_scores, image_units = [], []
     for chunk in chunks:
         score = second_axis_scores(chunk, e1[src[chunk.edges]], a[src[chunk.edges]])
-        best, ties = first_best(score, chunk.label.unsqueeze(1), dim=2)  # (C, H); ties: lattice-index order
+        best = torch.argmax(score, dim=2)  # (C, H); ties are looked at below, for the edges that matter
         image_scores.append(torch.gather(score, 2, best.unsqueeze(-1)).squeeze(-1))
         image_units.append(chunk.unit[torch.arange(len(best), device=best.device).unsqueeze(1), best])
-        image_ties.append(ties)
     score2 = chunks.to_edge_order(image_scores)
     if logits is not None:
         score2 = score2 + logits
     edge2, best2, tied2 = segment_argmax(score2, src, n, tie_logits)
     raw2 = chunks.to_edge_order(image_units)[edge2, heads]
+    # within the candidate edges (tied2), images tied with the edge's best: the first in lattice-index order wins
+    edge, head = torch.nonzero(tied2 & graph.equal_lengths.unsqueeze(1), as_tuple=True)
+    chunk = graph.edge_chunk(edge, chunks.counts)
+    score = second_axis_scores(chunk, e1[src[edge], head].unsqueeze(1), a[src[edge], head].unsqueeze(1))[:, 0]
+    pick, ties = first_best(score, chunk.row_labels)
+    winner = edge == edge2[src[edge], head]
+    raw2[src[edge[winner]], head[winner]] = chunk.unit[winner.nonzero().squeeze(1), pick[winner]]
     frames = complete_frame(e1, raw2, torch.isfinite(best2))
     if attention is None:
         return frames
     # more than one candidate within the tolerance for f1 or f2 (counting the tied images of each tied edge)
     count1 = torch.zeros_like(a).index_add_(0, src, tied1 * near_count.unsqueeze(1).to(a.dtype))
-    count2 = torch.zeros_like(a).index_add_(0, src, tied2 * chunks.to_edge_order(image_ties).to(a.dtype))
+    count2 = torch.zeros_like(a).index_add_(0, src, tied2.to(a.dtype))  # tied edges, then their tied images
+    count2 = count2.index_put_((src[edge], head), ties.to(a.dtype) - 1.0, accumulate=True)
     tied = (count1 > 1) | (count2 > 1)
     if not tied.any():
         return frames
@@ -196,21 +203,22 @@ def decide_ties(
 def _first_axis_candidates(graph: PeriodicGraph, a: Tensor, logits: Tensor | None, tied: Tensor):
     """(edge, head, unit, label, score) of every f1 candidate of the tied pairs: the images tied with the nearest
     one of each edge whose score ties with the best."""
-    src = graph.src
+    edges = torch.nonzero(tied.any(dim=1)[graph.src]).squeeze(1)  # the edges of the atoms with ties
+    src = graph.src[edges]
     near_d2, _, near_count = graph.nearest_image
-    score = first_axis_scores(a[src], near_d2, logits)
+    score = first_axis_scores(a[src], near_d2[edges], None if logits is None else logits[edges])
     best = torch.full_like(a, -torch.inf).scatter_reduce(
         0, src.unsqueeze(1).expand_as(score), score, "amax", include_self=True
     )
-    candidate = near_max(score, best[src]) & tied[src] & (near_count > 0).unsqueeze(1)
-    edge, head = torch.nonzero(candidate, as_tuple=True)
-    count = near_count[edge]
-    repeat = torch.repeat_interleave(torch.arange(len(edge), device=edge.device), count)
-    offset = torch.arange(len(repeat), device=edge.device) - (torch.cumsum(count, 0) - count)[repeat]
-    first_near = graph.image_start + (src == graph.dst).long()  # the self image comes first in its edge's list
-    image = first_near[edge[repeat]] + offset
-    edge, head = edge[repeat], head[repeat]
-    return edge, head, normalize(graph.image_vectors[image]), graph.image_label[image], score[edge, head]
+    candidate = near_max(score, best[src]) & tied[src] & (near_count[edges] > 0).unsqueeze(1)
+    row, head = torch.nonzero(candidate, as_tuple=True)
+    count = near_count[edges[row]]
+    repeat = torch.repeat_interleave(torch.arange(len(row), device=row.device), count)
+    offset = torch.arange(len(repeat), device=row.device) - (torch.cumsum(count, 0) - count)[repeat]
+    first_near = graph.image_start + (graph.src == graph.dst).long()  # the self image comes first in its list
+    row, head = row[repeat], head[repeat]
+    image = first_near[edges[row]] + offset
+    return edges[row], head, normalize(graph.image_vectors[image]), graph.image_label[image], score[row, head]
 
 
 def _second_axis_candidates(

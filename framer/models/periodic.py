@@ -70,6 +70,10 @@ class ImageChunk:
         """(C, m) lattice-index order of each image within its edge's box (for tie-breaking)."""
         return self.packed_labels[self.packed]
 
+    def row_labels(self, rows: tuple[Tensor, ...]) -> Tensor:
+        """(R, m) labels of the images of the edges ``rows[0]`` (further indices, e.g. heads, are ignored)."""
+        return self.packed_labels[self.packed[rows[0]]]
+
     def select(self, rows: Tensor) -> ImageChunk:
         """The chunk restricted to some of its edges (``rows`` index its first dimension)."""
         return ImageChunk(
@@ -84,10 +88,12 @@ class ImageChunk:
 
 
 class ImageChunks(list):
-    """The chunks of one pass over all edges, with the permutation back to global edge order."""
+    """The chunks of one pass over all edges, with the permutation back to global edge order and the number of
+    images of each edge (``counts``)."""
 
-    def __init__(self, chunks: list[ImageChunk], num_edges: int):
+    def __init__(self, chunks: list[ImageChunk], num_edges: int, counts: Tensor):
         super().__init__(chunks)
+        self.counts = counts  # (E,) images of each edge
         order = torch.cat([c.edges for c in chunks])
         self._inverse = torch.empty_like(order)
         self._inverse[order] = torch.arange(num_edges, device=order.device)
@@ -225,23 +231,25 @@ class PeriodicGraph:
         while start < self.num_edges:
             m = max(1, sorted_counts[start])  # the largest count of this chunk
             stop = min(self.num_edges, start + max(1, self.chunk_size // (m * self.width)))
-            edges = order[start:stop]
-            columns = torch.arange(m, device=counts.device)
-            valid = columns < counts[edges].unsqueeze(1)
-            index = torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0)
-            chunks.append(
-                ImageChunk(
-                    edges=edges,
-                    vectors=self.image_vectors[index] * valid.unsqueeze(-1),
-                    dist2=self.image_dist2[index] * valid,
-                    valid=valid,
-                    self_image=self.image_self[index] & valid,
-                    packed=index,
-                    packed_labels=self.image_label,
-                )
-            )
+            chunks.append(self.edge_chunk(order[start:stop], counts))
             start = stop
-        return ImageChunks(chunks, self.num_edges)
+        return ImageChunks(chunks, self.num_edges, counts)
+
+    def edge_chunk(self, edges: Tensor, counts: Tensor) -> ImageChunk:
+        """One padded chunk of the given edges, each with its first ``counts`` (E,) images."""
+        m = max(1, int(counts[edges].max())) if len(edges) else 1
+        columns = torch.arange(m, device=counts.device)
+        valid = columns < counts[edges].unsqueeze(1)
+        index = torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0)
+        return ImageChunk(
+            edges=edges,
+            vectors=self.image_vectors[index] * valid.unsqueeze(-1),
+            dist2=self.image_dist2[index] * valid,
+            valid=valid,
+            self_image=self.image_self[index] & valid,
+            packed=index,
+            packed_labels=self.image_label,
+        )
 
     def layer_chunks(self, exponent_magnitude: Tensor) -> ImageChunks:
         """Chunks pruned for a layer whose smallest |a| over the heads of each atom is ``exponent_magnitude`` (N,)."""
@@ -253,6 +261,16 @@ class PeriodicGraph:
         return self.chunks(counts)
 
     @cached_property
+    def equal_lengths(self) -> Tensor:
+        """(E,) whether two non-self images of the edge have squared lengths within the tie tolerance (only such
+        edges can hold two images with equal frame scores)."""
+        tolerance = tie_tolerance(self.image_dist2.dtype)
+        d2, edge = self.image_dist2, self.image_edge
+        same = (edge[1:] == edge[:-1]) & ~self.image_self[:-1] & (d2[1:] - d2[:-1] <= d2[1:].clamp_min(1.0) * tolerance)
+        flags = torch.zeros(self.num_edges, dtype=torch.bool, device=d2.device)
+        return flags.index_put_((edge[1:][same],), torch.ones_like(edge[1:][same], dtype=torch.bool))
+
+    @cached_property
     def nearest_image(self) -> tuple[Tensor, Tensor, Tensor]:
         """(E,) squared length and (E, 3) direction of each edge's shortest image other than the self image, and
         (E,) the number of images tied with it.
@@ -262,14 +280,21 @@ class PeriodicGraph:
         """
         tolerance = tie_tolerance(self.image_dist2.dtype)
         limit = self.reference + self.reference.clamp_min(1.0) * tolerance  # inf for edges without non-self images
-        near = ~self.image_self & (self.image_dist2 <= limit[self.image_edge])
+        first = self.image_start + (self.src == self.dst).long()  # the self image comes first in its edge's list
+        available = self.image_count - (self.src == self.dst).long()
+        window = 8
+        while True:  # images are sorted by length: the tied ones are the first few of each edge
+            columns = torch.arange(window, device=first.device)
+            inside = columns < available.unsqueeze(1)
+            position = torch.where(inside, first.unsqueeze(1) + columns, 0)
+            near = inside & (self.image_dist2[position] <= limit.unsqueeze(1))
+            count = near.sum(1)
+            if not bool((count == window).any()):
+                break
+            window *= 2
         big = torch.iinfo(self.image_label.dtype).max
-        label = torch.where(near, self.image_label, big)
-        first = torch.full_like(self.image_count, big, dtype=label.dtype)
-        first = first.scatter_reduce(0, self.image_edge, label, "amin", include_self=True)
-        chosen = torch.nonzero(near & (label == first[self.image_edge])).squeeze(1)
-        index = torch.zeros_like(self.image_count).index_put_((self.image_edge[chosen],), chosen)
-        count = torch.zeros_like(self.image_count).index_add_(0, self.image_edge, near.long())
+        pick = torch.where(near, self.image_label[position], big).argmin(dim=1)
+        index = position.gather(1, pick.unsqueeze(1)).squeeze(1)
         dist2 = torch.where(count > 0, self.image_dist2[index], torch.inf)
         vectors = self.image_vectors[index]
         return dist2, vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-30), count
