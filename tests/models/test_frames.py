@@ -65,7 +65,7 @@ def test_pca_frames_fall_back_to_the_lattice_frame_on_degenerate_spectra() -> No
     generic = make_batch([random_crystal(4, seed=2)])
     frame = pca_frames(generic.pos, generic.sizes, generic.lattice, generic.image_box)[0]
     centred = generic.pos - generic.pos.mean(0)
-    values, vectors = torch.linalg.eigh(centred.T @ centred)
+    _, vectors = torch.linalg.eigh(centred.T @ centred)
     assert torch.allclose(frame[0].abs(), vectors[:, 2].abs(), atol=1e-12)  # a generic cell keeps its PCA axes
 
 
@@ -154,6 +154,7 @@ def test_image_box_argument() -> None:
 def test_tie_helpers() -> None:
     scores = torch.tensor([[1.0, 0.0], [1.0 + 1e-12, 2.0], [0.5, 2.0 - 1e-12]], dtype=torch.float64)
     rows, best, tied = segment_argmax(scores, torch.tensor([0, 0, 0]), 1)
+    assert best.tolist() == [[1.0 + 1e-12, 2.0]]
     assert rows.tolist() == [[0, 1]] and tied.tolist() == [[True, False], [True, True], [False, True]]
     groups = torch.tensor([0, 0, 0, 1])
     keys = [torch.tensor([1.0, 1.0 - 1e-13, 0.0, 3.0], dtype=torch.float64)]
