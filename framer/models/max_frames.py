@@ -6,10 +6,11 @@ s + log(max(1 - |cos(r, f1)|, 1e-5)) among images with |cos(r, f1)| < 0.9999, or
 f3 = f1 x f2. Self images are never candidates. Both maximisations run in two stages: best image per edge and
 head, then best edge per atom and head.
 
-Ties. Scores within the tie tolerance (:mod:`framer.models.ties`) are ties. A fast first pass takes the first
-candidate (lattice-index order of the images, then edge order), which is independent of the orientation but not of
-the cell or of the atom order. The (atom, head) pairs that met a tie are then decided again (:func:`decide_ties`)
-with keys computed from the moments of the atom's weighted images, which every cell and atom order share.
+Ties. Scores within the tie tolerance (:mod:`framer.models.ties`) are ties; symmetric crystals are full of them.
+Without the layer's attention the first candidate wins (lattice-index order of the images, then edge order): that
+is independent of the orientation, but not of the cell or of the order of the atoms. With it (as in the model),
+the candidates of a tied (atom, head) pair are compared by keys that every cell and atom order share
+(:func:`_choose`), and frames still tied after every key get their f3 oriented (:func:`orient_f3`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ COLLINEAR_COS = 0.9999  # second-axis candidates must satisfy |cos(r, f1)| < thi
 MIN_ONE_MINUS_COS = 1e-5  # floor inside log(1 - |cos|)
 ENVIRONMENT = Monomials((1, 2, 3))  # first, second and third moments of an atom's weighted images
 BOUNDS = 2  # channels after the moments: sum w |r| and sum w |r|^3 (the second moment's bound is its trace)
-ODD_IN_F3 = [(2,), (2, 2, 2), (0, 0, 2), (1, 1, 2), (0, 1, 2)]  # moments along the axes that change sign with f3
+# moments along the frame axes that change sign with f3, in the order they decide (degree 2 first: in
+# centrosymmetric environments every odd moment vanishes)
+ODD_IN_F3 = [(0, 2), (1, 2), (2,), (2, 2, 2), (0, 0, 2), (1, 1, 2), (0, 1, 2)]
 
 
 def normalize(v: Tensor, eps: float = 1e-12) -> Tensor:
@@ -43,6 +46,19 @@ def complete_frame(e1: Tensor, raw2: Tensor, valid2: Tensor) -> Tensor:
     raw2 = torch.where(valid2.unsqueeze(-1), raw2, least_aligned_axis(e1))
     e2 = normalize(raw2 - (raw2 * e1).sum(-1, keepdim=True) * e1)
     return torch.stack([e1, e2, torch.linalg.cross(e1, e2)], dim=-2)
+
+
+class _Candidates:
+    """Tied candidate directions: (K,) edge, head, label (lattice-index order), score and (K, 3) unit vectors."""
+
+    def __init__(self, edge: Tensor, head: Tensor, label: Tensor, score: Tensor, unit: Tensor):
+        self.edge, self.head, self.label, self.score, self.unit = edge, head, label, score, unit
+
+    @staticmethod
+    def cat(parts: list[_Candidates]) -> _Candidates:
+        return _Candidates(
+            *(torch.cat([getattr(p, k) for p in parts]) for k in ("edge", "head", "label", "score", "unit"))
+        )
 
 
 @torch.no_grad()
@@ -63,46 +79,105 @@ def max_frames(
         logits: (E, H) q_i k_j / sqrt(d), or None for the static local frame (score a d² only).
         tie_logits: (E, H) logits that only break ties (the static frame's first tie-breaker: among equally near
             images, the one the head attends to most).
-        attention: (z, alpha), each (E, H): the layer's log lattice sums and attention weights. With them, ties
-            are decided by :func:`decide_ties`; without them the first candidate wins.
+        attention: (z, alpha), each (E, H): the layer's log lattice sums and attention weights; with them ties are
+            decided by keys shared by every cell and atom order, without them by lattice-index and edge order.
     """
-    src, n = graph.src, graph.num_atoms
+    src, n, heads = graph.src, graph.num_atoms, a.shape[1]
+    head_ids = torch.arange(heads, device=a.device)
+    ties = _Ties(graph, chunks, a, tie_logits, attention) if attention is not None else None
+
+    # f1: the best edge by the score of its nearest image
     near_d2, near_unit, near_count = graph.nearest_image
     score1 = first_axis_scores(a[src], near_d2, logits)
     edge1, best1, tied1 = segment_argmax(score1, src, n, tie_logits)
-    heads = torch.arange(a.shape[1], device=a.device)
     e1 = near_unit[edge1, :]  # (N, H, 3)
     e1 = torch.where(torch.isfinite(best1).unsqueeze(-1), e1, torch.eye(3, dtype=a.dtype, device=a.device)[0])
+    if ties is not None:
+        tied = torch.zeros_like(a).index_add_(0, src, tied1 * near_count.unsqueeze(1).to(a.dtype)) > 1
+        if tied.any():
+            e1 = ties.decide(tied, _first_axis_candidates(graph, score1, tied1 & tied[src], near_count), e1)
 
-    image_scores, image_units = [], []
+    # f2: the best image of each edge, then the best edge
+    image_scores, image_units, image_labels = [], [], []
     for chunk in chunks:
         score = second_axis_scores(chunk, e1[src[chunk.edges]], a[src[chunk.edges]])
-        best = torch.argmax(score, dim=2)  # (C, H); ties are looked at below, for the edges that matter
+        best = torch.argmax(score, dim=2)  # (C, H); ties within an edge are looked at below, where they matter
+        rows = torch.arange(len(best), device=best.device).unsqueeze(1)
         image_scores.append(torch.gather(score, 2, best.unsqueeze(-1)).squeeze(-1))
-        image_units.append(chunk.unit[torch.arange(len(best), device=best.device).unsqueeze(1), best])
+        image_units.append(chunk.unit[rows, best])
+        image_labels.append(chunk.packed_labels[chunk.packed[rows, best]])
     score2 = chunks.to_edge_order(image_scores)
     if logits is not None:
         score2 = score2 + logits
     edge2, best2, tied2 = segment_argmax(score2, src, n, tie_logits)
-    raw2 = chunks.to_edge_order(image_units)[edge2, heads]
-    # within the candidate edges (tied2), images tied with the edge's best: the first in lattice-index order wins
+    units = chunks.to_edge_order(image_units)
+    raw2 = units[edge2, head_ids]
+
+    # the tied images within the candidate edges that have images of equal lengths (only those can tie)
     edge, head = torch.nonzero(tied2 & graph.equal_lengths.unsqueeze(1), as_tuple=True)
     chunk = graph.edge_chunk(edge, chunks.counts)
     score = second_axis_scores(chunk, e1[src[edge], head].unsqueeze(1), a[src[edge], head].unsqueeze(1))[:, 0]
-    pick, ties = first_best(score, chunk.row_labels)
-    winner = edge == edge2[src[edge], head]
-    raw2[src[edge[winner]], head[winner]] = chunk.unit[winner.nonzero().squeeze(1), pick[winner]]
-    frames = complete_frame(e1, raw2, torch.isfinite(best2))
-    if attention is None:
-        return frames
-    # more than one candidate within the tolerance for f1 or f2 (counting the tied images of each tied edge)
-    count1 = torch.zeros_like(a).index_add_(0, src, tied1 * near_count.unsqueeze(1).to(a.dtype))
-    count2 = torch.zeros_like(a).index_add_(0, src, tied2.to(a.dtype))  # tied edges, then their tied images
-    count2 = count2.index_put_((src[edge], head), ties.to(a.dtype) - 1.0, accumulate=True)
-    tied = (count1 > 1) | (count2 > 1)
-    if not tied.any():
-        return frames
-    return decide_ties(graph, chunks, a, logits, tie_logits, attention, tied, frames)
+    if logits is not None:
+        score = score + logits[edge, head].unsqueeze(1)
+    if ties is None:  # the first in lattice-index order
+        pick, _ = first_best(score, chunk.row_labels)
+        winner = edge == edge2[src[edge], head]
+        raw2[src[edge[winner]], head[winner]] = chunk.unit[winner.nonzero().squeeze(1), pick[winner]]
+        return complete_frame(e1, raw2, torch.isfinite(best2))
+
+    within = near_max(score, score.amax(dim=1, keepdim=True)) & torch.isfinite(score)  # (R, m)
+    per_edge = torch.ones_like(score2, dtype=torch.long).index_put_((edge, head), within.sum(1))
+    tied = torch.zeros_like(a).index_add_(0, src, (tied2 * per_edge).to(a.dtype)) > 1
+    if tied.any():
+        # candidates: the best image of each tied edge without equal lengths, all tied images of the others
+        e, h = torch.nonzero(tied2 & ~graph.equal_lengths.unsqueeze(1) & tied[src], as_tuple=True)
+        single = _Candidates(e, h, chunks.to_edge_order(image_labels)[e, h], score2[e, h], units[e, h])
+        row, col = torch.nonzero(within & tied[src[edge], head].unsqueeze(1), as_tuple=True)
+        several = _Candidates(edge[row], head[row], chunk.label[row, col], score[row, col], chunk.unit[row, col])
+        candidates = _Candidates.cat([single, several])
+        raw2 = ties.decide(tied, candidates, raw2)
+    return ties.orient(complete_frame(e1, raw2, torch.isfinite(best2)))
+
+
+class _Ties:
+    """Decides the ties of the (atom, head) pairs of one max-frame computation (see :func:`_choose`)."""
+
+    def __init__(self, graph, chunks, a, tie_logits, attention):
+        self.graph, self.chunks, self.a, self.tie_logits, self.attention = graph, chunks, a, tie_logits, attention
+        self.moments = a.new_zeros(graph.num_atoms, a.shape[1], ENVIRONMENT.size + BOUNDS)
+        self.computed = torch.zeros(graph.num_atoms, dtype=torch.bool, device=a.device)
+        self.undecided = torch.zeros_like(a, dtype=torch.bool)
+
+    def decide(self, tied: Tensor, candidates: _Candidates, current: Tensor) -> Tensor:
+        """The directions (N, H, 3) of ``current`` with those of the ``tied`` pairs chosen among ``candidates``."""
+        needed = tied.any(dim=1) & ~self.computed
+        if needed.any():
+            self.moments += environment_moments(self.graph, self.chunks, needed, self.a, *self.attention)
+            self.computed |= needed
+        chosen, still = _choose(candidates, self.moments, self.tie_logits, self.graph)
+        chosen = chosen.view_as(current)
+        self.undecided |= tied & still.view_as(tied)
+        return torch.where((tied & ~chosen.isnan().any(-1)).unsqueeze(-1), chosen, current)
+
+    def orient(self, frames: Tensor) -> Tensor:
+        return orient_f3(frames, self.undecided, self.moments)
+
+
+def _choose(candidates: _Candidates, moments: Tensor, tie_logits: Tensor | None, graph: PeriodicGraph):
+    """Per (atom, head): the candidate best in its score, then in ``tie_logits``, then in the first, second and
+    third moments of the atom's images (weighted by alpha_ij p_ijn) along its direction, each compared within the
+    tie tolerance; only then the first in edge and lattice-index order. Returns (N H, 3) directions (NaN where a
+    pair has no candidate) and (N H,) whether candidates were still tied after every key: such candidates are
+    related by a symmetry of the environment (a rotation, or a mirror that :func:`orient_f3` accounts for)."""
+    src, heads = graph.src, moments.shape[1]
+    edge, head = candidates.edge, candidates.head
+    keys = [candidates.score] + ([tie_logits[edge, head]] if tie_logits is not None else [])
+    keys += direction_keys(moments[src[edge], head], candidates.unit)
+    span = int(graph.image_label.max()) + 1 if graph.num_images else 1
+    order = edge * span + candidates.label.long()
+    index, still = lexicographic_choice(src[edge] * heads + head, keys, order, graph.num_atoms * heads)
+    chosen = candidates.unit[index.clamp_min(0)]
+    return torch.where((index >= 0).unsqueeze(-1), chosen, torch.nan), still
 
 
 def first_axis_scores(a_edge: Tensor, dist2: Tensor, logits: Tensor | None) -> Tensor:
@@ -123,6 +198,18 @@ def second_axis_scores(chunk: ImageChunk, e1: Tensor, a: Tensor) -> Tensor:
     invalid = (chunk.self_image | ~chunk.valid).unsqueeze(1) | (cos >= COLLINEAR_COS)
     score = cos.neg_().add_(1.0).clamp_(min=MIN_ONE_MINUS_COS).log_()
     return score.add_(a.unsqueeze(-1) * chunk.dist2.unsqueeze(1)).masked_fill_(invalid, -torch.inf)
+
+
+def _first_axis_candidates(graph: PeriodicGraph, score: Tensor, tied_edges: Tensor, near_count: Tensor) -> _Candidates:
+    """The f1 candidates of the ``tied_edges`` (E, H): every image tied with the edge's nearest one."""
+    edge, head = torch.nonzero(tied_edges & (near_count > 0).unsqueeze(1), as_tuple=True)
+    count = near_count[edge]
+    repeat = torch.repeat_interleave(torch.arange(len(edge), device=edge.device), count)
+    offset = torch.arange(len(repeat), device=edge.device) - (torch.cumsum(count, 0) - count)[repeat]
+    first_near = graph.image_start + (graph.src == graph.dst).long()  # the self image comes first in its list
+    edge, head = edge[repeat], head[repeat]
+    image = first_near[edge] + offset
+    return _Candidates(edge, head, graph.image_label[image], score[edge, head], normalize(graph.image_vectors[image]))
 
 
 @torch.no_grad()
@@ -152,123 +239,34 @@ def direction_keys(moments: Tensor, unit: Tensor) -> list[Tensor]:
     (K, 3), each divided by its bound (so in [-1, 1])."""
     tiny = torch.finfo(moments.dtype).tiny
     sums = moments[:, : ENVIRONMENT.size]
-    first = ENVIRONMENT.along(sums, 1, unit.unsqueeze(1))[:, 0] / moments[:, -2].clamp_min(tiny)
-    second = ENVIRONMENT.along(sums, 2, unit.unsqueeze(1))[:, 0, 0]
-    second = second / ENVIRONMENT.full(sums, 2).diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(tiny)
-    third = ENVIRONMENT.along(sums, 3, unit.unsqueeze(1))[:, 0, 0, 0] / moments[:, -1].clamp_min(tiny)
+    axis = unit.unsqueeze(1)
+    first = ENVIRONMENT.along(sums, 1, axis)[:, 0] / moments[:, -2].clamp_min(tiny)
+    trace = ENVIRONMENT.full(sums, 2).diagonal(dim1=-2, dim2=-1).sum(-1)
+    second = ENVIRONMENT.along(sums, 2, axis)[:, 0, 0] / trace.clamp_min(tiny)
+    third = ENVIRONMENT.along(sums, 3, axis)[:, 0, 0, 0] / moments[:, -1].clamp_min(tiny)
     return [first, second, third]
-
-
-def decide_ties(
-    graph: PeriodicGraph,
-    chunks: ImageChunks,
-    a: Tensor,
-    logits: Tensor | None,
-    tie_logits: Tensor | None,
-    attention: tuple[Tensor, Tensor],
-    tied: Tensor,
-    frames: Tensor,
-) -> Tensor:
-    """The frames of the ``tied`` (N, H) (atom, head) pairs decided with keys shared by every cell and atom order.
-
-    Among the candidates within the tie tolerance of the best score (for f1, then for f2 given the new f1), keys
-    are compared in turn: ``tie_logits``, then the first, second and third moments of the atom's images weighted
-    by alpha_ij p_ijn along the candidate direction (:func:`direction_keys`); only then the first candidate in
-    edge and lattice-index order. Candidates still tied after every key are related by a symmetry of the
-    environment: a rotation gives the same angle features, a mirror the features of the frame with f3 negated. So
-    for those frames f3 = +-(f1 x f2) is chosen to make the first non-vanishing weighted moment among sum w (r.f3),
-    sum w (r.f3)^3, sum w (r.f1)^2 (r.f3), sum w (r.f2)^2 (r.f3) and sum w (r.f1)(r.f2)(r.f3) positive (such a
-    frame may be left-handed), and every choice among the ties gives the same features.
-    """
-    src, atoms, heads = graph.src, graph.num_atoms, a.shape[1]
-    moments = environment_moments(graph, chunks, tied.any(dim=1), a, *attention)
-    span = int(graph.image_label.max()) + 1 if graph.num_images else 1
-
-    def choose(edge: Tensor, head: Tensor, unit: Tensor, label: Tensor, score: Tensor) -> tuple[Tensor, Tensor]:
-        keys = [score] + ([tie_logits[edge, head]] if tie_logits is not None else [])
-        keys += direction_keys(moments[src[edge], head], unit)
-        index, still = lexicographic_choice(src[edge] * heads + head, keys, edge * span + label.long(), atoms * heads)
-        picked = torch.where(index >= 0, index, 0)
-        return torch.where((index >= 0).unsqueeze(-1), unit[picked], torch.nan), still
-
-    e1, still1 = choose(*_first_axis_candidates(graph, a, logits, tied))
-    e1 = torch.where(tied.view(-1, 1), e1, frames[..., 0, :].reshape(-1, 3)).view(atoms, heads, 3)
-    raw2, still2 = choose(*_second_axis_candidates(graph, chunks, a, logits, tied, e1))
-    valid2 = ~torch.isnan(raw2).any(-1).view(atoms, heads)
-    decided = complete_frame(e1, torch.nan_to_num(raw2).view(atoms, heads, 3), valid2)
-    frames = torch.where(tied.unsqueeze(-1).unsqueeze(-1), decided, frames)
-    return orient_f3(frames, tied & (still1 | still2).view(atoms, heads), moments)
-
-
-def _first_axis_candidates(graph: PeriodicGraph, a: Tensor, logits: Tensor | None, tied: Tensor):
-    """(edge, head, unit, label, score) of every f1 candidate of the tied pairs: the images tied with the nearest
-    one of each edge whose score ties with the best."""
-    edges = torch.nonzero(tied.any(dim=1)[graph.src]).squeeze(1)  # the edges of the atoms with ties
-    src = graph.src[edges]
-    near_d2, _, near_count = graph.nearest_image
-    score = first_axis_scores(a[src], near_d2[edges], None if logits is None else logits[edges])
-    best = torch.full_like(a, -torch.inf).scatter_reduce(
-        0, src.unsqueeze(1).expand_as(score), score, "amax", include_self=True
-    )
-    candidate = near_max(score, best[src]) & tied[src] & (near_count[edges] > 0).unsqueeze(1)
-    row, head = torch.nonzero(candidate, as_tuple=True)
-    count = near_count[edges[row]]
-    repeat = torch.repeat_interleave(torch.arange(len(row), device=row.device), count)
-    offset = torch.arange(len(repeat), device=row.device) - (torch.cumsum(count, 0) - count)[repeat]
-    first_near = graph.image_start + (graph.src == graph.dst).long()  # the self image comes first in its list
-    row, head = row[repeat], head[repeat]
-    image = first_near[edges[row]] + offset
-    return edges[row], head, normalize(graph.image_vectors[image]), graph.image_label[image], score[row, head]
-
-
-def _second_axis_candidates(
-    graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, logits: Tensor | None, tied: Tensor, e1: Tensor
-):
-    """(edge, head, unit, label, score) of every f2 candidate of the tied pairs given their f1 (N, H, 3)."""
-    src, heads = graph.src, a.shape[1]
-    atoms = tied.any(dim=1)
-    head_ids = torch.arange(heads, device=a.device)
-    best = torch.full((graph.num_atoms * heads,), -torch.inf, dtype=a.dtype, device=a.device)
-    parts = []
-    for whole in chunks:  # scores of the images of the tied atoms' edges, and the best per (atom, head)
-        rows = torch.nonzero(atoms[src[whole.edges]]).squeeze(1)
-        if len(rows) == 0:
-            continue
-        chunk = whole.select(rows)
-        score = second_axis_scores(chunk, e1[src[chunk.edges]], a[src[chunk.edges]])
-        if logits is not None:
-            score = score + logits[chunk.edges].unsqueeze(-1)
-        group = src[chunk.edges].unsqueeze(1) * heads + head_ids  # (C, H)
-        best.scatter_reduce_(0, group.flatten(), score.amax(dim=2).flatten(), "amax")
-        parts.append((chunk, score, group))
-    edges, head_list, units, labels, scores = [], [], [], [], []
-    for chunk, score, group in parts:
-        candidate = near_max(score, best[group].unsqueeze(-1)) & torch.isfinite(score)
-        row, head, column = torch.nonzero(candidate & tied.view(-1)[group].unsqueeze(-1), as_tuple=True)
-        edges.append(chunk.edges[row])
-        head_list.append(head)
-        units.append(chunk.unit[row, column])
-        labels.append(chunk.label[row, column])
-        scores.append(score[row, head, column])
-    if not parts:
-        empty = torch.zeros(0, dtype=torch.long, device=a.device)
-        return empty, empty, a.new_zeros(0, 3), empty, a.new_zeros(0)
-    return tuple(torch.cat(values) for values in (edges, head_list, units, labels, scores))
 
 
 def orient_f3(frames: Tensor, which: Tensor, moments: Tensor) -> Tensor:
     """Negate f3 of the frames ``which`` (N, H) whose first non-vanishing moment odd in f3 (``ODD_IN_F3``) is
-    negative."""
+    negative.
+
+    Candidates tied in every key are related by a symmetry of the environment. A rotation gives frames with the
+    same angle features; a mirror gives the features of the frame with f3 negated (f3 = f1 x f2 flips relative to
+    the mirrored environment). Orienting f3 by a moment that changes sign with it makes every choice give the same
+    features; such a frame may be left-handed.
+    """
     if not which.any():
         return frames
     tolerance = tie_tolerance(frames.dtype)
     sums = moments[..., : ENVIRONMENT.size]
-    first = ENVIRONMENT.along(sums, 1, frames)
-    third = ENVIRONMENT.along(sums, 3, frames)
+    along = {k: ENVIRONMENT.along(sums, k, frames) for k in (1, 2, 3)}
+    trace = ENVIRONMENT.full(sums, 2).diagonal(dim1=-2, dim2=-1).sum(-1)
+    bounds = {1: moments[..., -2], 2: trace, 3: moments[..., -1]}
     sign = torch.zeros(frames.shape[:-2], dtype=frames.dtype, device=frames.device)
     for combo in ODD_IN_F3:
-        value = first[..., combo[0]] if len(combo) == 1 else third[(..., *combo)]
-        bound = moments[..., -2] if len(combo) == 1 else moments[..., -1]
-        sign = torch.where((sign == 0) & (value.abs() > tolerance * bound), torch.sign(value), sign)
+        value = along[len(combo)][(..., *combo)]
+        decisive = (sign == 0) & (value.abs() > tolerance * bounds[len(combo)])
+        sign = torch.where(decisive, torch.sign(value), sign)
     flip = torch.where(which & (sign < 0), -1.0, 1.0).to(frames.dtype)
     return torch.cat([frames[..., :2, :], (frames[..., 2, :] * flip.unsqueeze(-1)).unsqueeze(-2)], dim=-2)
