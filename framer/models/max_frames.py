@@ -7,10 +7,12 @@ f3 = f1 x f2. Self images are never candidates. Both maximisations run in two st
 head, then best edge per atom and head.
 
 Ties. Scores within the tie tolerance (:mod:`framer.models.ties`) are ties; symmetric crystals are full of them.
-Without the layer's attention the first candidate wins (lattice-index order of the images, then edge order): that
-is independent of the orientation, but not of the cell or of the order of the atoms. With it (as in the model),
-the candidates of a tied (atom, head) pair are compared by keys that every cell and atom order share
-(:func:`_choose`), and frames still tied after every key get their f3 oriented (:func:`orient_f3`).
+Without the layer's attention the first candidate wins (lattice-index order of the images, then edge
+order): that is independent of the orientation, but not of the cell or of the order of the atoms. With it (as in
+the model), the candidates of a tied (atom, head) pair are compared by keys that every cell and atom order share
+(:func:`_choose`), and frames still tied after every key get their f3 oriented (:func:`orient_f3`). The
+environments are the first and second moments of each atom's images weighted by its attention, alpha_ij p_ijn
+(:func:`environment_moments`), computed only for atoms with ties.
 """
 
 from __future__ import annotations
@@ -25,11 +27,10 @@ from framer.models.ties import first_best, lexicographic_choice, near_max, segme
 
 COLLINEAR_COS = 0.9999  # second-axis candidates must satisfy |cos(r, f1)| < this
 MIN_ONE_MINUS_COS = 1e-5  # floor inside log(1 - |cos|)
-ENVIRONMENT = Monomials((1, 2, 3))  # first, second and third moments of an atom's weighted images
-BOUNDS = 2  # channels after the moments: sum w |r| and sum w |r|^3 (the second moment's bound is its trace)
+ENVIRONMENT = Monomials((1, 2))  # first and second moments of an atom's weighted images
 # moments along the frame axes that change sign with f3, in the order they decide (degree 2 first: in
-# centrosymmetric environments every odd moment vanishes)
-ODD_IN_F3 = [(0, 2), (1, 2), (2,), (2, 2, 2), (0, 0, 2), (1, 1, 2), (0, 1, 2)]
+# centrosymmetric environments the first moment vanishes)
+ODD_IN_F3 = [(0, 2), (1, 2), (2,)]
 
 
 def normalize(v: Tensor, eps: float = 1e-12) -> Tensor:
@@ -142,9 +143,9 @@ def max_frames(
 class _Ties:
     """Decides the ties of the (atom, head) pairs of one max-frame computation (see :func:`_choose`)."""
 
-    def __init__(self, graph, chunks, a, tie_logits, attention):
+    def __init__(self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, tie_logits, attention):
         self.graph, self.chunks, self.a, self.tie_logits, self.attention = graph, chunks, a, tie_logits, attention
-        self.moments = a.new_zeros(graph.num_atoms, a.shape[1], ENVIRONMENT.size + BOUNDS)
+        self.environment = a.new_zeros(graph.num_atoms, a.shape[1], ENVIRONMENT.size)
         self.computed = torch.zeros(graph.num_atoms, dtype=torch.bool, device=a.device)
         self.undecided = torch.zeros_like(a, dtype=torch.bool)
 
@@ -152,27 +153,27 @@ class _Ties:
         """The directions (N, H, 3) of ``current`` with those of the ``tied`` pairs chosen among ``candidates``."""
         needed = tied.any(dim=1) & ~self.computed
         if needed.any():
-            self.moments += environment_moments(self.graph, self.chunks, needed, self.a, *self.attention)
+            self.environment += environment_moments(self.graph, self.chunks, needed, self.a, *self.attention)
             self.computed |= needed
-        chosen, still = _choose(candidates, self.moments, self.tie_logits, self.graph)
+        chosen, still = _choose(candidates, self.environment, self.tie_logits, self.graph)
         chosen = chosen.view_as(current)
         self.undecided |= tied & still.view_as(tied)
         return torch.where((tied & ~chosen.isnan().any(-1)).unsqueeze(-1), chosen, current)
 
     def orient(self, frames: Tensor) -> Tensor:
-        return orient_f3(frames, self.undecided, self.moments)
+        return orient_f3(frames, self.undecided, self.environment)
 
 
-def _choose(candidates: _Candidates, moments: Tensor, tie_logits: Tensor | None, graph: PeriodicGraph):
-    """Per (atom, head): the candidate best in its score, then in ``tie_logits``, then in the first, second and
-    third moments of the atom's images (weighted by alpha_ij p_ijn) along its direction, each compared within the
-    tie tolerance; only then the first in edge and lattice-index order. Returns (N H, 3) directions (NaN where a
-    pair has no candidate) and (N H,) whether candidates were still tied after every key: such candidates are
-    related by a symmetry of the environment (a rotation, or a mirror that :func:`orient_f3` accounts for)."""
-    src, heads = graph.src, moments.shape[1]
+def _choose(candidates: _Candidates, environment: Tensor, tie_logits: Tensor | None, graph: PeriodicGraph):
+    """Per (atom, head): the candidate best in its score, then in ``tie_logits``, then in the first and second
+    moments of the atom's weighted images along its direction, each compared within the tie tolerance; only then
+    the first in edge and lattice-index order. Returns (N H, 3) directions (NaN where a pair has no candidate) and
+    (N H,) whether candidates were still tied after every key: such candidates are related by a symmetry of the
+    environment (a rotation, or a mirror that :func:`orient_f3` accounts for)."""
+    src, heads = graph.src, environment.shape[1]
     edge, head = candidates.edge, candidates.head
     keys = [candidates.score] + ([tie_logits[edge, head]] if tie_logits is not None else [])
-    keys += direction_keys(moments[src[edge], head], candidates.unit)
+    keys += direction_keys(environment[src[edge], head], candidates.unit)
     span = int(graph.image_label.max()) + 1 if graph.num_images else 1
     order = edge * span + candidates.label.long()
     index, still = lexicographic_choice(src[edge] * heads + head, keys, order, graph.num_atoms * heads)
@@ -216,40 +217,47 @@ def _first_axis_candidates(graph: PeriodicGraph, score: Tensor, tied_edges: Tens
 def environment_moments(
     graph: PeriodicGraph, chunks: ImageChunks, atoms: Tensor, a: Tensor, z: Tensor, alpha: Tensor
 ) -> Tensor:
-    """(N, H, 21): the moments of degree 1-3 of the images of each of the ``atoms`` (N,) weighted by
-    alpha_ij p_ijn (zero for the other atoms), then sum w |r| and sum w |r|^3."""
+    """(N, H, 9): the first and second moments of the images of each of the ``atoms`` (N,) weighted by
+    alpha_ij p_ijn (zero for the other atoms)."""
     src = graph.src
-    total = a.new_zeros(graph.num_atoms, a.shape[1], ENVIRONMENT.size + BOUNDS)
+    total = a.new_zeros(graph.num_atoms, a.shape[1], ENVIRONMENT.size)
     for whole in chunks:
-        rows = torch.nonzero(atoms[src[whole.edges]]).squeeze(1)
-        if len(rows) == 0:
+        needed = atoms[src[whole.edges]]
+        chunk = whole if bool(needed.all()) else whole.select(torch.nonzero(needed).squeeze(1))
+        if len(chunk.edges) == 0:
             continue
-        chunk = whole.select(rows)
         edges = chunk.edges
         logp = a[src[edges]].unsqueeze(-1) * chunk.dist2.unsqueeze(1) - z[edges].unsqueeze(-1)
         weight = exp_(logp).mul_(alpha[edges].unsqueeze(-1)).masked_fill_(~chunk.valid.unsqueeze(1), 0.0)
-        length = chunk.dist2.sqrt()
-        values = torch.cat([ENVIRONMENT(chunk.vectors), torch.stack([length, length * chunk.dist2], -1)], dim=-1)
-        total.index_add_(0, src[edges], torch.bmm(weight, values))
+        total.index_add_(0, src[edges], torch.bmm(weight, ENVIRONMENT(chunk.vectors)))
     return total
 
 
-def direction_keys(moments: Tensor, unit: Tensor) -> list[Tensor]:
-    """The first, second and third moments (K,) of environments ``moments`` (K, 21) along directions ``unit``
-    (K, 3), each divided by its bound (so in [-1, 1])."""
-    tiny = torch.finfo(moments.dtype).tiny
-    sums = moments[:, : ENVIRONMENT.size]
+def _bounds(environment: Tensor) -> dict[int, Tensor]:
+    """Bounds of the moments along a unit vector: |sum w (r.u)| <= sqrt(sum w |r|²) (the weights sum to at most
+    1) and |sum w (r.u)(r.v)| <= sum w |r|²."""
+    trace = (
+        ENVIRONMENT.full(environment, 2)
+        .diagonal(dim1=-2, dim2=-1)
+        .sum(-1)
+        .clamp_min(torch.finfo(environment.dtype).tiny)
+    )
+    return {1: trace.sqrt(), 2: trace}
+
+
+def direction_keys(environment: Tensor, unit: Tensor) -> list[Tensor]:
+    """The first and second moments (K,) of environments (K, 9) along directions ``unit`` (K, 3), each divided by
+    its bound (so in [-1, 1])."""
     axis = unit.unsqueeze(1)
-    first = ENVIRONMENT.along(sums, 1, axis)[:, 0] / moments[:, -2].clamp_min(tiny)
-    trace = ENVIRONMENT.full(sums, 2).diagonal(dim1=-2, dim2=-1).sum(-1)
-    second = ENVIRONMENT.along(sums, 2, axis)[:, 0, 0] / trace.clamp_min(tiny)
-    third = ENVIRONMENT.along(sums, 3, axis)[:, 0, 0, 0] / moments[:, -1].clamp_min(tiny)
-    return [first, second, third]
+    bounds = _bounds(environment)
+    first = ENVIRONMENT.along(environment, 1, axis)[:, 0] / bounds[1]
+    second = ENVIRONMENT.along(environment, 2, axis)[:, 0, 0] / bounds[2]
+    return [first, second]
 
 
-def orient_f3(frames: Tensor, which: Tensor, moments: Tensor) -> Tensor:
-    """Negate f3 of the frames ``which`` (N, H) whose first non-vanishing moment odd in f3 (``ODD_IN_F3``) is
-    negative.
+def orient_f3(frames: Tensor, which: Tensor, environment: Tensor) -> Tensor:
+    """Negate f3 of the frames ``which`` (N, H) whose first non-vanishing moment odd in f3 (``ODD_IN_F3``:
+    sum w (r.f1)(r.f3), sum w (r.f2)(r.f3), sum w (r.f3)) is negative.
 
     Candidates tied in every key are related by a symmetry of the environment. A rotation gives frames with the
     same angle features; a mirror gives the features of the frame with f3 negated (f3 = f1 x f2 flips relative to
@@ -258,15 +266,15 @@ def orient_f3(frames: Tensor, which: Tensor, moments: Tensor) -> Tensor:
     """
     if not which.any():
         return frames
+    rows = torch.nonzero(which, as_tuple=True)
+    chosen, moments = frames[rows], environment[rows]  # (K, 3, 3), (K, 9)
     tolerance = tie_tolerance(frames.dtype)
-    sums = moments[..., : ENVIRONMENT.size]
-    along = {k: ENVIRONMENT.along(sums, k, frames) for k in (1, 2, 3)}
-    trace = ENVIRONMENT.full(sums, 2).diagonal(dim1=-2, dim2=-1).sum(-1)
-    bounds = {1: moments[..., -2], 2: trace, 3: moments[..., -1]}
-    sign = torch.zeros(frames.shape[:-2], dtype=frames.dtype, device=frames.device)
+    along = {k: ENVIRONMENT.along(moments, k, chosen) for k in (1, 2)}
+    bounds = _bounds(moments)
+    sign = torch.zeros(len(chosen), dtype=frames.dtype, device=frames.device)
     for combo in ODD_IN_F3:
         value = along[len(combo)][(..., *combo)]
-        decisive = (sign == 0) & (value.abs() > tolerance * bounds[len(combo)])
-        sign = torch.where(decisive, torch.sign(value), sign)
-    flip = torch.where(which & (sign < 0), -1.0, 1.0).to(frames.dtype)
-    return torch.cat([frames[..., :2, :], (frames[..., 2, :] * flip.unsqueeze(-1)).unsqueeze(-2)], dim=-2)
+        sign = torch.where((sign == 0) & (value.abs() > tolerance * bounds[len(combo)]), torch.sign(value), sign)
+    frames = frames.clone()
+    frames[rows[0], rows[1], 2] *= torch.where(sign < 0, -1.0, 1.0).to(frames.dtype).unsqueeze(-1)
+    return frames
