@@ -23,7 +23,7 @@ from torch import Tensor
 from framer.models.encodings import exp_
 from framer.models.moments import Monomials
 from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
-from framer.models.ties import first_best, lexicographic_choice, near_max, segment_argmax, tie_tolerance
+from framer.models.ties import lexicographic_choice, near_max, segment_argmax, tie_tolerance
 
 COLLINEAR_COS = 0.9999  # second-axis candidates must satisfy |cos(r, f1)| < this
 MIN_ONE_MINUS_COS = 1e-5  # floor inside log(1 - |cos|)
@@ -116,28 +116,64 @@ def max_frames(
 
     # the tied images within the candidate edges that have images of equal lengths (only those can tie)
     edge, head = torch.nonzero(tied2 & graph.equal_lengths.unsqueeze(1), as_tuple=True)
-    chunk = graph.edge_chunk(edge, chunks.counts)
-    score = second_axis_scores(chunk, e1[src[edge], head].unsqueeze(1), a[src[edge], head].unsqueeze(1))[:, 0]
-    if logits is not None:
-        score = score + logits[edge, head].unsqueeze(1)
+    within = _tied_images(graph, chunks.counts, e1, a, logits, edge, head)
     if ties is None:  # the first in lattice-index order
-        pick, _ = first_best(score, chunk.row_labels)
         winner = edge == edge2[src[edge], head]
-        raw2[src[edge[winner]], head[winner]] = chunk.unit[winner.nonzero().squeeze(1), pick[winner]]
+        raw2[src[edge[winner]], head[winner]] = within.first[winner]
         return complete_frame(e1, raw2, torch.isfinite(best2))
 
-    within = near_max(score, score.amax(dim=1, keepdim=True)) & torch.isfinite(score)  # (R, m)
-    per_edge = torch.ones_like(score2, dtype=torch.long).index_put_((edge, head), within.sum(1))
+    per_edge = torch.ones_like(score2, dtype=torch.long).index_put_((edge, head), within.count)
     tied = torch.zeros_like(a).index_add_(0, src, (tied2 * per_edge).to(a.dtype)) > 1
     if tied.any():
         # candidates: the best image of each tied edge without equal lengths, all tied images of the others
         e, h = torch.nonzero(tied2 & ~graph.equal_lengths.unsqueeze(1) & tied[src], as_tuple=True)
         single = _Candidates(e, h, chunks.to_edge_order(image_labels)[e, h], score2[e, h], units[e, h])
-        row, col = torch.nonzero(within & tied[src[edge], head].unsqueeze(1), as_tuple=True)
-        several = _Candidates(edge[row], head[row], chunk.label[row, col], score[row, col], chunk.unit[row, col])
-        candidates = _Candidates.cat([single, several])
-        raw2 = ties.decide(tied, candidates, raw2)
+        several = within.candidates
+        keep = tied[src[several.edge], several.head]
+        several = _Candidates(*(getattr(several, k)[keep] for k in ("edge", "head", "label", "score", "unit")))
+        raw2 = ties.decide(tied, _Candidates.cat([single, several]), raw2)
     return ties.orient(complete_frame(e1, raw2, torch.isfinite(best2)))
+
+
+class _TiedImages:
+    """Per row (edge, head): ``count`` (R,) images tied with the row's best, ``first`` (R, 3) the first of them in
+    lattice-index order, and all of them as ``candidates``."""
+
+    def __init__(self, count: Tensor, first: Tensor, candidates: _Candidates):
+        self.count, self.first, self.candidates = count, first, candidates
+
+
+def _tied_images(
+    graph: PeriodicGraph, counts: Tensor, e1: Tensor, a: Tensor, logits: Tensor | None, edge: Tensor, head: Tensor
+) -> _TiedImages:
+    """The images tied for the best second-axis score within each row (edge, head); rows are processed in groups
+    of similar image counts, so that padding stays below a factor of two."""
+    src = graph.src
+    count = torch.zeros_like(edge)
+    first = a.new_zeros(len(edge), 3)
+    parts = []
+    row_counts = counts[edge]
+    order = torch.argsort(row_counts, descending=True, stable=True)
+    sorted_counts = row_counts[order].tolist()
+    start = 0
+    while start < len(order):
+        stop = start + sum(1 for c in sorted_counts[start:] if 2 * c >= sorted_counts[start])
+        rows = order[start:stop]
+        start = stop
+        chunk = graph.edge_chunk(edge[rows], counts)
+        s, h = src[edge[rows]], head[rows]
+        score = second_axis_scores(chunk, e1[s, h].unsqueeze(1), a[s, h].unsqueeze(1))[:, 0]  # (R, m)
+        if logits is not None:
+            score = score + logits[edge[rows], h].unsqueeze(1)
+        near = near_max(score, score.amax(dim=1, keepdim=True)) & torch.isfinite(score)
+        count[rows] = near.sum(dim=1)
+        labels = chunk.label
+        pick = torch.where(near, labels, torch.iinfo(labels.dtype).max).argmin(dim=1)
+        first[rows] = chunk.unit[torch.arange(len(rows), device=rows.device), pick]
+        r, c = torch.nonzero(near, as_tuple=True)
+        parts.append(_Candidates(edge[rows][r], h[r], labels[r, c], score[r, c], chunk.unit[r, c]))
+    empty = _Candidates(edge[:0], head[:0], graph.image_label[:0], a.new_zeros(0), a.new_zeros(0, 3))
+    return _TiedImages(count, first, _Candidates.cat(parts) if parts else empty)
 
 
 class _Ties:
