@@ -116,7 +116,8 @@ def max_frames(
 
     # the tied images within the candidate edges that have images of equal lengths (only those can tie)
     edge, head = torch.nonzero(tied2 & graph.equal_lengths.unsqueeze(1), as_tuple=True)
-    within = _tied_images(graph, chunks.counts, e1, a, logits, edge, head)
+    best_image = score2[edge, head] - (0.0 if logits is None else logits[edge, head])
+    within = _tied_images(graph, chunks.counts, e1, a, logits, edge, head, best_image)
     if ties is None:  # the first in lattice-index order
         winner = edge == edge2[src[edge], head]
         raw2[src[edge[winner]], head[winner]] = within.first[winner]
@@ -144,36 +145,56 @@ class _TiedImages:
 
 
 def _tied_images(
-    graph: PeriodicGraph, counts: Tensor, e1: Tensor, a: Tensor, logits: Tensor | None, edge: Tensor, head: Tensor
+    graph: PeriodicGraph,
+    counts: Tensor,
+    e1: Tensor,
+    a: Tensor,
+    logits: Tensor | None,
+    edge: Tensor,
+    head: Tensor,
+    best: Tensor,
 ) -> _TiedImages:
-    """The images tied for the best second-axis score within each row (edge, head); rows are processed in groups
-    of similar image counts, so that padding stays below a factor of two."""
+    """The images tied for the best second-axis score ``best`` (R,) (without logits) within each row (edge, head).
+
+    A score a d² + log(1 - |cos|) is at most a d², so only images with d² <= best / a can tie; images are sorted
+    by length, so those are the first few of each edge: a window of them is scored, widened until it holds them.
+    """
+    if len(edge) == 0:
+        empty = _Candidates(edge, head, graph.image_label[:0], best, a.new_zeros(0, 3))
+        return _TiedImages(edge, a.new_zeros(0, 3), empty)
     src = graph.src
-    count = torch.zeros_like(edge)
-    first = a.new_zeros(len(edge), 3)
-    parts = []
-    row_counts = counts[edge]
-    order = torch.argsort(row_counts, descending=True, stable=True)
-    sorted_counts = row_counts[order].tolist()
-    start = 0
-    while start < len(order):
-        stop = start + sum(1 for c in sorted_counts[start:] if 2 * c >= sorted_counts[start])
-        rows = order[start:stop]
-        start = stop
-        chunk = graph.edge_chunk(edge[rows], counts)
-        s, h = src[edge[rows]], head[rows]
-        score = second_axis_scores(chunk, e1[s, h].unsqueeze(1), a[s, h].unsqueeze(1))[:, 0]  # (R, m)
-        if logits is not None:
-            score = score + logits[edge[rows], h].unsqueeze(1)
-        near = near_max(score, score.amax(dim=1, keepdim=True)) & torch.isfinite(score)
-        count[rows] = near.sum(dim=1)
-        labels = chunk.label
-        pick = torch.where(near, labels, torch.iinfo(labels.dtype).max).argmin(dim=1)
-        first[rows] = chunk.unit[torch.arange(len(rows), device=rows.device), pick]
-        r, c = torch.nonzero(near, as_tuple=True)
-        parts.append(_Candidates(edge[rows][r], h[r], labels[r, c], score[r, c], chunk.unit[r, c]))
-    empty = _Candidates(edge[:0], head[:0], graph.image_label[:0], a.new_zeros(0), a.new_zeros(0, 3))
-    return _TiedImages(count, first, _Candidates.cat(parts) if parts else empty)
+    s = src[edge]
+    margin = 2.0 * tie_tolerance(a.dtype) * (best.abs() + (0.0 if logits is None else logits[edge, head].abs()) + 1.0)
+    limit = (best - margin) / a[s, head]  # d² of the farthest image that could tie (a < 0)
+    start, count = graph.image_start[edge], counts[edge]
+    window = 8
+    while True:
+        columns = torch.arange(window, device=edge.device)
+        inside = columns < count.unsqueeze(1)
+        position = torch.where(inside, start.unsqueeze(1) + columns, 0)
+        reach = inside & (graph.image_dist2[position] <= limit.unsqueeze(1))
+        if not bool(reach[:, -1].any()) or window >= int(count.max()):
+            break
+        window *= 2
+    chunk = ImageChunk(
+        edges=edge,
+        vectors=graph.image_vectors[position] * reach.unsqueeze(-1),
+        dist2=graph.image_dist2[position] * reach,
+        valid=reach,
+        self_image=graph.image_self[position] & reach,
+        packed=position,
+        packed_labels=graph.image_label,
+    )
+    score = second_axis_scores(chunk, e1[s, head].unsqueeze(1), a[s, head].unsqueeze(1))[:, 0]  # (R, window)
+    if logits is not None:
+        score = score + logits[edge, head].unsqueeze(1)
+    near = near_max(score, score.amax(dim=1, keepdim=True)) & torch.isfinite(score)
+    labels = chunk.label
+    pick = torch.where(near, labels, torch.iinfo(labels.dtype).max).argmin(dim=1)
+    first = chunk.unit[torch.arange(len(edge), device=edge.device), pick]
+    r, c = torch.nonzero(near, as_tuple=True)
+    candidates = _Candidates(edge[r], head[r], labels[r, c], score[r, c], chunk.unit[r, c])
+    return _TiedImages(near.sum(dim=1), first, candidates)
 
 
 class _Ties:
