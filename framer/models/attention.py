@@ -34,6 +34,7 @@ from framer.geometry import R0, RHO_LOWER_BOUND
 from framer.models import encodings
 from framer.models.angles import chunk_angle_features, cosine_grid, projected_tables
 from framer.models.frames import max_frames, weighted_pca_frames
+from framer.models.max_frames import ENVIRONMENT, LayerAttention, first_axis_ties
 from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
 
 FrameType = Literal["none", "max", "static", "weighted_pca", "pca", "lattice"]
@@ -198,12 +199,17 @@ class PeriodicAttention(nn.Module):
         a_edge = a.index_select(0, src)
 
         chunks = graph.layer_chunks(-a.detach().amax(dim=1))  # prune with this layer's widest Gaussians
-        z0, mean_d2 = self._log_lattice_sums(graph, chunks, a.detach())
+        tied_atoms = None  # atoms whose max-frame f1 is a tie: their weighted environments are summed below
+        if self.frame in ("max", "static") and frames is None:
+            scored = (logits.detach(), None) if self.frame == "max" else (None, logits.detach())
+            tied_atoms = first_axis_ties(graph, a.detach(), *scored)
+        z0, mean_d2, edge_moments = self._log_lattice_sums(graph, chunks, a.detach(), tied_atoms)
         z = _with_derivative(z0, mean_d2, a_edge)
         alpha = segment_softmax(logits + z, src, n)
 
         if self.frame != "none" and frames is None:
-            frames = self.dynamic_frames(graph, chunks, a.detach(), logits.detach(), z0, alpha.detach())
+            attention = LayerAttention(z0, alpha.detach(), edge_moments, tied_atoms)
+            frames = self.dynamic_frames(graph, chunks, a.detach(), logits.detach(), attention)
         if frames is not None and self.angle_grid > 0:
             psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, None)
             psi = psi + self._tabulated_angle_encoding(graph, chunks, a_edge, z0, mean_d2, alpha.detach(), frames)
@@ -215,27 +221,36 @@ class PeriodicAttention(nn.Module):
         return self.out_proj(out.reshape(n, self.dim))
 
     def dynamic_frames(
-        self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, logits: Tensor, z: Tensor, alpha: Tensor
+        self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, logits: Tensor, attention: LayerAttention
     ) -> Tensor:
         """Frames (N, H, 3, 3) of this layer built from its own (detached) attention."""
         if self.frame == "max":
-            return max_frames(graph, chunks, a, logits, attention=(z, alpha))
+            return max_frames(graph, chunks, a, logits, attention=attention)
         if self.frame == "static":
-            return max_frames(graph, chunks, a, None, tie_logits=logits, attention=(z, alpha))
+            return max_frames(graph, chunks, a, None, tie_logits=logits, attention=attention)
         if self.frame == "weighted_pca":
-            return weighted_pca_frames(graph, chunks, a, z, alpha, logits)
+            return weighted_pca_frames(graph, chunks, a, attention.z, attention.alpha, logits)
         raise ValueError(f"frame {self.frame!r} is not built per layer; pass fixed frames")
 
     @torch.no_grad()
-    def _log_lattice_sums(self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor) -> tuple[Tensor, Tensor]:
-        """z_ij = log sum_n exp(a d²) and its derivative E_p[d²], both (E, H), at the given a."""
+    def _log_lattice_sums(
+        self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, moment_atoms: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """z_ij = log sum_n exp(a d²) and its derivative E_p[d²], both (E, H), at the given a; and, for the edges of
+        ``moment_atoms`` (N,), the first and second moments of their images weighted by p_ijn (E, H, 9)."""
         z_parts, d2_parts = [], []
+        moments = None
+        if moment_atoms is not None and bool(moment_atoms.any()):
+            moments = a.new_zeros(graph.num_edges, a.shape[1], ENVIRONMENT.size)
         for chunk in chunks:
             logits = a[graph.src[chunk.edges]].unsqueeze(-1) * chunk.dist2.unsqueeze(1)  # (C, H, M)
             z, p = encodings.logsumexp_(logits, chunk.valid.unsqueeze(1))
             z_parts.append(z)
             d2_parts.append(torch.bmm(p, chunk.dist2.unsqueeze(-1)).squeeze(-1))
-        return chunks.to_edge_order(z_parts), chunks.to_edge_order(d2_parts)
+            if moments is not None:
+                rows = torch.nonzero(moment_atoms[graph.src[chunk.edges]]).squeeze(1)
+                moments[chunk.edges[rows]] = torch.bmm(p[rows], ENVIRONMENT(chunk.vectors[rows]))
+        return chunks.to_edge_order(z_parts), chunks.to_edge_order(d2_parts), moments
 
     def _value_encoding(
         self,

@@ -11,11 +11,15 @@ Without the layer's attention the first candidate wins (lattice-index order of t
 order): that is independent of the orientation, but not of the cell or of the order of the atoms. With it (as in
 the model), the candidates of a tied (atom, head) pair are compared by keys that every cell and atom order share
 (:func:`_choose`), and frames still tied after every key get their f3 oriented (:func:`orient_f3`). The
-environments are the first and second moments of each atom's images weighted by its attention, alpha_ij p_ijn
-(:func:`environment_moments`), computed only for atoms with ties.
+environments are the first and second moments of each atom's images weighted by its attention, alpha_ij p_ijn,
+computed only for atoms with ties: those of the first axis are known before the layer's lattice-sum pass
+(:func:`first_axis_ties`), which then sums their edges' moments with the weights it computes anyway
+(:class:`LayerAttention`); the others get a pass of their own (:func:`environment_moments`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -49,6 +53,23 @@ def complete_frame(e1: Tensor, raw2: Tensor, valid2: Tensor) -> Tensor:
     return torch.stack([e1, e2, torch.linalg.cross(e1, e2)], dim=-2)
 
 
+class LayerAttention(NamedTuple):
+    """A layer's attention, from which frame ties are decided.
+
+    Attributes:
+        z: (E, H) log lattice sums, so that p_ijn = exp(a_ih d²_ijn - z_ijh).
+        alpha: (E, H) attention weights.
+        edge_moments: (E, H, 9) the first and second moments (``ENVIRONMENT``) of each edge's images weighted by
+            p_ijn, filled for the edges of ``moment_atoms`` (N,) and zero elsewhere; or None.
+        moment_atoms: (N,) the atoms whose edges ``edge_moments`` covers.
+    """
+
+    z: Tensor
+    alpha: Tensor
+    edge_moments: Tensor | None = None
+    moment_atoms: Tensor | None = None
+
+
 class _Candidates:
     """Tied candidate directions: (K,) edge, head, label (lattice-index order), score and (K, 3) unit vectors."""
 
@@ -69,7 +90,7 @@ def max_frames(
     a: Tensor,
     logits: Tensor | None = None,
     tie_logits: Tensor | None = None,
-    attention: tuple[Tensor, Tensor] | None = None,
+    attention: LayerAttention | tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Max frames (N, H, 3, 3), or static local frames when ``logits`` is None.
 
@@ -80,23 +101,20 @@ def max_frames(
         logits: (E, H) q_i k_j / sqrt(d), or None for the static local frame (score a d² only).
         tie_logits: (E, H) logits that only break ties (the static frame's first tie-breaker: among equally near
             images, the one the head attends to most).
-        attention: (z, alpha), each (E, H): the layer's log lattice sums and attention weights; with them ties are
-            decided by keys shared by every cell and atom order, without them by lattice-index and edge order.
+        attention: the layer's attention (:class:`LayerAttention`, or the pair (z, alpha)); with it ties are decided
+            by keys shared by every cell and atom order, without it by lattice-index and edge order.
     """
     src, n, heads = graph.src, graph.num_atoms, a.shape[1]
     head_ids = torch.arange(heads, device=a.device)
-    ties = _Ties(graph, chunks, a, tie_logits, attention) if attention is not None else None
+    ties = _Ties(graph, chunks, a, tie_logits, LayerAttention(*attention)) if attention is not None else None
 
     # f1: the best edge by the score of its nearest image
-    near_d2, near_unit, near_count = graph.nearest_image
-    score1 = first_axis_scores(a[src], near_d2, logits)
-    edge1, best1, tied1 = segment_argmax(score1, src, n, tie_logits)
+    _, near_unit, near_count = graph.nearest_image
+    score1, edge1, best1, tied1, tied = _first_axis(graph, a, logits, tie_logits)
     e1 = near_unit[edge1, :]  # (N, H, 3)
     e1 = torch.where(torch.isfinite(best1).unsqueeze(-1), e1, torch.eye(3, dtype=a.dtype, device=a.device)[0])
-    if ties is not None:
-        tied = torch.zeros_like(a).index_add_(0, src, tied1 * near_count.unsqueeze(1).to(a.dtype)) > 1
-        if tied.any():
-            e1 = ties.decide(tied, _first_axis_candidates(graph, score1, tied1 & tied[src], near_count), e1)
+    if ties is not None and tied.any():
+        e1 = ties.decide(tied, _first_axis_candidates(graph, score1, tied1 & tied[src], near_count), e1)
 
     # f2: the best image of each edge, then the best edge
     image_scores, image_units, image_labels = [], [], []
@@ -200,17 +218,25 @@ def _tied_images(
 class _Ties:
     """Decides the ties of the (atom, head) pairs of one max-frame computation (see :func:`_choose`)."""
 
-    def __init__(self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, tie_logits, attention):
+    def __init__(
+        self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, tie_logits: Tensor | None, attention: LayerAttention
+    ):
         self.graph, self.chunks, self.a, self.tie_logits, self.attention = graph, chunks, a, tie_logits, attention
-        self.environment = a.new_zeros(graph.num_atoms, a.shape[1], ENVIRONMENT.size)
-        self.computed = torch.zeros(graph.num_atoms, dtype=torch.bool, device=a.device)
         self.undecided = torch.zeros_like(a, dtype=torch.bool)
+        if attention.edge_moments is None:
+            self.environment = a.new_zeros(graph.num_atoms, a.shape[1], ENVIRONMENT.size)
+            self.computed = torch.zeros(graph.num_atoms, dtype=torch.bool, device=a.device)
+        else:
+            weighted = attention.edge_moments * attention.alpha.unsqueeze(-1)
+            self.environment = torch.zeros_like(weighted[: graph.num_atoms]).index_add_(0, graph.src, weighted)
+            self.computed = attention.moment_atoms.clone()
 
     def decide(self, tied: Tensor, candidates: _Candidates, current: Tensor) -> Tensor:
         """The directions (N, H, 3) of ``current`` with those of the ``tied`` pairs chosen among ``candidates``."""
         needed = tied.any(dim=1) & ~self.computed
         if needed.any():
-            self.environment += environment_moments(self.graph, self.chunks, needed, self.a, *self.attention)
+            z, alpha = self.attention.z, self.attention.alpha
+            self.environment += environment_moments(self.graph, self.chunks, needed, self.a, z, alpha)
             self.computed |= needed
         chosen, still = _choose(candidates, self.environment, self.tie_logits, self.graph)
         chosen = chosen.view_as(current)
@@ -236,6 +262,22 @@ def _choose(candidates: _Candidates, environment: Tensor, tie_logits: Tensor | N
     index, still = lexicographic_choice(src[edge] * heads + head, keys, order, graph.num_atoms * heads)
     chosen = candidates.unit[index.clamp_min(0)]
     return torch.where((index >= 0).unsqueeze(-1), chosen, torch.nan), still
+
+
+def _first_axis(graph: PeriodicGraph, a: Tensor, logits: Tensor | None, tie_logits: Tensor | None):
+    """f1 by the first candidate: (E, H) scores of the edges' nearest images, (N, H) best edge and score, (E, H)
+    edges tied with it, and (N, H) whether the pair has more than one candidate (counting tied images)."""
+    near_d2, _, near_count = graph.nearest_image
+    score = first_axis_scores(a[graph.src], near_d2, logits)
+    edge, best, tied_edges = segment_argmax(score, graph.src, graph.num_atoms, tie_logits)
+    count = torch.zeros_like(a).index_add_(0, graph.src, tied_edges * near_count.unsqueeze(1).to(a.dtype))
+    return score, edge, best, tied_edges, count > 1
+
+
+@torch.no_grad()
+def first_axis_ties(graph: PeriodicGraph, a: Tensor, logits: Tensor | None, tie_logits: Tensor | None) -> Tensor:
+    """(N,) the atoms whose first frame axis is a tie in some head (their environments will be needed)."""
+    return _first_axis(graph, a, logits, tie_logits)[-1].any(dim=1)
 
 
 def first_axis_scores(a_edge: Tensor, dist2: Tensor, logits: Tensor | None) -> Tensor:
