@@ -34,7 +34,7 @@ from framer.geometry import R0, RHO_LOWER_BOUND
 from framer.models import encodings
 from framer.models.angles import chunk_angle_features, cosine_grid, projected_tables
 from framer.models.frames import max_frames, weighted_pca_frames
-from framer.models.max_frames import ENVIRONMENT, LayerAttention, first_axis_ties
+from framer.models.max_frames import ENVIRONMENT, LayerAttention, first_axis
 from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
 
 FrameType = Literal["none", "max", "static", "weighted_pca", "pca", "lattice"]
@@ -199,16 +199,17 @@ class PeriodicAttention(nn.Module):
         a_edge = a.index_select(0, src)
 
         chunks = graph.layer_chunks(-a.detach().amax(dim=1))  # prune with this layer's widest Gaussians
-        tied_atoms = None  # atoms whose max-frame f1 is a tie: their weighted environments are summed below
+        first, tied_atoms = None, None  # max frames: f1, and the atoms where it is a tie (environments summed below)
         if self.frame in ("max", "static") and frames is None:
             scored = (logits.detach(), None) if self.frame == "max" else (None, logits.detach())
-            tied_atoms = first_axis_ties(graph, a.detach(), *scored)
+            first = first_axis(graph, a.detach(), *scored)
+            tied_atoms = first.tied.any(dim=1)
         z0, mean_d2, edge_moments = self._log_lattice_sums(graph, chunks, a.detach(), tied_atoms)
         z = _with_derivative(z0, mean_d2, a_edge)
         alpha = segment_softmax(logits + z, src, n)
 
         if self.frame != "none" and frames is None:
-            attention = LayerAttention(z0, alpha.detach(), edge_moments, tied_atoms)
+            attention = LayerAttention(z0, alpha.detach(), edge_moments, tied_atoms, first)
             frames = self.dynamic_frames(graph, chunks, a.detach(), logits.detach(), attention)
         if frames is not None and self.angle_grid > 0:
             psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, None)

@@ -13,7 +13,7 @@ the model), the candidates of a tied (atom, head) pair are compared by keys that
 (:func:`_choose`), and frames still tied after every key get their f3 oriented (:func:`orient_f3`). The
 environments are the first and second moments of each atom's images weighted by its attention, alpha_ij p_ijn,
 computed only for atoms with ties: those of the first axis are known before the layer's lattice-sum pass
-(:func:`first_axis_ties`), which then sums their edges' moments with the weights it computes anyway
+(:func:`first_axis`), which then sums their edges' moments with the weights it computes anyway
 (:class:`LayerAttention`); the others get a pass of their own (:func:`environment_moments`).
 """
 
@@ -62,12 +62,24 @@ class LayerAttention(NamedTuple):
         edge_moments: (E, H, 9) the first and second moments (``ENVIRONMENT``) of each edge's images weighted by
             p_ijn, filled for the edges of ``moment_atoms`` (N,) and zero elsewhere; or None.
         moment_atoms: (N,) the atoms whose edges ``edge_moments`` covers.
+        first: :func:`first_axis` of the layer, if already computed.
     """
 
     z: Tensor
     alpha: Tensor
     edge_moments: Tensor | None = None
     moment_atoms: Tensor | None = None
+    first: FirstAxis | None = None
+
+
+class FirstAxis(NamedTuple):
+    """f1 by the first candidate (see :func:`first_axis`)."""
+
+    score: Tensor  # (E, H) scores of the edges' nearest images
+    edge: Tensor  # (N, H) the best edge
+    best: Tensor  # (N, H) its score
+    tied_edges: Tensor  # (E, H) the edges tied with it
+    tied: Tensor  # (N, H) whether the pair has more than one candidate (counting each edge's tied images)
 
 
 class _Candidates:
@@ -106,25 +118,27 @@ def max_frames(
     """
     src, n, heads = graph.src, graph.num_atoms, a.shape[1]
     head_ids = torch.arange(heads, device=a.device)
-    ties = _Ties(graph, chunks, a, tie_logits, LayerAttention(*attention)) if attention is not None else None
+    attention = LayerAttention(*attention) if attention is not None else None
+    ties = _Ties(graph, chunks, a, tie_logits, attention) if attention is not None else None
 
     # f1: the best edge by the score of its nearest image
     _, near_unit, near_count = graph.nearest_image
-    score1, edge1, best1, tied1, tied = _first_axis(graph, a, logits, tie_logits)
+    first = attention.first if attention is not None else None
+    score1, edge1, best1, tied1, tied = first or first_axis(graph, a, logits, tie_logits)
     e1 = near_unit[edge1, :]  # (N, H, 3)
     e1 = torch.where(torch.isfinite(best1).unsqueeze(-1), e1, torch.eye(3, dtype=a.dtype, device=a.device)[0])
     if ties is not None and tied.any():
         e1 = ties.decide(tied, _first_axis_candidates(graph, score1, tied1 & tied[src], near_count), e1)
 
     # f2: the best image of each edge, then the best edge
-    image_scores, image_units, image_labels = [], [], []
+    image_scores, image_units, image_packed = [], [], []
     for chunk in chunks:
         score = second_axis_scores(chunk, e1[src[chunk.edges]], a[src[chunk.edges]])
         best = torch.argmax(score, dim=2)  # (C, H); ties within an edge are looked at below, where they matter
         rows = torch.arange(len(best), device=best.device).unsqueeze(1)
         image_scores.append(torch.gather(score, 2, best.unsqueeze(-1)).squeeze(-1))
         image_units.append(chunk.unit[rows, best])
-        image_labels.append(chunk.packed_labels[chunk.packed[rows, best]])
+        image_packed.append(chunk.packed[rows, best])
     score2 = chunks.to_edge_order(image_scores)
     if logits is not None:
         score2 = score2 + logits
@@ -146,7 +160,8 @@ def max_frames(
     if tied.any():
         # candidates: the best image of each tied edge without equal lengths, all tied images of the others
         e, h = torch.nonzero(tied2 & ~graph.equal_lengths.unsqueeze(1) & tied[src], as_tuple=True)
-        single = _Candidates(e, h, chunks.to_edge_order(image_labels)[e, h], score2[e, h], units[e, h])
+        labels = graph.image_label[chunks.to_edge_order(image_packed)[e, h]]
+        single = _Candidates(e, h, labels, score2[e, h], units[e, h])
         several = within.candidates
         keep = tied[src[several.edge], several.head]
         several = _Candidates(*(getattr(several, k)[keep] for k in ("edge", "head", "label", "score", "unit")))
@@ -264,20 +279,15 @@ def _choose(candidates: _Candidates, environment: Tensor, tie_logits: Tensor | N
     return torch.where((index >= 0).unsqueeze(-1), chosen, torch.nan), still
 
 
-def _first_axis(graph: PeriodicGraph, a: Tensor, logits: Tensor | None, tie_logits: Tensor | None):
-    """f1 by the first candidate: (E, H) scores of the edges' nearest images, (N, H) best edge and score, (E, H)
-    edges tied with it, and (N, H) whether the pair has more than one candidate (counting tied images)."""
+@torch.no_grad()
+def first_axis(graph: PeriodicGraph, a: Tensor, logits: Tensor | None, tie_logits: Tensor | None) -> FirstAxis:
+    """f1 by the first candidate, and where it is a tie (the layer can compute it before its lattice sums, to
+    sum the environments of the atoms with ties there)."""
     near_d2, _, near_count = graph.nearest_image
     score = first_axis_scores(a[graph.src], near_d2, logits)
     edge, best, tied_edges = segment_argmax(score, graph.src, graph.num_atoms, tie_logits)
     count = torch.zeros_like(a).index_add_(0, graph.src, tied_edges * near_count.unsqueeze(1).to(a.dtype))
-    return score, edge, best, tied_edges, count > 1
-
-
-@torch.no_grad()
-def first_axis_ties(graph: PeriodicGraph, a: Tensor, logits: Tensor | None, tie_logits: Tensor | None) -> Tensor:
-    """(N,) the atoms whose first frame axis is a tie in some head (their environments will be needed)."""
-    return _first_axis(graph, a, logits, tie_logits)[-1].any(dim=1)
+    return FirstAxis(score, edge, best, tied_edges, count > 1)
 
 
 def first_axis_scores(a_edge: Tensor, dist2: Tensor, logits: Tensor | None) -> Tensor:
