@@ -203,3 +203,15 @@ def test_default_sigma_range() -> None:
 def test_model_output_shape() -> None:
     model = CrystalFramer.preset("crystalframer-lightweight", num_layers=1)
     assert model(make_batch([random_crystal(2, seed=s) for s in range(3)], dtype=torch.float32)).shape == (3,)
+
+
+def test_reference_formulation_transcription() -> None:
+    """The transcription used to measure the deviations from the reference (docs/model.md) reproduces framer's
+    exact path when every switch is off, and each switch changes a layer's output by a small amount."""
+    from .reference_formulation import measure
+
+    effects = measure([random_crystal(3, seed=1), random_crystal(2, seed=2)])
+    assert effects.pop("framer exact path vs transcription") < 1e-13
+    assert effects.pop("framer default path (pruning 1e-9, tabulated angles) vs transcription") < 1e-6
+    for name, value in effects.items():
+        assert 0 < value < 1e-4, name
