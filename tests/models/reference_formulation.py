@@ -123,21 +123,19 @@ def measure(records=None, seed: int = 0) -> dict[str, float]:
         with torch.no_grad():
             return reference_layer(layer, x, records, frames, **switches)
 
-    framer_formulation = run(per_head_box=False, raw_centre=False, truncated_gaussians=False)  # = ``off``
+    off = {"per_head_box": False, "raw_centre": False, "truncated_gaussians": False}
+    framer_formulation = run(**off)
     scale = float(exact.abs().max())
 
-    def rel(y: torch.Tensor, ref: torch.Tensor = framer_formulation) -> float:
-        return float((y - ref).abs().max()) / scale
+    def rel(y: torch.Tensor) -> float:
+        return float((y - framer_formulation).abs().max()) / scale
 
-    off = {"per_head_box": False, "raw_centre": False, "truncated_gaussians": False}
     return {
         "framer exact path vs transcription": rel(exact),
         "framer default path (pruning 1e-9, tabulated angles) vs transcription": rel(default),
-        "per-(atom, head) 3.5 sigma box": rel(run(per_head_box=True, raw_centre=False, truncated_gaussians=False)),
-        "box centred on raw p_j - p_i": rel(run(per_head_box=False, raw_centre=True, truncated_gaussians=False)),
-        "9/64 distance and 33/64 angle Gaussians": rel(
-            run(per_head_box=False, raw_centre=False, truncated_gaussians=True)
-        ),
+        "per-(atom, head) 3.5 sigma box": rel(run(**{**off, "per_head_box": True})),
+        "box centred on raw p_j - p_i": rel(run(**{**off, "raw_centre": True})),
+        "9/64 distance and 33/64 angle Gaussians": rel(run(**{**off, "truncated_gaussians": True})),
         "all three": rel(run()),
     }
 
