@@ -163,3 +163,28 @@ def test_tie_helpers() -> None:
     assert index.tolist() == [1, 3, -1] and still.tolist() == [False, False, False]
     index, still = lexicographic_choice(groups, keys[:1], torch.tensor([5, 7, 1, 0]), 3)
     assert index.tolist() == [0, 3, -1] and still.tolist() == [True, False, False]
+
+
+def test_pca_axis_order_is_a_relabelling(monkeypatch) -> None:
+    """The reference orders PCA axes by ascending eigenvalue, framer by descending: the frames (e_small, -e_mid,
+    e_large) and (e_large, e_mid, e_small) give the same outputs once W_1 and W_3 are swapped and W_2 is reversed
+    along its basis (b_angl(-c) is b_angl(c) reversed), so the order changes no prediction the model can learn."""
+    import framer.models.crystalframer as module
+
+    batch = make_batch([random_crystal(n, seed=10 + n) for n in (3, 4, 5)])
+    torch.manual_seed(0)
+    model = CrystalFramer.preset("crystalframer-pca", num_layers=2, model_dim=16, num_heads=2, angle_grid=0).double()
+    model.eval()
+    with torch.no_grad():
+        descending = model(batch)
+        original = module.pca_frames
+        monkeypatch.setattr(
+            module,
+            "pca_frames",
+            lambda *args: original(*args)[:, [2, 1, 0]] * torch.tensor([[1.0], [-1.0], [1.0]], dtype=torch.float64),
+        )
+        for block in model.blocks:
+            weight = block.attention.angle_proj
+            weight.copy_(torch.stack([weight[2], weight[1].flip(-1), weight[0]]))
+        ascending = model(batch)
+    assert (ascending - descending).abs().max() < 1e-12 * descending.abs().max()
