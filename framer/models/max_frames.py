@@ -88,11 +88,14 @@ class _Candidates:
     def __init__(self, edge: Tensor, head: Tensor, label: Tensor, score: Tensor, unit: Tensor):
         self.edge, self.head, self.label, self.score, self.unit = edge, head, label, score, unit
 
+    FIELDS = ("edge", "head", "label", "score", "unit")
+
     @staticmethod
     def cat(parts: list[_Candidates]) -> _Candidates:
-        return _Candidates(
-            *(torch.cat([getattr(p, k) for p in parts]) for k in ("edge", "head", "label", "score", "unit"))
-        )
+        return _Candidates(*(torch.cat([getattr(part, name) for part in parts]) for name in _Candidates.FIELDS))
+
+    def __getitem__(self, index: Tensor) -> _Candidates:
+        return _Candidates(*(getattr(self, name)[index] for name in self.FIELDS))
 
 
 @torch.no_grad()
@@ -124,7 +127,9 @@ def max_frames(
     # f1: the best edge by the score of its nearest image
     _, near_unit, near_count = graph.nearest_image
     first = attention.first if attention is not None else None
-    score1, edge1, best1, tied1, tied = first or first_axis(graph, a, logits, tie_logits)
+    if first is None:
+        first = first_axis(graph, a, logits, tie_logits)
+    score1, edge1, best1, tied1, tied = first
     e1 = near_unit[edge1, :]  # (N, H, 3)
     e1 = torch.where(torch.isfinite(best1).unsqueeze(-1), e1, torch.eye(3, dtype=a.dtype, device=a.device)[0])
     if ties is not None and tied.any():
@@ -163,8 +168,7 @@ def max_frames(
         labels = graph.image_label[chunks.to_edge_order(image_packed)[e, h]]
         single = _Candidates(e, h, labels, score2[e, h], units[e, h])
         several = within.candidates
-        keep = tied[src[several.edge], several.head]
-        several = _Candidates(*(getattr(several, k)[keep] for k in ("edge", "head", "label", "score", "unit")))
+        several = several[tied[src[several.edge], several.head]]
         raw2 = ties.decide(tied, _Candidates.cat([single, several]), raw2)
     return ties.orient(complete_frame(e1, raw2, torch.isfinite(best2)))
 
