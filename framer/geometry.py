@@ -3,6 +3,8 @@
 The attention's Gaussians have width sigma = R0 / sqrt(rho) with rho > RHO_LOWER_BOUND, so sigma never exceeds
 MAX_SIGMA (about 1.98 Å). The reference truncates each lattice sum to the box of images within 3.5 sigma
 (model-spec.md §2.3); one box per crystal built from MAX_SIGMA covers every head's box (model-spec.md §11).
+``tolerance_image_box`` instead chooses the box from an image-weight tolerance, so that the images summed do not
+depend on the choice of cell (docs/model.md, "Invariance").
 """
 
 from __future__ import annotations
@@ -39,3 +41,27 @@ def image_offsets(box, device=None) -> torch.Tensor:
     grid = torch.cartesian_prod(*axes)
     zero = (grid == 0).all(dim=1)
     return torch.cat([grid[zero], grid[~zero]])
+
+
+def tolerance_image_box(lattice: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """(B, 3) half-ranges of image boxes holding, around every atom, the sphere of the images whose weight is above
+    ``tolerance`` of the weight of the atom's nearest non-self image, for the widest Gaussian the model can produce
+    (sigma = MAX_SIGMA).
+
+    Those images have d² <= d_nn² + 2 MAX_SIGMA² ln(1/tolerance), where d_nn, the distance from the atom to its
+    nearest neighbour image, is at most the length of the shortest cell vector (the atom's own image). A vector of
+    length rho between an atom and an image of another (minimum-image fractional difference in [-1/2, 1/2]) has
+    fractional components n_m + f_m with |n_m + f_m| <= rho / h_m (h_m the interplanar spacings), so
+    R_m = floor(rho / h_m + 1/2) covers it.
+
+    Args:
+        lattice: (B, 3, 3) lattice vectors as rows.
+        tolerance: relative image weight, in (0, 1).
+    """
+    if not 0.0 < tolerance < 1.0:
+        raise ValueError(f"the image weight tolerance must be in (0, 1), got {tolerance!r}")
+    lattice = lattice.detach().double()
+    nearest = lattice.square().sum(-1).amin(dim=1)  # (B,) shortest cell vector², >= d_nn²
+    radius = (nearest + 2.0 * MAX_SIGMA**2 * math.log(1.0 / tolerance)).sqrt()
+    spacings = 1.0 / torch.linalg.inv(lattice).transpose(1, 2).norm(dim=2)  # (B, 3)
+    return torch.floor(radius.unsqueeze(1) / spacings + 0.5).long()

@@ -43,8 +43,14 @@ class CrystalBatch:
     def num_atoms(self) -> int:
         return int(self.pos.shape[0])
 
-    def to(self, device=None, dtype: torch.dtype | None = None, non_blocking: bool = False) -> CrystalBatch:
-        """Move every tensor to ``device``; floating tensors are also cast to ``dtype`` when given."""
+    def to(self, *args, **kwargs) -> CrystalBatch:
+        """Move every tensor to a device and cast the floating ones, with the arguments ``Tensor.to`` takes.
+
+        ``batch.to("cuda")``, ``batch.to(torch.float64)``, ``batch.to("cpu", torch.float64)``,
+        ``batch.to(other_tensor)`` (its device and, if floating, its dtype), the keywords ``device``, ``dtype`` and
+        ``non_blocking``. Integer tensors (atomic numbers, sizes, image boxes) only change device.
+        """
+        device, dtype, non_blocking = _to_arguments(args, kwargs)
         moved = {}
         for f in fields(self):
             value = getattr(self, f.name)
@@ -56,6 +62,29 @@ class CrystalBatch:
 
     def pin_memory(self) -> CrystalBatch:
         return replace(self, **{f.name: getattr(self, f.name).pin_memory() for f in fields(self) if f.name != "ids"})
+
+
+def _to_arguments(args: tuple, kwargs: dict) -> tuple[torch.device | None, torch.dtype | None, bool]:
+    """(device, dtype, non_blocking) from the positional and keyword forms of ``Tensor.to``."""
+    unknown = set(kwargs) - {"device", "dtype", "non_blocking"}
+    if unknown:
+        raise TypeError(f"CrystalBatch.to() got unexpected keyword arguments {sorted(unknown)}")
+    device, dtype = kwargs.get("device"), kwargs.get("dtype")
+    rest = list(args)
+    if rest and isinstance(rest[0], torch.Tensor):
+        other = rest.pop(0)
+        device, dtype = other.device, (other.dtype if other.is_floating_point() else None)
+    else:
+        if rest and not isinstance(rest[0], (torch.dtype, bool)):
+            device = torch.device(rest.pop(0))
+        if rest and isinstance(rest[0], torch.dtype):
+            dtype = rest.pop(0)
+    non_blocking = bool(rest.pop(0)) if rest and isinstance(rest[0], bool) else kwargs.get("non_blocking", False)
+    if rest:
+        raise TypeError(f"CrystalBatch.to() got unexpected positional arguments {rest!r}")
+    if dtype is not None and not dtype.is_floating_point:
+        raise TypeError(f"CrystalBatch.to() casts floating tensors only, not to {dtype}")
+    return device, dtype, non_blocking
 
 
 def collate_records(records: Sequence[CrystalRecord]) -> CrystalBatch:

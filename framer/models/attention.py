@@ -34,6 +34,7 @@ from framer.geometry import R0, RHO_LOWER_BOUND
 from framer.models import encodings
 from framer.models.angles import chunk_angle_features, cosine_grid, projected_tables
 from framer.models.frames import max_frames, weighted_pca_frames
+from framer.models.max_frames import ENVIRONMENT, LayerAttention, first_axis
 from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
 
 FrameType = Literal["none", "max", "static", "weighted_pca", "pca", "lattice"]
@@ -114,8 +115,8 @@ class PeriodicAttention(nn.Module):
             self.angle_basis = encodings.angle_basis(angle_basis, angle_width)
             self.angle_proj = nn.Parameter(torch.empty(3, num_heads, self.head_dim, angle_basis))  # W_1..3
             if angle_grid > 0:
-                grid, self.angle_spacing = cosine_grid(self.angle_basis, angle_grid)
-                self.register_buffer("angle_grid_basis", self.angle_basis(grid).float(), persistent=False)
+                self.angle_grid_points, self.angle_spacing = cosine_grid(self.angle_basis, angle_grid)
+                self._grid_basis_cache: dict[tuple[torch.dtype, torch.device], Tensor] = {}
         else:
             self.angle_basis = None
             self.register_parameter("angle_proj", None)
@@ -198,12 +199,18 @@ class PeriodicAttention(nn.Module):
         a_edge = a.index_select(0, src)
 
         chunks = graph.layer_chunks(-a.detach().amax(dim=1))  # prune with this layer's widest Gaussians
-        z0, mean_d2 = self._log_lattice_sums(graph, chunks, a.detach())
+        first, tied_atoms = None, None  # max frames: f1, and the atoms where it is a tie (environments summed below)
+        if self.frame in ("max", "static") and frames is None:
+            scored = (logits.detach(), None) if self.frame == "max" else (None, logits.detach())
+            first = first_axis(graph, a.detach(), *scored)
+            tied_atoms = first.tied.any(dim=1)
+        z0, mean_d2, edge_moments = self._log_lattice_sums(graph, chunks, a.detach(), tied_atoms)
         z = _with_derivative(z0, mean_d2, a_edge)
         alpha = segment_softmax(logits + z, src, n)
 
         if self.frame != "none" and frames is None:
-            frames = self.dynamic_frames(graph, chunks, a.detach(), logits.detach(), z0, alpha.detach())
+            attention = LayerAttention(z0, alpha.detach(), edge_moments, tied_atoms, first)
+            frames = self.dynamic_frames(graph, chunks, a.detach(), logits.detach(), attention)
         if frames is not None and self.angle_grid > 0:
             psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, None)
             psi = psi + self._tabulated_angle_encoding(graph, chunks, a_edge, z0, mean_d2, alpha.detach(), frames)
@@ -215,27 +222,36 @@ class PeriodicAttention(nn.Module):
         return self.out_proj(out.reshape(n, self.dim))
 
     def dynamic_frames(
-        self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, logits: Tensor, z: Tensor, alpha: Tensor
+        self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, logits: Tensor, attention: LayerAttention
     ) -> Tensor:
         """Frames (N, H, 3, 3) of this layer built from its own (detached) attention."""
         if self.frame == "max":
-            return max_frames(graph, chunks, a, logits)
+            return max_frames(graph, chunks, a, logits, attention=attention)
         if self.frame == "static":
-            return max_frames(graph, chunks, a, None)
+            return max_frames(graph, chunks, a, None, tie_logits=logits, attention=attention)
         if self.frame == "weighted_pca":
-            return weighted_pca_frames(graph, chunks, a, z, alpha)
+            return weighted_pca_frames(graph, chunks, a, attention.z, attention.alpha, logits)
         raise ValueError(f"frame {self.frame!r} is not built per layer; pass fixed frames")
 
     @torch.no_grad()
-    def _log_lattice_sums(self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor) -> tuple[Tensor, Tensor]:
-        """z_ij = log sum_n exp(a d²) and its derivative E_p[d²], both (E, H), at the given a."""
+    def _log_lattice_sums(
+        self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, moment_atoms: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """z_ij = log sum_n exp(a d²) and its derivative E_p[d²], both (E, H), at the given a; and, for the edges of
+        ``moment_atoms`` (N,), the first and second moments of their images weighted by p_ijn (E, H, 9)."""
         z_parts, d2_parts = [], []
+        moments = None
+        if moment_atoms is not None and bool(moment_atoms.any()):
+            moments = a.new_zeros(graph.num_edges, a.shape[1], ENVIRONMENT.size)
         for chunk in chunks:
             logits = a[graph.src[chunk.edges]].unsqueeze(-1) * chunk.dist2.unsqueeze(1)  # (C, H, M)
             z, p = encodings.logsumexp_(logits, chunk.valid.unsqueeze(1))
             z_parts.append(z)
             d2_parts.append(torch.bmm(p, chunk.dist2.unsqueeze(-1)).squeeze(-1))
-        return chunks.to_edge_order(z_parts), chunks.to_edge_order(d2_parts)
+            if moments is not None:
+                rows = torch.nonzero(moment_atoms[graph.src[chunk.edges]]).squeeze(1)
+                moments[chunk.edges[rows]] = torch.bmm(p[rows], ENVIRONMENT(chunk.vectors[rows]))
+        return chunks.to_edge_order(z_parts), chunks.to_edge_order(d2_parts), moments
 
     def _value_encoding(
         self,
@@ -264,6 +280,17 @@ class PeriodicAttention(nn.Module):
                 parts.append(self._chunk_value_encoding(*args))
         return chunks.to_edge_order(parts)
 
+    def grid_basis(self, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """(G, D) angle basis at the tabulation grid points, with centres in ``dtype`` (cached per dtype).
+
+        The float64 grid points are expanded in float64 arithmetic and the result cast to ``dtype``.
+        """
+        key = (dtype, device)
+        if key not in self._grid_basis_cache:
+            basis = self.angle_basis(self.angle_grid_points.to(device), centers_dtype=dtype)
+            self._grid_basis_cache[key] = basis.to(dtype)
+        return self._grid_basis_cache[key]
+
     def _angle_table(self) -> Tensor:
         """Rows c_angl W_hm b_angl(grid point), axis-major then head then grid point: (3, H * G, d_h).
 
@@ -279,7 +306,7 @@ class PeriodicAttention(nn.Module):
         cached = getattr(self, "_table_cache", None)
         if not needs_grad and cached is not None and cached[0] == key:
             return cached[1]
-        table = projected_tables(weight, self.angle_grid_basis, self.angle_coef)
+        table = projected_tables(weight, self.grid_basis(weight.dtype, weight.device), self.angle_coef)
         self._table_cache = None if needs_grad else (key, table)
         return table
 
@@ -295,7 +322,7 @@ class PeriodicAttention(nn.Module):
     ) -> Tensor:
         """c_angl sum_m W_m sum_n p b_angl(cos) (E, H, d_h) from tables of W_m b_angl (see framer.models.angles)."""
         table = self._angle_table()
-        basis = self.angle_grid_basis.to(table.dtype)
+        basis = self.grid_basis(table.dtype, table.device)
         tolerance = graph.image_tolerance
         log_tolerance = math.log(tolerance) if tolerance > 0 else -math.inf
         a = a_edge.detach()

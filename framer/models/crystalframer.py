@@ -3,17 +3,21 @@
 Architecture (model-spec §3): one-hot(Z) atom embedding -> ``num_layers`` post-residual blocks without LayerNorm
 (T-Fixup initialisation) of periodic attention + ReLU FFN -> mean over the atoms of each crystal -> MLP -> (B,).
 
-Deviations from the reference implementation (each chosen to follow the papers' stated intent):
+Deviations from the reference implementation (each chosen to follow the papers' stated intent; docs/model.md,
+"Deviations", lists them all with their measured effects):
 
-- Frames are deterministic: ties go to the first candidate instead of random noise (reference: uniform noise
-  of 1e-5 on every call, train and eval), and weighted-PCA/PCA axes get a rotation-invariant sign rule (positive
-  third moment) instead of random signs.
+- Frames are deterministic and independent of the orientation: ties (within a tolerance) are decided by keys that
+  every cell and atom order share instead of random noise of 1e-5 (reference, train and eval), and
+  weighted-PCA/PCA axes get their signs from their third and fourth moments instead of random signs.
 - Weighted PCA uses eigenvector *columns* (the reference indexes rows, breaking rotation invariance), sorted by
-  decreasing eigenvalue, with no symmetry-breaking term and no identity fallback for small determinants.
+  decreasing eigenvalue; degenerate spectra use the max frame (weighted PCA) or the lattice frame (PCA) instead
+  of a symmetry-breaking term and an identity fallback.
 - The static local frame picks the nearest non-collinear neighbour for f2 (score a d² + log(1 - |cos|)); the
   reference's kernel drops the ``a`` and so picks the farthest image in its box.
 - One image box per crystal (``batch.image_box``) for every head instead of one per (edge, head): extra images
-  beyond a head's 3.5 sigma box only add terms below e^-6 of the peak.
+  beyond a head's 3.5 sigma box only add terms below e^-6 of the peak. ``image_box="exact"`` replaces the
+  truncation by an image-weight tolerance, so that every cell of a crystal gives the same prediction.
+- Every distance and angle Gaussian is evaluated (the reference's kernels keep the 9 and 33 nearest of 64).
 - Edge vectors use the minimum-image fractional difference, so wrapping atoms back into the cell is exact.
 - Gradients are exact autograd gradients (the reference's kernel scales some by c_dist).
 - sigma standardisation statistics are averaged over DDP ranks before being frozen.
@@ -22,19 +26,20 @@ Deviations from the reference implementation (each chosen to follow the papers' 
 from __future__ import annotations
 
 import copy
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from framer.data.batch import CrystalBatch
 from framer.data.structures import MAX_ATOMIC_NUMBER
-from framer.geometry import R0
+from framer.geometry import R0, tolerance_image_box
 from framer.models.attention import FrameType, PeriodicAttention
 from framer.models.frames import lattice_frames, pca_frames
 from framer.models.periodic import PeriodicGraph
 
 T_FIXUP_GAIN = 0.67
+ImageBox = Literal["paper", "exact"]
 
 
 class EncoderBlock(nn.Module):
@@ -75,6 +80,12 @@ class CrystalFramer(nn.Module):
             layer from their size (stores them for typical batches, recomputes for very large cells).
         angle_grid: grid points per angle-Gaussian width of the tabulated angle features (linear interpolation,
             error below 1 / (8 angle_grid²) of a Gaussian's peak); 0 evaluates every Gaussian exactly (slow).
+        image_box: "paper" (default) sums each crystal's image box ``batch.image_box``, the paper's truncation at
+            3.5 sigma_max, with images pruned relative to each edge's nearest image. "exact" sums, around every
+            atom, all images whose weight is above ``image_tolerance`` of the atom's nearest neighbour image (the
+            box is recomputed from ``batch.lattice`` to hold them): every cell of a crystal (primitive,
+            conventional, supercell, any basis) then gives the same prediction for the frames "none", "max",
+            "static" and "weighted_pca", at a higher cost (see docs/model.md, "Invariance").
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -117,6 +128,7 @@ class CrystalFramer(nn.Module):
         chunk_size: int = 2**22,
         recompute: bool | None = None,
         angle_grid: int = 256,
+        image_box: ImageBox = "paper",
     ):
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -160,6 +172,9 @@ class CrystalFramer(nn.Module):
             for _ in range(num_layers)
         )
         self.head = nn.Sequential(nn.Linear(model_dim, head_dim), nn.ReLU(), nn.Linear(head_dim, 1))
+        if image_box not in ("paper", "exact") or (image_box == "exact" and not 0 < image_tolerance < 1):
+            raise ValueError(f"image_box={image_box!r} needs 'paper', or 'exact' with 0 < image_tolerance < 1")
+        self.image_box = image_box
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -189,42 +204,61 @@ class CrystalFramer(nn.Module):
         """Build a named preset, e.g. ``CrystalFramer.preset("crystalframer-lightweight")``."""
         return cls(**{**cls.preset_kwargs(name), **overrides})
 
-    def graph(self, batch: CrystalBatch) -> PeriodicGraph:
+    def image_boxes(self, batch: CrystalBatch) -> Tensor:
+        """(B, 3) image-box half-ranges: ``batch.image_box`` ("paper") or chosen from the tolerance ("exact")."""
+        if self.image_box == "exact":
+            return tolerance_image_box(batch.lattice, self.image_tolerance)
+        return batch.image_box
+
+    def graph(self, batch: CrystalBatch, image_boxes: Tensor | None = None) -> PeriodicGraph:
         """Edges and periodic images of ``batch`` (shared by all layers)."""
         return PeriodicGraph(
             batch.pos,
             batch.lattice,
             batch.sizes,
-            batch.image_box,
+            self.image_boxes(batch) if image_boxes is None else image_boxes,
             chunk_size=self.chunk_size,
             width=self.blocks[0].attention.pair_width,
             image_tolerance=self.image_tolerance,
+            per_atom_reference=self.image_box == "exact",
         )
 
+    def prepare(self, batch: CrystalBatch) -> CrystalBatch:
+        """``batch`` on the model's device, its floating tensors in the model's dtype (no copy when they are)."""
+        weight = self.atom_embedding.weight
+        return batch.to(weight.device, weight.dtype)
+
     def encode(self, batch: CrystalBatch) -> Tensor:
-        """Atom features (N, model_dim) after the last block."""
-        graph = self.graph(batch)
+        """Atom features (N, model_dim) after the last block (the batch is first cast as in :meth:`prepare`)."""
+        batch = self.prepare(batch)
+        boxes = self.image_boxes(batch)
+        graph = self.graph(batch, boxes)
         # = one-hot(Z) @ W^T; index_select (not advanced indexing) keeps its backward deterministic on CPU threads
         x = self.atom_embedding.weight.index_select(1, batch.atomic_numbers - 1).t()
-        frames = self._fixed_frames(batch)
+        frames = self._fixed_frames(batch, boxes)
         for block in self.blocks:
             x = block(x, graph, frames)
         return x
 
     def forward(self, batch: CrystalBatch) -> Tensor:
-        """Predictions (B,) for the crystals of ``batch``."""
+        """Predictions (B,) for the crystals of ``batch``.
+
+        The batch's floating tensors are cast to the model's dtype and every tensor is moved to its device first
+        (a float32 batch works with a float64 model, and the other way round).
+        """
+        batch = self.prepare(batch)
         x = self.encode(batch)
         crystal = torch.repeat_interleave(torch.arange(len(batch.sizes), device=x.device), batch.sizes.to(x.device))
         pooled = x.new_zeros(len(batch.sizes), x.shape[1]).index_add(0, crystal, x)
         pooled = pooled / batch.sizes.to(x.device, x.dtype).unsqueeze(1)
         return self.head(pooled).squeeze(-1)
 
-    def _fixed_frames(self, batch: CrystalBatch) -> Tensor | None:
+    def _fixed_frames(self, batch: CrystalBatch, image_boxes: Tensor) -> Tensor | None:
         """(N, H, 3, 3) frames for "pca"/"lattice" (the same for every layer, atom of a crystal and head)."""
         if self.frame == "pca":
-            per_crystal = pca_frames(batch.pos, batch.sizes)
+            per_crystal = pca_frames(batch.pos, batch.sizes, batch.lattice, image_boxes)
         elif self.frame == "lattice":
-            per_crystal = lattice_frames(batch.lattice, batch.image_box)
+            per_crystal = lattice_frames(batch.lattice, image_boxes)
         else:
             return None
         crystal = torch.repeat_interleave(

@@ -1,9 +1,12 @@
 """Edges and periodic images of a batch, built once per forward and shared by every layer.
 
 Every ordered pair (i, j) of atoms of one crystal, i = j included, is an edge. The edge vector is the minimum-image
-difference r_ij = (f_j - f_i - round(f_j - f_i)) L of the fractional coordinates f, so translations that wrap atoms
-back into the cell give exactly the same images. The images of an edge are r_ij + n L for the integer n inside the
-crystal's ``image_box``; the self image (i = j, n = 0) is included.
+difference r_ij = (f_j - f_i - k) L of the fractional coordinates f, with k the integer that brings each component
+into [-1/2, 1/2]; a component within the tie tolerance of +-1/2 always becomes +1/2 (never decided by rounding, which
+would depend on the orientation of the crystal). Translations that wrap atoms back into the cell therefore give
+exactly the same images. The images of an edge are r_ij + n L for the integer n inside the crystal's image box; the
+self image (i = j, n = 0) is included. Each image keeps its position in the box (``image_label``, lattice-index
+order): frames break ties with it (:mod:`framer.models.ties`).
 
 Pruning. Every image weight of the model is a Gaussian exp(a d²) with a <= -RHO_LOWER_BOUND / (2 R0²), normalised
 over the images of one edge. An image whose d² exceeds that of the edge's nearest non-self image by more than
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor
 
 from framer.geometry import R0, RHO_LOWER_BOUND, image_offsets
+from framer.models.ties import tie_tolerance
 
 MAX_EXPONENT_MAGNITUDE = 0.5 / R0**2  # |a| = rho / (2 R0²) with rho > RHO_LOWER_BOUND: this times RHO_LOWER_BOUND
 DEFAULT_IMAGE_TOLERANCE = 1e-9
@@ -49,6 +53,8 @@ class ImageChunk:
         dist2: (C, m) squared image lengths (zero on padding), ascending along each row.
         valid: (C, m) False on padding.
         self_image: (C, m) True for the self image (i = j, n = 0).
+        packed: (C, m) positions of the images in the graph's packed lists (0 on padding).
+        packed_labels: the graph's packed image labels (read by :attr:`label`).
     """
 
     edges: Tensor
@@ -56,6 +62,24 @@ class ImageChunk:
     dist2: Tensor
     valid: Tensor
     self_image: Tensor
+    packed: Tensor
+    packed_labels: Tensor
+
+    @cached_property
+    def label(self) -> Tensor:
+        """(C, m) lattice-index order of each image within its edge's box (for tie-breaking)."""
+        return self.packed_labels[self.packed]
+
+    def row_labels(self, rows: tuple[Tensor, ...]) -> Tensor:
+        """(R, m) labels of the images of the edges ``rows[0]`` (further indices, e.g. heads, are ignored)."""
+        return self.packed_labels[self.packed[rows[0]]]
+
+    def select(self, rows: Tensor) -> ImageChunk:
+        """The chunk restricted to some of its edges (``rows`` index its first dimension)."""
+        return ImageChunk(
+            self.edges[rows], self.vectors[rows], self.dist2[rows], self.valid[rows], self.self_image[rows],
+            self.packed[rows], self.packed_labels,
+        )  # fmt: skip
 
     @cached_property
     def unit(self) -> Tensor:
@@ -64,10 +88,12 @@ class ImageChunk:
 
 
 class ImageChunks(list):
-    """The chunks of one pass over all edges, with the permutation back to global edge order."""
+    """The chunks of one pass over all edges, with the permutation back to global edge order and the number of
+    images of each edge (``counts``)."""
 
-    def __init__(self, chunks: list[ImageChunk], num_edges: int):
+    def __init__(self, chunks: list[ImageChunk], num_edges: int, counts: Tensor):
         super().__init__(chunks)
+        self.counts = counts  # (E,) images of each edge
         order = torch.cat([c.edges for c in chunks])
         self._inverse = torch.empty_like(order)
         self._inverse[order] = torch.arange(num_edges, device=order.device)
@@ -88,6 +114,12 @@ class PeriodicGraph:
         chunk_size: largest number of elements of a per-chunk temporary (edges x images x ``width``).
         width: elements per (edge, image) pair of the largest temporary the caller will build.
         image_tolerance: relative image weight below which images are skipped (0 keeps the whole box).
+        per_atom_reference: measure the image weights against the nearest non-self image of the source atom over
+            all its edges (a property of the crystal) instead of against each edge's own nearest image (which
+            depends on the cell: a supercell splits an edge into several). The kept images of atom i are then
+            those within the same sphere around it in every cell of the crystal, provided the image box holds that
+            sphere (:func:`framer.geometry.tolerance_image_box`). Edges whose images all lie outside it keep none
+            (their lattice sum is 0: z = -inf, no attention).
     """
 
     def __init__(
@@ -99,8 +131,10 @@ class PeriodicGraph:
         chunk_size: int = 2**22,
         width: int = 1,
         image_tolerance: float = DEFAULT_IMAGE_TOLERANCE,
+        per_atom_reference: bool = False,
     ):
         self.image_tolerance = image_tolerance
+        self.per_atom_reference = per_atom_reference
         self.chunk_size = int(chunk_size)
         self.width = max(1, int(width))
         self.num_atoms = int(pos.shape[0])
@@ -123,7 +157,7 @@ class PeriodicGraph:
             inverse_lattice = torch.linalg.inv(lattice)[torch.repeat_interleave(crystals, sizes)]
             atom_frac = torch.einsum("na,nab->nb", pos, inverse_lattice)
             frac = atom_frac[self.dst] - atom_frac[self.src]
-            frac = frac - torch.round(frac)
+            frac = frac - torch.floor(frac + (0.5 - tie_tolerance(frac.dtype)))  # in [-1/2, 1/2], ties -> +1/2
             self.vectors = torch.einsum("ea,eab->eb", frac, lattice[crystal])  # (E, 3) minimum-image edge vectors
             self._build_images(lattice, image_box.to(device))
 
@@ -134,7 +168,7 @@ class PeriodicGraph:
         self.image_start = torch.zeros(self.num_edges, dtype=torch.long, device=device)
         self.image_count = torch.zeros(self.num_edges, dtype=torch.long, device=device)
         self.reference = torch.zeros(self.num_edges, dtype=lattice.dtype, device=device)
-        vectors_parts, dist2_parts, self_parts, edge_parts = [], [], [], []
+        vectors_parts, dist2_parts, self_parts, edge_parts, label_parts = [], [], [], [], []
         filled = 0
         boxes, box_of_crystal = torch.unique(image_box, dim=0, return_inverse=True)
         box_of_edge = box_of_crystal[self.edge_crystal]
@@ -156,6 +190,7 @@ class PeriodicGraph:
                 vectors_parts.append(torch.gather(vectors, 1, index.unsqueeze(-1).expand(-1, -1, 3))[keep])
                 dist2_parts.append(dist2[keep])
                 self_parts.append(torch.gather(self_image, 1, index)[keep])
+                label_parts.append(index[keep].int())  # the position in the box is the lattice-index order
                 edge_parts.append(torch.repeat_interleave(edges, count))
                 self.image_start[edges] = filled + torch.cumsum(count, 0) - count
                 self.image_count[edges] = count
@@ -165,6 +200,22 @@ class PeriodicGraph:
         self.image_dist2 = torch.cat(dist2_parts)
         self.image_self = torch.cat(self_parts)
         self.image_edge = torch.cat(edge_parts)  # the edge of each packed image (packing is in box-group order)
+        self.image_label = torch.cat(label_parts)
+        self.prune_reference = self.reference
+        if self.per_atom_reference:
+            self._keep_atom_spheres(cut)
+
+    def _keep_atom_spheres(self, cut: float) -> None:
+        """Drop the packed images beyond the source atom's sphere: d² > (atom's nearest non-self image)² + cut."""
+        nearest = torch.full((self.num_atoms,), torch.inf, dtype=self.reference.dtype, device=self.reference.device)
+        nearest = nearest.scatter_reduce(0, self.src, self.reference, "amin", include_self=True)
+        self.prune_reference = nearest[self.src]
+        keep = self.image_dist2 <= (self.prune_reference + cut)[self.image_edge]
+        kept_before = torch.cumsum(keep, 0) - keep.long()  # packed position after filtering (edges stay contiguous)
+        self.image_start = kept_before[self.image_start.clamp_max(len(keep) - 1)]
+        self.image_count = torch.zeros_like(self.image_count).index_add_(0, self.image_edge, keep.long())
+        for name in ("image_vectors", "image_dist2", "image_self", "image_edge", "image_label"):
+            setattr(self, name, getattr(self, name)[keep])
 
     @property
     def num_images(self) -> int:
@@ -180,40 +231,70 @@ class PeriodicGraph:
         while start < self.num_edges:
             m = max(1, sorted_counts[start])  # the largest count of this chunk
             stop = min(self.num_edges, start + max(1, self.chunk_size // (m * self.width)))
-            edges = order[start:stop]
-            columns = torch.arange(m, device=counts.device)
-            valid = columns < counts[edges].unsqueeze(1)
-            index = torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0)
-            chunks.append(
-                ImageChunk(
-                    edges=edges,
-                    vectors=self.image_vectors[index] * valid.unsqueeze(-1),
-                    dist2=self.image_dist2[index] * valid,
-                    valid=valid,
-                    self_image=self.image_self[index] & valid,
-                )
-            )
+            chunks.append(self.edge_chunk(order[start:stop], counts))
             start = stop
-        return ImageChunks(chunks, self.num_edges)
+        return ImageChunks(chunks, self.num_edges, counts)
+
+    def edge_chunk(self, edges: Tensor, counts: Tensor) -> ImageChunk:
+        """One padded chunk of the given edges, each with its first ``counts`` (E,) images."""
+        m = max(1, int(counts[edges].max())) if len(edges) else 1
+        columns = torch.arange(m, device=counts.device)
+        valid = columns < counts[edges].unsqueeze(1)
+        index = torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0)
+        return ImageChunk(
+            edges=edges,
+            vectors=self.image_vectors[index] * valid.unsqueeze(-1),
+            dist2=self.image_dist2[index] * valid,
+            valid=valid,
+            self_image=self.image_self[index] & valid,
+            packed=index,
+            packed_labels=self.image_label,
+        )
 
     def layer_chunks(self, exponent_magnitude: Tensor) -> ImageChunks:
         """Chunks pruned for a layer whose smallest |a| over the heads of each atom is ``exponent_magnitude`` (N,)."""
         if self.image_tolerance <= 0:
             return self.chunks()
-        limit = self.reference + prune_distance2(self.image_tolerance, exponent_magnitude)[self.src]  # (E,)
+        limit = self.prune_reference + prune_distance2(self.image_tolerance, exponent_magnitude)[self.src]  # (E,)
         keep = (self.image_dist2 <= limit[self.image_edge]).long()
         counts = torch.zeros_like(self.image_count).index_add_(0, self.image_edge, keep)
         return self.chunks(counts)
 
     @cached_property
-    def nearest_image(self) -> tuple[Tensor, Tensor]:
-        """(E,) squared length and (E, 3) direction of each edge's shortest image other than the self image.
+    def equal_lengths(self) -> Tensor:
+        """(E,) whether two non-self images of the edge have squared lengths within the tie tolerance (only such
+        edges can hold two images with equal frame scores)."""
+        tolerance = tie_tolerance(self.image_dist2.dtype)
+        d2, edge = self.image_dist2, self.image_edge
+        same = (edge[1:] == edge[:-1]) & ~self.image_self[:-1] & (d2[1:] - d2[:-1] <= d2[1:].clamp_min(1.0) * tolerance)
+        flags = torch.zeros(self.num_edges, dtype=torch.bool, device=d2.device)
+        return flags.index_put_((edge[1:][same],), torch.ones_like(edge[1:][same], dtype=torch.bool))
 
-        Ties go to the first image in box order; edges with no such image get an infinite length.
+    @cached_property
+    def nearest_image(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(E,) squared length and (E, 3) direction of each edge's shortest image other than the self image, and
+        (E,) the number of images tied with it.
+
+        Images whose squared lengths are within the tie tolerance of the shortest are a tie, won by the first in
+        lattice-index order; edges with no such image get an infinite length (and a count of 0).
         """
-        is_self_edge = (self.src == self.dst).long()  # the self image comes first in its edge's list
-        exists = self.image_count > is_self_edge
-        index = torch.where(exists, self.image_start + is_self_edge, 0)
-        dist2 = torch.where(exists, self.image_dist2[index], torch.inf)
+        tolerance = tie_tolerance(self.image_dist2.dtype)
+        limit = self.reference + self.reference.clamp_min(1.0) * tolerance  # inf for edges without non-self images
+        first = self.image_start + (self.src == self.dst).long()  # the self image comes first in its edge's list
+        available = self.image_count - (self.src == self.dst).long()
+        window = 8
+        while True:  # images are sorted by length: the tied ones are the first few of each edge
+            columns = torch.arange(window, device=first.device)
+            inside = columns < available.unsqueeze(1)
+            position = torch.where(inside, first.unsqueeze(1) + columns, 0)
+            near = inside & (self.image_dist2[position] <= limit.unsqueeze(1))
+            count = near.sum(1)
+            if not bool((count == window).any()):
+                break
+            window *= 2
+        big = torch.iinfo(self.image_label.dtype).max
+        pick = torch.where(near, self.image_label[position], big).argmin(dim=1)
+        index = position.gather(1, pick.unsqueeze(1)).squeeze(1)
+        dist2 = torch.where(count > 0, self.image_dist2[index], torch.inf)
         vectors = self.image_vectors[index]
-        return dist2, vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+        return dist2, vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-30), count

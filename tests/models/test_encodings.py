@@ -23,7 +23,7 @@ def test_exp_and_pairwise_products_stay_normal() -> None:
 def test_basis_matches_gaussians_and_stays_normal() -> None:
     basis = encodings.distance_basis(64, 14.0)
     distances = torch.linspace(0.0, 40.0, 2001, dtype=torch.float64)
-    exact = torch.exp(-((distances.unsqueeze(-1) - basis.centers.double()) ** 2) / (2 * basis.width**2))
+    exact = torch.exp(-((distances.unsqueeze(-1) - basis.centers()) ** 2) / (2 * basis.width**2))
     values = basis(distances.float())
     assert torch.allclose(values.double(), exact, rtol=1e-4, atol=1e-15)
     assert _smallest_nonzero(values) >= TINY

@@ -1,0 +1,117 @@
+"""Deterministic decisions that do not depend on the Cartesian orientation of a crystal.
+
+Frames pick candidates by argmax, choose signs and detect degenerate eigenvalues. Symmetric crystals make such
+choices ties, and a tie decided by floating-point rounding depends on how the crystal is oriented (a rotated copy
+rounds differently). So every comparison treats values within a tolerance as equal, and ties go to the candidate
+that comes first in an order that is the same for every orientation: the order of the edges (source atom, then
+target atom) and, within an edge, the lattice-index order of the images (their position in
+:func:`framer.geometry.image_offsets`).
+
+The tolerance (:func:`tie_tolerance`) is 1e-9 relative in float64, far above rounding errors (~1e-15) and far
+below the differences that decide in crystals without the symmetry; in float32 it is 1.2e-5, about the
+reference's tie-breaking noise of 1e-5. It also decides when the moments that orient PCA frames vanish.
+Eigenvalues of PCA frames use a larger one (:func:`spectral_tolerance`, 1e-6 in float64): eigenvectors turn by
+(rounding error) / (gap), so a gap of 1e-8, common in symmetric crystals whose coordinates were stored with 8
+digits, would let rounding move them by 1e-6.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+
+def tie_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance under which two values (scores, squared lengths, cosines, eigenvalues) are a tie."""
+    return max(1e-9, 100 * torch.finfo(dtype).eps)
+
+
+def spectral_tolerance(dtype: torch.dtype) -> float:
+    """Relative gap under which eigenvalues of a frame's second moment count as equal (1e-6 in float64)."""
+    return max(1e-6, torch.finfo(dtype).eps ** 0.5)
+
+
+def near_max(scores: Tensor, best: Tensor) -> Tensor:
+    """True where ``scores`` is within the tie tolerance of ``best`` (broadcastable), relative to max(1, |best|)."""
+    margin = best.abs().clamp_min(1.0) * tie_tolerance(scores.dtype)
+    return scores >= best - margin
+
+
+def first_best(scores: Tensor, labels: Callable[[tuple[Tensor, ...]], Tensor]) -> tuple[Tensor, Tensor]:
+    """Index along the last dimension of the best score, and the number of scores tied with it (``near_max``).
+
+    Among ties the entry with the smallest label wins. ``labels(rows)`` gives the (R, m) labels of the rows
+    ``scores[rows]`` (distinct along the last dimension); it is called only for the rows that have ties.
+    Rows whose scores are all -inf give the smallest label.
+    """
+    best = scores.argmax(dim=-1)
+    value = torch.gather(scores, -1, best.unsqueeze(-1))
+    ties = near_max(scores, value).sum(dim=-1)
+    rows = torch.nonzero(ties > 1, as_tuple=True)
+    if len(rows[0]):
+        tied = near_max(scores[rows], value[rows])
+        row_labels = labels(rows)
+        big = torch.iinfo(row_labels.dtype).max
+        best[rows] = torch.where(tied, row_labels, big).argmin(dim=-1)
+    return best, ties
+
+
+def segment_argmax(
+    scores: Tensor, index: Tensor, num_segments: int, secondary: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per segment and column, the best of ``scores`` (E, H): the first row within the tie tolerance of the maximum.
+
+    With ``secondary`` (E, H), rows tied in ``scores`` are first narrowed to those within the tolerance of the best
+    secondary score among them.
+
+    Returns:
+        (num_segments, H) row ids, (num_segments, H) maxima (-inf for segments whose scores are all -inf) and the
+        (E, H) mask of the tied rows (the candidates the row id was chosen from).
+    """
+    rows, cols = scores.shape
+    expanded = index.unsqueeze(1).expand(rows, cols)
+    best = _segment_amax(scores, expanded, num_segments)
+    candidates = near_max(scores, best[index])
+    if secondary is not None:
+        narrowed = secondary.masked_fill(~candidates, -torch.inf)
+        candidates &= near_max(narrowed, _segment_amax(narrowed, expanded, num_segments)[index])
+    row_ids = torch.arange(rows, device=scores.device).unsqueeze(1).expand(rows, cols)
+    first = torch.full((num_segments, cols), rows, dtype=torch.long, device=scores.device)
+    first = first.scatter_reduce(0, expanded, torch.where(candidates, row_ids, rows), "amin", include_self=True)
+    return first.clamp_max(rows - 1), best, candidates
+
+
+def _segment_amax(values: Tensor, expanded_index: Tensor, num_segments: int) -> Tensor:
+    out = values.new_full((num_segments, values.shape[1]), -torch.inf)
+    return out.scatter_reduce(0, expanded_index, values, "amax", include_self=True)
+
+
+def lexicographic_choice(groups: Tensor, keys: list[Tensor], order: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
+    """Per group, the candidate that is best in ``keys`` compared in turn (each within the tie tolerance), then
+    smallest in ``order``.
+
+    Args:
+        groups: (K,) group of each candidate, in [0, num_groups).
+        keys: (K,) scores, larger is better; a candidate stays only if it ties with the best of the remaining ones.
+        order: (K,) integers distinct within a group: the final tie-break.
+        num_groups: number of groups.
+
+    Returns:
+        (num_groups,) the chosen candidate (-1 for groups without candidates) and (num_groups,) whether more than
+        one candidate tied in every key.
+    """
+    alive = torch.ones_like(groups, dtype=torch.bool)
+    for key in keys:
+        masked = key.masked_fill(~alive, -torch.inf)
+        best = key.new_full((num_groups,), -torch.inf).scatter_reduce(0, groups, masked, "amax", include_self=True)
+        alive &= near_max(masked, best[groups])
+    big = int(order.max()) + 1 if len(order) else 1
+    first = torch.full((num_groups,), big, dtype=order.dtype, device=order.device)
+    first = first.scatter_reduce(0, groups, torch.where(alive, order, big), "amin", include_self=True)
+    chosen = torch.nonzero(alive & (order == first[groups])).squeeze(1)
+    index = torch.full((num_groups,), -1, dtype=torch.long, device=groups.device)
+    index[groups[chosen]] = chosen
+    count = torch.zeros(num_groups, dtype=torch.long, device=groups.device).index_add_(0, groups, alive.long())
+    return index, count > 1
