@@ -1,8 +1,9 @@
 """Lattice geometry shared by the data pipeline and the model: Gaussian scale bounds and periodic image boxes.
 
 The attention's Gaussians have width sigma = R0 / sqrt(rho) with rho > RHO_LOWER_BOUND, so sigma never exceeds
-MAX_SIGMA (about 1.98 Å). The reference truncates each lattice sum to the box of images within 3.5 sigma
-(model-spec.md §2.3); one box per crystal built from MAX_SIGMA covers every head's box (model-spec.md §11).
+MAX_SIGMA (about 1.98 Å). The reference truncates each lattice sum to the box of images within 3.5 sigma; one box
+per crystal built from MAX_SIGMA covers every head's box (docs/model.md, "How it is computed" and "Deviations from
+the reference implementation").
 ``tolerance_image_box`` instead chooses the box from an image-weight tolerance, so that the images summed do not
 depend on the choice of cell (docs/model.md, "Invariance").
 """
@@ -35,12 +36,16 @@ def image_box(lattice: np.ndarray, cutoff: float = IMAGE_CUTOFF, minimum: int = 
 
 
 def image_offsets(box, device=None) -> torch.Tensor:
-    """Integer image translations (R, 3) of a box, with the zero translation first."""
+    """Integer image translations (R, 3) of a box, with the zero translation first, then lattice-index order.
+
+    Built by slicing (the zero translation is the middle of the grid), without a boolean mask, so a CUDA device
+    never waits for the host here.
+    """
     r1, r2, r3 = (int(r) for r in box)
     axes = [torch.arange(-r, r + 1, device=device) for r in (r1, r2, r3)]
-    grid = torch.cartesian_prod(*axes)
-    zero = (grid == 0).all(dim=1)
-    return torch.cat([grid[zero], grid[~zero]])
+    grid = torch.cartesian_prod(*axes).view(-1, 3)
+    middle = grid.shape[0] // 2
+    return torch.cat([grid[middle : middle + 1], grid[:middle], grid[middle + 1 :]])
 
 
 def tolerance_image_box(lattice: torch.Tensor, tolerance: float) -> torch.Tensor:
@@ -63,5 +68,5 @@ def tolerance_image_box(lattice: torch.Tensor, tolerance: float) -> torch.Tensor
     lattice = lattice.detach().double()
     nearest = lattice.square().sum(-1).amin(dim=1)  # (B,) shortest cell vector², >= d_nn²
     radius = (nearest + 2.0 * MAX_SIGMA**2 * math.log(1.0 / tolerance)).sqrt()
-    spacings = 1.0 / torch.linalg.inv(lattice).transpose(1, 2).norm(dim=2)  # (B, 3)
+    spacings = 1.0 / torch.linalg.inv_ex(lattice).inverse.transpose(1, 2).norm(dim=2)  # (B, 3), no error check
     return torch.floor(radius.unsqueeze(1) / spacings + 0.5).long()

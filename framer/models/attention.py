@@ -1,4 +1,5 @@
-"""Periodic multi-head attention of Crystalformer with CrystalFramer's frame-based angle features (spec §2, §4.6).
+"""Periodic multi-head attention of Crystalformer with CrystalFramer's frame-based angle features (docs/model.md,
+"What the model computes").
 
 For atom i, head h, every atom j of the same crystal and every image n of the edge (i, j):
 
@@ -18,12 +19,15 @@ are treated as constants (no forces).
 
 When the per-edge image features of a layer would be large (500-atom cells), each chunk runs under activation
 checkpointing instead of keeping its features for the backward pass.
+
+Under mixed precision only the input and output projections follow autocast; everything between them runs in the
+parameters' dtype (:mod:`framer.models.precision`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,11 +35,12 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from framer.geometry import R0, RHO_LOWER_BOUND
-from framer.models import encodings
 from framer.models.angles import chunk_angle_features, cosine_grid, projected_tables
+from framer.models.encodings import cosine_basis, distance_basis, exp_, logsumexp_
 from framer.models.frames import max_frames, weighted_pca_frames
 from framer.models.max_frames import ENVIRONMENT, LayerAttention, first_axis
 from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
+from framer.models.precision import full_precision
 
 FrameType = Literal["none", "max", "static", "weighted_pca", "pca", "lattice"]
 DYNAMIC_FRAMES = ("max", "static", "weighted_pca")  # built inside each layer from its own attention
@@ -51,6 +56,18 @@ def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
     weights = torch.exp(logits - peak[index])
     total = weights.new_zeros(num_segments, logits.shape[1]).index_add(0, index, weights)
     return weights / total.index_select(0, index)
+
+
+class EdgeInputs(NamedTuple):
+    """What the image-feature passes of a layer read, per edge: the graph and the layer's chunks, a of the edge's
+    source atom (E, H; carries the gradient), the log lattice sums z and their derivatives E_p[d²] (E, H; detached).
+    """
+
+    graph: PeriodicGraph
+    chunks: ImageChunks
+    a_edge: Tensor
+    z: Tensor
+    mean_d2: Tensor
 
 
 def _with_derivative(value: Tensor, derivative: Tensor, a: Tensor) -> Tensor:
@@ -109,10 +126,10 @@ class PeriodicAttention(nn.Module):
         self.sigma_ready = nn.Parameter(torch.zeros(()), requires_grad=False)
         self._stats_frozen = False
 
-        self.dist_basis = encodings.distance_basis(dist_basis, dist_max)
+        self.dist_basis = distance_basis(dist_basis, dist_max)
         self.dist_proj = nn.Parameter(torch.empty(num_heads, self.head_dim, dist_basis))  # W0
         if frame != "none":
-            self.angle_basis = encodings.angle_basis(angle_basis, angle_width)
+            self.angle_basis = cosine_basis(angle_basis, angle_width)
             self.angle_proj = nn.Parameter(torch.empty(3, num_heads, self.head_dim, angle_basis))  # W_1..3
             if angle_grid > 0:
                 self.angle_grid_points, self.angle_spacing = cosine_grid(self.angle_basis, angle_grid)
@@ -133,7 +150,8 @@ class PeriodicAttention(nn.Module):
         return width
 
     def reset_parameters(self, value_gain: float = 1.0) -> None:
-        """Xavier-uniform projections (W_v and out_proj scaled by ``value_gain``), zero biases, spec §3 inits."""
+        """Xavier-uniform projections (W_v and out_proj scaled by ``value_gain``), zero biases, the reference's
+        initialisation of w_h and of the basis projections."""
         d = self.dim
         for block in range(3):
             nn.init.xavier_uniform_(self.in_proj.weight[block * d : (block + 1) * d])
@@ -191,7 +209,15 @@ class PeriodicAttention(nn.Module):
             frames: (N, H, 3, 3) fixed frames for "pca"/"lattice" (dynamic frames are built here when None).
         """
         n, h, dh = x.shape[0], self.num_heads, self.head_dim
-        q, k, v = self.in_proj(x).view(n, 3, h, dh).unbind(1)
+        projected = self.in_proj(x)  # follows autocast: bfloat16 / float16 under mixed precision
+        with full_precision(x.device):
+            q, k, v = projected.to(self.dist_proj.dtype).view(n, 3, h, dh).unbind(1)
+            out = self._attend(q, k, v, graph, frames)
+        return self.out_proj(out.reshape(n, self.dim))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, graph: PeriodicGraph, frames: Tensor | None) -> Tensor:
+        """sum_j alpha_ij (v_j + psi_ij) (N, H, d_h) from the queries, keys and values (N, H, d_h)."""
+        n, dh = q.shape[0], self.head_dim
         a = self.gaussian_exponent(q)  # (N, H)
         src, dst = graph.src, graph.dst
         # index_select, not q[src]: its backward (index_add) is deterministic with several threads and faster
@@ -203,7 +229,7 @@ class PeriodicAttention(nn.Module):
         if self.frame in ("max", "static") and frames is None:
             scored = (logits.detach(), None) if self.frame == "max" else (None, logits.detach())
             first = first_axis(graph, a.detach(), *scored)
-            tied_atoms = first.tied.any(dim=1)
+            tied_atoms = first.tied.any(dim=1) if first.any_tied else None
         z0, mean_d2, edge_moments = self._log_lattice_sums(graph, chunks, a.detach(), tied_atoms)
         z = _with_derivative(z0, mean_d2, a_edge)
         alpha = segment_softmax(logits + z, src, n)
@@ -211,15 +237,15 @@ class PeriodicAttention(nn.Module):
         if self.frame != "none" and frames is None:
             attention = LayerAttention(z0, alpha.detach(), edge_moments, tied_atoms, first)
             frames = self.dynamic_frames(graph, chunks, a.detach(), logits.detach(), attention)
+        edge_inputs = EdgeInputs(graph, chunks, a_edge, z0, mean_d2)
         if frames is not None and self.angle_grid > 0:
-            psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, None)
-            psi = psi + self._tabulated_angle_encoding(graph, chunks, a_edge, z0, mean_d2, alpha.detach(), frames)
+            psi = self._value_encoding(edge_inputs, None)
+            psi = psi + self._tabulated_angle_encoding(edge_inputs, alpha.detach(), frames)
         else:
-            psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, frames)
+            psi = self._value_encoding(edge_inputs, frames)
 
         messages = alpha.unsqueeze(-1) * (v.index_select(0, dst) + psi)
-        out = messages.new_zeros(n, h, dh).index_add(0, src, messages)
-        return self.out_proj(out.reshape(n, self.dim))
+        return messages.new_zeros(n, self.num_heads, dh).index_add(0, src, messages)
 
     def dynamic_frames(
         self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, logits: Tensor, attention: LayerAttention
@@ -241,11 +267,11 @@ class PeriodicAttention(nn.Module):
         ``moment_atoms`` (N,), the first and second moments of their images weighted by p_ijn (E, H, 9)."""
         z_parts, d2_parts = [], []
         moments = None
-        if moment_atoms is not None and bool(moment_atoms.any()):
+        if moment_atoms is not None:
             moments = a.new_zeros(graph.num_edges, a.shape[1], ENVIRONMENT.size)
         for chunk in chunks:
             logits = a[graph.src[chunk.edges]].unsqueeze(-1) * chunk.dist2.unsqueeze(1)  # (C, H, M)
-            z, p = encodings.logsumexp_(logits, chunk.valid.unsqueeze(1))
+            z, p = logsumexp_(logits, chunk.valid.unsqueeze(1))
             z_parts.append(z)
             d2_parts.append(torch.bmm(p, chunk.dist2.unsqueeze(-1)).squeeze(-1))
             if moments is not None:
@@ -253,16 +279,9 @@ class PeriodicAttention(nn.Module):
                 moments[chunk.edges[rows]] = torch.bmm(p[rows], ENVIRONMENT(chunk.vectors[rows]))
         return chunks.to_edge_order(z_parts), chunks.to_edge_order(d2_parts), moments
 
-    def _value_encoding(
-        self,
-        graph: PeriodicGraph,
-        chunks: ImageChunks,
-        a_edge: Tensor,
-        z: Tensor,
-        mean_d2: Tensor,
-        frames: Tensor | None,
-    ) -> Tensor:
+    def _value_encoding(self, edge_inputs: EdgeInputs, frames: Tensor | None) -> Tensor:
         """psi (E, H, d_h), one chunk of edges at a time."""
+        graph, chunks, a_edge, z, mean_d2 = edge_inputs
         width = self.dist_proj.shape[-1] + (3 * self.angle_proj.shape[-1] if frames is not None else 0)
         recompute = self.recompute
         if recompute is None:
@@ -310,17 +329,9 @@ class PeriodicAttention(nn.Module):
         self._table_cache = None if needs_grad else (key, table)
         return table
 
-    def _tabulated_angle_encoding(
-        self,
-        graph: PeriodicGraph,
-        chunks: ImageChunks,
-        a_edge: Tensor,
-        z: Tensor,
-        mean_d2: Tensor,
-        alpha: Tensor,
-        frames: Tensor,
-    ) -> Tensor:
+    def _tabulated_angle_encoding(self, edge_inputs: EdgeInputs, alpha: Tensor, frames: Tensor) -> Tensor:
         """c_angl sum_m W_m sum_n p b_angl(cos) (E, H, d_h) from tables of W_m b_angl (see framer.models.angles)."""
+        graph, chunks, a_edge, z, mean_d2 = edge_inputs
         table = self._angle_table()
         basis = self.grid_basis(table.dtype, table.device)
         tolerance = graph.image_tolerance
@@ -350,7 +361,7 @@ class PeriodicAttention(nn.Module):
         c, h = a.shape
         with torch.no_grad():
             d2 = chunk.dist2
-            p = encodings.exp_(a.detach().t().unsqueeze(-1) * d2 - z.t().unsqueeze(-1))  # (H, C, m)
+            p = exp_(a.detach().t().unsqueeze(-1) * d2 - z.t().unsqueeze(-1))  # (H, C, m)
             p.masked_fill_(~chunk.valid, 0.0)
             weights = torch.stack([p, p * (d2 - mean_d2.t().unsqueeze(-1))], dim=2)  # (H, C, 2, m): p, dp/da
             dist_weights = weights.transpose(0, 1).reshape(c, 2 * h, -1)
@@ -380,7 +391,7 @@ def _contract(weights: Tensor, basis: Tensor) -> Tensor:
 
 
 def _xavier_per_head(weight: Tensor) -> None:
-    """Xavier-uniform on the (heads * d_h, basis) view with gain basis^-1/2 (spec §2.5)."""
+    """Xavier-uniform on the (heads * d_h, basis) view with gain basis^-1/2 (the reference's initialisation)."""
     with torch.no_grad():
         view = weight.view(-1, weight.shape[-1])
         nn.init.xavier_uniform_(view, gain=weight.shape[-1] ** -0.5)

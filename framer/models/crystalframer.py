@@ -1,7 +1,8 @@
 """CrystalFramer (ICLR 2025) and Crystalformer (ICLR 2024, ``frame="none"``) as one plain ``nn.Module``.
 
-Architecture (model-spec §3): one-hot(Z) atom embedding -> ``num_layers`` post-residual blocks without LayerNorm
-(T-Fixup initialisation) of periodic attention + ReLU FFN -> mean over the atoms of each crystal -> MLP -> (B,).
+Architecture (docs/model.md, "What the model computes"): one-hot(Z) atom embedding -> ``num_layers`` post-residual
+blocks without LayerNorm (T-Fixup initialisation) of periodic attention + ReLU FFN -> mean over the atoms of each
+crystal -> MLP -> (B,).
 
 Deviations from the reference implementation (each chosen to follow the papers' stated intent; docs/model.md,
 "Deviations", lists them all with their measured effects):
@@ -37,6 +38,7 @@ from framer.geometry import R0, tolerance_image_box
 from framer.models.attention import FrameType, PeriodicAttention
 from framer.models.frames import lattice_frames, pca_frames
 from framer.models.periodic import PeriodicGraph
+from framer.models.precision import full_precision
 
 T_FIXUP_GAIN = 0.67
 ImageBox = Literal["paper", "exact"]
@@ -75,7 +77,8 @@ class CrystalFramer(nn.Module):
         image_tolerance: skip periodic images whose Gaussian weight is below this fraction of the weight of the
             edge's nearest image (bounded for every sigma the model can produce); 0 sums over the whole image box.
         chunk_size: largest number of elements of a per-chunk temporary in the image sums (memory knob; results
-            do not depend on it).
+            do not depend on it). None (default): 2**22 on CPU, on CUDA scaled with the device's memory (2**26 on
+            16-31 GiB, 2**27 from 32 GiB; :func:`framer.models.periodic.default_chunk_size`).
         recompute: recompute the image features in the backward pass instead of storing them; None decides per
             layer from their size (stores them for typical batches, recomputes for very large cells).
         angle_grid: grid points per angle-Gaussian width of the tabulated angle features (linear interpolation,
@@ -125,7 +128,7 @@ class CrystalFramer(nn.Module):
         dist_max: float = 10 * R0,
         head_dim: int = 128,
         image_tolerance: float = 1e-9,
-        chunk_size: int = 2**22,
+        chunk_size: int | None = None,
         recompute: bool | None = None,
         angle_grid: int = 256,
         image_box: ImageBox = "paper",
@@ -137,7 +140,9 @@ class CrystalFramer(nn.Module):
         if frame not in ("none", "max", "static", "weighted_pca", "pca", "lattice"):
             raise ValueError(f"unknown frame {frame!r}")
         sizes = {"num_layers": num_layers, "model_dim": model_dim, "num_heads": num_heads, "ff_dim": ff_dim}
-        sizes.update(dist_basis=dist_basis, head_dim=head_dim, chunk_size=chunk_size)
+        sizes.update(dist_basis=dist_basis, head_dim=head_dim)
+        if chunk_size is not None:
+            sizes.update(chunk_size=chunk_size)
         for name, value in sizes.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
@@ -178,7 +183,8 @@ class CrystalFramer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """T-Fixup initialisation (spec §3); the readout MLP keeps PyTorch's default initialisation."""
+        """T-Fixup initialisation (docs/model.md, "What the model computes"); the readout MLP keeps PyTorch's
+        default initialisation."""
         num_layers = len(self.blocks)
         model_dim = self.atom_embedding.out_features
         nn.init.normal_(self.atom_embedding.weight, 0.0, model_dim**-0.5 * (9 * num_layers) ** -0.25)
@@ -229,13 +235,19 @@ class CrystalFramer(nn.Module):
         return batch.to(weight.device, weight.dtype)
 
     def encode(self, batch: CrystalBatch) -> Tensor:
-        """Atom features (N, model_dim) after the last block (the batch is first cast as in :meth:`prepare`)."""
+        """Atom features (N, model_dim) after the last block (the batch is first cast as in :meth:`prepare`).
+
+        Under ``torch.autocast`` the graph and the frames are built with autocast off, in the model's dtype, and the
+        blocks run their projections in low precision (:mod:`framer.models.precision`); the features stay in the
+        model's dtype.
+        """
         batch = self.prepare(batch)
-        boxes = self.image_boxes(batch)
-        graph = self.graph(batch, boxes)
+        with full_precision(batch.pos.device):
+            boxes = self.image_boxes(batch)
+            graph = self.graph(batch, boxes)
+            frames = self._fixed_frames(batch, boxes)
         # = one-hot(Z) @ W^T; index_select (not advanced indexing) keeps its backward deterministic on CPU threads
         x = self.atom_embedding.weight.index_select(1, batch.atomic_numbers - 1).t()
-        frames = self._fixed_frames(batch, boxes)
         for block in self.blocks:
             x = block(x, graph, frames)
         return x
@@ -244,14 +256,23 @@ class CrystalFramer(nn.Module):
         """Predictions (B,) for the crystals of ``batch``.
 
         The batch's floating tensors are cast to the model's dtype and every tensor is moved to its device first
-        (a float32 batch works with a float64 model, and the other way round).
+        (a float32 batch works with a float64 model, and the other way round). The predictions are in the model's
+        dtype also under ``torch.autocast``: the readout runs with autocast off.
         """
         batch = self.prepare(batch)
         x = self.encode(batch)
-        crystal = torch.repeat_interleave(torch.arange(len(batch.sizes), device=x.device), batch.sizes.to(x.device))
-        pooled = x.new_zeros(len(batch.sizes), x.shape[1]).index_add(0, crystal, x)
-        pooled = pooled / batch.sizes.to(x.device, x.dtype).unsqueeze(1)
-        return self.head(pooled).squeeze(-1)
+        with full_precision(x.device):
+            crystal = self._atom_crystals(batch)
+            pooled = x.new_zeros(len(batch.sizes), x.shape[1]).index_add(0, crystal, x)
+            pooled = pooled / batch.sizes.to(x.device, x.dtype).unsqueeze(1)
+            return self.head(pooled).squeeze(-1)
+
+    @staticmethod
+    def _atom_crystals(batch: CrystalBatch) -> Tensor:
+        """(N,) the crystal of each atom (output size given, so a CUDA device is not waited for)."""
+        device = batch.pos.device
+        crystals = torch.arange(len(batch.sizes), device=device)
+        return torch.repeat_interleave(crystals, batch.sizes.to(device), output_size=batch.num_atoms)
 
     def _fixed_frames(self, batch: CrystalBatch, image_boxes: Tensor) -> Tensor | None:
         """(N, H, 3, 3) frames for "pca"/"lattice" (the same for every layer, atom of a crystal and head)."""
@@ -261,8 +282,5 @@ class CrystalFramer(nn.Module):
             per_crystal = lattice_frames(batch.lattice, image_boxes)
         else:
             return None
-        crystal = torch.repeat_interleave(
-            torch.arange(len(batch.sizes), device=per_crystal.device), batch.sizes.to(per_crystal.device)
-        )
         heads = self.blocks[0].attention.num_heads
-        return per_crystal[crystal].unsqueeze(1).expand(-1, heads, 3, 3)
+        return per_crystal[self._atom_crystals(batch)].unsqueeze(1).expand(-1, heads, 3, 3)

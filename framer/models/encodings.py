@@ -1,4 +1,4 @@
-"""Gaussian basis expansions of distances and angle cosines (model-spec §2.5 and §4.6)."""
+"""Gaussian basis expansions of distances and angle cosines (docs/model.md, "What the model computes")."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def distance_basis(num: int, max_distance: float) -> GaussianBasis:
     return GaussianBasis(step, max_distance, num, step)
 
 
-def angle_basis(num: int, width_scale: float) -> GaussianBasis:
+def cosine_basis(num: int, width_scale: float) -> GaussianBasis:
     """Cosine basis on [-1, 1]: centres -1 + 2d/(D-1) for d = 0..D-1 (ends included), width s_a 2/(D-1)."""
     step = 2.0 / (num - 1)
     return GaussianBasis(-1.0, 1.0, num, width_scale * step)

@@ -1,18 +1,19 @@
-"""Frame builders (model-spec §4). A frame is a (..., 3, 3) tensor whose row m is the axis f_m.
+"""Frame builders (docs/model.md, "What the model computes": the table of frames). A frame is a (..., 3, 3) tensor
+whose row m is the axis f_m.
 
 All builders run under ``torch.no_grad()``: frames only decide the orientation in which the angle features are
 read and carry no gradient. Every choice is deterministic and independent of the Cartesian orientation: values
 within a tolerance are ties (:mod:`framer.models.ties`), decided by rules that do not look at Cartesian
 coordinates, instead of the reference's random noise.
 
-- ``max_frames`` (:mod:`framer.models.max_frames`): the dynamic "max frame" (§4.1) or, without query-key logits,
-  the static local frame (§4.2, paper's intent: nearest non-collinear neighbours, score a·d² for both axes).
-- ``weighted_pca_frames``: eigenvector columns of the attention-weighted second moment (§4.3), largest eigenvalue
+- ``max_frames`` (:mod:`framer.models.max_frames`): the dynamic "max frame" or, without query-key logits,
+  the static local frame (paper's intent: nearest non-collinear neighbours, score a·d² for both axes).
+- ``weighted_pca_frames``: eigenvector columns of the attention-weighted second moment, largest eigenvalue
   first, with a rotation-invariant sign rule (:func:`framer.models.moments.principal_frames`); (near-)degenerate
   eigenvalues fall back to the max frame of the same attention.
-- ``pca_frames``: the same rule on the unit-cell atom positions (§4.4); (near-)degenerate eigenvalues fall back to
+- ``pca_frames``: the same rule on the unit-cell atom positions; (near-)degenerate eigenvalues fall back to
   the orthonormalised lattice frame.
-- ``lattice_frames``: shortest lattice vectors (§4.5), normalised but not orthogonal.
+- ``lattice_frames``: shortest lattice vectors, normalised but not orthogonal.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from framer.geometry import image_offsets
 from framer.models.encodings import exp_
 from framer.models.max_frames import complete_frame, least_aligned_axis, max_frames, normalize
 from framer.models.moments import PCA, principal_frames
-from framer.models.periodic import ImageChunks, PeriodicGraph
+from framer.models.periodic import ImageChunks, PeriodicGraph, group_by_box
 from framer.models.ties import tie_tolerance
 
 __all__ = ["lattice_frames", "max_frames", "pca_frames", "weighted_pca_frames"]
@@ -36,7 +37,7 @@ LATTICE_TOL = 1e-5  # the reference's tolerance for (anti)parallel lattice vecto
 def weighted_pca_frames(
     graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, z: Tensor, alpha: Tensor, logits: Tensor
 ) -> Tensor:
-    """Weighted-PCA frames (N, H, 3, 3) of Sigma_i = sum_jn alpha_ij p_ijn r_ijn r_ijn^T (uncentred, §4.3).
+    """Weighted-PCA frames (N, H, 3, 3) of Sigma_i = sum_jn alpha_ij p_ijn r_ijn r_ijn^T (uncentred).
 
     Where the eigenvalues of Sigma_i are (near-)degenerate (cubic environments, one-atom cells) the frame is the
     max frame of the same attention: the directions of the heaviest images alpha_ij p_ijn.
@@ -67,12 +68,13 @@ def weighted_pca_frames(
 
 @torch.no_grad()
 def pca_frames(pos: Tensor, sizes: Tensor, lattice: Tensor, image_box: Tensor) -> Tensor:
-    """PCA frames (B, 3, 3) of the unit-cell atom positions of each crystal (no images, §4.4).
+    """PCA frames (B, 3, 3) of the unit-cell atom positions of each crystal (no images).
 
     Where the eigenvalues are (near-)degenerate (one- and two-atom cells, cubic arrangements) the frame is the
     crystal's lattice frame, orthonormalised (f2 by Gram-Schmidt, f3 = f1 x f2).
     """
-    crystal = torch.repeat_interleave(torch.arange(len(sizes), device=pos.device), sizes.to(pos.device))
+    crystals = torch.arange(len(sizes), device=pos.device)
+    crystal = torch.repeat_interleave(crystals, sizes.to(pos.device), output_size=pos.shape[0])
     counts = sizes.to(pos.device, pos.dtype).unsqueeze(1)
     mean = pos.new_zeros(len(sizes), 3).index_add_(0, crystal, pos) / counts
     moments = PCA(pos - mean[crystal])
@@ -87,7 +89,7 @@ def pca_frames(pos: Tensor, sizes: Tensor, lattice: Tensor, image_box: Tensor) -
 
 @torch.no_grad()
 def lattice_frames(lattice: Tensor, image_box: Tensor) -> Tensor:
-    """Lattice frames (B, 3, 3) from the shortest lattice vectors in each image box (§4.5); not orthogonal.
+    """Lattice frames (B, 3, 3) from the shortest lattice vectors in each image box; not orthogonal.
 
     f1 is the shortest vector; f2 the shortest not (anti)parallel to f1, flipped if f1 f2 < 0; f3 the shortest
     out of the f1-f2 plane, flipped if f1 f3 < 0; all three are negated if f3 (f1 x f2) < 0. Rows are unit vectors.
@@ -95,9 +97,9 @@ def lattice_frames(lattice: Tensor, image_box: Tensor) -> Tensor:
     wins, and a dot product of ~0 flips nothing.
     """
     frames = torch.empty_like(lattice)
-    boxes, box_of_crystal = torch.unique(image_box.to(lattice.device), dim=0, return_inverse=True)
-    for g, box in enumerate(boxes.tolist()):
-        crystals = torch.nonzero(box_of_crystal == g).squeeze(1)
+    image_box = image_box.to(lattice.device)
+    everyone = torch.arange(len(lattice), device=lattice.device)
+    for box, crystals in group_by_box(image_box, image_box.tolist(), everyone, [1] * len(lattice)):
         offsets = image_offsets(box, device=lattice.device)[1:].to(lattice.dtype)
         frames[crystals] = _shortest_vector_frame(torch.einsum("ma,bac->bmc", offsets, lattice[crystals]))
     return frames

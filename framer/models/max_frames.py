@@ -1,4 +1,5 @@
-"""Max frames (model-spec §4.1) and static local frames (§4.2), with ties decided independently of the cell.
+"""Max frames and static local frames (docs/model.md, "What the model computes"), with ties decided independently
+of the cell.
 
 A frame is a (..., 3, 3) tensor whose row m is the axis f_m. f1 is the direction of the image with the best score
 s_ijn = q_i k_j / sqrt(d) + a_ih d²_ijn (static frame: a_ih d²_ijn); f2 that of the best image by
@@ -43,7 +44,8 @@ def normalize(v: Tensor, eps: float = 1e-12) -> Tensor:
 
 def least_aligned_axis(v: Tensor) -> Tensor:
     """The Cartesian unit vector least aligned with each v (deterministic fallback direction)."""
-    return torch.nn.functional.one_hot(v.abs().argmin(dim=-1), 3).to(v.dtype)
+    axes = torch.arange(3, device=v.device)
+    return (v.abs().argmin(dim=-1, keepdim=True) == axes).to(v.dtype)  # one_hot would check the indices (a sync)
 
 
 def complete_frame(e1: Tensor, raw2: Tensor, valid2: Tensor) -> Tensor:
@@ -80,6 +82,7 @@ class FirstAxis(NamedTuple):
     best: Tensor  # (N, H) its score
     tied_edges: Tensor  # (E, H) the edges tied with it
     tied: Tensor  # (N, H) whether the pair has more than one candidate (counting each edge's tied images)
+    any_tied: bool  # whether any pair is tied (read once on the host)
 
 
 class _Candidates:
@@ -129,10 +132,10 @@ def max_frames(
     first = attention.first if attention is not None else None
     if first is None:
         first = first_axis(graph, a, logits, tie_logits)
-    score1, edge1, best1, tied1, tied = first
+    score1, edge1, best1, tied1, tied, any_tied = first
     e1 = near_unit[edge1, :]  # (N, H, 3)
     e1 = torch.where(torch.isfinite(best1).unsqueeze(-1), e1, torch.eye(3, dtype=a.dtype, device=a.device)[0])
-    if ties is not None and tied.any():
+    if ties is not None and any_tied:
         e1 = ties.decide(tied, _first_axis_candidates(graph, score1, tied1 & tied[src], near_count), e1)
 
     # f2: the best image of each edge, then the best edge
@@ -167,9 +170,8 @@ def max_frames(
         e, h = torch.nonzero(tied2 & ~graph.equal_lengths.unsqueeze(1) & tied[src], as_tuple=True)
         labels = graph.image_label[chunks.to_edge_order(image_packed)[e, h]]
         single = _Candidates(e, h, labels, score2[e, h], units[e, h])
-        several = within.candidates
-        several = several[tied[src[several.edge], several.head]]
-        raw2 = ties.decide(tied, _Candidates.cat([single, several]), raw2)
+        # ``within`` may hold candidates of pairs that are not tied: their choices are not used (no filtering: a sync)
+        raw2 = ties.decide(tied, _Candidates.cat([single, within.candidates]), raw2)
     return ties.orient(complete_frame(e1, raw2, torch.isfinite(best2)))
 
 
@@ -204,13 +206,17 @@ def _tied_images(
     margin = 2.0 * tie_tolerance(a.dtype) * (best.abs() + (0.0 if logits is None else logits[edge, head].abs()) + 1.0)
     limit = (best - margin) / a[s, head]  # d² of the farthest image that could tie (a < 0)
     start, count = graph.image_start[edge], counts[edge]
-    window = 8
+    window, longest = 8, None
     while True:
         columns = torch.arange(window, device=edge.device)
         inside = columns < count.unsqueeze(1)
         position = torch.where(inside, start.unsqueeze(1) + columns, 0)
         reach = inside & (graph.image_dist2[position] <= limit.unsqueeze(1))
-        if not bool(reach[:, -1].any()) or window >= int(count.max()):
+        if longest is None:  # one read from the device for both
+            reached, longest = torch.stack([reach[:, -1].any().to(count.dtype), count.max()]).tolist()
+        else:
+            reached = bool(reach[:, -1].any())
+        if not reached or window >= longest:
             break
         window *= 2
     chunk = ImageChunk(
@@ -276,8 +282,7 @@ def _choose(candidates: _Candidates, environment: Tensor, tie_logits: Tensor | N
     edge, head = candidates.edge, candidates.head
     keys = [candidates.score] + ([tie_logits[edge, head]] if tie_logits is not None else [])
     keys += direction_keys(environment[src[edge], head], candidates.unit)
-    span = int(graph.image_label.max()) + 1 if graph.num_images else 1
-    order = edge * span + candidates.label.long()
+    order = edge * graph.label_span + candidates.label.long()
     index, still = lexicographic_choice(src[edge] * heads + head, keys, order, graph.num_atoms * heads)
     chosen = candidates.unit[index.clamp_min(0)]
     return torch.where((index >= 0).unsqueeze(-1), chosen, torch.nan), still
@@ -291,7 +296,8 @@ def first_axis(graph: PeriodicGraph, a: Tensor, logits: Tensor | None, tie_logit
     score = first_axis_scores(a[graph.src], near_d2, logits)
     edge, best, tied_edges = segment_argmax(score, graph.src, graph.num_atoms, tie_logits)
     count = torch.zeros_like(a).index_add_(0, graph.src, tied_edges * near_count.unsqueeze(1).to(a.dtype))
-    return FirstAxis(score, edge, best, tied_edges, count > 1)
+    tied = count > 1
+    return FirstAxis(score, edge, best, tied_edges, tied, bool(tied.any()))
 
 
 def first_axis_scores(a_edge: Tensor, dist2: Tensor, logits: Tensor | None) -> Tensor:
@@ -377,17 +383,12 @@ def orient_f3(frames: Tensor, which: Tensor, environment: Tensor) -> Tensor:
     the mirrored environment). Orienting f3 by a moment that changes sign with it makes every choice give the same
     features; such a frame may be left-handed.
     """
-    if not which.any():
-        return frames
-    rows = torch.nonzero(which, as_tuple=True)
-    chosen, moments = frames[rows], environment[rows]  # (K, 3, 3), (K, 9)
-    tolerance = tie_tolerance(frames.dtype)
-    along = {k: ENVIRONMENT.along(moments, k, chosen) for k in (1, 2)}
-    bounds = _bounds(moments)
-    sign = torch.zeros(len(chosen), dtype=frames.dtype, device=frames.device)
+    tolerance = tie_tolerance(frames.dtype)  # computed for every frame and applied to ``which``: no sync
+    along = {k: ENVIRONMENT.along(environment, k, frames) for k in (1, 2)}
+    bounds = _bounds(environment)
+    sign = torch.zeros(which.shape, dtype=frames.dtype, device=frames.device)
     for combo in ODD_IN_F3:
         value = along[len(combo)][(..., *combo)]
         sign = torch.where((sign == 0) & (value.abs() > tolerance * bounds[len(combo)]), torch.sign(value), sign)
-    frames = frames.clone()
-    frames[rows[0], rows[1], 2] *= torch.where(sign < 0, -1.0, 1.0).to(frames.dtype).unsqueeze(-1)
-    return frames
+    flip = torch.where(which & (sign < 0), -1.0, 1.0).to(frames.dtype)
+    return torch.cat([frames[..., :2, :], frames[..., 2:, :] * flip.unsqueeze(-1).unsqueeze(-1)], dim=-2)

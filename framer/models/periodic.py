@@ -12,7 +12,7 @@ Pruning. Every image weight of the model is a Gaussian exp(a d²) with a <= -RHO
 over the images of one edge. An image whose d² exceeds that of the edge's nearest non-self image by more than
 ``-log(image_tolerance) / |a|`` therefore has a weight below ``image_tolerance`` (default 1e-9) relative to it and
 is skipped: first with the bound on |a| when the graph is built, then per layer with the layer's actual a
-(:meth:`ImageChunk.restrict`). Pruning depends on distances and a only, so it preserves every invariance.
+(:meth:`PeriodicGraph.layer_chunks`). Pruning depends on distances and a only, so it preserves every invariance.
 
 Layout. The kept images of each edge are stored as one packed (ragged) list, sorted by distance within each edge
 (ties in box order). For each pass, edges are sorted by their number of images and cut into padded chunks
@@ -30,10 +30,31 @@ import torch
 from torch import Tensor
 
 from framer.geometry import R0, RHO_LOWER_BOUND, image_offsets
+from framer.models.precision import full_precision
 from framer.models.ties import tie_tolerance
 
 MAX_EXPONENT_MAGNITUDE = 0.5 / R0**2  # |a| = rho / (2 R0²) with rho > RHO_LOWER_BOUND: this times RHO_LOWER_BOUND
 DEFAULT_IMAGE_TOLERANCE = 1e-9
+CPU_CHUNK_SIZE = 2**22  # 16 MiB per float32 temporary (docs/model.md, "How it is computed")
+CUDA_CHUNK_BYTES_PER_ELEMENT = 256  # a chunk's temporary element per 256 bytes of device memory ...
+CUDA_CHUNK_SIZE_RANGE = (2**22, 2**27)  # ... within these bounds: 2**27 (512 MiB per float32 temporary) from 32 GiB
+
+
+def default_chunk_size(device: torch.device | str) -> int:
+    """The chunk size for ``device``: ``CPU_CHUNK_SIZE`` on CPUs (and devices other than CUDA); on CUDA the device's
+    total memory / 256 bytes, rounded down to a power of two, within ``CUDA_CHUNK_SIZE_RANGE``.
+
+    On a CPU a chunk's temporaries should stay near the caches; on a GPU fewer, larger chunks mean fewer kernel
+    launches and fewer host-device synchronisations (about one per chunk and pass, see docs/model.md). The
+    temporaries alive at once in a chunk are about 1-2 ``chunk_size`` elements, so on CUDA they take about
+    1/64-1/32 of the device's memory (at most 1 GiB in float32).
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_CHUNK_SIZE
+    total = torch.cuda.get_device_properties(device).total_memory
+    low, high = CUDA_CHUNK_SIZE_RANGE
+    return min(high, max(low, 1 << ((total // CUDA_CHUNK_BYTES_PER_ELEMENT).bit_length() - 1)))
 
 
 def prune_distance2(image_tolerance: float, exponent_magnitude: float | Tensor) -> float | Tensor:
@@ -41,6 +62,35 @@ def prune_distance2(image_tolerance: float, exponent_magnitude: float | Tensor) 
     if image_tolerance <= 0:
         return math.inf
     return -math.log(image_tolerance) / exponent_magnitude
+
+
+def group_by_box(
+    image_box: Tensor, host_boxes: list[tuple[int, ...]], item_crystal: Tensor, items_per_crystal: list[int]
+) -> list[tuple[tuple[int, ...], Tensor]]:
+    """Items (edges, crystals) grouped by the image box of their crystal, without reading the device.
+
+    Args:
+        image_box: (B, 3) the crystals' boxes, on the device.
+        host_boxes: the same boxes on the host (``image_box.tolist()``, read once by the caller).
+        item_crystal: (I,) the crystal of each item, sorted.
+        items_per_crystal: the number of items of each crystal, on the host.
+
+    Returns:
+        ``[(box, items), ...]``: the distinct boxes in lexicographic order (that of ``torch.unique``), each with its
+        items' ids in ascending order.
+    """
+    distinct = sorted(set(map(tuple, host_boxes)))
+    base = max(max(box) for box in distinct) + 1  # keys (r1 base + r2) base + r3 sort like the boxes
+    per_box = dict.fromkeys(distinct, 0)
+    for count, box in zip(items_per_crystal, host_boxes):
+        per_box[tuple(box)] += count
+    crystal_key = (image_box * torch.tensor([base * base, base, 1], device=image_box.device)).sum(1)
+    grouped = torch.argsort(crystal_key[item_crystal], stable=True)  # items by box, ascending within a box
+    groups, start = [], 0
+    for box in distinct:
+        groups.append((box, grouped[start : start + per_box[box]]))
+        start += per_box[box]
+    return groups
 
 
 @dataclass
@@ -111,7 +161,8 @@ class PeriodicGraph:
         lattice: (B, 3, 3) lattice vectors as rows.
         sizes: (B,) atoms per crystal (atoms of a crystal are contiguous).
         image_box: (B, 3) half-ranges R_m of each crystal's image box.
-        chunk_size: largest number of elements of a per-chunk temporary (edges x images x ``width``).
+        chunk_size: largest number of elements of a per-chunk temporary (edges x images x ``width``); None picks
+            :func:`default_chunk_size` for the device of ``pos``.
         width: elements per (edge, image) pair of the largest temporary the caller will build.
         image_tolerance: relative image weight below which images are skipped (0 keeps the whole box).
         per_atom_reference: measure the image weights against the nearest non-self image of the source atom over
@@ -120,6 +171,10 @@ class PeriodicGraph:
             those within the same sphere around it in every cell of the crystal, provided the image box holds that
             sphere (:func:`framer.geometry.tolerance_image_box`). Edges whose images all lie outside it keep none
             (their lattice sum is 0: z = -inf, no attention).
+
+    The graph is geometry: it is built with autocast off (:mod:`framer.models.precision`), in the dtype of ``pos``.
+    The host reads the batch's sizes and image boxes once (one ``tolist``); after that, building the graph waits
+    for the device once per block of edges (the number of kept images) and once for the tied nearest images.
     """
 
     def __init__(
@@ -128,40 +183,45 @@ class PeriodicGraph:
         lattice: Tensor,
         sizes: Tensor,
         image_box: Tensor,
-        chunk_size: int = 2**22,
+        chunk_size: int | None = None,
         width: int = 1,
         image_tolerance: float = DEFAULT_IMAGE_TOLERANCE,
         per_atom_reference: bool = False,
     ):
         self.image_tolerance = image_tolerance
         self.per_atom_reference = per_atom_reference
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = int(chunk_size) if chunk_size is not None else default_chunk_size(pos.device)
         self.width = max(1, int(width))
         self.num_atoms = int(pos.shape[0])
         self.num_crystals = int(sizes.shape[0])
         device = pos.device
-        with torch.no_grad():
-            sizes = sizes.to(device)
+        with torch.no_grad(), full_precision(device):
+            sizes, image_box = sizes.to(device), image_box.to(device)
+            # the host reads the batch's metadata once
+            host = torch.cat([sizes.unsqueeze(1), image_box.to(sizes.dtype)], dim=1).tolist()
+            host_sizes = [row[0] for row in host]
+            host_boxes = [tuple(row[1:]) for row in host]
             atom_start = torch.cumsum(sizes, 0) - sizes
             pairs = sizes * sizes
             pair_start = torch.cumsum(pairs, 0) - pairs
-            self.num_edges = int(pairs.sum())
+            self.num_edges = sum(n * n for n in host_sizes)
             crystals = torch.arange(self.num_crystals, device=device)
-            crystal = torch.repeat_interleave(crystals, pairs)
+            crystal = torch.repeat_interleave(crystals, pairs, output_size=self.num_edges)
             local = torch.arange(self.num_edges, device=device) - pair_start[crystal]
             n = sizes[crystal]
             self.src = atom_start[crystal] + torch.div(local, n, rounding_mode="floor")
             self.dst = atom_start[crystal] + local % n
             self.edge_crystal = crystal
 
-            inverse_lattice = torch.linalg.inv(lattice)[torch.repeat_interleave(crystals, sizes)]
+            atom_crystal = torch.repeat_interleave(crystals, sizes, output_size=self.num_atoms)
+            inverse_lattice = torch.linalg.inv_ex(lattice).inverse[atom_crystal]  # inv_ex: no error check (sync)
             atom_frac = torch.einsum("na,nab->nb", pos, inverse_lattice)
             frac = atom_frac[self.dst] - atom_frac[self.src]
             frac = frac - torch.floor(frac + (0.5 - tie_tolerance(frac.dtype)))  # in [-1/2, 1/2], ties -> +1/2
             self.vectors = torch.einsum("ea,eab->eb", frac, lattice[crystal])  # (E, 3) minimum-image edge vectors
-            self._build_images(lattice, image_box.to(device))
+            self._build_images(lattice, image_box, host_sizes, host_boxes)
 
-    def _build_images(self, lattice: Tensor, image_box: Tensor) -> None:
+    def _build_images(self, lattice: Tensor, image_box: Tensor, host_sizes: list[int], host_boxes: list[tuple]):
         """Packed kept images of all edges: ``image_*`` (P, ...), ``image_start/count`` and ``reference`` (E,)."""
         cut = prune_distance2(self.image_tolerance, RHO_LOWER_BOUND * MAX_EXPONENT_MAGNITUDE)
         device = lattice.device
@@ -170,12 +230,13 @@ class PeriodicGraph:
         self.reference = torch.zeros(self.num_edges, dtype=lattice.dtype, device=device)
         vectors_parts, dist2_parts, self_parts, edge_parts, label_parts = [], [], [], [], []
         filled = 0
-        boxes, box_of_crystal = torch.unique(image_box, dim=0, return_inverse=True)
-        box_of_edge = box_of_crystal[self.edge_crystal]
-        for g, box in enumerate(boxes.tolist()):
-            group = torch.nonzero(box_of_edge == g).squeeze(1)
+        self.label_span = 1  # more than the largest image label (lattice-index position in a box)
+        edges_per_crystal = [n * n for n in host_sizes]
+        for box, group in group_by_box(image_box, host_boxes, self.edge_crystal, edges_per_crystal):
             offsets = image_offsets(box, device=device).to(lattice.dtype)
-            block = max(1, self.chunk_size // (8 * offsets.shape[0]))
+            size = offsets.shape[0]
+            self.label_span = max(self.label_span, size)
+            block = max(1, self.chunk_size // (8 * size))
             for start in range(0, len(group), block):
                 edges = group[start : start + block]
                 translations = offsets @ lattice[self.edge_crystal[edges]]  # (C, M, 3)
@@ -186,16 +247,19 @@ class PeriodicGraph:
                 reference = dist2.masked_fill(self_image, torch.inf).amin(dim=1)
                 count = (dist2 <= (reference + cut).unsqueeze(1)).sum(1)
                 dist2, index = torch.sort(dist2, dim=1, stable=True)
-                keep = torch.arange(dist2.shape[1], device=device) < count.unsqueeze(1)
-                vectors_parts.append(torch.gather(vectors, 1, index.unsqueeze(-1).expand(-1, -1, 3))[keep])
-                dist2_parts.append(dist2[keep])
-                self_parts.append(torch.gather(self_image, 1, index)[keep])
-                label_parts.append(index[keep].int())  # the position in the box is the lattice-index order
-                edge_parts.append(torch.repeat_interleave(edges, count))
+                keep = torch.arange(size, device=device) < count.unsqueeze(1)
+                kept = torch.nonzero(keep.view(-1)).squeeze(1)  # the block's one wait for the device
+                index = index.view(-1).index_select(0, kept)
+                rows = torch.div(kept, size, rounding_mode="floor")
+                vectors_parts.append(vectors.view(-1, 3).index_select(0, rows * size + index))
+                dist2_parts.append(dist2.view(-1).index_select(0, kept))
+                self_parts.append(self_image.view(-1).index_select(0, rows * size + index))
+                label_parts.append(index.int())  # the position in the box is the lattice-index order
+                edge_parts.append(edges.index_select(0, rows))
                 self.image_start[edges] = filled + torch.cumsum(count, 0) - count
                 self.image_count[edges] = count
                 self.reference[edges] = reference
-                filled += int(count.sum())
+                filled += len(kept)
         self.image_vectors = torch.cat(vectors_parts)
         self.image_dist2 = torch.cat(dist2_parts)
         self.image_self = torch.cat(self_parts)
@@ -214,8 +278,9 @@ class PeriodicGraph:
         kept_before = torch.cumsum(keep, 0) - keep.long()  # packed position after filtering (edges stay contiguous)
         self.image_start = kept_before[self.image_start.clamp_max(len(keep) - 1)]
         self.image_count = torch.zeros_like(self.image_count).index_add_(0, self.image_edge, keep.long())
+        kept = torch.nonzero(keep).squeeze(1)
         for name in ("image_vectors", "image_dist2", "image_self", "image_edge", "image_label"):
-            setattr(self, name, getattr(self, name)[keep])
+            setattr(self, name, getattr(self, name).index_select(0, kept))
 
     @property
     def num_images(self) -> int:
@@ -223,7 +288,10 @@ class PeriodicGraph:
         return int(self.image_dist2.shape[0])
 
     def chunks(self, counts: Tensor | None = None) -> ImageChunks:
-        """Padded chunks over all edges, each edge with its first ``counts`` (E,) images (default: all kept)."""
+        """Padded chunks over all edges, each edge with its first ``counts`` (E,) images (default: all kept).
+
+        The host reads the sorted counts once (one ``tolist`` per call) and cuts the chunks from them.
+        """
         counts = self.image_count if counts is None else counts
         order = torch.argsort(counts, descending=True, stable=True)
         sorted_counts = counts[order].tolist()
@@ -231,14 +299,16 @@ class PeriodicGraph:
         while start < self.num_edges:
             m = max(1, sorted_counts[start])  # the largest count of this chunk
             stop = min(self.num_edges, start + max(1, self.chunk_size // (m * self.width)))
-            chunks.append(self.edge_chunk(order[start:stop], counts))
+            chunks.append(self.edge_chunk(order[start:stop], counts, m))
             start = stop
         return ImageChunks(chunks, self.num_edges, counts)
 
-    def edge_chunk(self, edges: Tensor, counts: Tensor) -> ImageChunk:
-        """One padded chunk of the given edges, each with its first ``counts`` (E,) images."""
-        m = max(1, int(counts[edges].max())) if len(edges) else 1
-        columns = torch.arange(m, device=counts.device)
+    def edge_chunk(self, edges: Tensor, counts: Tensor, width: int | None = None) -> ImageChunk:
+        """One padded chunk of the given edges, each with its first ``counts`` (E,) images, padded to ``width``
+        images (default: the largest count of the edges, read from the device)."""
+        if width is None:
+            width = max(1, int(counts[edges].max())) if len(edges) else 1
+        columns = torch.arange(width, device=counts.device)
         valid = columns < counts[edges].unsqueeze(1)
         index = torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0)
         return ImageChunk(
@@ -267,8 +337,8 @@ class PeriodicGraph:
         tolerance = tie_tolerance(self.image_dist2.dtype)
         d2, edge = self.image_dist2, self.image_edge
         same = (edge[1:] == edge[:-1]) & ~self.image_self[:-1] & (d2[1:] - d2[:-1] <= d2[1:].clamp_min(1.0) * tolerance)
-        flags = torch.zeros(self.num_edges, dtype=torch.bool, device=d2.device)
-        return flags.index_put_((edge[1:][same],), torch.ones_like(edge[1:][same], dtype=torch.bool))
+        flags = torch.zeros(self.num_edges, dtype=torch.long, device=d2.device)
+        return flags.index_add_(0, edge[1:], same.long()) > 0  # no boolean-mask indexing (a sync on CUDA)
 
     @cached_property
     def nearest_image(self) -> tuple[Tensor, Tensor, Tensor]:

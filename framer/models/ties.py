@@ -107,11 +107,12 @@ def lexicographic_choice(groups: Tensor, keys: list[Tensor], order: Tensor, num_
         masked = key.masked_fill(~alive, -torch.inf)
         best = key.new_full((num_groups,), -torch.inf).scatter_reduce(0, groups, masked, "amax", include_self=True)
         alive &= near_max(masked, best[groups])
-    big = int(order.max()) + 1 if len(order) else 1
+    big = torch.iinfo(order.dtype).max  # above every order
     first = torch.full((num_groups,), big, dtype=order.dtype, device=order.device)
     first = first.scatter_reduce(0, groups, torch.where(alive, order, big), "amin", include_self=True)
-    chosen = torch.nonzero(alive & (order == first[groups])).squeeze(1)
+    chosen = alive & (order == first[groups])  # at most one per group (orders are distinct within a group)
+    candidates = torch.arange(len(groups), device=groups.device)
     index = torch.full((num_groups,), -1, dtype=torch.long, device=groups.device)
-    index[groups[chosen]] = chosen
+    index = index.scatter_reduce(0, groups, torch.where(chosen, candidates, -1), "amax", include_self=True)
     count = torch.zeros(num_groups, dtype=torch.long, device=groups.device).index_add_(0, groups, alive.long())
     return index, count > 1

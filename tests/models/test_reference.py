@@ -208,7 +208,7 @@ def test_model_output_shape() -> None:
 def test_reference_formulation_transcription() -> None:
     """The transcription used to measure the deviations from the reference (docs/model.md) reproduces framer's
     exact path when every switch is off, and each switch changes a layer's output by a small amount."""
-    from .reference_formulation import measure
+    from bench.model_checks.reference_formulation import measure
 
     effects = measure([random_crystal(3, seed=1), random_crystal(2, seed=2)])
     assert effects.pop("framer exact path vs transcription") < 1e-13

@@ -1,5 +1,5 @@
 """Measurements quoted in docs/model.md ("Invariance", "Cell-choice invariance"): run
-``python -m tests.models.measurements [invariance|cost]`` from the repository root (one torch thread).
+``python -m bench.model_checks.measurements [invariance|cost]`` from the repository root (one torch thread).
 
 - ``invariance``: for every preset at full size (float64, sigma statistics frozen on two random crystals), the
   largest relative change of the prediction of real crystals (pymatgen's and ase's test structures, as stored and
@@ -18,6 +18,7 @@ import time
 import numpy as np
 import torch
 
+from bench.model_checks.reference_formulation import _reference_records
 from framer.models import CrystalFramer
 from framer.testing import (
     change_basis,
@@ -30,8 +31,15 @@ from framer.testing import (
     supercell,
     translate,
 )
-
-from .structures import dcdft_crystals, niggli, perturbed, pymatgen_crystals, rock_salt, standard_cells, strained
+from tests.models.structures import (
+    dcdft_crystals,
+    niggli,
+    perturbed,
+    pymatgen_crystals,
+    rock_salt,
+    standard_cells,
+    strained,
+)
 
 UNIMODULAR = np.array([[1, 1, 0], [0, 1, 0], [1, 0, 1]])
 CELL_INDEPENDENT = {"crystalformer", "crystalframer", "crystalframer-lightweight", "crystalframer-static"}
@@ -83,8 +91,6 @@ def invariance_table() -> str:
 
 def exact_box_cost(rounds: int = 5) -> dict[str, float]:
     from framer.data.batch import collate_records
-
-    from .reference_formulation import _reference_records
 
     records = _reference_records()
     batch = collate_records(records)

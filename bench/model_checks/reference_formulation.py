@@ -1,7 +1,7 @@
 """A brute-force transcription of one attention layer as the reference implementation formulates it, with switches
 for each of its differences from framer, to measure what each one changes (docs/model.md, "Deviations").
 
-The reference's differences in one layer (model-spec §2.3, §2.5, §4.6):
+The reference's differences in one layer:
 
 - ``per_head_box``: each (atom, head) sums its own box R_m = max(2, ceil((3.5 sigma_ih + 0.01) / h_m)) instead of
   one box per crystal (framer: ``batch.image_box``, built for the widest sigma).
@@ -10,8 +10,9 @@ The reference's differences in one layer (model-spec §2.3, §2.5, §4.6):
   distance Gaussians and 33 of the 64 angle Gaussians (D = 64, s_a = 4); terms below e^-8 are dropped.
 
 Frames are given (the same for both), so frame rules are not compared here. Run
-``python -m tests.models.reference_formulation`` to print the measured effects on the reference batch and on real
-crystals.
+``python -m bench.model_checks.reference_formulation`` from the repository root to print the measured effects on the
+reference batch and on real crystals (pymatgen's and ase's test structures, from ``tests/models/structures.py``);
+``tests/models/test_reference.py`` checks the transcription on small crystals.
 """
 
 from __future__ import annotations
@@ -156,11 +157,10 @@ def _default_path(layer: PeriodicAttention, x, graph, frames) -> torch.Tensor:
 
 
 def _reference_records():
-    """The reference batch (16 random crystals) as records, built like /work/shared/bench's reference_batch."""
-    from framer.bench.batches import reference_structures
-    from framer.data.structures import record_from_structure
+    """The reference batch of docs/model.md (16 random crystals) as records."""
+    from bench.gpu_check.crystals import reference_records
 
-    return [record_from_structure(s, str(i)) for i, s in enumerate(reference_structures())]
+    return reference_records()
 
 
 def frame_candidate_box_effect(records, seed: int = 0) -> float:
@@ -209,7 +209,7 @@ def _brute_max_frame(base, lattice, box, logits, a) -> torch.Tensor:
 
 
 if __name__ == "__main__":
-    from .structures import dcdft_crystals, pymatgen_crystals, rock_salt
+    from tests.models.structures import dcdft_crystals, pymatgen_crystals, rock_salt
 
     torch.set_num_threads(1)
     for title, records in [
