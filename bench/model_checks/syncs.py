@@ -176,9 +176,8 @@ def batches() -> dict:
     except ImportError:  # pymatgen missing
         return found
     real = pymatgen_crystals()
-    found[f"pymatgen's test crystals ({len(real)} crystals, {sum(r.num_atoms for r in real)} atoms)"] = (
-        collate_records(real)
-    )
+    name = f"pymatgen's test crystals ({len(real)} crystals, {sum(r.num_atoms for r in real)} atoms)"
+    found[name] = collate_records(real)
     return found
 
 

@@ -337,14 +337,10 @@ def environment_moments(
     graph: PeriodicGraph, chunks: ImageChunks, atoms: Tensor, a: Tensor, z: Tensor, alpha: Tensor
 ) -> Tensor:
     """(N, H, 9): the first and second moments of the images of each of the ``atoms`` (N,) weighted by
-    alpha_ij p_ijn (zero for the other atoms)."""
+    alpha_ij p_ijn (zero for the other atoms). The images are those of ``chunks`` (their ``counts``)."""
     src = graph.src
     total = a.new_zeros(graph.num_atoms, a.shape[1], ENVIRONMENT.size)
-    for whole in chunks:
-        needed = atoms[src[whole.edges]]
-        chunk = whole if bool(needed.all()) else whole.select(torch.nonzero(needed).squeeze(1))
-        if len(chunk.edges) == 0:
-            continue
+    for chunk in graph.subset_chunks(torch.nonzero(atoms[src]).squeeze(1), chunks.counts):
         edges = chunk.edges
         logp = a[src[edges]].unsqueeze(-1) * chunk.dist2.unsqueeze(1) - z[edges].unsqueeze(-1)
         weight = exp_(logp).mul_(alpha[edges].unsqueeze(-1)).masked_fill_(~chunk.valid.unsqueeze(1), 0.0)

@@ -124,13 +124,6 @@ class ImageChunk:
         """(R, m) labels of the images of the edges ``rows[0]`` (further indices, e.g. heads, are ignored)."""
         return self.packed_labels[self.packed[rows[0]]]
 
-    def select(self, rows: Tensor) -> ImageChunk:
-        """The chunk restricted to some of its edges (``rows`` index its first dimension)."""
-        return ImageChunk(
-            self.edges[rows], self.vectors[rows], self.dist2[rows], self.valid[rows], self.self_image[rows],
-            self.packed[rows], self.packed_labels,
-        )  # fmt: skip
-
     @cached_property
     def unit(self) -> Tensor:
         """(C, m, 3) unit image vectors; the self image and padding get the zero vector."""
@@ -288,20 +281,27 @@ class PeriodicGraph:
         return int(self.image_dist2.shape[0])
 
     def chunks(self, counts: Tensor | None = None) -> ImageChunks:
-        """Padded chunks over all edges, each edge with its first ``counts`` (E,) images (default: all kept).
-
-        The host reads the sorted counts once (one ``tolist`` per call) and cuts the chunks from them.
-        """
+        """Padded chunks over all edges, each edge with its first ``counts`` (E,) images (default: all kept)."""
         counts = self.image_count if counts is None else counts
         order = torch.argsort(counts, descending=True, stable=True)
+        return ImageChunks(self._cut(order, counts), self.num_edges, counts)
+
+    def subset_chunks(self, edges: Tensor, counts: Tensor) -> list[ImageChunk]:
+        """Padded chunks over some ``edges`` (ascending ids), each with its first ``counts`` (E,) images: the
+        edges in the order :meth:`chunks` visits them."""
+        return self._cut(edges[torch.argsort(counts[edges], descending=True, stable=True)], counts)
+
+    def _cut(self, order: Tensor, counts: Tensor) -> list[ImageChunk]:
+        """Chunks of the edges ``order`` (sorted by decreasing count). The host reads the sorted counts once (one
+        ``tolist``) and cuts the chunks from them."""
         sorted_counts = counts[order].tolist()
         chunks, start = [], 0
-        while start < self.num_edges:
+        while start < len(sorted_counts):
             m = max(1, sorted_counts[start])  # the largest count of this chunk
-            stop = min(self.num_edges, start + max(1, self.chunk_size // (m * self.width)))
+            stop = min(len(sorted_counts), start + max(1, self.chunk_size // (m * self.width)))
             chunks.append(self.edge_chunk(order[start:stop], counts, m))
             start = stop
-        return ImageChunks(chunks, self.num_edges, counts)
+        return chunks
 
     def edge_chunk(self, edges: Tensor, counts: Tensor, width: int | None = None) -> ImageChunk:
         """One padded chunk of the given edges, each with its first ``counts`` (E,) images, padded to ``width``
