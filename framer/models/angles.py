@@ -28,6 +28,7 @@ from torch import Tensor
 
 from framer.models.encodings import GaussianBasis
 from framer.models.periodic import ImageChunk
+from framer.models.precision import full_precision
 
 
 def cosine_grid(basis: GaussianBasis, points_per_width: int) -> tuple[Tensor, float]:
@@ -58,13 +59,14 @@ class _AngleBagSum(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         basis, cells, offsets, lowers, uppers = ctx.saved_tensors
         heads = ctx.heads
-        grad = grad.reshape(-1, heads, grad.shape[-1]).permute(1, 2, 0)  # (H, d_h, C)
-        axes = []
-        for cell, lower, upper in zip(cells, lowers, uppers):
-            features = _interpolated_bag_sum(basis, cell, offsets, lower, upper)  # (C H, D)
-            features = features.view(-1, heads, features.shape[-1]).transpose(0, 1)  # (H, C, D)
-            axes.append(torch.bmm(grad, features))  # (H, d_h, D)
-        return torch.stack(axes).mul_(ctx.coef), None, None, None, None
+        with full_precision(grad.device):  # also when backward() is called inside an autocast block
+            grad = grad.to(basis.dtype).reshape(-1, heads, grad.shape[-1]).permute(1, 2, 0)  # (H, d_h, C)
+            axes = []
+            for cell, lower, upper in zip(cells, lowers, uppers):
+                features = _interpolated_bag_sum(basis, cell, offsets, lower, upper)  # (C H, D)
+                features = features.view(-1, heads, features.shape[-1]).transpose(0, 1)  # (H, C, D)
+                axes.append(torch.bmm(grad, features))  # (H, d_h, D)
+            return torch.stack(axes).mul_(ctx.coef), None, None, None, None
 
 
 class _Lookup:

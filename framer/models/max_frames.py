@@ -219,15 +219,7 @@ def _tied_images(
         if not reached or window >= longest:
             break
         window *= 2
-    chunk = ImageChunk(
-        edges=edge,
-        vectors=graph.image_vectors[position] * reach.unsqueeze(-1),
-        dist2=graph.image_dist2[position] * reach,
-        valid=reach,
-        self_image=graph.image_self[position] & reach,
-        packed=position,
-        packed_labels=graph.image_label,
-    )
+    chunk = graph.packed_chunk(edge, position, reach)
     score = second_axis_scores(chunk, e1[s, head].unsqueeze(1), a[s, head].unsqueeze(1))[:, 0]  # (R, window)
     if logits is not None:
         score = score + logits[edge, head].unsqueeze(1)

@@ -310,14 +310,17 @@ class PeriodicGraph:
             width = max(1, int(counts[edges].max())) if len(edges) else 1
         columns = torch.arange(width, device=counts.device)
         valid = columns < counts[edges].unsqueeze(1)
-        index = torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0)
+        return self.packed_chunk(edges, torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0), valid)
+
+    def packed_chunk(self, edges: Tensor, packed: Tensor, valid: Tensor) -> ImageChunk:
+        """The chunk of ``edges`` (C,) whose images are at the packed positions ``packed`` (C, m) where ``valid``."""
         return ImageChunk(
             edges=edges,
-            vectors=self.image_vectors[index] * valid.unsqueeze(-1),
-            dist2=self.image_dist2[index] * valid,
+            vectors=self.image_vectors[packed] * valid.unsqueeze(-1),
+            dist2=self.image_dist2[packed] * valid,
             valid=valid,
-            self_image=self.image_self[index] & valid,
-            packed=index,
+            self_image=self.image_self[packed] & valid,
+            packed=packed,
             packed_labels=self.image_label,
         )
 
