@@ -4,6 +4,6 @@
   reference implementation formulates it, and what each of its differences from framer changes ("Deviations").
 - ``python -m bench.model_checks.measurements [invariance|cost]``: invariance of every preset on real crystals, and
   the cost of ``image_box="exact"`` ("Invariance").
-- ``python -m bench.model_checks.syncs``: host-device synchronisations per layer of a training step ("GPU").
-- ``python -m bench.model_checks.mixed_precision``: ...
+- ``python -m bench.model_checks.syncs``: host-device synchronisations per layer of a training step, counted on any
+  device ("On a GPU"), written to ``bench/results/model-syncs.{json,md}``.
 """
