@@ -166,8 +166,9 @@ class PeriodicGraph:
             (their lattice sum is 0: z = -inf, no attention).
 
     The graph is geometry: it is built with autocast off (:mod:`framer.models.precision`), in the dtype of ``pos``.
-    The host reads the batch's sizes and image boxes once (one ``tolist``); after that, building the graph waits
-    for the device once per block of edges (the number of kept images) and once for the tied nearest images.
+    The host reads the batch's sizes and image boxes once (one ``tolist``) and computes every size from them; after
+    that, building the graph waits for the device once per image box and block of edges (the number of kept
+    images), and frames wait once more for the tied nearest images (:attr:`nearest_image`).
     """
 
     def __init__(
