@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -401,12 +400,6 @@ class CrystalDataModule(L.LightningDataModule):
     def split_ids(self) -> dict[str, list[str]]:
         """Crystal ids per split, in split order."""
         return {name: self.dataset(name).ids for name in SPLIT_NAMES}
-
-    def export_splits(self, path: str | os.PathLike) -> Path:
-        """Write ``{"train": [ids], "val": [...], "test": [...], "fingerprints": {...}}`` as JSON (atomically)."""
-        path = Path(path)
-        write_json_atomic(path, {**self.split_ids(), "fingerprints": self.split_fingerprints()})
-        return path
 
     def summary(self) -> dict:
         """Data set, target, units, split sizes/fingerprints, cache path/status and skipped counts, for run logs."""
