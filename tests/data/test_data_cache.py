@@ -21,7 +21,7 @@ from framer.data.cache import (
     write_cache,
 )
 from framer.data.ewald import generate_records
-from framer.data.testing import assert_records_equal, fake_megnet_entries, write_jarvis_zip
+from tests.data.fakes import assert_records_equal, fake_megnet_entries, write_jarvis_zip
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from framer.data.ewald import (
     generate_structures,
     random_ionic_crystal,
 )
-from framer.data.testing import assert_records_equal
+from tests.data.fakes import assert_records_equal
 from framer.geometry import interplanar_spacings
 from framer.testing import min_periodic_distance
 
