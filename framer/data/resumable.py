@@ -15,9 +15,8 @@ steps on the same batches as an uninterrupted one. Lightning swaps the sampler f
 ``DistributedSampler``, already seeded by epoch) and for ``overfit_batches``; the loader then reports no state and
 resumes as Lightning does by default.
 
-Why not torchdata's ``StatefulDataLoader``: with its own shuffling a resumed run's later epochs differ from the
-uninterrupted run's (measured for issue 16), so it would need this position-keeping sampler anyway, and it is not
-on the GPU image. tests/data/test_resumable.py resumes after every step of a 3-epoch run.
+Why not torchdata's ``StatefulDataLoader``: with its own shuffling, the epochs after a resume differ from those of an
+uninterrupted run, so it would need this position-keeping sampler anyway; and it is not on the GPU image.
 """
 
 from __future__ import annotations
