@@ -26,8 +26,8 @@ from framer.data import (
 from framer.data.cache import concatenate_columns, records_to_arrays
 from framer.data.cells import image_count
 from framer.data.sources import load_jarvis_dataset
-from tests.data.fakes import corrupt_entry, fake_dft3d_entries, fake_megnet_entries, write_jarvis_zip
 from framer.geometry import image_box
+from tests.data.fakes import corrupt_entry, fake_dft3d_entries, fake_megnet_entries, write_jarvis_zip
 
 LINUX = sys.platform.startswith("linux")
 REPO = Path(__file__).resolve().parents[2]
