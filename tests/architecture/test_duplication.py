@@ -18,7 +18,6 @@ WINDOW = 6
 MIN_CHARS = 60
 
 KNOWN = {
-    ("framer/data/datamodules.py", "framer/data/datamodules.py"): "step 14 (MP/JARVIS DataModules through **kwargs)",
     ("framer/models/attention.py", "framer/models/attention.py"): "step 15 (one EdgeInputs for both signatures)",
 }
 
