@@ -79,13 +79,15 @@ def atom_counts(dataset: str, count: int, seed: int) -> np.ndarray:
 
 def synthetic_atoms(num_atoms: int, rng: np.random.Generator, cartesian: bool) -> dict:
     """A JARVIS ``atoms`` dict of a random cell (framer.bench.batches.synthetic_crystal)."""
+    from jarvis.core.atoms import Atoms
+
     from framer.bench.batches import synthetic_crystal
-    from framer.data.testing import jarvis_atoms_dict
 
     structure = synthetic_crystal(num_atoms, rng)
-    lattice = structure.lattice.matrix
     coords = structure.cart_coords if cartesian else structure.frac_coords
-    return jarvis_atoms_dict(lattice, coords, [site.specie.symbol for site in structure], cartesian)
+    symbols = [site.specie.symbol for site in structure]
+    # jarvis-tools writes the layout of the published files itself
+    return Atoms(lattice_mat=structure.lattice.matrix, coords=coords, elements=symbols, cartesian=cartesian).to_dict()
 
 
 def megnet_record(i: int, atoms: dict, rng: np.random.Generator) -> dict:
