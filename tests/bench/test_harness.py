@@ -216,6 +216,7 @@ def test_targets_compute_ratios_from_given_numbers() -> None:
     )
     assert v1["value_cpu"] == pytest.approx(2.0) and v1["met_cpu"]
     assert rows["crystalformer_outputs_vs_v1"]["value"] is None  # v1 has no recorded crystalformer outputs
+    assert rows["crystalframer_outputs_vs_v1"]["figure"] == "crystalframer outputs vs v1 (max rel. diff)"  # the rev
     paired = rows["crystalframer_step_over_crystalformer_paired"]  # per-round ratios 1.4, 1.6, 2.0: median 1.6
     assert paired["value"] == pytest.approx(1.6) and not paired["met"] and "1.40-2.00" in paired["note"]
     assert paired["value_cpu"] == pytest.approx(1.4) and paired["met_cpu"]
