@@ -42,7 +42,6 @@ LAYERS = {
     "framer.plots": CORE,
     "framer.predictor": CORE,
     "framer.tracking": CORE,
-    "framer.bench": FACES,
     "framer.cli": FACES,
     "framer.data.__main__": FACES,
     "framer.demo": FACES,
@@ -88,8 +87,6 @@ KNOWN_CYCLES = {
     ("framer.plots", "framer.report"): "step 7",
 }
 KNOWN_FACADE_IMPORTS = {  # submodules importing the package facade framer/__init__.py itself
-    "framer.bench.runner": "step 16 (benchmark moves out of the package)",
-    "framer.bench.worker": "step 16",
     "framer.cli": "step 13 (__version__ from importlib.metadata)",
 }
 

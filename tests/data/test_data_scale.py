@@ -233,7 +233,7 @@ def test_benchmark_raw_files_are_in_the_published_layout_and_build(dataset, data
     with zipfile.ZipFile(data_dir / "raw" / Path(raw["path"]).name) as zf:
         assert raw["json_bytes"] == len(zf.read(zf.namelist()[0]))
     sizes = [len(e["atoms"]["elements"]) for e in entries]
-    assert raw["atoms"]["total"] == sum(sizes) and raw["atoms"]["max"] <= tool.SIZE_MODELS[dataset][2]
+    assert raw["atoms"]["total"] == sum(sizes) and raw["atoms"]["max"] <= tool.SIZE_MODELS[dataset].max_atoms
     assert {True, False} == {e["atoms"]["cartesian"] for e in entries}
     dm = tool.datamodule(dataset, str(data_dir), build_workers=0)
     dm.prepare_data()
