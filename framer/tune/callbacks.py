@@ -4,9 +4,9 @@
   value of the sweep's metric from the run's ``ModelCheckpoint``, and the exception that ended fit (e.g. Optuna's
   ``TrialPruned`` raised by its pruning callback).
 - :class:`TrialProgress` (DDP trials, in the ``framer.cli`` subprocess): global rank 0 appends JSON lines to a
-  progress file, ``{"run_dir", "mlflow_run_id"}`` as fit starts, then ``{"epoch", "value"}`` after each validation.
-  The tuner reads them while the trial runs (:class:`ProgressFile`), reports to Optuna and stops a pruned trial.
-  The child needs no Optuna and no access to the study's storage.
+  progress file, ``{"run_dir", "mlflow_run_id", "world_size"}`` as fit starts, then ``{"epoch", "value"}`` after
+  each validation. The tuner reads them while the trial runs (:class:`ProgressFile`), reports to Optuna and stops a
+  pruned trial. The child needs no Optuna and no access to the study's storage.
 """
 
 from __future__ import annotations
@@ -78,7 +78,8 @@ class TrialProgress(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
             directory, run_id = run_of(trainer)
-            self.append({"run_dir": str(directory.resolve()) if directory else None, "mlflow_run_id": run_id})
+            run = {"run_dir": str(directory.resolve()) if directory else None, "mlflow_run_id": run_id}
+            self.append({**run, "world_size": trainer.world_size})
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = monitored_value(trainer, self.monitor)

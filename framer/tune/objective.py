@@ -28,13 +28,13 @@ from typing import Any
 import optuna
 import yaml
 
-from framer.launch import EXIT_SIGTERM, LOG_TAIL, Outcome, RunSpec, config_path, run_inprocess, run_subprocess
+from framer.launch import EXIT_SIGTERM, LOG_TAIL, REPO, Outcome, RunSpec, run_inprocess, run_subprocess
 from framer.tune.callbacks import ProgressFile, TrialRun
 from framer.tune.mlflow_runs import RUN_ATTR, StudyTracker, artifact_root
 from framer.tune.storage import WORKER_ATTR, worker_id
 from framer.tune.sweep import Sweep, nested
 
-DDP_TRAINER_CONFIG = Path(config_path("conf/trainer/ddp.yaml"))
+DDP_TRAINER_CONFIG = REPO / "conf" / "trainer" / "ddp.yaml"  # not relative to the directory at import time
 RUN_DIR_ATTR = "run_dir"
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import optuna
+import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -65,6 +66,7 @@ def test_failed_trials_count_but_requeued_ones_do_not(tmp_path):
     assert budget.used(study) == 3 and budget.remaining(study) == 0
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_dead_worker_trial_is_failed_and_requeued(tmp_path):
     study = journal_study(tmp_path)
     trial = study.ask(X)
