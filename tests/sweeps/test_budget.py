@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -121,3 +122,34 @@ def test_a_dead_trial_on_the_last_grid_point_is_requeued(tmp_path):
     study.optimize(lambda t: t.suggest_categorical("x", [0, 1]), n_trials=3)  # the repeat, then the grid is done
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert sorted(t.params["x"] for t in done) == [0, 1] and len(study.trials) == 3
+
+
+def test_rdb_trial_without_heartbeat_is_failed_and_requeued(tmp_path, monkeypatch):
+    """RDB storages: a worker killed mid-trial stops its heartbeat; the next worker fails the trial and Optuna's
+    retry callback (passed by open_storage) queues its parameters again."""
+    import framer.tune.storage as storage
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    killed = f"""
+import os, signal
+import optuna
+import framer.tune.storage as storage
+storage.HEARTBEAT_INTERVAL, storage.GRACE_PERIOD = 1, 1
+study = optuna.create_study(study_name="s", storage=storage.open_storage("{url}"))
+def die(trial):
+    trial.suggest_float("x", 0, 1)
+    os.kill(os.getpid(), signal.SIGKILL)
+study.optimize(die, n_trials=1)
+"""
+    assert subprocess.run([sys.executable, "-c", killed], timeout=120).returncode == -9
+    monkeypatch.setattr(storage, "HEARTBEAT_INTERVAL", 1)
+    monkeypatch.setattr(storage, "GRACE_PERIOD", 1)
+    study = optuna.load_study(study_name="s", storage=open_storage(url))
+    deadline = time.monotonic() + 30
+    while study.trials[0].state == TrialState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.5)  # the grace period passes
+        recover_dead_trials(study)
+    dead, retry = study.trials
+    assert dead.state == TrialState.FAIL and retry.state == TrialState.WAITING
+    assert retry_of(retry) == dead.number and retry.params == dead.params
+    assert TrialBudget(1).used(study) == 0
