@@ -80,8 +80,6 @@ KNOWN_UPWARD = {
 KNOWN_FACE_EDGES = {
     ("framer.demo", "framer.cli"): "step 13 (demo through the launcher)",
     ("framer.matbench.__main__", "framer.report"): "step 7 (run status from rundir)",
-    ("framer.tune.callbacks", "framer.cli"): "step 12 (run_dir from tracking)",
-    ("framer.tune.objective", "framer.cli"): "step 12 (trials through the launcher)",
 }
 KNOWN_CYCLES = {
     ("framer.plots", "framer.report"): "step 7",
