@@ -46,8 +46,8 @@ demo: venv ## train Crystalformer and CrystalFramer on the embedded Ewald datase
 	$(PY) -m framer.demo
 
 bench: BENCH_ARGS ?= --threads 1 --rounds 3
-bench: venv ## speed and memory benchmarks (~20-30 min; BENCH_ARGS="--quick" or "--against bce53d5") -> bench/results/<host>.{json,md,png}
-	$(PY) -m framer.bench $(BENCH_ARGS)
+bench: venv ## speed and memory benchmarks (~20-30 min; BENCH_ARGS="--quick" or "--against REV") -> bench/results/<host>.{json,md,png}
+	$(PY) -m bench.speed $(BENCH_ARGS)
 
 # The GPU check runs from the checkout with no install step: the .venv's Python when there is one, else $(PYTHON).
 GPU_CHECK_PY ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))

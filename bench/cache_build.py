@@ -4,8 +4,8 @@
 
 1. **Synthetic raw files in the exact published format**: ``megnet.json.zip`` and ``jdft_3d-8-18-2021.json.zip``
    (a JSON list of records in a zip, what ``jarvis.db.figshare.data`` reads) with ``--count`` records each. Atoms per
-   cell follow log-normal stand-ins for the real sets (:data:`SIZE_MODELS`), the crystals are random triclinic cells
-   with atoms on a jittered grid (:func:`framer.bench.batches.synthetic_crystal`), half of them with Cartesian
+   cell follow the log-normal stand-ins for the real sets (:data:`SIZE_MODELS`), the crystals are random triclinic
+   cells with atoms on a jittered grid (:func:`bench.gpu_check.crystals.synthetic_record`), half of them with Cartesian
    coordinates, and the records carry the real field names (:func:`megnet_record`, :func:`dft3d_record`).
 2. **Cache builds** through the DataModules (``prepare_data`` with ``rebuild_cache=True``), each in a fresh process,
    with every ``--workers`` value: wall and CPU seconds (the process and its worker processes), the build's phases
@@ -30,7 +30,6 @@ import contextlib
 import cProfile
 import hashlib
 import json
-import math
 import os
 import pstats
 import resource
@@ -45,15 +44,16 @@ from typing import Any
 
 import numpy as np
 
+from bench.gpu_check import crystals
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
 FULL_SIZES = {"megnet": 69_239, "dft_3d_2021": 55_723}
 TARGETS = {"megnet": "e_form", "dft_3d_2021": "formation_energy"}
-#: Atoms per cell ~ round(LogNormal(ln median, sigma)) clipped to [1, max]. MEGNet-MP: the benchmark's stand-in
-#: (framer.bench.batches: median 9, sigma 0.9, at most 200; mean ~13). JARVIS-DFT 3D 2021: smaller cells (median 7,
-#: sigma 0.8, at most 140; mean ~9.6), the same stand-in as the GPU check's. Neither is a fit to the real sets (no
-#: histogram is at hand here); the cost by cell size (part 4) shows how little the distribution matters.
-SIZE_MODELS = {"megnet": (9.0, 0.9, 200), "dft_3d_2021": (7.0, 0.8, 140)}
+#: Atoms per cell of each raw file: the bench tools' MEGNet-MP-like and JARVIS-like stand-ins
+#: (:data:`bench.gpu_check.crystals.SIZE_DISTRIBUTIONS`). Neither is a fit to the real sets (no histogram is at hand
+#: here); the cost by cell size (part 4) shows how little the distribution matters.
+SIZE_MODELS = {"megnet": crystals.SIZE_DISTRIBUTIONS["mp"], "dft_3d_2021": crystals.SIZE_DISTRIBUTIONS["jarvis"]}
 MIB = 2**20
 
 # --------------------------------------------------------------------------------------------- synthetic raw files
@@ -71,21 +71,19 @@ DFT3D_SCALARS = (
 
 def atom_counts(dataset: str, count: int, seed: int) -> np.ndarray:
     """Atoms per cell of ``count`` synthetic records of ``dataset``."""
-    median, sigma, largest = SIZE_MODELS[dataset]
-    rng = np.random.default_rng([seed, 11, len(dataset)])
-    drawn = np.rint(rng.lognormal(math.log(median), sigma, size=count))
-    return np.clip(drawn, 1, largest).astype(int)
+    return SIZE_MODELS[dataset].draw(count, np.random.default_rng([seed, 11, len(dataset)]))
 
 
 def synthetic_atoms(num_atoms: int, rng: np.random.Generator, cartesian: bool) -> dict:
-    """A JARVIS ``atoms`` dict of a random cell (framer.bench.batches.synthetic_crystal)."""
-    from framer.bench.batches import synthetic_crystal
-    from framer.data.testing import jarvis_atoms_dict
+    """A JARVIS ``atoms`` dict of a random cell (:func:`bench.gpu_check.crystals.synthetic_record`)."""
+    from jarvis.core.atoms import Atoms
+    from pymatgen.core import Element
 
-    structure = synthetic_crystal(num_atoms, rng)
-    lattice = structure.lattice.matrix
-    coords = structure.cart_coords if cartesian else structure.frac_coords
-    return jarvis_atoms_dict(lattice, coords, [site.specie.symbol for site in structure], cartesian)
+    record = crystals.synthetic_record(num_atoms, rng)
+    coords = record.frac_coords @ record.lattice if cartesian else record.frac_coords
+    symbols = [Element.from_Z(int(z)).symbol for z in record.atomic_numbers]
+    # jarvis-tools writes the layout of the published files itself
+    return Atoms(lattice_mat=record.lattice, coords=coords, elements=symbols, cartesian=cartesian).to_dict()
 
 
 def megnet_record(i: int, atoms: dict, rng: np.random.Generator) -> dict:
@@ -144,6 +142,7 @@ def write_raw(dataset: str, count: int, seed: int, raw_dir: Path) -> dict:
     from framer.data.sources import JARVIS_SOURCES
 
     start = time.perf_counter()
+    sizes_of = SIZE_MODELS[dataset]
     sizes = atom_counts(dataset, count, seed)
     rng = np.random.default_rng([seed, 12, len(dataset)])
     make = megnet_record if dataset == "megnet" else dft3d_record
@@ -162,7 +161,7 @@ def write_raw(dataset: str, count: int, seed: int, raw_dir: Path) -> dict:
         "path": str(path),
         "entries": count,
         "atoms": describe_sizes(sizes),
-        "size_model": dict(zip(("median", "sigma", "max"), SIZE_MODELS[dataset])),
+        "size_model": {"median": sizes_of.median, "sigma": sizes_of.sigma, "max": sizes_of.max_atoms},
         "zip_bytes": path.stat().st_size,
         "json_bytes": json_bytes + 1,
         "json_bytes_per_entry": round((json_bytes + 1) / count, 1),
@@ -508,7 +507,7 @@ def markdown(results: dict) -> str:
         "",
         f"`python -m bench.cache_build {' '.join(settings['argv'])}` on {system['host']} ({system['cpu']}, "
         f"{system['cpus_available']} CPUs available), commit {str(system['git_commit'])[:10]}"
-        f"{' (uncommitted changes under framer/)' if system['git_dirty'] else ''}, {system['date']}; "
+        f"{' (uncommitted changes)' if system['git_dirty'] else ''}, {system['date']}; "
         f"load average {system['load_average_start']} at the start, {results['load_average_end']} at the end. "
         "Each build ran in a fresh process with `rebuild_cache=True`; CPU seconds include the worker processes.",
         "",
@@ -657,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         kind, spec = args.child
         print(json.dumps(CHILDREN[kind](json.loads(spec))))
         return 0
-    from framer.bench.runner import system_info
+    from bench.speed.runner import system_info
 
     def log(line: str) -> None:
         print(line, flush=True)

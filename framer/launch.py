@@ -20,8 +20,9 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,7 @@ LAUNCH_LOG = "launch.log"  # a subprocess run's output, next to its run director
 LOG_TAIL = 3000  # characters of a run's output kept in its outcome's message
 EXIT_SIGTERM = 128 + signal.SIGTERM  # as framer.cli: a run stopped by SIGTERM after saving last.ckpt
 STOP_GRACE = 30  # seconds a stopped subprocess gets to save last.ckpt before it is killed
+POLL_INTERVAL = 0.5  # seconds between the calls of a subprocess run's ``poll`` hook
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -134,11 +136,13 @@ def resolved_config(configs: Sequence[str], overrides: Mapping[str, Any] | None 
 # ---------------------------------------------------------------------------------------------------- outcomes
 @dataclass
 class Outcome:
-    """How a run ended: its exit ``code`` and, unless it succeeded, a ``message`` (the error and its output's end)."""
+    """How a run ended: its exit ``code`` and, unless it succeeded, a ``message`` (the error and its output's end).
+    ``timed_out``/``stopped``: the launcher stopped it (SIGTERM) after its timeout / because its ``poll`` said so."""
 
     code: int
     message: str = ""
     timed_out: bool = False
+    stopped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -146,16 +150,16 @@ class Outcome:
 
     @property
     def interrupted(self) -> bool:
-        """Stopped by SIGTERM (pre-emption, ``kill``), not by a timeout: resumable, and the caller should stop."""
-        return self.code == EXIT_SIGTERM and not self.timed_out
+        """Stopped by SIGTERM (pre-emption, ``kill``), not by the launcher: resumable, and the caller should stop."""
+        return self.code == EXIT_SIGTERM and not (self.timed_out or self.stopped)
 
 
-def _outcome(code: int, output: str, timed_out: bool = False) -> Outcome:
+def _outcome(code: int, output: str, timed_out: bool = False, stopped: bool = False) -> Outcome:
     if code == 0:
         return Outcome(0)
     said = [line for line in output.splitlines() if line.startswith("framer: ")]  # the CLI's own last word
     first = f"framer.cli exited with {code}" + (f": {said[-1].removeprefix('framer: ')}" if said else "")
-    return Outcome(code, f"{first}\n{output[-LOG_TAIL:]}", timed_out)
+    return Outcome(code, f"{first}\n{output[-LOG_TAIL:]}", timed_out, stopped)
 
 
 class Tail(io.TextIOBase):
@@ -186,31 +190,52 @@ def bare_argv() -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------------- running
-def run_inprocess(spec: RunSpec) -> Outcome:
-    """Run the CLI in this process (fast for many small runs; one device). A crash becomes an outcome."""
-    from framer.cli import main
+def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
+    """Run the CLI in this process (fast for many small runs; one device). A crash becomes an outcome.
+
+    ``callbacks``: Lightning callbacks built by the caller (e.g. Optuna's pruning callback, which holds its trial),
+    added after the configs' callbacks through LightningCLI's ``trainer_defaults``.
+    """
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from framer import cli
 
     stderr = Tail(sys.stderr)
     try:
         with contextlib.redirect_stderr(stderr), bare_argv():
-            main(spec.args())
+            if callbacks:  # cli.main takes no CLI arguments: build FramerCLI here, with cli.main's exit codes
+                cli.FramerCLI(args=spec.args(), trainer_defaults={"callbacks": list(callbacks)})
+            else:
+                cli.main(spec.args())
         return Outcome(0)
-    except SystemExit as exit_:  # main's exits: user error 2, NaN 3, SIGTERM 143 (never Lightning's code None)
+    except SIGTERMException:  # a SystemExit whose code is None: never success
+        return _outcome(EXIT_SIGTERM, f"{stderr.text}\nframer: stopped by SIGTERM")
+    except SystemExit as exit_:  # main's exits: user error 2, NaN 3, SIGTERM 143; the parser's 2
         code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
         return _outcome(code, stderr.text)
+    except (*cli.USER_ERRORS, cli.NonFiniteLossError, FloatingPointError) as err:
+        code = cli.EXIT_USER_ERROR if isinstance(err, cli.USER_ERRORS) else cli.EXIT_NON_FINITE
+        return _outcome(code, f"{stderr.text}\nframer: error: {' '.join(str(err).split())}")
     except Exception as err:  # one crashed run must not take its caller down
         return _outcome(1, f"{stderr.text}\nframer: {type(err).__name__}: {err}\n{traceback.format_exc()}")
     finally:
         gc.collect()
 
 
-def run_subprocess(spec: RunSpec, log: Path, *, timeout: float | None = None, python: str = sys.executable) -> Outcome:
+def run_subprocess(
+    spec: RunSpec,
+    log: Path,
+    *,
+    timeout: float | None = None,
+    python: str = sys.executable,
+    poll: Callable[[], bool] | None = None,
+) -> Outcome:
     """Run ``python -m framer.cli`` in its own process group (with its DDP ranks, if any), output appended to
-    ``log``. After ``timeout`` seconds, or when this process is interrupted, the group gets SIGTERM (the run saves
-    ``last.ckpt``), then SIGKILL after a grace period. A SIGTERM sent to this process is passed on the same way."""
+    ``log``. After ``timeout`` seconds, when ``poll()`` (called every ``POLL_INTERVAL`` seconds while the run lasts)
+    returns True, or when this process is interrupted, the group gets SIGTERM (the run saves ``last.ckpt``), then
+    SIGKILL after a grace period. A SIGTERM sent to this process is passed on the same way."""
     cmd = [python, "-m", "framer.cli", *spec.args()]
     log.parent.mkdir(parents=True, exist_ok=True)
-    timed_out = False
     with log.open("a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
@@ -218,18 +243,33 @@ def run_subprocess(spec: RunSpec, log: Path, *, timeout: float | None = None, py
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         try:
             with _sigterm_passed_on(proc):
-                try:
-                    proc.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    out.write(f"\nframer: run stopped after {timeout:.0f} s (timeout)\n")
+                reason = _wait(proc, timeout, poll)
+                if reason:
+                    said = f"after {timeout:.0f} s (timeout)" if reason == "timeout" else "by its caller (poll)"
+                    out.write(f"\nframer: run stopped {said}\n")
                     out.flush()
-                    timed_out = True
                     stop(proc)
         except BaseException:
             stop(proc)
             raise
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode  # killed by signal n: 128 + n
-    return _outcome(code, log.read_text()[-LOG_TAIL:], timed_out)
+    return _outcome(code, log.read_text()[-LOG_TAIL:], reason == "timeout", reason == "poll")
+
+
+def _wait(proc: subprocess.Popen, timeout: float | None, poll: Callable[[], bool] | None) -> str | None:
+    """Wait for ``proc`` to end (None), or return why to stop it first: ``"timeout"`` or ``"poll"``."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        step = left if poll is None else POLL_INTERVAL if left is None else min(left, POLL_INTERVAL)
+        try:
+            proc.wait(timeout=step)
+            return None
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                return "timeout"
+            if poll is not None and poll():
+                return "poll"
 
 
 def run(spec: RunSpec, mode: Literal["subprocess", "inprocess"], log: Path | None = None) -> Outcome:

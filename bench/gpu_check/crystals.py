@@ -1,11 +1,13 @@
-"""The crystals of the GPU check, built with numpy alone (the lent GPU image has no pymatgen).
+"""The synthetic crystals of the bench tools, built with numpy alone (the lent GPU image has no pymatgen).
 
-- :func:`reference_batch`: the fixed reference batch of docs/model.md (16 random crystals, 268 atoms, 5,480 atom
-  pairs), the same draws from ``random.Random(0)`` in the same order as the benchmark's pymatgen version
-  (``framer.bench.batches.reference_structures``), with pymatgen's ``Lattice.from_parameters`` convention written
-  out in numpy; a test checks that both give the same batch.
-- :func:`mp_like_sizes` / :func:`jarvis_like_sizes`: atoms per cell drawn from log-normal stand-ins for MEGNet-MP and
-  JARVIS-DFT 3D (see :data:`SIZE_DISTRIBUTIONS`).
+One owner for the GPU check, the speed benchmark (:mod:`bench.speed`, which turns these records into pymatgen
+Structures so any version of framer can batch them) and the cache-build benchmark (:mod:`bench.cache_build`):
+
+- :func:`reference_batch`: the fixed reference batch of docs/model.md "Performance" (16 random crystals, 268 atoms,
+  5,480 atom pairs), on which the reference Crystalformer's CPU timings were taken. The draws from
+  ``random.Random(0)`` are made in the reference's order, with pymatgen's ``Lattice.from_parameters`` convention
+  written out in numpy; a test builds the batch with pymatgen the reference's way and checks both are the same.
+- :data:`SIZE_DISTRIBUTIONS`: atoms per cell drawn from log-normal stand-ins for MEGNet-MP and JARVIS-DFT 3D.
 - :func:`synthetic_record`: one random triclinic cell of a given size, atoms on a jittered grid (no overlaps).
 
 Records are built as :class:`framer.data.structures.CrystalRecord` directly (no validation, which would call
@@ -88,21 +90,27 @@ class SizeDistribution:
     train_size: int
     note: str
 
+    def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` atoms-per-cell values from ``rng`` (callers that must repeat earlier draws seed it their way)."""
+        drawn = np.rint(rng.lognormal(mean=math.log(self.median), sigma=self.sigma, size=count))
+        return np.clip(drawn, 1, self.max_atoms).astype(int)
+
     def sizes(self, count: int, seed: int = 0) -> list[int]:
         rng = np.random.default_rng([seed, self.max_atoms, int(self.median * 10)])
-        drawn = np.rint(rng.lognormal(mean=math.log(self.median), sigma=self.sigma, size=count))
-        return [int(n) for n in np.clip(drawn, 1, self.max_atoms)]
+        return [int(n) for n in self.draw(count, rng)]
 
 
 #: Stand-ins for the two data sets' atoms-per-cell distributions. Neither set can be read on the lent GPU machine
 #: (no data, no jarvis-tools) and the project's reference notes give no histogram, so these are documented
-#: approximations, not fits. MP: the benchmark's choice (``framer.bench.batches``: median 9, sigma 0.9, at most
-#: 200 atoms; mean ~13, E[N²] ~400). JARVIS-DFT 3D 2021: smaller cells than MP on average (many elemental and binary
-#: prototypes, primitive cells), a median of 7 and a shorter tail (sigma 0.8, at most 140 atoms): mean ~9.6,
-#: E[N²] ~190. The projected epoch time scales with E[N² x images], so replace these with the real histograms when
-#: they are at hand (``python -m framer.data info`` on a machine with the raw files).
+#: approximations, not fits. MEGNet-MP 2018.6.1 (69,239 cells) is right-skewed with a median of about 8-10 atoms and
+#: a long tail to about 200: median 9, sigma 0.9, at most 200 atoms gives a mean of ~13, a 90th percentile of ~29,
+#: a 99th of ~73 and E[N²] ~400 (a batch of 128 has about 50,000 atom pairs, ~9x the reference batch). JARVIS-DFT 3D
+#: 2021: smaller cells than MP on average (many elemental and binary prototypes, primitive cells), a median of 7 and
+#: a shorter tail (sigma 0.8, at most 140 atoms): mean ~9.6, E[N²] ~190. The projected epoch time scales with
+#: E[N² x images], so replace these with the real histograms when they are at hand (``python -m framer.data info``
+#: on a machine with the raw files).
 SIZE_DISTRIBUTIONS = {
-    "mp": SizeDistribution("MEGNet-MP-like", 9.0, 0.9, 200, 60_000, "approximation (benchmark's MP stand-in)"),
+    "mp": SizeDistribution("MEGNet-MP-like", 9.0, 0.9, 200, 60_000, "approximation (no histogram at hand)"),
     "jarvis": SizeDistribution("JARVIS-like", 7.0, 0.8, 140, 44_578, "approximation (no histogram at hand)"),
 }
 

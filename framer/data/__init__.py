@@ -1,22 +1,14 @@
 """Data: crystal records, batching, paper data sets with their exact splits, caches and LightningDataModules.
 
-Where data live (``$FRAMER_DATA_DIR``, default ``./data``)::
+Raw files live under ``$FRAMER_DATA_DIR`` (default ``./data``) in the layout of :mod:`framer.data.sources`; what
+they hold and how the paper splits are rebuilt is docs/data.md. ``python -m framer.data info`` shows what is
+present, the counts and the split fingerprints (offline); ``python -m framer.data download`` fetches the raw files on
+a machine with internet.
 
-    raw/megnet.json.zip               MEGNet MP 2018.6.1 (jarvis-tools key "megnet"), e_form / gap
-    raw/jdft_3d-8-18-2021.json.zip    JARVIS-DFT 3D 2021 (key "dft_3d_2021"), formation_energy / total_energy /
-                                      opt_bandgap / mbj_bandgap / ehull
-    raw/{bulk,shear}_megnet_{train,val,test}.pkl   Matformer's moduli pickles (log10 GPa), read without running code
-    processed/<dataset>/<target>.cache (+ .report.json)   built on first use, keyed on raw content and settings
-
-``python -m framer.data info`` shows what is present, the counts and the split fingerprints (offline);
-``python -m framer.data download`` fetches the raw files on a machine with internet. The zips are read with
-jarvis-tools' own ``data(key, store_dir=raw_dir)``, so a pre-placed file is never downloaded again.
-
-DataModules (all take ``target``, ``batch_size``, ``test_batch_size``, ``num_workers``, ``data_dir``,
-``rebuild_cache``, ``predict_split``, ``build_workers``, ``pin_memory``): :class:`MPDataModule`,
-:class:`JarvisDataModule`, :class:`CustomDataModule` (CIF/POSCAR folder + ``id_prop.csv``) and
-:class:`EwaldDataModule` (embedded synthetic set). Each exposes ``target_stats()``, ``split_fingerprints()``,
-``split_ids()``, ``summary()``, ``dataset_name``, ``target`` and ``target_units``; batches are :class:`CrystalBatch`.
+DataModules: :class:`MPDataModule`, :class:`JarvisDataModule`, :class:`CustomDataModule` (CIF/POSCAR folder +
+``id_prop.csv``) and :class:`EwaldDataModule` (embedded synthetic set); the arguments they share are those of
+:class:`CrystalDataModule`. Each exposes ``target_stats()``, ``split_fingerprints()``, ``split_ids()``,
+``summary()``, ``dataset_name``, ``target`` and ``target_units``; batches are :class:`CrystalBatch`.
 
 Names are imported lazily (PEP 562), so ``python -m framer.data info`` does not pay for torch and Lightning.
 """

@@ -1,9 +1,9 @@
 """Turn raw entries into cache arrays: filter missing targets, apply the split, convert and validate structures.
 
-Order of operations (datasets.md §1.3/§2.1): entries whose target *group* has a missing value are removed first; the
-split is computed on positions in that filtered list; then each split entry is converted, and entries whose
-structure is malformed (or too large, ``max_atoms``) are skipped and counted in a :class:`SkipReport`, so the
-surviving records keep their paper split membership.
+Order of operations (docs/data.md, "Order of operations in framer"): entries whose target *group* has a missing value
+are removed first; the split is computed on positions in that filtered list; then each split entry is converted, and
+entries whose structure is malformed (or too large, ``max_atoms``) are skipped and counted in a :class:`SkipReport`,
+so the surviving records keep their paper split membership.
 
 The conversion runs in ``workers`` processes (:func:`framer.data.parallel.map_chunks`); results are gathered in split
 order, so the arrays, the metadata and the skip report do not depend on the number of processes.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -91,12 +90,17 @@ class CrystalDataset(Dataset):
 class CrystalDataModule(L.LightningDataModule):
     """Shared machinery; subclasses define cache_path, cache_settings, raw_fingerprint and build.
 
+    The arguments below are declared and documented here only: subclasses take them as ``**kwargs`` (LightningCLI
+    and ``--data.help`` read them from this signature and docstring) and redeclare one only to change its default.
+    Every argument of the subclass chain is recorded in ``hparams``.
+
     Args:
         target: Property to predict.
         batch_size: Crystals per training (and validation) batch, per device.
         test_batch_size: Crystals per test/predict batch (the papers test with 1).
         num_workers: DataLoader worker processes (kept alive across epochs when > 0).
-        data_dir: Data root; None means ``$FRAMER_DATA_DIR`` or ``./data``.
+        data_dir: Data root (raw files in ``<data_dir>/raw``, caches in ``<data_dir>/processed``); None means
+            ``$FRAMER_DATA_DIR`` or ``./data``.
         rebuild_cache: Rebuild the processed cache even if it is valid.
         predict_split: Split served by ``predict_dataloader``: train, val, test or all.
         build_workers: Processes that build the cache (null: min(8, available CPUs); 0 or 1: this process). The
@@ -120,6 +124,7 @@ class CrystalDataModule(L.LightningDataModule):
         pin_memory: bool | None = None,
     ):
         super().__init__()
+        self.save_hyperparameters()  # the arguments of every __init__ on the way here (subclasses included)
         if batch_size < 1 or test_batch_size < 1:
             raise ValueError(
                 f"batch sizes must be positive (batch_size={batch_size}, test_batch_size={test_batch_size})"
@@ -396,12 +401,6 @@ class CrystalDataModule(L.LightningDataModule):
         """Crystal ids per split, in split order."""
         return {name: self.dataset(name).ids for name in SPLIT_NAMES}
 
-    def export_splits(self, path: str | os.PathLike) -> Path:
-        """Write ``{"train": [ids], "val": [...], "test": [...], "fingerprints": {...}}`` as JSON (atomically)."""
-        path = Path(path)
-        write_json_atomic(path, {**self.split_ids(), "fingerprints": self.split_fingerprints()})
-        return path
-
     def summary(self) -> dict:
         """Data set, target, units, split sizes/fingerprints, cache path/status and skipped counts, for run logs."""
         self._ensure_setup()
@@ -429,39 +428,28 @@ def _positive(name: str, value: float) -> float:
 
 
 class _PaperDataModule(CrystalDataModule):
-    """MEGNet MP / JARVIS dft_3d_2021 targets with the ALIGNN/Matformer/Crystalformer split."""
+    """MEGNet MP / JARVIS dft_3d_2021 targets with the ALIGNN/Matformer/Crystalformer split.
+
+    Args:
+        split_seed: Seed of the paper split's shuffle.
+        max_atoms: Crystals with more atoms are skipped and counted in the skip report.
+    """
 
     _default_counts: tuple[int | None, int | None, int | None] = (None, None, None)  # the papers' n_train/val/test
 
     def __init__(
         self,
         target: str,
-        batch_size: int,
-        test_batch_size: int,
-        num_workers: int,
-        data_dir: str | None,
-        rebuild_cache: bool,
-        predict_split: str,
+        *,
         n_train: int | None,
         n_val: int | None,
         n_test: int | None,
-        split_seed: int,
-        max_atoms: int,
-        build_workers: int | None,
-        pin_memory: bool | None,
+        split_seed: int = PAPER_SPLIT_SEED,
+        max_atoms: int = DEFAULT_MAX_ATOMS,
+        **kwargs,
     ):
         self.spec: TargetSpec = target_spec(self.dataset_name, target)
-        super().__init__(
-            target,
-            batch_size,
-            test_batch_size,
-            num_workers,
-            data_dir,
-            rebuild_cache,
-            predict_split,
-            build_workers,
-            pin_memory,
-        )
+        super().__init__(target, **kwargs)
         self.target_units = self.spec.units
         self.n_train, self.n_val, self.n_test, self.split_seed = n_train, n_val, n_test, split_seed
         self.max_atoms = _positive("max_atoms", max_atoms)
@@ -520,25 +508,14 @@ class MPDataModule(_PaperDataModule):
     """MEGNet Materials Project snapshot (mp.2018.6.1, 69,239 crystals) via jarvis-tools' ``megnet`` file.
 
     Targets: ``e_form`` (eV/atom), ``gap`` (PBE band gap, eV) with the 60000/5000/4239 paper split, and
-    ``bulk_modulus`` / ``shear_modulus`` (log10 GPa) from Matformer's pre-split pickles.
+    ``bulk_modulus`` / ``shear_modulus`` (log10 GPa) from Matformer's pre-split pickles. The other arguments are
+    :class:`CrystalDataModule`'s and ``split_seed``/``max_atoms``.
 
     Args:
         target: e_form, gap, bulk_modulus or shear_modulus.
-        batch_size: Crystals per training (and validation) batch, per device.
-        test_batch_size: Crystals per test/predict batch (the papers test with 1).
-        num_workers: DataLoader worker processes.
-        data_dir: Data root; None means ``$FRAMER_DATA_DIR`` or ``./data``. Raw files go in ``<data_dir>/raw``.
-        rebuild_cache: Rebuild the processed cache even if it is valid.
-        predict_split: Split served by ``predict_dataloader``: train, val, test or all.
         n_train: Train size of the paper split (null: 80% of the filtered entries).
         n_val: Validation size (null: 10%).
         n_test: Test size (null: 10%).
-        split_seed: Seed of the paper split's shuffle.
-        max_atoms: Crystals with more atoms are skipped and counted in the skip report.
-        build_workers: Processes that build the cache (null: min(8, available CPUs); 0 or 1: this process). The
-            cache's content and key do not depend on it.
-        pin_memory: Collate batches in page-locked memory for faster, non-blocking copies to a GPU (null: when CUDA
-            is available).
     """
 
     dataset_name = "megnet"
@@ -547,62 +524,27 @@ class MPDataModule(_PaperDataModule):
     def __init__(
         self,
         target: Literal["e_form", "gap", "bulk_modulus", "shear_modulus"] = "e_form",
-        batch_size: int = 128,
-        test_batch_size: int = 1,
-        num_workers: int = 0,
-        data_dir: str | None = None,
-        rebuild_cache: bool = False,
-        predict_split: Literal["train", "val", "test", "all"] = "test",
+        *,
         n_train: int | None = 60000,
         n_val: int | None = 5000,
         n_test: int | None = 4239,
-        split_seed: int = PAPER_SPLIT_SEED,
-        max_atoms: int = DEFAULT_MAX_ATOMS,
-        build_workers: int | None = None,
-        pin_memory: bool | None = None,
+        **kwargs,
     ):
-        super().__init__(
-            target,
-            batch_size,
-            test_batch_size,
-            num_workers,
-            data_dir,
-            rebuild_cache,
-            predict_split,
-            n_train,
-            n_val,
-            n_test,
-            split_seed,
-            max_atoms,
-            build_workers,
-            pin_memory,
-        )
-        self.save_hyperparameters()
+        super().__init__(target, n_train=n_train, n_val=n_val, n_test=n_test, **kwargs)
 
 
 class JarvisDataModule(_PaperDataModule):
     """JARVIS-DFT 3D, 2021 release (55,723 crystals; jarvis-tools key ``dft_3d_2021``), 80/10/10 paper split.
 
     Targets: ``formation_energy`` (eV/atom), ``total_energy`` (eV/atom), ``opt_bandgap`` (eV) share one split;
-    ``mbj_bandgap`` (eV, 18,172 crystals) and ``ehull`` (eV/atom, 55,371) have their own.
+    ``mbj_bandgap`` (eV, 18,172 crystals) and ``ehull`` (eV/atom, 55,371) have their own. The other arguments are
+    :class:`CrystalDataModule`'s and ``split_seed``/``max_atoms``.
 
     Args:
         target: formation_energy, total_energy, opt_bandgap, mbj_bandgap or ehull.
-        batch_size: Crystals per training (and validation) batch, per device.
-        test_batch_size: Crystals per test/predict batch (the papers test with 1).
-        num_workers: DataLoader worker processes.
-        data_dir: Data root; None means ``$FRAMER_DATA_DIR`` or ``./data``. Raw files go in ``<data_dir>/raw``.
-        rebuild_cache: Rebuild the processed cache even if it is valid.
-        predict_split: Split served by ``predict_dataloader``: train, val, test or all.
         n_train: Train size (null: 80% of the filtered entries, as in the papers).
         n_val: Validation size (null: 10%).
         n_test: Test size (null: 10%).
-        split_seed: Seed of the paper split's shuffle.
-        max_atoms: Crystals with more atoms are skipped and counted in the skip report.
-        build_workers: Processes that build the cache (null: min(8, available CPUs); 0 or 1: this process). The
-            cache's content and key do not depend on it.
-        pin_memory: Collate batches in page-locked memory for faster, non-blocking copies to a GPU (null: when CUDA
-            is available).
     """
 
     dataset_name = "dft_3d_2021"
@@ -610,37 +552,13 @@ class JarvisDataModule(_PaperDataModule):
     def __init__(
         self,
         target: Literal["formation_energy", "total_energy", "opt_bandgap", "mbj_bandgap", "ehull"] = "formation_energy",
-        batch_size: int = 128,
-        test_batch_size: int = 1,
-        num_workers: int = 0,
-        data_dir: str | None = None,
-        rebuild_cache: bool = False,
-        predict_split: Literal["train", "val", "test", "all"] = "test",
+        *,
         n_train: int | None = None,
         n_val: int | None = None,
         n_test: int | None = None,
-        split_seed: int = PAPER_SPLIT_SEED,
-        max_atoms: int = DEFAULT_MAX_ATOMS,
-        build_workers: int | None = None,
-        pin_memory: bool | None = None,
+        **kwargs,
     ):
-        super().__init__(
-            target,
-            batch_size,
-            test_batch_size,
-            num_workers,
-            data_dir,
-            rebuild_cache,
-            predict_split,
-            n_train,
-            n_val,
-            n_test,
-            split_seed,
-            max_atoms,
-            build_workers,
-            pin_memory,
-        )
-        self.save_hyperparameters()
+        super().__init__(target, n_train=n_train, n_val=n_val, n_test=n_test, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------- custom folders
@@ -649,15 +567,11 @@ class JarvisDataModule(_PaperDataModule):
 class CustomDataModule(CrystalDataModule):
     """A folder of CIF/POSCAR files with ``id_prop.csv`` rows ``filename_or_id,target`` (ALIGNN's layout).
 
+    The other arguments are :class:`CrystalDataModule`'s (``batch_size`` defaults to 64 here).
+
     Args:
         root: Folder holding the structure files and ``id_prop.csv``.
         target: Name of the property (used for logs and the cache file name).
-        batch_size: Crystals per training (and validation) batch, per device.
-        test_batch_size: Crystals per test/predict batch.
-        num_workers: DataLoader worker processes.
-        data_dir: Data root for the processed cache; None means ``$FRAMER_DATA_DIR`` or ``./data``.
-        rebuild_cache: Rebuild the processed cache even if it is valid.
-        predict_split: Split served by ``predict_dataloader``: train, val, test or all.
         id_prop_file: Name of the CSV inside ``root``.
         split_file: JSON ``{"train": [ids], "val": [ids], "test": [ids]}``; null means a seeded random split.
         train_fraction: Random split: share of train.
@@ -669,10 +583,6 @@ class CustomDataModule(CrystalDataModule):
         max_file_mb: Structure files larger than this (megabytes) are skipped, unparsed, and counted.
         allow_outside_root: Read names in ``id_prop.csv`` that lie outside ``root`` (absolute paths, ``..``,
             symbolic links out of the folder); by default they are an error.
-        build_workers: Processes that read the structure files into the cache (null: min(8, available CPUs); 0 or
-            1: this process). The cache's content and key do not depend on it.
-        pin_memory: Collate batches in page-locked memory for faster, non-blocking copies to a GPU (null: when CUDA
-            is available).
     """
 
     dataset_name = "custom"
@@ -681,12 +591,8 @@ class CustomDataModule(CrystalDataModule):
         self,
         root: str,
         target: str = "target",
+        *,
         batch_size: int = 64,
-        test_batch_size: int = 1,
-        num_workers: int = 0,
-        data_dir: str | None = None,
-        rebuild_cache: bool = False,
-        predict_split: Literal["train", "val", "test", "all"] = "test",
         id_prop_file: str = "id_prop.csv",
         split_file: str | None = None,
         train_fraction: float = 0.8,
@@ -697,20 +603,9 @@ class CustomDataModule(CrystalDataModule):
         max_atoms: int = DEFAULT_MAX_ATOMS,
         max_file_mb: float = DEFAULT_MAX_FILE_MB,
         allow_outside_root: bool = False,
-        build_workers: int | None = None,
-        pin_memory: bool | None = None,
+        **kwargs,
     ):
-        super().__init__(
-            target,
-            batch_size,
-            test_batch_size,
-            num_workers,
-            data_dir,
-            rebuild_cache,
-            predict_split,
-            build_workers,
-            pin_memory,
-        )
+        super().__init__(target, batch_size=batch_size, **kwargs)
         self.root = Path(root).expanduser().absolute()
         if not self.root.is_dir():
             raise DataNotFoundError(f"custom data folder {self.root} not found")
@@ -722,7 +617,6 @@ class CustomDataModule(CrystalDataModule):
         self.max_atoms = _positive("max_atoms", max_atoms)
         self.max_file_mb = _positive("max_file_mb", max_file_mb)
         self.allow_outside_root = allow_outside_root
-        self.save_hyperparameters()
 
     def cache_path(self) -> Path:
         tag = hashlib.sha256(str(self.root).encode()).hexdigest()[:8]
@@ -776,24 +670,15 @@ class EwaldDataModule(CrystalDataModule):
     """Embedded default data set: random ionic crystals labelled with their Ewald energy per atom (eV/atom).
 
     Generated deterministically from ``seed`` on first use (3000 crystals take about a minute on two cores) and
-    cached under ``<data_dir>/processed/ewald``; split 80/10/10 at random with ``split_seed``.
+    cached under ``<data_dir>/processed/ewald``; split 80/10/10 at random with ``split_seed``. The other arguments
+    are :class:`CrystalDataModule`'s (``batch_size`` defaults to 32 here; ``build_workers`` generate the crystals).
 
     Args:
         target: Only ``ewald_energy``.
-        batch_size: Crystals per training (and validation) batch, per device.
-        test_batch_size: Crystals per test/predict batch.
-        num_workers: DataLoader worker processes.
-        data_dir: Data root for the cache; None means ``$FRAMER_DATA_DIR`` or ``./data``.
-        rebuild_cache: Rebuild the cache even if it is valid.
-        predict_split: Split served by ``predict_dataloader``: train, val, test or all.
         num_crystals: Number of crystals to generate.
         seed: Generator seed (crystal i depends only on seed and i).
         max_atoms: Largest cell (atoms).
         split_seed: Seed of the 80/10/10 split.
-        build_workers: Processes that generate the crystals (null: min(8, available CPUs); 0 or 1: this process).
-            The cache's content and key do not depend on it.
-        pin_memory: Collate batches in page-locked memory for faster, non-blocking copies to a GPU (null: when CUDA
-            is available).
     """
 
     dataset_name = "ewald"
@@ -801,38 +686,22 @@ class EwaldDataModule(CrystalDataModule):
     def __init__(
         self,
         target: str = ewald_mod.TARGET_NAME,
+        *,
         batch_size: int = 32,
-        test_batch_size: int = 1,
-        num_workers: int = 0,
-        data_dir: str | None = None,
-        rebuild_cache: bool = False,
-        predict_split: Literal["train", "val", "test", "all"] = "test",
         num_crystals: int = 3000,
         seed: int = 0,
         max_atoms: int = ewald_mod.MAX_ATOMS,
         split_seed: int = 123,
-        build_workers: int | None = None,
-        pin_memory: bool | None = None,
+        **kwargs,
     ):
         if target != ewald_mod.TARGET_NAME:
             raise ValueError(f"EwaldDataModule has one target, {ewald_mod.TARGET_NAME!r}; got {target!r}")
         if num_crystals < 3:
             raise ValueError(f"num_crystals must be at least 3 (one per split), got {num_crystals}")
-        super().__init__(
-            target,
-            batch_size,
-            test_batch_size,
-            num_workers,
-            data_dir,
-            rebuild_cache,
-            predict_split,
-            build_workers,
-            pin_memory,
-        )
+        super().__init__(target, batch_size=batch_size, **kwargs)
         self.num_crystals, self.seed, self.max_atoms = num_crystals, seed, max_atoms
         self.split_seed = split_seed
         self.target_units = ewald_mod.TARGET_UNITS
-        self.save_hyperparameters()
 
     def cache_path(self) -> Path:
         name = f"{self.target}-n{self.num_crystals}-seed{self.seed}-max{self.max_atoms}-split{self.split_seed}.cache"

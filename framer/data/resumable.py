@@ -14,6 +14,9 @@ Together with :class:`framer.callbacks.RandomState` this makes a resumed single-
 steps on the same batches as an uninterrupted one. Lightning swaps the sampler for multi-device runs (a
 ``DistributedSampler``, already seeded by epoch) and for ``overfit_batches``; the loader then reports no state and
 resumes as Lightning does by default.
+
+Why not torchdata's ``StatefulDataLoader``: with its own shuffling, the epochs after a resume differ from those of an
+uninterrupted run, so it would need this position-keeping sampler anyway; and it is not on the GPU image.
 """
 
 from __future__ import annotations

@@ -54,10 +54,6 @@ def raw_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return data_root(data_dir) / "raw"
 
 
-def processed_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    return data_root(data_dir) / "processed"
-
-
 # --------------------------------------------------------------------------------------------- raw sources
 
 

@@ -23,7 +23,7 @@ PAPER_SPLIT_SEED = 123
 
 
 def split_fingerprint(indices: Sequence[int] | np.ndarray) -> str:
-    """SHA-256 of the indices as little-endian int64 (the convention of datasets.md §2.4)."""
+    """SHA-256 of the indices as little-endian int64 (docs/data.md, "Fingerprints")."""
     return hashlib.sha256(np.asarray(indices, dtype="<i8").tobytes()).hexdigest()
 
 
@@ -142,7 +142,7 @@ def read_split_file(path: str | Path) -> dict[str, list[str]]:
 
 @dataclass(frozen=True)
 class PaperSplit:
-    """Published split of one Crystalformer target set (datasets.md §2.2/§2.4)."""
+    """Published split of one Crystalformer target set (docs/data.md, "Split sizes" and "Fingerprints")."""
 
     total_size: int  # N after filtering missing targets
     sizes: tuple[int, int, int]  # train, val, test
@@ -213,5 +213,5 @@ PAPER_SPLITS["dft_3d_2021"] = replace(
     PAPER_SPLITS["dft_3d_2021"], raw_fingerprints=PAPER_SPLITS["dft_3d_2021"].fingerprints
 )
 
-# Published (pre-split) moduli pickles: sizes only (datasets.md §1.4).
+# Published (pre-split) moduli pickles: sizes only (docs/data.md, "Split sizes").
 MODULI_SPLIT_SIZES = {"bulk_modulus": (4664, 393, 393), "shear_modulus": (4664, 392, 393)}

@@ -1,140 +1,110 @@
-"""Lightning callbacks for trials: the best monitored value, and Optuna reporting from rank 0 of a DDP trial."""
+"""What a trial's trainer tells the tuner, which never sees the trainer itself.
+
+- :class:`TrialRun` (one-device trials, in this process): the run directory and MLflow run as fit starts, the best
+  value of the sweep's metric from the run's ``ModelCheckpoint``, and the exception that ended fit (e.g. Optuna's
+  ``TrialPruned`` raised by its pruning callback).
+- :class:`TrialProgress` (DDP trials, in the ``framer.cli`` subprocess): global rank 0 appends JSON lines to a
+  progress file, ``{"run_dir", "mlflow_run_id", "world_size"}`` as fit starts, then ``{"epoch", "value"}`` after
+  each validation. The tuner reads them while the trial runs (:class:`ProgressFile`), reports to Optuna and stops a
+  pruned trial. The child needs no Optuna and no access to the study's storage.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import MLFlowLogger
+
+from framer.tracking import find_logger, run_dir
 
 
-class BestMetric(Callback):
-    """Tracks the best value of ``monitor`` over validation epochs (the sanity check is ignored).
+def run_of(trainer: pl.Trainer) -> tuple[Path | None, str | None]:
+    """The trainer's run directory and MLflow run id (None where it has none). Rank 0 only: no collective call."""
+    mlflow = find_logger(trainer.loggers, MLFlowLogger)
+    return run_dir(trainer), mlflow.run_id if mlflow is not None else None
+
+
+def monitored_value(trainer: pl.Trainer, monitor: str) -> float | None:
+    """This validation's value of ``monitor`` (None before the first validation or if it is not logged)."""
+    value = trainer.callback_metrics.get(monitor)
+    return None if value is None else float(value)
+
+
+class TrialRun(Callback):
+    """The run of an in-process trial, as the objective needs it after :func:`framer.launch.run_inprocess`.
 
     Args:
-        monitor: Logged metric to follow.
-        direction: ``minimize`` or ``maximize``.
+        monitor: The sweep's metric (also the monitor of the run's ``ModelCheckpoint``).
+        started: Called with the run directory and MLflow run id as fit starts (so a worker killed mid-trial leaves
+            them on the trial).
     """
 
-    def __init__(self, monitor: str = "val/mae", direction: str = "minimize") -> None:
-        super().__init__()
-        if direction not in ("minimize", "maximize"):
-            raise ValueError(f"direction must be minimize or maximize, got {direction!r}")
+    def __init__(self, monitor: str, started: Callable[[Path | None, str | None], None]) -> None:
         self.monitor = monitor
-        self.direction = direction
-        self.best = math.nan
-        self.best_epoch = -1
-        self.last = math.nan
-        self.epochs = 0
+        self.started = started
+        self.best: float = math.nan
+        self.exception: BaseException | None = None
 
-    def current(self, trainer: pl.Trainer) -> float | None:
-        value = trainer.callback_metrics.get(self.monitor)
-        return None if value is None else float(value)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = self.current(trainer)
-        if value is None or not math.isfinite(value):
-            return
-        self.last = value
-        self.epochs = trainer.current_epoch + 1
-        better = value < self.best if self.direction == "minimize" else value > self.best
-        if math.isnan(self.best) or better:
-            self.best, self.best_epoch = value, trainer.current_epoch
-
-
-class DDPTrialReporter(BestMetric):
-    """Reports ``monitor`` to an Optuna trial from global rank 0 and stops every rank when the trial is pruned.
-
-    Used by ``framer.tune --devices-per-trial N``: the trial runs as a ``python -m framer.cli fit`` subprocess
-    (Lightning DDP), so the Optuna trial object lives in the driver. Rank 0 reopens the study from its storage,
-    reports each epoch's value and asks the pruner; the decision is broadcast to all ranks. Rank 0 writes
-    ``result_file`` (best value, pruned flag) when fitting ends; the driver then tells the study.
-
-    Args:
-        storage: Storage spec from :func:`framer.tune.storage.storage_spec` (``journal:<path>`` or an RDB URL).
-        study_name: The study.
-        trial_id: Storage id of the trial (``trial._trial_id``).
-        result_file: JSON file written by rank 0 at the end.
-        monitor: Metric reported to Optuna.
-        direction: ``minimize`` or ``maximize``.
-        pruner: ``{type: ..., **kwargs}`` as in the sweep file (None: never prune).
-    """
-
-    def __init__(
-        self,
-        storage: str,
-        study_name: str,
-        trial_id: int,
-        result_file: str,
-        monitor: str = "val/mae",
-        direction: str = "minimize",
-        pruner: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(monitor, direction)
-        self.storage = storage
-        self.study_name = study_name
-        self.trial_id = trial_id
-        self.result_file = result_file
-        self.pruner = pruner
-        self.pruned = False
-        self.pruned_epoch = -1
-        self._trial: Any = None
-
-    def _open_trial(self) -> Any:
-        if self._trial is None:
-            import optuna
-
-            from framer.tune.storage import open_storage
-            from framer.tune.sweep import make_pruner
-
-            pruner = make_pruner(self.pruner)
-            study = optuna.load_study(
-                study_name=self.study_name, storage=open_storage(self.storage, heartbeat=False), pruner=pruner
-            )
-            self._trial = optuna.trial.Trial(study, self.trial_id)
-        return self._trial
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        super().on_validation_end(trainer, pl_module)
-        value = self.current(trainer)
-        should_stop = False
-        if trainer.is_global_zero and value is not None and math.isfinite(value):
-            trial = self._open_trial()
-            trial.report(value, step=trainer.current_epoch)
-            should_stop = bool(trial.should_prune())
-        should_stop = bool(trainer.strategy.broadcast(should_stop, src=0))
-        if should_stop:
-            self.pruned, self.pruned_epoch = True, trainer.current_epoch
-            trainer.should_stop = True
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started(*run_of(trainer))
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        checkpoints = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
+        scores = [c.best_model_score for c in checkpoints if c.monitor == self.monitor]
+        self.best = float(scores[0]) if scores and scores[0] is not None else math.nan
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.exception = exception
+
+
+class TrialProgress(Callback):
+    """Rank 0 of a DDP trial appends its run and each epoch's ``monitor`` value to ``path`` (JSON lines).
+
+    Args:
+        path: The progress file (the tuner reads it while the trial runs).
+        monitor: Metric to write after each validation (non-finite values are left out).
+    """
+
+    def __init__(self, path: str, monitor: str = "val/mae") -> None:
+        self.path = path
+        self.monitor = monitor
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero:
-            self.write_result(trainer)
+            directory, run_id = run_of(trainer)
+            run = {"run_dir": str(directory.resolve()) if directory else None, "mlflow_run_id": run_id}
+            self.append({**run, "world_size": trainer.world_size})
 
-    def write_result(self, trainer: pl.Trainer) -> None:
-        from framer.cli import run_dir as cli_run_dir
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        value = monitored_value(trainer, self.monitor)
+        if trainer.sanity_checking or not trainer.is_global_zero or value is None or not math.isfinite(value):
+            return
+        self.append({"epoch": trainer.current_epoch, "value": value})
 
-        run_dir = cli_run_dir(trainer)  # not trainer.log_dir: that is a collective call, and only rank 0 is here
-        result = {
-            "best": self.best,
-            "best_epoch": self.best_epoch,
-            "last": self.last,
-            "epochs": self.epochs,
-            "pruned": self.pruned,
-            "pruned_epoch": self.pruned_epoch,
-            "run_dir": str(Path(run_dir).resolve()) if run_dir else None,
-            "world_size": trainer.world_size,
-        }
-        path = Path(self.result_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(path)
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as handle:  # one write per line; the reader takes complete lines only
+            handle.write(json.dumps(record) + "\n")
+
+
+class ProgressFile:
+    """Reads the lines :class:`TrialProgress` appends to ``path``, each complete line once."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.offset = 0
+
+    def new(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
+        self.offset += end
+        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]

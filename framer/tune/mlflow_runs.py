@@ -67,7 +67,7 @@ class StudyTracker:
             return str(run_id)
         run = self.client.create_run(self.experiment_id, run_name="study", tags={"framer.role": "study"})
         study.set_user_attr(PARENT_ATTR, run.info.run_id)
-        winner = str(optuna.load_study(study_name=study.study_name, storage=study._storage).user_attrs[PARENT_ATTR])
+        winner = str(study.user_attrs[PARENT_ATTR])  # re-read from the storage: the last worker to write wins
         if winner != run.info.run_id:  # another worker raced us: keep theirs
             self.client.delete_run(run.info.run_id)
         return winner

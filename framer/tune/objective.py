@@ -1,20 +1,23 @@
-"""Objectives: one trial = one LightningCLI config (base configs + fixed overrides + sampled values).
+"""Objectives: one trial = one LightningCLI ``fit`` (base configs + fixed overrides + sampled values), started
+through :mod:`framer.launch`.
 
-- :class:`InProcessObjective` (one device per trial): ``FramerCLI(args=[...], run=False)``, Optuna's
-  ``PyTorchLightningPruningCallback`` on the monitored metric, ``trainer.fit``; returns the best epoch's value.
+- :class:`InProcessObjective` (one device per trial): :func:`framer.launch.run_inprocess` with Optuna's
+  ``PyTorchLightningPruningCallback`` on the sweep's metric; the value is the best epoch's, as the run's
+  ``ModelCheckpoint`` (monitoring that metric) recorded it.
 - :class:`SubprocessObjective` (``--devices-per-trial N``): writes ``trials/trial_<n>.yaml`` and runs
   ``python -m framer.cli fit --config <base>... --config conf/trainer/ddp.yaml --config trial_<n>.yaml`` as Lightning
-  DDP over N devices; rank 0 reports to Optuna through :class:`framer.tune.callbacks.DDPTrialReporter`.
+  DDP over N devices (:func:`framer.launch.run_subprocess`). Rank 0 appends each epoch's value to
+  ``trials/trial_<n>.progress.jsonl``; this process reads it while the trial runs, reports to Optuna and, when the
+  pruner says so, stops the trial's processes (SIGTERM) within one poll interval. The value is the best reported one.
 
 Either way the trial's run directory is ``<study-dir>/trials/trial_<n>/version_0`` and its MLflow run is a child of
 the study's run. An invalid config or a crash fails the trial (state FAIL, message in the ``error`` user attribute)
-and the study goes on.
+and the study goes on. A trial stopped by SIGTERM (the worker was pre-empted) stops the worker with exit code 143
+and stays RUNNING, so the study's next start fails and requeues it.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import json
 import math
 import sys
@@ -25,13 +28,14 @@ from typing import Any
 import optuna
 import yaml
 
-from framer.launch import EXIT_SIGTERM, LOG_TAIL, RunSpec, Tail, bare_argv, config_path, run_subprocess
-from framer.tune.callbacks import BestMetric
+from framer.launch import EXIT_SIGTERM, LOG_TAIL, REPO, Outcome, RunSpec, run_inprocess, run_subprocess
+from framer.tune.callbacks import ProgressFile, TrialRun
 from framer.tune.mlflow_runs import RUN_ATTR, StudyTracker, artifact_root
 from framer.tune.storage import WORKER_ATTR, worker_id
 from framer.tune.sweep import Sweep, nested
 
-DDP_TRAINER_CONFIG = Path(config_path("conf/trainer/ddp.yaml"))
+DDP_TRAINER_CONFIG = REPO / "conf" / "trainer" / "ddp.yaml"  # not relative to the directory at import time
+RUN_DIR_ATTR = "run_dir"
 
 
 class TrialError(RuntimeError):
@@ -59,11 +63,15 @@ class Objective:
         self.tracker = StudyTracker(tracking_uri, sweep.name) if tracking_uri else None
 
     def plumbing(self, study: optuna.Study, number: int) -> dict[str, Any]:
-        """Overrides every trial gets: its run directory, MLflow experiment and tags."""
+        """Overrides every trial gets: its run directory, MLflow experiment and tags, no test after fit, and a best
+        checkpoint chosen by the sweep's metric."""
         values: dict[str, Any] = {
             "tracking.save_dir": str(self.trials_dir),
             "tracking.run_name": trial_name(number),
             "tracking.mlflow": self.tracker is not None,
+            "test_after_fit": False,
+            "checkpoint.monitor": self.sweep.metric,
+            "checkpoint.mode": "min" if self.sweep.direction == "minimize" else "max",
         }
         if self.tracker is not None:
             values["tracking.experiment_name"] = self.sweep.name
@@ -75,23 +83,36 @@ class Objective:
         return values
 
     def start(self, trial: optuna.Trial) -> dict[str, Any]:
-        """Sample the trial's values and record which worker runs it."""
+        """Record which worker runs the trial, then sample its values (a requeued trial has its parameters already,
+        and its predecessor's run in a copy of its user attributes, which is cleared)."""
         trial.set_user_attr(WORKER_ATTR, worker_id())
+        for stale in (RUN_DIR_ATTR, RUN_ATTR):
+            if trial.user_attrs.get(stale):
+                trial.set_user_attr(stale, None)
         self.sweep.reseed(trial)
         return self.sweep.suggest(trial)
 
-    def record_run(self, trial: optuna.Trial, run_dir: Path | None, run_id: str | None) -> None:
-        if run_dir is not None:
-            trial.set_user_attr("run_dir", str(run_dir.resolve()))
+    def record_run(self, trial: optuna.Trial, run_dir: str | Path | None, run_id: str | None) -> None:
+        if run_dir:
+            trial.set_user_attr(RUN_DIR_ATTR, str(Path(run_dir).resolve()))
         if run_id:
             trial.set_user_attr(RUN_ATTR, run_id)
+
+    def failed(self, trial: optuna.Trial, outcome: Outcome, log: Path | None = None) -> TrialError:
+        """The trial's run ended with an error: stop the worker if it was pre-empted, else fail the trial."""
+        if outcome.interrupted:  # SIGTERM (passed on to a subprocess trial): stop as a killed worker does,
+            print(f"framer.tune: trial {trial.number} stopped by SIGTERM; rerun to requeue it", file=sys.stderr)
+            raise SystemExit(EXIT_SIGTERM)  # leaving the trial RUNNING, to be requeued when the study resumes
+        trial.set_user_attr("error", outcome.message[-LOG_TAIL:])
+        where = f"; see {log}" if log is not None else ""
+        return TrialError(f"trial {trial.number}: {outcome.message.splitlines()[0]}{where}")
 
     def finished(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """Study callback: learning-curve figure and MLflow bookkeeping of the trial that just ended."""
         if self.tracker is None:
             return
         figures = {}
-        run_dir = trial.user_attrs.get("run_dir")
+        run_dir = trial.user_attrs.get(RUN_DIR_ATTR)
         curves = Path(run_dir) / "metrics.csv" if run_dir else None
         if curves is not None and curves.is_file():
             from framer import plots
@@ -109,42 +130,18 @@ class InProcessObjective(Objective):
     """Runs each trial in this process on one device (``trainer.devices=1``)."""
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from lightning.pytorch.loggers import MLFlowLogger
         from optuna_integration import PyTorchLightningPruningCallback
 
-        from framer.cli import FramerCLI, run_dir
-        from framer.tracking import find_logger
-
         values = self.start(trial)
-        overrides = {**self.sweep.overrides(values), **self.plumbing(trial.study, trial.number)}
-        overrides["trainer.devices"] = 1
-        spec = RunSpec(self.sweep.configs, overrides, subcommand=None, quiet=True)
-        cli = None
-        try:
-            stderr = Tail(sys.stderr)
-            try:
-                with contextlib.redirect_stderr(stderr), bare_argv():
-                    cli = FramerCLI(args=spec.args(), run=False)
-            except SystemExit as exit_:  # the CLI's parser reports invalid values by exiting
-                message = stderr.text.strip() or f"the CLI exited with status {exit_.code}"
-                trial.set_user_attr("error", message[-LOG_TAIL:])
-                raise TrialError(message) from None
-            trainer = cli.trainer
-            mlflow_logger = find_logger(trainer.loggers, MLFlowLogger)
-            self.record_run(trial, run_dir(trainer), mlflow_logger.run_id if mlflow_logger is not None else None)
-            best = BestMetric(self.sweep.metric, self.sweep.direction)
-            trainer.callbacks.extend([best, PyTorchLightningPruningCallback(trial, monitor=self.sweep.metric)])
-            try:
-                trainer.fit(cli.model, datamodule=cli.datamodule)
-            except optuna.TrialPruned:
-                raise
-            except Exception as err:
-                trial.set_user_attr("error", f"{type(err).__name__}: {err}"[-LOG_TAIL:])
-                raise
-            return _value(trial, best)
-        finally:
-            del cli
-            gc.collect()
+        overrides = {**self.sweep.overrides(values), **self.plumbing(trial.study, trial.number), "trainer.devices": 1}
+        run = TrialRun(self.sweep.metric, started=lambda run_dir, run_id: self.record_run(trial, run_dir, run_id))
+        pruning = PyTorchLightningPruningCallback(trial, monitor=self.sweep.metric)
+        outcome = run_inprocess(RunSpec(self.sweep.configs, overrides, quiet=True), callbacks=[run, pruning])
+        if isinstance(run.exception, optuna.TrialPruned):
+            raise run.exception
+        if not outcome.ok:
+            raise self.failed(trial, outcome)
+        return _value(trial, run.best, self.sweep.metric)
 
 
 class SubprocessObjective(Objective):
@@ -152,7 +149,6 @@ class SubprocessObjective(Objective):
 
     Args:
         devices: Devices (processes) per trial.
-        storage_spec: The study's storage, reopened by rank 0 of the trial (see ``storage_spec``).
         ddp_config: Trainer config added after the base configs (default ``conf/trainer/ddp.yaml`` if present).
         python: Interpreter for the subprocess.
         timeout: Seconds after which a trial's processes are killed and the trial fails (None: no limit).
@@ -164,7 +160,6 @@ class SubprocessObjective(Objective):
         study_dir: Path,
         tracking_uri: str | None,
         devices: int,
-        storage_spec: str,
         ddp_config: Path | None = None,
         python: str = sys.executable,
         timeout: float | None = None,
@@ -172,27 +167,18 @@ class SubprocessObjective(Objective):
         super().__init__(sweep, study_dir, tracking_uri)
         self.devices = devices
         self.timeout = timeout
-        self.storage_spec = storage_spec
         self.ddp_config = ddp_config if ddp_config is not None else DDP_TRAINER_CONFIG
         self.python = python
 
-    def spec(self, trial: optuna.Trial, trial_yaml: Path, result_file: Path) -> RunSpec:
-        """The trial's ``fit``: base configs, the DDP trainer config, the trial's values, rank 0's reporter."""
-        reporter = {
-            "class_path": "framer.tune.callbacks.DDPTrialReporter",
-            "init_args": {
-                "storage": self.storage_spec,
-                "study_name": trial.study.study_name,
-                "trial_id": trial._trial_id,
-                "result_file": str(result_file.resolve()),
-                "monitor": self.sweep.metric,
-                "direction": self.sweep.direction,
-                "pruner": self.sweep.pruner,
-            },
+    def spec(self, trial: optuna.Trial, trial_yaml: Path, progress: Path) -> RunSpec:
+        """The trial's ``fit``: base configs, the DDP trainer config, the trial's values, rank 0's progress file."""
+        writer = {
+            "class_path": "framer.tune.callbacks.TrialProgress",
+            "init_args": {"path": str(progress.resolve()), "monitor": self.sweep.metric},
         }
         overrides = self.plumbing(trial.study, trial.number)
-        overrides.update({"trainer.devices": self.devices, "trainer.strategy": "ddp", "test_after_fit": False})
-        overrides["trainer.callbacks+"] = json.dumps(reporter)  # appended to the configs' callbacks
+        overrides.update({"trainer.devices": self.devices, "trainer.strategy": "ddp"})
+        overrides["trainer.callbacks+"] = json.dumps(writer)  # appended to the configs' callbacks
         ddp = [str(self.ddp_config)] if self.ddp_config.is_file() else []
         return RunSpec([*self.sweep.configs, *ddp, str(trial_yaml)], overrides, quiet=True)
 
@@ -201,39 +187,59 @@ class SubprocessObjective(Objective):
         name = trial_name(trial.number)
         self.trials_dir.mkdir(parents=True, exist_ok=True)
         trial_yaml = self.trials_dir / f"{name}.yaml"
-        result_file = self.trials_dir / f"{name}.result.json"
+        progress = self.trials_dir / f"{name}.progress.jsonl"
         log_file = self.trials_dir / f"{name}.log"
         header = f"# {self.sweep.name} trial {trial.number}: {json.dumps(values)}\n"
         trial_yaml.write_text(header + yaml.safe_dump(nested(self.sweep.overrides(values)), sort_keys=False))
-        result_file.unlink(missing_ok=True)
+        progress.unlink(missing_ok=True)
         log_file.unlink(missing_ok=True)
-        spec = self.spec(trial, trial_yaml, result_file)
-        outcome = run_subprocess(spec, log_file, timeout=self.timeout, python=self.python)
-        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
-        run_dir = Path(result["run_dir"]) if result.get("run_dir") else None
-        info_file = run_dir / "run.json" if run_dir is not None else None
-        run_info = json.loads(info_file.read_text()) if info_file is not None and info_file.is_file() else {}
-        self.record_run(trial, run_dir, run_info.get("mlflow_run_id"))
-        if outcome.interrupted:  # this worker got SIGTERM (passed on to the trial): stop as a killed worker does,
-            raise SystemExit(EXIT_SIGTERM)  # leaving the trial RUNNING, to be requeued when the study resumes
-        if not outcome.ok or not result:
-            trial.set_user_attr("error", outcome.message[-LOG_TAIL:] or log_file.read_text()[-LOG_TAIL:])
-            raise TrialError(f"trial {trial.number}: framer.cli exited with {outcome.code}; see {log_file}")
-        if result.get("pruned"):
-            raise optuna.TrialPruned(f"pruned at epoch {result.get('pruned_epoch')}")
-        best = BestMetric(self.sweep.metric, self.sweep.direction)
-        best.best, best.best_epoch, best.epochs = float(result["best"]), result["best_epoch"], result["epochs"]
-        return _value(trial, best)
+        reporter = Reporter(self, trial, progress)
+        spec = self.spec(trial, trial_yaml, progress)
+        outcome = run_subprocess(spec, log_file, timeout=self.timeout, python=self.python, poll=reporter.poll)
+        reporter.poll()  # the lines written after the last poll
+        if reporter.pruned_at is not None:
+            raise optuna.TrialPruned(f"pruned at epoch {reporter.pruned_at}; its processes were stopped")
+        if not outcome.ok:
+            raise self.failed(trial, outcome, log_file)
+        return _value(trial, reporter.best(), self.sweep.metric)
 
 
-def _value(trial: optuna.Trial, best: BestMetric) -> float:
-    if not math.isfinite(best.best):
-        message = f"no finite {best.monitor} was logged"
+class Reporter:
+    """The driver's side of a DDP trial: reads rank 0's progress file while the trial runs, records its run,
+    reports each epoch to Optuna and asks the pruner (:meth:`poll`, the launcher's poll hook)."""
+
+    def __init__(self, objective: Objective, trial: optuna.Trial, progress: Path) -> None:
+        self.objective, self.trial = objective, trial
+        self.file = ProgressFile(progress)
+        self.values: dict[int, float] = {}
+        self.pruned_at: int | None = None
+
+    def poll(self) -> bool:
+        """Take the new lines; True once the trial should stop (pruned)."""
+        for record in self.file.new():
+            if self.pruned_at is not None:
+                break
+            if "run_dir" in record:
+                self.objective.record_run(self.trial, record["run_dir"], record.get("mlflow_run_id"))
+                continue
+            epoch, value = int(record["epoch"]), float(record["value"])
+            self.values[epoch] = value
+            self.trial.report(value, step=epoch)
+            if self.trial.should_prune():
+                self.pruned_at = epoch
+        return self.pruned_at is not None
+
+    def best(self) -> float:
+        pick = min if self.objective.sweep.direction == "minimize" else max
+        return pick(self.values.values(), default=math.nan)
+
+
+def _value(trial: optuna.Trial, best: float, metric: str) -> float:
+    if not math.isfinite(best):
+        message = f"no finite {metric} was logged"
         trial.set_user_attr("error", message)
         raise TrialError(message)
-    trial.set_user_attr("best_epoch", best.best_epoch)
-    trial.set_user_attr("epochs", best.epochs)
-    return best.best
+    return best
 
 
 def overrides_of(sweep: Sweep, params: Mapping[str, Any]) -> dict[str, Any]:

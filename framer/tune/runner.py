@@ -13,39 +13,41 @@ from collections.abc import Container
 from pathlib import Path
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from framer.atomic import atomic_write_text
-from framer.tune.configs import resolved_config
+from framer.launch import resolved_config
 from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective, overrides_of
-from framer.tune.storage import INTERRUPTED_ATTR, RETRY_ATTR, open_storage, recover_dead_trials, storage_spec
+from framer.tune.storage import open_storage, recover_dead_trials, retry_of, storage_spec
 from framer.tune.sweep import Sweep
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 
 
-class TrialBudget(MaxTrialsCallback):
-    """``MaxTrialsCallback`` over every worker of the study: stops once ``n_trials`` trials are finished or running.
+class TrialBudget:
+    """Optuna's ``MaxTrialsCallback`` over every worker of the study: stops once ``n_trials`` trials are finished
+    or running. A trial failed because its worker died does not count once it is requeued (its repeat does).
 
-    Trials failed because their worker died do not count (``interrupted``, or repeated by a ``retry_of`` trial):
-    their parameters are queued again.
+    Args:
+        n_trials: The study's budget.
+        states: Trial states that count (None: all).
     """
 
     def __init__(self, n_trials: int, states: Container[TrialState] | None = COUNTED) -> None:
-        super().__init__(n_trials, states=states)
+        self.n_trials = n_trials
+        self.states = states
 
     def used(self, study: optuna.Study) -> int:
         every = study.get_trials(deepcopy=False)
-        retried = {t.user_attrs[RETRY_ATTR] for t in every if RETRY_ATTR in t.user_attrs}
-        counted = [t for t in every if self._states is None or t.state in self._states]
-        return sum(1 for t in counted if not t.user_attrs.get(INTERRUPTED_ATTR) and t.number not in retried)
+        retried = {retry_of(t) for t in every} - {None}
+        counted = [t for t in every if self.states is None or t.state in self.states]
+        return sum(1 for t in counted if t.number not in retried)
 
     def remaining(self, study: optuna.Study) -> int:
-        return max(self._n_trials - self.used(study), 0)
+        return max(self.n_trials - self.used(study), 0)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if self.used(study) >= self._n_trials:
+        if self.used(study) >= self.n_trials:
             study.stop()
 
 
@@ -99,7 +101,7 @@ def tune(
         uri = resolve_tracking_uri(tracking_uri)
     objective: Objective
     if devices_per_trial > 1:
-        objective = SubprocessObjective(sweep, directory, uri, devices_per_trial, spec, timeout=trial_timeout)
+        objective = SubprocessObjective(sweep, directory, uri, devices_per_trial, timeout=trial_timeout)
     else:
         objective = InProcessObjective(sweep, directory, uri)
     if objective.tracker is not None:  # the MLflow runs of trials whose worker died are FAILED, not RUNNING forever

@@ -10,30 +10,31 @@
   ``postgresql://`` to psycopg 3, which is not installed, so it is rewritten to ``postgresql+psycopg2://``.
 
 RDB storages record heartbeats, so a trial whose worker died is failed by the next worker and its parameters are
-queued again. Journal storages get the same recovery for workers on this machine (their pid is recorded), and a
-journal line cut short by a killed worker is dropped when the journal is next opened (otherwise the next append
-would glue onto it and make the whole study unreadable).
+queued again (Optuna's ``RetryHeartbeatStaleTrialCallback``). Journal storages get the same recovery for workers on
+this machine (their pid is recorded), and a journal line cut short by a killed worker is dropped when the journal is
+next opened (otherwise the next append would glue onto it and make the whole study unreadable). A requeued trial
+names the trial it repeats in Optuna's own system attributes (:func:`retry_of`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 HEARTBEAT_INTERVAL = 30  # s
 GRACE_PERIOD = 120  # s without a heartbeat before a RUNNING trial counts as dead
 WORKER_ATTR = "worker"  # "<host>:<pid>" of the process that runs a trial
-INTERRUPTED_ATTR = "interrupted"  # set on trials failed because their worker died (not counted in the budget)
-RETRY_ATTR = "retry_of"  # on a requeued trial: the number of the interrupted trial it repeats
 
 
 def storage_url(url: str) -> str:
@@ -45,7 +46,7 @@ def storage_url(url: str) -> str:
 
 
 def storage_spec(url: str | None, study_dir: str | Path) -> str:
-    """A string that reopens the same storage in another process (a worker or a DDP trial's rank 0)."""
+    """A string that reopens the same storage in another process (another worker)."""
     if not url:
         return f"journal:{(Path(study_dir) / 'journal.log').resolve()}"
     if url.startswith("journal:"):
@@ -75,7 +76,7 @@ def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStora
         kwargs = {
             "heartbeat_interval": HEARTBEAT_INTERVAL,
             "grace_period": GRACE_PERIOD,
-            "failed_trial_callback": retry_interrupted,
+            "heartbeat_stale_trial_callback": requeue,
         }
     engine = {"pool_pre_ping": True} if spec.startswith("postgresql") else None
     from sqlalchemy.exc import SQLAlchemyError
@@ -140,33 +141,57 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def retry_interrupted(study: optuna.Study, trial: FrozenTrial) -> None:
-    """Queue the parameters of a trial whose worker died again (the new trial's ``retry_of`` names it)."""
-    if trial.params:
-        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+@contextlib.contextmanager
+def _experimental_ok() -> Iterator[None]:
+    """Optuna's retry and heartbeat helpers are marked experimental and warn on every use."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Queue the parameters of a trial whose worker died again (a WAITING copy that names it: :func:`retry_of`)."""
+    with _experimental_ok():
+        RetryHeartbeatStaleTrialCallback()(study, trial)
+
+
+def retry_of(trial: FrozenTrial) -> int | None:
+    """The number of the trial that ``trial`` repeats (its worker died), or None."""
+    with _experimental_ok():
+        history = RetryHeartbeatStaleTrialCallback.retry_history(trial)
+    return history[-1] if history else None
 
 
 def recover_dead_trials(study: optuna.Study) -> list[int]:
     """Fail RUNNING trials whose worker on this host has exited; requeue their parameters. Returns their numbers.
 
-    Trials run by other hosts are left alone (RDB storages handle those by heartbeat).
+    Trials run by other hosts are left alone (RDB storages handle those by heartbeat). Of several workers recovering
+    at once, only the one whose ``tell`` fails the trial requeues it.
     """
     host = socket.gethostname()
+    trials = study.get_trials(deepcopy=False)
     recovered = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
-        name, _, pid = worker.rpartition(":")
-        if name != host or not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        try:
-            study._storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
-            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        retry_interrupted(study, trial)
-        recovered.append(trial.number)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    # a dead trial teaches the sampler nothing (and a GridSampler told its last point calls study.stop(), which
+    # raises outside optimize)
+    sampler, study.sampler = study.sampler, optuna.samplers.RandomSampler()
+    try:
+        for trial in trials:
+            worker = str(trial.user_attrs.get(WORKER_ATTR, ""))
+            name, _, pid = worker.rpartition(":")
+            if trial.state != TrialState.RUNNING or name != host or not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            repeats = retry_of(trial)
+            if repeats is not None and trials[repeats].user_attrs.get(WORKER_ATTR) == worker:
+                continue  # a requeued trial just taken by a worker that has not written its own id over the copy yet
+            try:  # without skip_if_finished: a trial finished meanwhile (another worker failed it) raises
+                failed = study.tell(trial.number, state=TrialState.FAIL)
+            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+                continue
+            requeue(study, failed)
+            recovered.append(trial.number)
+    finally:
+        study.sampler = sampler
+    with _experimental_ok():
         optuna.storages.fail_stale_trials(study)  # RDB storages: trials without a recent heartbeat (any host)
     return recovered
 

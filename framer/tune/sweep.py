@@ -23,7 +23,6 @@ starting with a letter, digit or ``_`` (no path separators, so a sweep file cann
 
 from __future__ import annotations
 
-import itertools
 import math
 import re
 from collections.abc import Mapping
@@ -34,7 +33,7 @@ from typing import Any
 import optuna
 import yaml
 
-from framer.tune.configs import resolve_path
+from framer.launch import config_path
 
 DIST_TYPES = ("float", "int", "categorical")
 SAMPLERS = {
@@ -137,7 +136,7 @@ class Sweep:
             raise SweepError(f"{where}: pruner type must be one of {sorted(PRUNERS)}")
         sweep = cls(
             name=str(raw.get("study") or default_name),
-            configs=[resolve_path(str(c)) for c in configs],
+            configs=[config_path(str(c)) for c in configs],
             params=params,
             fixed=dict(raw.get("fixed") or {}),
             metric=str(raw.get("metric", "val/mae")),
@@ -271,8 +270,3 @@ def nested(values: Mapping[str, Any]) -> dict[str, Any]:
                 raise SweepError(f"config path {path!r} conflicts with another override")
         node[parts[-1]] = value
     return out
-
-
-def all_combinations(grid: Mapping[str, list[Any]]) -> list[dict[str, Any]]:
-    keys = list(grid)
-    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]

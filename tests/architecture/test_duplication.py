@@ -17,9 +17,7 @@ PACKAGE = REPO / "framer"
 WINDOW = 6
 MIN_CHARS = 60
 
-KNOWN = {
-    ("framer/data/datamodules.py", "framer/data/datamodules.py"): "step 14 (MP/JARVIS DataModules through **kwargs)",
-}
+KNOWN = {}
 
 
 def normalised_lines(path: Path) -> list[tuple[int, str]]:

@@ -42,7 +42,6 @@ LAYERS = {
     "framer.plots": CORE,
     "framer.predictor": CORE,
     "framer.tracking": CORE,
-    "framer.bench": FACES,
     "framer.cli": FACES,
     "framer.data.__main__": FACES,
     "framer.demo": FACES,
@@ -81,15 +80,11 @@ KNOWN_UPWARD = {
 KNOWN_FACE_EDGES = {
     ("framer.demo", "framer.cli"): "step 13 (demo through the launcher)",
     ("framer.matbench.__main__", "framer.report"): "step 7 (run status from rundir)",
-    ("framer.tune.callbacks", "framer.cli"): "step 12 (run_dir from tracking)",
-    ("framer.tune.objective", "framer.cli"): "step 12 (trials through the launcher)",
 }
 KNOWN_CYCLES = {
     ("framer.plots", "framer.report"): "step 7",
 }
 KNOWN_FACADE_IMPORTS = {  # submodules importing the package facade framer/__init__.py itself
-    "framer.bench.runner": "step 16 (benchmark moves out of the package)",
-    "framer.bench.worker": "step 16",
     "framer.cli": "step 13 (__version__ from importlib.metadata)",
 }
 

@@ -159,16 +159,6 @@ def test_limit_counts_what_the_model_keeps() -> None:
     assert counter.pairs == [images, images]
 
 
-def test_reference_batch_without_pymatgen_is_the_benchmarks() -> None:
-    from bench.gpu_check import crystals
-    from framer.bench.batches import reference_structures
-    from framer.data.batch import collate_structures
-
-    ours, theirs = crystals.reference_batch(), collate_structures(reference_structures())
-    for field in ("pos", "lattice", "atomic_numbers", "sizes", "image_box"):
-        assert torch.equal(getattr(ours, field), getattr(theirs, field)), field
-
-
 def test_bad_arguments_are_one_line_errors(capsys) -> None:
     from bench.gpu_check.__main__ import main
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from framer.bench import batches, report, runner, targets
-from framer.bench.__main__ import main, override, preset_name
+from bench.speed import batches, report, runner, targets
+from bench.speed.__main__ import main, override, preset_name
+from framer.provenance import git_commit
 
 TINY = {
     "num_layers": 1,
@@ -88,7 +91,12 @@ def test_results_have_every_expected_key(quick_run) -> None:
 
 def test_markdown_has_a_row_per_preset_and_the_targets(quick_run) -> None:
     results, md, _ = quick_run
-    for heading in ("## Targets (issue 6)", "## Presets", "## Interleaved training steps", "## Scaling sweep"):
+    for heading in (
+        "## Targets (bench/speed/targets.yaml)",
+        "## Presets",
+        "## Interleaved training steps",
+        "## Scaling sweep",
+    ):
         assert heading in md
     presets_table = md.split("## Presets")[1].split("##")[0]
     for preset in PRESETS:
@@ -200,9 +208,15 @@ def test_targets_compute_ratios_from_given_numbers() -> None:
     light = rows["crystalframer-lightweight_step_over_crystalformer"]
     assert light["value"] == pytest.approx(1.1) and light["met"] and light["value_cpu"] == pytest.approx(1.0)
     v1 = rows["crystalframer_throughput_over_v1"]
-    assert v1["op"] == ">=" and v1["value"] == pytest.approx(4.0) and v1["ratio"] == pytest.approx(2.0) and v1["met"]
+    assert (
+        v1["comparison"] == ">="
+        and v1["value"] == pytest.approx(4.0)
+        and v1["ratio"] == pytest.approx(2.0)
+        and v1["met"]
+    )
     assert v1["value_cpu"] == pytest.approx(2.0) and v1["met_cpu"]
     assert rows["crystalformer_outputs_vs_v1"]["value"] is None  # v1 has no recorded crystalformer outputs
+    assert rows["crystalframer_outputs_vs_v1"]["figure"] == "crystalframer outputs vs v1 (max rel. diff)"  # the rev
     paired = rows["crystalframer_step_over_crystalformer_paired"]  # per-round ratios 1.4, 1.6, 2.0: median 1.6
     assert paired["value"] == pytest.approx(1.6) and not paired["met"] and "1.40-2.00" in paired["note"]
     assert paired["value_cpu"] == pytest.approx(1.4) and paired["met_cpu"]
@@ -226,26 +240,47 @@ def test_memory_exponent_detects_superlinear_growth() -> None:
         {"atoms": n, "atoms2_box_images": n * n, "stages": {"train": {"wall_s": 1.0, "peak_mib": (n * n) ** 1.5}}}
         for n in (128, 256, 512)
     ]
-    assert targets.memory_exponent(points) == pytest.approx(1.5)
-    assert targets.memory_exponent(points[:1]) is None
+    assert targets.memory_exponent(points, min_atoms=128) == pytest.approx(1.5)
+    assert targets.memory_exponent(points[:1], min_atoms=128) is None
+
+
+def _worktrees() -> str:
+    return subprocess.run(
+        ["git", "-C", str(runner.CURRENT_ROOT), "worktree", "list"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def test_against_head_measures_a_worktree(tmp_path) -> None:
-    """--against HEAD: the worker imports framer from a temporary worktree, which is removed afterwards."""
+    """--against HEAD on a tiny plan: the worker imports framer from a temporary worktree, removed afterwards."""
     plan = runner.Plan.quick_plan(
         overrides=TINY, warmup=0, repeats=1, batch1_repeats=1, ref_crystals=1, against="HEAD",
-        against_presets=["crystalformer"], timeout=120,
+        against_presets=["crystalformer"], presets=[], cases=[], paired=False, sweep=False, timeout=120,
     )  # fmt: skip
-    before = runner._git("worktree", "list")
-    measurer = runner.Measurer(plan, tmp_path, log=lambda line: None)
-    section = runner.against(plan, measurer, log=lambda line: None)
-    assert section["commit"] == runner._git("rev-parse", "HEAD") and "error" not in section
+    before = _worktrees()
+    results = runner.run(plan, log=lambda line: None)
+    section = results["against"]
+    assert section["commit"] == git_commit()["commit"] and "error" not in section
     result = section["presets"]["crystalformer"]["ref"]
     assert result["ok"], result
     root = Path(result["framer_root"])
     assert root != runner.CURRENT_ROOT and "framer-bench-worktree-" in str(root) and not root.exists()
     assert set(result["stages"]) == {"infer_b1", "infer", "train"}
-    assert runner._git("worktree", "list") == before
+    assert _worktrees() == before
+
+
+def test_a_measured_checkout_with_its_own_bench_package_runs_this_harness(tmp_path) -> None:
+    """Another checkout's framer is measured even when that checkout has a ``bench`` package without ``speed``
+    (as every revision before the benchmark moved does): the worker must not import ``bench`` from there."""
+    other = tmp_path / "other-checkout"
+    shutil.copytree(runner.CURRENT_ROOT / "framer", other / "framer", ignore=shutil.ignore_patterns("__pycache__"))
+    (other / "bench").mkdir()
+    (other / "bench" / "__init__.py").write_text("")
+    plan = runner.Plan.quick_plan(overrides=TINY, warmup=0, repeats=1, timeout=120)
+    measurer = runner.Measurer(plan, tmp_path, log=lambda line: None)
+    stages = runner.sweep_stages(plan)
+    result = measurer.run({"preset": "crystalformer", "stages": stages}, [batches.sweep_structure(2)], root=other)
+    assert result["ok"], result
+    assert Path(result["framer_root"]) == other.resolve()
 
 
 def test_median_round_keeps_a_whole_round() -> None:

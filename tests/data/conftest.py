@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from framer.data.testing import (
+from tests.data.fakes import (
     corrupt_entry,
     fake_dft3d_entries,
     fake_megnet_entries,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -20,7 +21,7 @@ from framer.data.cache import (
     write_cache,
 )
 from framer.data.ewald import generate_records
-from framer.data.testing import assert_records_equal, fake_megnet_entries, write_jarvis_zip
+from tests.data.fakes import assert_records_equal, fake_megnet_entries, write_jarvis_zip
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +208,66 @@ def test_caches_of_format_2_are_rebuilt_since_records_are_stored_in_their_reduce
         again.setup()
     assert again.cache_status == "stale" and f"format version 2 != {cache.FORMAT_VERSION}" in caplog.text
     assert read_cache(again.cache_path()).header["format_version"] == cache.FORMAT_VERSION
+
+
+# --------------------------------------------------------------------------------------------- compatibility pin
+
+#: Computed by the code of main at cfe6299, before the DataModules' arguments were deduplicated (issue 16).
+PINNED = {
+    "key": "8db9c5b3030b0ec10e520bba11f831b6c2617886a5051b31f5bc96a48a2faf90",
+    "file_sha256": "801a86937891249001885eebc3e5ff46e29d72721b1033d0157f58d0dfd90171",
+    "mp": ("aba147806226c6bf7bcbc844ae03c4766a28609ddb4896daf099aae81a54ac1c", "processed/megnet/e_form.cache"),
+    "mp_split": (
+        "ea311add94b5dfba93b9d011bf5170b8c343e8347856366002d24e09f695ca07",
+        "processed/megnet/gap-split-f02c6daca6.cache",
+    ),
+    "jarvis": (
+        "eba137401d33bc94da5aec1d9b8372663a9cab50e3cb0d9b2f53b855ed6ff121",
+        "processed/dft_3d_2021/mbj_bandgap.cache",
+    ),
+    "ewald": (
+        "20554453ecb7067ffc43b132c5c8914221be12efb6108dbbdd24fda9cf9d0af9",
+        "processed/ewald/ewald_energy-n12-seed3-max8-split5.cache",
+    ),
+    "custom": "e9ea16aceac2a2b2d8a84527bd892d53feca781049aab6115bac7fea64774492",
+}
+FAKE_RAW = {"raw": {"megnet.json.zip": "0" * 64}}
+
+
+def test_cache_keys_names_and_bytes_are_those_of_earlier_versions(tmp_path):
+    """A regression pin, not a result worked out by hand: the constants in ``PINNED`` are what earlier code computed.
+
+    A change to ``cache_key``, ``_cache_parts``, the cache file names or the header serialisation would rebuild every
+    user's caches (minutes for MEGNet) and break ``hit-without-raw`` for users who deleted their raw files. If the
+    format must change, bump ``FORMAT_VERSION`` and recompute the constants deliberately.
+    """
+    from framer.data import CustomDataModule, EwaldDataModule, JarvisDataModule
+
+    assert (
+        cache_key(dataset="megnet", target="e_form", split={"counts": [60000, 5000, None], "seed": 123}, x=1.5)
+        == (PINNED["key"])
+    )
+    arrays = {
+        "lattice": np.eye(3)[None] * 4.25,
+        "offsets": np.array([0, 2], dtype=np.int64),
+        "ids": np.array(["mp-1"], dtype="<U4"),
+    }
+    meta = {"key_parts": {"raw": None, "max_atoms": 1000, "ratio": 0.1, "name": "ä"}, "sizes": [1, 0, 0]}
+    write_cache(tmp_path / "pin.cache", "k" * 64, arrays, meta)
+    assert hashlib.sha256((tmp_path / "pin.cache").read_bytes()).hexdigest() == PINNED["file_sha256"]
+
+    data = tmp_path / "data"
+    modules = {
+        "mp": MPDataModule(data_dir=str(data)),
+        "mp_split": MPDataModule("gap", n_train=None, split_seed=7, max_atoms=500, data_dir=str(data)),
+        "jarvis": JarvisDataModule("mbj_bandgap", data_dir=str(data)),
+        "ewald": EwaldDataModule(num_crystals=12, seed=3, max_atoms=8, split_seed=5, data_dir=str(data)),
+    }
+    for name, dm in modules.items():
+        key = cache_key(**{**dm._cache_parts(with_raw=False), **FAKE_RAW})
+        assert (key, dm.cache_path().relative_to(data).as_posix()) == PINNED[name], name
+    folder = tmp_path / "crystals"
+    folder.mkdir()
+    custom = CustomDataModule(str(folder), "half_a", split_seed=5, max_file_mb=2.0, data_dir=str(data))
+    parts = {**custom._cache_parts(with_raw=False), "root": "crystals"}  # the absolute root differs per machine
+    assert cache_key(**parts, **FAKE_RAW) == PINNED["custom"]

@@ -17,10 +17,10 @@ from framer.data import CustomDataModule, InvalidStructureError, MPDataModule, r
 from framer.data.cells import closest_pair_distance, shortest_lattice_vector
 from framer.data.ewald import generate_structures
 from framer.data.structures import DEFAULT_MAX_ATOMS, DEFAULT_MAX_FILE_MB, make_record
-from framer.data.testing import fake_megnet_entries, jarvis_atoms_dict, write_jarvis_zip
 from framer.geometry import interplanar_spacings
 from framer.models import CrystalFramer
 from framer.testing import predict
+from tests.data.fakes import fake_megnet_entries, jarvis_atoms_dict, write_jarvis_zip
 
 # ---------------------------------------------------------------------------------------------- exact distances
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from framer.data import CrystalBatch, DataError, DataNotFoundError, JarvisDataModule, MPDataModule
+import framer.data
+from framer.data import CrystalBatch, CrystalDataModule, DataError, DataNotFoundError, JarvisDataModule, MPDataModule
 from framer.data.sources import load_jarvis_dataset
 from framer.data.splits import PaperSplit, id_fingerprint, paper_split, split_fingerprint
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_mp_filters_before_splitting_and_skips_malformed_records(megnet_raw, megnet_layout, small_mp_kwargs):
@@ -163,19 +171,78 @@ def test_moduli_come_from_the_pickles_in_their_split(bulk_raw):
     assert all(math.isfinite(r.target) for r in dm.train_dataset)
 
 
-def test_datamodule_init_args_are_typed_and_documented_for_lightningcli():
-    import inspect
+DATAMODULES = ("MPDataModule", "JarvisDataModule", "CustomDataModule", "EwaldDataModule")
+CONFIGS_BEFORE = Path(__file__).parent / "configs_before_dedupe"
 
-    from framer.data import CustomDataModule, EwaldDataModule
 
-    for cls in (MPDataModule, JarvisDataModule, CustomDataModule, EwaldDataModule):
-        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-        assert {"target", "batch_size", "test_batch_size", "num_workers", "data_dir", "rebuild_cache"} <= {
-            p.name for p in params
-        }
-        for p in params:
-            assert p.annotation is not inspect.Parameter.empty, f"{cls.__name__}.{p.name}"
-            assert f"{p.name}:" in cls.__doc__, f"{cls.__name__} docstring lacks {p.name}"
+def init_arguments(cls: type) -> dict[str, inspect.Parameter]:
+    """The named parameters of every ``__init__`` from ``cls`` up to :class:`CrystalDataModule` (no ``**kwargs``)."""
+    chain = cls.__mro__[: cls.__mro__.index(CrystalDataModule) + 1]
+    return {
+        name: p
+        for klass in reversed(chain)
+        for name, p in list(inspect.signature(klass.__init__).parameters.items())[1:]
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+
+
+def data_help(capsys, name: str) -> dict[str, str]:
+    """``--data.<argument>`` -> its help, as ``python -m framer.cli fit --data.help framer.data.<name>`` prints it."""
+    from framer.cli import FramerCLI
+
+    with pytest.raises(SystemExit) as exit_info:
+        FramerCLI(args=["fit", "--data.help", f"framer.data.{name}"])
+    assert exit_info.value.code in (0, None)
+    text = capsys.readouterr().out.split(f"Help for --data.help=framer.data.{name}")[1]
+    blocks = re.findall(r"^  --data\.(\w+)(.*?)(?=^  --|\Z)", text, flags=re.MULTILINE | re.DOTALL)
+    return {option: " ".join(rest.split()) for option, rest in blocks}
+
+
+def test_every_datamodule_argument_is_typed_and_documented_once_for_the_command_line(capsys, monkeypatch):
+    """``--data.help`` lists every argument a DataModule takes, with its type and help; the shared ones carry the
+    text of :class:`CrystalDataModule`'s docstring, the one place they are documented."""
+    monkeypatch.setattr(sys, "argv", ["framer"])  # LightningCLI warns when pytest's arguments are there too
+    shared = {name: None for name in init_arguments(CrystalDataModule)}
+    assert {"target", "batch_size", "test_batch_size", "num_workers", "data_dir", "build_workers"} <= set(shared)
+    for name in DATAMODULES:
+        cls = getattr(framer.data, name)
+        arguments = init_arguments(cls)
+        for argument, parameter in arguments.items():
+            assert parameter.annotation is not inspect.Parameter.empty, f"{name}.{argument}"
+        helps = data_help(capsys, name)
+        assert set(helps) == set(arguments), name
+        for argument, text in helps.items():
+            described = text.split("(type:")[0]  # the metavar ({choices} or NAME), then the help
+            assert len(re.sub(r"^(\{[^}]*\}|[A-Z_]+)", "", described).strip()) > 10, f"{name} --data.{argument}"
+            assert "(type: Any" not in text, f"{name} --data.{argument}"
+            if argument in shared and argument != "target":
+                shared[argument] = shared[argument] or described
+                assert described == shared[argument], f"{name} documents {argument} differently"
+    assert "kept alive across epochs" in shared["num_workers"]  # the words of CrystalDataModule's docstring
+
+
+@pytest.mark.parametrize("name", ["mp", "jarvis", "custom", "ewald"])
+def test_run_configs_written_before_the_arguments_were_shared_still_load(name, tmp_path, monkeypatch, capsys):
+    """Fixtures written by framer at cfe6299 (``mp.yaml`` a whole run's config.yaml, the others its data block):
+    ``--print_config`` reads back the same data settings, and a DataModule built from them records each value."""
+    from framer.cli import FramerCLI
+
+    monkeypatch.setattr(sys, "argv", ["framer"])
+    fixture = CONFIGS_BEFORE / f"{name}.yaml"
+    written = yaml.safe_load(fixture.read_text())["data"]
+    configs = [fixture] if name == "mp" else [REPO / "conf" / "default.yaml", fixture]
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        FramerCLI(args=["fit", *(arg for path in configs for arg in ("--config", str(path))), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out)["data"] == written
+    (tmp_path / "custom_crystals").mkdir()
+    cls = getattr(framer.data, written["class_path"].rpartition(".")[2])
+    assert dict(cls(**written["init_args"]).hparams) == written["init_args"]
+
+
+def test_extra_positional_arguments_are_refused_rather_than_taken_for_another_setting():
+    with pytest.raises(TypeError, match="positional"):
+        MPDataModule("gap", 64)  # batch_size is keyword-only: 64 is not taken for n_train
 
 
 def test_paper_split_verification_checks_positions_and_raw_indices(dft3d_raw, monkeypatch, caplog):

@@ -26,8 +26,8 @@ from framer.data import (
 from framer.data.cache import concatenate_columns, records_to_arrays
 from framer.data.cells import image_count
 from framer.data.sources import load_jarvis_dataset
-from framer.data.testing import corrupt_entry, fake_dft3d_entries, fake_megnet_entries, write_jarvis_zip
 from framer.geometry import image_box
+from tests.data.fakes import corrupt_entry, fake_dft3d_entries, fake_megnet_entries, write_jarvis_zip
 
 LINUX = sys.platform.startswith("linux")
 REPO = Path(__file__).resolve().parents[2]
@@ -233,7 +233,7 @@ def test_benchmark_raw_files_are_in_the_published_layout_and_build(dataset, data
     with zipfile.ZipFile(data_dir / "raw" / Path(raw["path"]).name) as zf:
         assert raw["json_bytes"] == len(zf.read(zf.namelist()[0]))
     sizes = [len(e["atoms"]["elements"]) for e in entries]
-    assert raw["atoms"]["total"] == sum(sizes) and raw["atoms"]["max"] <= tool.SIZE_MODELS[dataset][2]
+    assert raw["atoms"]["total"] == sum(sizes) and raw["atoms"]["max"] <= tool.SIZE_MODELS[dataset].max_atoms
     assert {True, False} == {e["atoms"]["cartesian"] for e in entries}
     dm = tool.datamodule(dataset, str(data_dir), build_workers=0)
     dm.prepare_data()
@@ -255,7 +255,7 @@ def test_ddp_fit_builds_in_worker_processes_on_rank_zero_and_feeds_persistent_lo
         "PYTHONPATH": str(REPO),
     }
     conf = REPO / "conf"
-    configs = [conf / "default.yaml", conf / "data" / "mp_e_form.yaml", conf / "debug" / "tiny_model.yaml"]
+    configs = [conf / "default.yaml", conf / "data" / "mp.yaml", conf / "debug" / "tiny_model.yaml"]
     args = [arg for path in [*configs, conf / "trainer" / "ddp.yaml"] for arg in ("--config", str(path))]
     args += ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.max_epochs=1"]
     args += ["--trainer.enable_progress_bar=false", "--model.init_args.swa_epochs=1", "--tracking.run_name=ddp"]

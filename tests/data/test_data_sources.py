@@ -22,7 +22,7 @@ from framer.data.sources import (
     target_spec,
 )
 from framer.data.structures import InvalidStructureError, record_from_jarvis_atoms, record_from_structure
-from framer.data.testing import fake_dft3d_entries, fake_megnet_entries, write_jarvis_zip, write_moduli_pickles
+from tests.data.fakes import fake_dft3d_entries, fake_megnet_entries, write_jarvis_zip, write_moduli_pickles
 
 
 def test_data_root_resolution(tmp_path, monkeypatch):
@@ -186,7 +186,7 @@ def test_truncated_pickle_is_a_clear_error(data_dir):
 def test_jarvis_dict_and_pymatgen_give_identical_arrays(cartesian):
     from jarvis.core.atoms import Atoms
 
-    from framer.data.testing import random_atoms
+    from tests.data.fakes import random_atoms
 
     rng = np.random.default_rng(11)
     for _ in range(5):
@@ -202,7 +202,7 @@ def test_jarvis_dict_and_pymatgen_give_identical_arrays(cartesian):
 
 
 def test_structure_errors_carry_reason_codes():
-    from framer.data.testing import jarvis_atoms_dict
+    from tests.data.fakes import jarvis_atoms_dict
 
     lattice = np.eye(3) * 4
     cases = {

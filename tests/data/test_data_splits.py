@@ -1,8 +1,9 @@
-"""The paper splits are regenerated bit-exactly (datasets.md §2.4), with no data present."""
+"""The paper splits are regenerated bit-exactly (docs/data.md, "Fingerprints"), with no data present."""
 
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ from framer.data.splits import (
     split_fingerprint,
 )
 
-# First entries of each split as listed in datasets.md §2.4 (position space).
+# First entries of each split as listed in docs/data.md, "Fingerprints" (position space).
 FIRST = {
     "megnet": {"train": [27831, 58056, 60863], "val": [24566, 16870, 42123], "test": [22274, 31381, 19400]},
     "dft_3d_2021": {"train": [45770, 5340, 6395], "val": [8987, 5323, 18355], "test": [37131, 8495, 54026]},
@@ -45,7 +46,7 @@ def test_paper_split_parts_are_disjoint_and_leave_the_documented_remainder(key):
     unused = sorted(set(range(paper.total_size)) - set(union.tolist()))
     assert len(unused) == (0 if key == "megnet" else 1)
     if key == "dft_3d_2021":
-        assert unused == [11497]  # datasets.md §2.1: the one dft_3d_2021 entry in no split
+        assert unused == [11497]  # docs/data.md, "Split algorithm": the one dft_3d_2021 entry in no split
 
 
 def test_megnet_and_dft3d_raw_fingerprints_equal_position_fingerprints():
@@ -122,3 +123,18 @@ def test_read_split_file_validates(tmp_path):
     broken.write_text("{not json")
     with pytest.raises(ValueError, match=r"broken\.json"):
         read_split_file(broken)
+
+
+def test_citations_of_docs_data_md_name_its_sections():
+    """Code cites the data facts by section title (docs/data.md and the title in quotes); every cited title exists."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    titles = {line[3:].strip() for line in (repo / "docs" / "data.md").read_text().splitlines() if line[:3] == "## "}
+    cited = {}
+    for path in [*repo.glob("framer/**/*.py"), *repo.glob("tests/**/*.py"), *repo.glob("conf/**/*.yaml")]:
+        for quoted in re.findall(r'docs/data\.md, ((?:"[^"]+"(?: and )?)+)', path.read_text()):
+            for title in re.findall(r'"([^"]+)"', quoted):
+                cited.setdefault(title, path.relative_to(repo).as_posix())
+    assert len(cited) >= 4
+    assert not {title: path for title, path in cited.items() if title not in titles}

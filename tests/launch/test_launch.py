@@ -82,14 +82,32 @@ def _crashed(*args, **kwargs):
     raise RuntimeError("out of memory (pretend)")
 
 
-@pytest.mark.parametrize(("cli", "code"), [(_preempted, EXIT_SIGTERM), (_crashed, 1)])
-def test_inprocess_sigterm_is_an_interruption_and_a_crash_an_outcome(elsewhere, monkeypatch, cli, code):
+def _refused(*args, **kwargs):
+    raise framer.cli.UserError("invalid configuration: pretend")
+
+
+@pytest.mark.parametrize("callbacks", [(), ("a callback",)], ids=["main", "with callbacks"])
+@pytest.mark.parametrize(("cli", "code"), [(_preempted, EXIT_SIGTERM), (_crashed, 1), (_refused, 2)])
+def test_inprocess_sigterm_is_an_interruption_and_a_crash_an_outcome(elsewhere, monkeypatch, cli, code, callbacks):
     monkeypatch.setattr(framer.cli, "FramerCLI", cli)
-    outcome = run_inprocess(RunSpec(["conf/default.yaml"]))
+    outcome = run_inprocess(RunSpec(["conf/default.yaml"]), callbacks=callbacks)
     assert outcome.code == code and not outcome.ok
     assert outcome.interrupted == (code == EXIT_SIGTERM)
     if code == 1:
         assert outcome.message.splitlines()[0].endswith("RuntimeError: out of memory (pretend)")
+    if code == 2:
+        assert outcome.message.splitlines()[0] == "framer.cli exited with 2: error: invalid configuration: pretend"
+
+
+def test_inprocess_callbacks_reach_the_trainer(elsewhere, monkeypatch):
+    """Live callbacks (e.g. Optuna's pruning callback, holding its trial) join the configs' through LightningCLI's
+    trainer_defaults."""
+    built = {}
+    monkeypatch.setattr(framer.cli, "FramerCLI", lambda **kwargs: built.update(kwargs))
+    callback = object()
+    assert run_inprocess(RunSpec(["conf/default.yaml"]), callbacks=[callback]).ok
+    assert built["trainer_defaults"] == {"callbacks": [callback]}
+    assert built["args"][:2] == ["fit", "--config"]
 
 
 def test_subprocess_user_error_is_exit_2_with_the_logs_end(elsewhere):
@@ -120,3 +138,17 @@ def test_sigterm_to_the_launcher_is_passed_on_to_the_run(elsewhere):
         signal.signal(signal.SIGTERM, previous)
     assert not late
     assert outcome.code == EXIT_SIGTERM and outcome.interrupted and not outcome.timed_out
+
+
+def test_subprocess_poll_is_called_while_the_run_lasts_and_can_stop_it(elsewhere):
+    """The poll hook (a DDP trial's driver reading its progress) runs every POLL_INTERVAL; True stops the run."""
+    calls = []
+    outcome = run_subprocess(
+        RunSpec(["conf/default.yaml"]),
+        elsewhere / "launch.log",
+        timeout=120,
+        poll=lambda: len(calls.append(1) or calls) >= 2,
+    )
+    assert len(calls) == 2
+    assert outcome.stopped and not outcome.timed_out and not outcome.interrupted and not outcome.ok
+    assert outcome.code == EXIT_SIGTERM and "(poll)" in outcome.message.splitlines()[0]

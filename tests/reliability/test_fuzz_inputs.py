@@ -28,9 +28,9 @@ from framer.data.structures import (
     MIN_VOLUME_PER_ATOM,
     InvalidStructureError,
 )
-from framer.data.testing import fake_megnet_entries, random_atoms, write_jarvis_zip
 from framer.geometry import image_box
 from framer.testing import min_periodic_distance
+from tests.data.fakes import fake_megnet_entries, random_atoms, write_jarvis_zip
 
 FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REJECTED = (DataError, InvalidStructureError)

@@ -1,5 +1,6 @@
 """A ``python -m framer.tune`` worker killed (SIGKILL) in the middle of a trial leaves a usable study: rerunning the
 command marks the trial FAILED (dead-trial recovery), runs its parameters again and finishes the remaining budget.
+A worker stopped by SIGTERM (pre-emption) in the middle of a trial exits with 143, leaving the trial to requeue.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import yaml
 from optuna.trial import TrialState
 from reliability_helpers import CONF, cli_env
 
-from framer.tune.runner import TrialBudget
-from framer.tune.storage import INTERRUPTED_ATTR, RETRY_ATTR, load_study_from_dir
+from framer.launch import EXIT_SIGTERM
+from framer.tune.runner import TrialBudget, tune
+from framer.tune.storage import load_study_from_dir, retry_of
 
 N_TRIALS = 3
 LR = "model.init_args.optimizer.init_args.lr"
 
 
-def write_sweep(tmp_path, marker) -> str:
-    """3 trials of the stand-in network on the test-size Ewald data; the 2nd trial pauses after step 3."""
+def write_sweep(tmp_path, marker=None, callbacks=None) -> str:
+    """3 trials of the stand-in network on the test-size Ewald data; the 2nd trial pauses after step 3 (or the
+    trials get ``callbacks``)."""
     pause = {"class_path": "reliability_standins.PauseAt", "init_args": {"step": 3, "marker": str(marker)}}
     pause["init_args"]["occurrence"] = 2
     sweep = {
@@ -34,7 +37,7 @@ def write_sweep(tmp_path, marker) -> str:
             "model.init_args.swa_epochs": 1,
             "trainer.max_epochs": 2,
             "trainer.log_every_n_steps": 1,
-            "trainer.callbacks": [pause],
+            "trainer.callbacks": [pause] if callbacks is None else callbacks,
             "data.init_args.num_crystals": 32,
             "data.init_args.max_atoms": 6,
             "data.init_args.batch_size": 4,
@@ -79,8 +82,8 @@ def test_killed_worker_leaves_a_study_that_resumes_and_finishes_its_budget(tmp_p
     study = load_study_from_dir(study_dir)
     trials = study.trials
     killed = trials[1]
-    assert killed.state == TrialState.FAIL and killed.user_attrs[INTERRUPTED_ATTR]
-    retry = [t for t in trials if t.user_attrs.get(RETRY_ATTR) == 1]
+    assert killed.state == TrialState.FAIL
+    retry = [t for t in trials if retry_of(t) == 1]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     assert retry[0].params[LR] == killed.params[LR]  # the killed trial's parameters ran again
     assert not study.get_trials(states=(TrialState.RUNNING, TrialState.WAITING))
@@ -95,6 +98,22 @@ def test_killed_worker_leaves_a_study_that_resumes_and_finishes_its_budget(tmp_p
     status = {r.info.run_name: r.info.status for r in runs if r.data.tags.get("framer.role") == "trial"}
     assert status.pop("trial_0001") == "FAILED"  # not RUNNING forever
     assert sorted(status.values()) == ["FINISHED"] * N_TRIALS
+
+
+def test_sigterm_stops_an_inprocess_worker_with_143_and_leaves_the_trial_to_requeue(workdir):
+    """Lightning's SIGTERMException is a SystemExit whose code is None: it used to end the worker with exit 0."""
+    import signal as signals
+
+    sigterm = {"class_path": "reliability_standins.SignalAt", "init_args": {"step": 1}}
+    previous = signals.signal(signals.SIGTERM, lambda *_: None)  # Lightning chains it; never the default (exit)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            tune(write_sweep(workdir, callbacks=[sigterm]), study_dir=workdir / "study", mlflow=False, figures=False)
+    finally:
+        signals.signal(signals.SIGTERM, previous)
+    assert stopped.value.code == EXIT_SIGTERM
+    assert [t.state for t in load_study_from_dir(workdir / "study").trials] == [TrialState.RUNNING]
+    assert (workdir / "study" / "trials" / "trial_0000" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
 def test_journal_line_cut_short_by_a_kill_is_dropped_and_the_study_stays_readable(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from reliability_helpers import CONF, QUIET, STANDIN, fit_args
 
 from framer.cli import EXIT_USER_ERROR, main
-from framer.data.testing import write_moduli_pickles
+from tests.data.fakes import write_moduli_pickles
 
 
 class RunsCode:

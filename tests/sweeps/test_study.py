@@ -65,6 +65,10 @@ def test_three_trial_study_journal_and_mlflow(sweep_env):
         assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "run.json"}
         assert run.info.status == ("FINISHED" if trial.state == TrialState.COMPLETE else "KILLED")
 
+    for trial in study.trials:  # the value is the best epoch's (ModelCheckpoint's best score on val/mae)
+        assert trial.intermediate_values and trial.user_attrs["run_dir"].endswith(f"trial_{trial.number:04d}/version_0")
+        if trial.state == TrialState.COMPLETE:
+            assert trial.value == min(trial.intermediate_values.values())
     best = study.best_trial
     best_yaml = study_dir / "best.yaml"
     config = yaml.safe_load(best_yaml.read_text())
@@ -124,6 +128,10 @@ def test_sigterm_during_a_ddp_trial_stops_the_worker_and_leaves_the_trial_to_req
         tune(sweep, study_dir=tmp_path / "study", devices_per_trial=2, mlflow=False, figures=False)
     assert stopped.value.code == EXIT_SIGTERM and len(started) == 1
     assert [t.state for t in load_study_from_dir(tmp_path / "study").trials] == [TrialState.RUNNING]
+    args = " ".join(started[0].args())
+    assert f"--config {REPO / 'conf' / 'trainer' / 'ddp.yaml'} " in args  # found from any directory
+    assert "framer.tune.callbacks.TrialProgress" in args  # rank 0 writes progress; the driver reports to Optuna
+    assert "journal" not in args and "trial_id" not in args  # the trial's processes never open the study
 
 
 def worker(sweep: str, study_dir, env) -> subprocess.Popen:
@@ -152,18 +160,32 @@ def test_ddp_trials_over_two_cpu_processes(sweep_env):
     tmp_path, uri = sweep_env
     space = {"model.init_args.optimizer.init_args.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}}
     fixed = {**yaml.safe_load(SMOKE.read_text())["fixed"], "model.init_args.model.init_args.frame": "max"}
-    sweep = small_sweep(
-        tmp_path, "ddp", n_trials=2, search_space=space, fixed=fixed, pruner={"type": "median", "n_startup_trials": 1}
-    )
+    sweep = small_sweep(tmp_path, "ddp", n_trials=2, search_space=space, fixed=fixed, pruner={"type": "none"})
     study = tune(sweep, study_dir=tmp_path / "study", devices_per_trial=2, figures=False, trial_timeout=900)
-    assert len(study.trials) == 2
-    assert all(t.state in FINISHED for t in study.trials), [t.user_attrs.get("error") for t in study.trials]
-    result = json.loads((tmp_path / "study" / "trials" / "trial_0000.result.json").read_text())
-    assert result["world_size"] == 2
-    assert study.trials[0].intermediate_values  # rank 0 reported every epoch
-    trial_yaml = yaml.safe_load((tmp_path / "study" / "trials" / "trial_0000.yaml").read_text())
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2, [
+        t.user_attrs.get("error") for t in study.trials
+    ]
+    trials_dir = tmp_path / "study" / "trials"
+    started = json.loads((trials_dir / "trial_0000.progress.jsonl").read_text().splitlines()[0])
+    assert started["world_size"] == 2 and started["run_dir"] == study.trials[0].user_attrs["run_dir"]
+    for trial in study.trials:  # rank 0 wrote every epoch's value; the driver reported them and took the best
+        assert sorted(trial.intermediate_values) == [0, 1]
+        assert trial.value == min(trial.intermediate_values.values())
+    trial_yaml = yaml.safe_load((trials_dir / "trial_0000.yaml").read_text())
     assert trial_yaml["model"]["init_args"]["optimizer"]["init_args"]["lr"] == study.trials[0].params[
         "model.init_args.optimizer.init_args.lr"]  # fmt: skip
     _, trials, _ = mlflow_runs(uri, "ddp")
     assert len(trials) == 2 and all("val/mae" in r.data.metrics for r in trials)
+    assert {r.info.run_id for r in trials} == {t.user_attrs["mlflow_run_id"] for t in study.trials}
     assert (tmp_path / "study" / "best.yaml").is_file()
+
+    # a pruned DDP trial is stopped by the driver (SIGTERM to its processes) within a poll interval, not at the end
+    fixed = {**fixed, "trainer.max_epochs": 20, "model.init_args.swa_epochs": 1}
+    pruned = small_sweep(tmp_path, "ddp-pruned", n_trials=1, search_space=space, fixed=fixed,
+                         pruner={"type": "threshold", "upper": 0.0})  # fmt: skip
+    study = tune(pruned, study_dir=tmp_path / "pruned", devices_per_trial=2, figures=False, trial_timeout=900)
+    trial = study.trials[0]
+    assert trial.state == TrialState.PRUNED and list(trial.intermediate_values) == [0]
+    assert "framer: run stopped by its caller (poll)" in (tmp_path / "pruned" / "trials" / "trial_0000.log").read_text()
+    _, trials, _ = mlflow_runs(uri, "ddp-pruned")
+    assert [r.info.status for r in trials] == ["KILLED"]

@@ -39,7 +39,7 @@ def fit_args(*extra: str) -> list[str]:
 @pytest.fixture
 def raw_data(tmp_path, monkeypatch):
     """Fixture files in the published formats under $FRAMER_DATA_DIR/raw, plus a custom folder."""
-    from framer.data.testing import fake_dft3d_entries, fake_megnet_entries, write_jarvis_zip, write_moduli_pickles
+    from tests.data.fakes import fake_dft3d_entries, fake_megnet_entries, write_jarvis_zip, write_moduli_pickles
 
     root = tmp_path / "data"
     raw = root / "raw"

@@ -1,4 +1,5 @@
-"""Small files in the exact published formats, for tests that must not download anything.
+"""Small files in the exact published formats, for tests that must not download anything (imported as
+``tests.data.fakes``: the repository root is on the test path).
 
 - :func:`write_jarvis_zip`: ``<raw>/<js_tag>.zip`` holding a JSON list of records (what jarvis-tools reads).
 - :func:`fake_megnet_entries` / :func:`fake_dft3d_entries`: records with the real field names, JARVIS ``atoms``

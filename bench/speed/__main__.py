@@ -1,11 +1,11 @@
-"""``python -m framer.bench``: speed and memory of every preset -> bench/results/<host>.{json,md,png}.
+"""``python -m bench.speed``: speed and memory of every preset -> bench/results/<host>.{json,md,png}.
 
-Examples:
-    python -m framer.bench                              # everything (about 20-30 min on a 2-core CPU)
-    python -m framer.bench --quick                      # a few minutes: fewer repeats, smaller batches and sweep
-    python -m framer.bench --against bce53d5            # also measure model v1 with the same harness
-    python -m framer.bench --presets crystalformer crystalframer --only ref
-    python -m framer.bench --compile --only ref --presets crystalformer
+Run from the repository root. Examples:
+    python -m bench.speed                              # everything (about 20-30 min on a 2-core CPU)
+    python -m bench.speed --quick                      # a few minutes: fewer repeats, smaller batches and sweep
+    python -m bench.speed --against REV                # also measure revision REV's framer with the same harness
+    python -m bench.speed --presets crystalformer crystalframer --only ref
+    python -m bench.speed --compile --only ref --presets crystalformer
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import json
 import sys
 import time
 
-from framer.bench import report, runner
+from bench.speed import report, runner
 
 ALIASES = {"former": "crystalformer", "framer": "crystalframer", "max": "crystalframer"}
 
@@ -43,7 +43,7 @@ def override(text: str) -> tuple[str, object]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m framer.bench",
+        prog="python -m bench.speed",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -74,7 +74,11 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         help="rounds of interleaved training steps (crystalformer, crystalframer, lightweight) in one process (9)",
     )
-    p.add_argument("--against", metavar="REV", help="also measure this git revision (e.g. bce53d5) side by side")
+    p.add_argument(
+        "--against",
+        metavar="REV",
+        help="also measure this git revision's framer (any commit, branch or tag) side by side",
+    )
     p.add_argument("--against-presets", nargs="+", type=preset_name, metavar="PRESET", help="default: former, framer")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile'd models on the reference batch")
     p.add_argument("--compile-presets", nargs="+", type=preset_name, metavar="PRESET", help="default: former, framer")

@@ -1,16 +1,18 @@
-"""Plan the measured cases, run each in a fresh subprocess (:mod:`framer.bench.worker`) and collect the results.
+"""Plan the measured cases, run each in a fresh subprocess (:mod:`bench.speed.worker`) and collect the results.
 
 Cases per preset:
 
-- ``ref``: the reference batch (:func:`~framer.bench.batches.reference_structures`). Stages: inference on its first
+- ``ref``: the reference batch (:func:`~bench.speed.batches.reference_structures`). Stages: inference on its first
   crystal alone (batch 1, the reference's "80 ms per material"), inference on all 16, training steps on all 16.
 - ``mp``: MEGNet-MP-like synthetic crystals. Stages: inference at ``mp_batch`` (128), training at ``mp_train_batch``.
 
 Scaling sweep (``sweep_presets``): one synthetic cell of 8 ... 512 atoms per case; inference then training at batch 1,
 with the model's count of kept (edge, image) pairs. A size that fails or times out skips the larger ones.
 
-``against``: the same ``ref`` cases measured on an older revision, checked out with ``git worktree`` into a temporary
-directory and imported first on the measuring subprocess's ``PYTHONPATH``. The ``ref`` cases run first, the older
+``against``: the same ``ref`` cases measured on another revision, checked out with ``git worktree`` into a temporary
+directory whose ``framer`` the measuring subprocess imports: that checkout comes first on its ``PYTHONPATH``, and the
+worker, run by path from this checkout, imports nothing of ``bench`` (an older checkout may hold another ``bench``
+package), so the other revision's model runs under this harness. The ``ref`` cases run first, the older
 revision's right after the current one's, ``rounds`` times round-robin (the round with the median training step is
 kept): the targets compare these figures, and on a shared machine the load drifts over minutes. ``compile``: the
 ``ref`` case of ``compile_presets`` with ``torch.compile``'d models (failures and timeouts are recorded, not raised).
@@ -38,12 +40,12 @@ from typing import Any
 
 import torch
 
-import framer
-from framer.bench import batches, worker
+from bench.speed import batches, worker
 from framer.geometry import image_box
+from framer.provenance import git_commit
 
 WORKER = Path(worker.__file__).resolve()
-CURRENT_ROOT = Path(framer.__file__).resolve().parent.parent
+CURRENT_ROOT = Path(__file__).resolve().parents[2]  # the checkout this harness belongs to (its framer is measured)
 ALL_PRESETS = (
     "crystalformer",
     "crystalframer",
@@ -136,7 +138,7 @@ def sweep_stages(plan: Plan) -> list[dict]:
 
 
 def box_images(structures) -> int:
-    """Sum over crystals of N² x the number of images in the crystal's image box (the issue's atoms² x images)."""
+    """Sum over crystals of N² x the number of images in the crystal's image box (atoms² x images)."""
     total = 0
     for s in structures:
         box = image_box(s.lattice.matrix)
@@ -184,6 +186,8 @@ class Measurer:
         spec_path = self.workdir / f"{tag}.spec.json"
         spec_path.write_text(json.dumps(spec))
         env = dict(os.environ)
+        # The measured checkout first, for its framer. This checkout's harness needs no path entry: the worker runs
+        # by path and loads timing.py by path (``import bench`` would find the measured checkout's bench package).
         env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
         env.setdefault("PYTHONHASHSEED", "0")
         with open(self.workdir / f"{tag}.log", "w+") as log:
@@ -215,7 +219,7 @@ class Measurer:
 
 # --- the run -------------------------------------------------------------------------------------------------------
 def run(plan: Plan, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure everything in ``plan``; returns the results dict (see :mod:`framer.bench.report`).
+    """Measure everything in ``plan``; returns the results dict (see :mod:`bench.speed.report`).
 
     Order: the ``ref`` cases of every preset and, right after them, of ``against`` (``rounds`` times round-robin, so
     the figures that the targets compare are measured close together in time), then the ``mp`` cases, the sweep and
@@ -363,25 +367,6 @@ def sweep(plan: Plan, measurer: Measurer, preset: str, log: Callable[[str], None
     return points
 
 
-def against(plan: Plan, measurer: Measurer, log: Callable[[str], None]) -> dict[str, Any]:
-    """The ``ref`` cases of ``against_presets`` measured once on revision ``plan.against`` (:func:`run` interleaves
-    them with the current checkout's instead)."""
-    section: dict[str, Any] = {"rev": plan.against, "presets": {}}
-    try:
-        with git_worktree(plan.against) as (commit, path):
-            section["commit"] = commit
-            structures, stages = case_stages(plan, "ref")
-            for preset in plan.against_presets:
-                result = measurer.run({"preset": preset, "stages": stages}, structures, root=path)
-                section["presets"][preset] = {"ref": result}
-                log(summary_line(f"{preset} ref @ {plan.against}", result))
-    except (subprocess.CalledProcessError, OSError) as error:
-        detail = getattr(error, "stderr", "") or ""
-        section["error"] = f"{type(error).__name__}: {error} {detail}".strip()
-        log(f"--against {plan.against}: {section['error']}")
-    return section
-
-
 def compiled(plan: Plan, measurer: Measurer, log: Callable[[str], None]) -> dict[str, Any]:
     """The ``ref`` case (16 crystals) of ``compile_presets`` with ``torch.compile``."""
     section: dict[str, Any] = {"presets": {}}
@@ -452,18 +437,9 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _git(*args: str) -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "-C", str(CURRENT_ROOT), *args], check=True, capture_output=True, text=True
-        ).stdout.strip()
-    except (subprocess.CalledProcessError, OSError):
-        return None
-
-
 def system_info() -> dict[str, Any]:
     """Host, hardware, software and git state of the measured checkout."""
-    status = _git("status", "--porcelain", "--", "framer")
+    provenance = git_commit()
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -480,8 +456,7 @@ def system_info() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_branch": _git("rev-parse", "--abbrev-ref", "HEAD"),
-        "git_dirty": bool(status) if status is not None else None,  # uncommitted changes under framer/
+        "git_commit": provenance.get("commit"),
+        "git_dirty": provenance.get("dirty"),  # uncommitted changes to tracked files
         "load_average_start": _load_average(),
     }

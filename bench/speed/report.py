@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from bench.speed import targets
 from framer.atomic import atomic_file, atomic_write_text
-from framer.bench import targets
 
 MIB = 2**20
 
@@ -88,7 +88,7 @@ def markdown(results: dict[str, Any], plot_name: str | None = None) -> str:
         "seconds (all threads) in brackets. Inference is eval mode under no_grad; a training step is forward, L1 "
         "loss, backward and AdamW. Peak memory (MiB) is the resident-set high-water mark of a fresh process per case "
         "minus its size before the first stage (≤ marks a stage whose peak stayed below an earlier stage's). "
-        "`python -m framer.bench` measured these; nothing here is asserted by tests."
+        "`python -m bench.speed` measured these; nothing here is asserted by tests."
         + (
             f" The reference-batch cases (and --against's) ran first, {plan['rounds']} times round-robin; each keeps "
             "its round with the median training step (all rounds are in the JSON)."
@@ -117,8 +117,8 @@ def _targets_section(results: dict) -> list[str]:
         if row["target"] is None:
             target = "completes"
         else:
-            op = "≤" if row["op"] == "<=" else "≥"
-            target = f"{op} {num(row['target'])} {row['unit']}".strip()
+            sign = "≤" if row["comparison"] == "<=" else "≥"
+            target = f"{sign} {num(row['target'])} {row['unit']}".strip()
         met = {True: "yes", False: "**no**", None: "–"}
         value = f"{num(row['value'])} {row['unit']}".strip() if row["value"] is not None else "not measured"
         value_cpu = f"{num(row['value_cpu'])} {row['unit']}".strip() if row.get("value_cpu") is not None else "–"
@@ -146,13 +146,13 @@ def _targets_section(results: dict) -> list[str]:
             else f"(summed over its {threads} threads, so not comparable with the reference's wall seconds)."
         )
     )
-    return ["## Targets (issue 6)", "", intro, "", *_table(header, rows), ""]
+    return ["## Targets (bench/speed/targets.yaml)", "", intro, "", *_table(header, rows), ""]
 
 
 def _reference_section(results: dict) -> list[str]:
     ref = (results.get("presets", {}).get(targets.FORMER) or {}).get("ref")
     train, infer, b1 = _stage(ref, "train"), _stage(ref, "infer"), _stage(ref, "infer_b1")
-    reference = targets.REFERENCE
+    reference = targets.reference()
 
     def speedup(ours: float | None, theirs: float) -> str:
         return f"{num(theirs / ours, 3)}x" if ours else "–"
@@ -471,7 +471,7 @@ def write(results: dict[str, Any], out_dir: str | Path, name: str) -> dict[str, 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = safe_name(name)
     results["targets"] = targets.evaluate(results)
-    results["reference"] = targets.REFERENCE
+    results["reference"] = targets.reference()
     paths = {"json": out_dir / f"{name}.json", "md": out_dir / f"{name}.md"}
     png = plot(results, out_dir / f"{name}.png")
     if png:

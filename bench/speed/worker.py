@@ -1,10 +1,10 @@
-"""Measure one case in this (fresh) process: ``python framer/bench/worker.py SPEC.json`` writes ``spec["output"]``.
+"""Measure one case in this (fresh) process: ``python bench/speed/worker.py SPEC.json`` writes ``spec["output"]``.
 
 The runner starts this file by path with the checkout under test first on ``PYTHONPATH``, so the same harness can
-measure an older revision. It therefore uses only the model API that every version has
+measure another revision. It therefore uses only the model API that every version has
 (``framer.models.CrystalFramer.preset``, ``framer.data.collate_structures``, ``model(batch)``; ``model.graph`` to count
-periodic images when it exists) and never imports ``framer.bench``; :mod:`timing` is loaded from the file next to this
-one.
+periodic images when it exists) and never imports ``bench`` (the measured checkout may have a ``bench`` package of
+its own); :mod:`timing` is loaded from the file next to this one.
 
 A case is a model preset, a list of structures and a list of stages run in order on the same model, e.g. inference
 on the first crystal, inference on all, then training steps on all. The model is built after ``torch.manual_seed``
@@ -36,10 +36,10 @@ if sys.path and Path(sys.path[0] or ".").resolve() == HERE:
 
 def _load_timing():
     if __package__:
-        from framer.bench import timing
+        from bench.speed import timing
 
         return timing
-    spec = importlib.util.spec_from_file_location("_framer_bench_timing", HERE / "timing.py")
+    spec = importlib.util.spec_from_file_location("_bench_speed_timing", HERE / "timing.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
