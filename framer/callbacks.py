@@ -28,7 +28,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from framer.tracking import write_predictions_csv
+from framer.errors import NonFiniteError
+from framer.io import write_csv_rows
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -59,13 +60,13 @@ class PredictionWriter(BasePredictionWriter):
         path = self.path
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        self.written = write_predictions_csv(path, rows, ("id", "prediction"))
+        self.written = write_csv_rows(path, ("id", "prediction"), rows)
         print(f"framer: wrote {len(rows)} predictions to {path}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # NaN / inf guard
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError):
     """A NaN or infinite loss, gradient or weight: training stopped before it could reach the weights."""
 
 

@@ -30,7 +30,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from framer.atomic import atomic_file
+from framer.errors import UserError
+from framer.io import atomic_file
 
 #: Packages whose classes configs and checkpoints may always name.
 BUILTIN_ALLOWED_MODULES = ("framer", "torch", "lightning")
@@ -47,15 +48,15 @@ HPARAM_BASES: dict[str, type] = {
 _IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
-class RefusedClassPath(ValueError):
+class RefusedClassPath(UserError, ValueError):
     """A config or checkpoint names a class outside the allowed packages, or of the wrong kind."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used: missing, truncated or corrupt, or carrying pickled code."""
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
     """Writing a checkpoint failed (e.g. a full disk); the previous checkpoint file is intact."""
 
 

@@ -48,12 +48,9 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from framer.callbacks import NonFiniteLossError, PredictionWriter, safety_callbacks
+from framer.callbacks import PredictionWriter, safety_callbacks
 from framer.checkpoints import (
     AtomicCheckpointIO,
-    CheckpointError,
-    CheckpointWriteError,
-    RefusedClassPath,
     allowed_modules,
     check_checkpoint,
     check_config_class_paths,
@@ -62,49 +59,25 @@ from framer.checkpoints import (
 )
 from framer.data.sources import DataError
 from framer.data.structures import InvalidStructureError
-from framer.module import ConfigurationError, CrystalRegressor
-from framer.rundir import RunDirectoryBusy, RunLock, evaluation_dir, run_dir_of_checkpoint
+from framer.errors import DEBUG_ENV, UserError, exit_codes
+from framer.io import read_json, write_csv_rows, write_json
+from framer.module import CrystalRegressor
+from framer.rundir import RunLock, evaluation_dir, run_dir_of_checkpoint
 from framer.tracking import (
     METRICS_FILE,
     PREDICTIONS_FILE,
     RUN_INFO_FILE,
     Tracking,
-    TrackingError,
-    atomic_write_json,
     is_launching_process,
     log_artifacts,
     log_run_start,
-    read_json,
     run_dir,
-    write_predictions_csv,
 )
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
-EXIT_USER_ERROR = 2
-EXIT_NON_FINITE = 3  # training stopped on a NaN/inf loss or gradient
-EXIT_SIGTERM = 128 + 15  # the shell's convention for a process ended by SIGTERM
-
-
-class UserError(Exception):
-    """A mistake in the command or its inputs: reported as one line, without a traceback."""
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError,
-    TrackingError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    InvalidStructureError,
-    MisconfigurationException,
-    DataError,
-    CheckpointError,
-    CheckpointWriteError,
-    RefusedClassPath,
-    RunDirectoryBusy,
-    ConfigurationError,
-)
+#: user errors (exit code 2) besides framer's own :class:`framer.errors.UserError`s
+USER_ERRORS: tuple[type[BaseException], ...] = (InvalidStructureError, MisconfigurationException, DataError)
 
 
 def check_config_files(args: Any) -> None:
@@ -275,7 +248,7 @@ class FramerCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as err:  # a constructor rejected a config value: say which, in one line
-            if os.environ.get("FRAMER_DEBUG"):
+            if os.environ.get(DEBUG_ENV):
                 raise
             raise UserError(f"invalid configuration: {_constructor_errors(err)}") from err
 
@@ -466,9 +439,9 @@ def write_results(
         rows = tested.test_predictions
         if rows:
             path = directory / PREDICTIONS_FILE.replace(".csv", f"{suffix}.csv")
-            paths.append(write_predictions_csv(path, rows, ("id", "target", "prediction")))
+            paths.append(write_csv_rows(path, ("id", "target", "prediction"), rows))
             summary["n_test" + suffix] = len(rows)
-    paths.append(atomic_write_json(directory / METRICS_FILE, summary))
+    paths.append(write_json(directory / METRICS_FILE, summary))
     log_artifacts(trainer.loggers, paths)
 
 
@@ -493,33 +466,16 @@ def _constructor_errors(err: BaseException) -> str:
     return "; ".join(reasons) if reasons else (lines[0] if lines else type(err).__name__)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in text:
-        text = f"{text}: {err.filename}"
-    return " ".join(text.split())
+def _stopped(err: BaseException) -> str:
+    saved = getattr(err, "framer_checkpoint", None)
+    step = getattr(err, "framer_global_step", None)
+    return f"saved {saved} at global step {step}; resume with --ckpt_path last" if saved else "no checkpoint saved"
 
 
 def main(args: Any = None) -> None:
-    """Entry point of ``python -m framer.cli`` and the ``framer`` script."""
-    try:
+    """Entry point of ``python -m framer.cli`` and the ``framer`` script (exit codes: :mod:`framer.errors`)."""
+    with exit_codes("framer", USER_ERRORS, interruptions=(SIGTERMException,), interrupted=_stopped):
         FramerCLI(args=args)
-    except USER_ERRORS as err:
-        if os.environ.get("FRAMER_DEBUG"):
-            raise
-        sys.stderr.write(f"framer: error: {_one_line(err)}\n")
-        raise SystemExit(EXIT_USER_ERROR) from None
-    except (NonFiniteLossError, FloatingPointError) as err:
-        if os.environ.get("FRAMER_DEBUG"):
-            raise
-        sys.stderr.write(f"framer: error: {_one_line(err)}\n")
-        raise SystemExit(EXIT_NON_FINITE) from None
-    except SIGTERMException as err:
-        saved = getattr(err, "framer_checkpoint", None)
-        step = getattr(err, "framer_global_step", None)
-        what = f"saved {saved} at global step {step}; resume with --ckpt_path last" if saved else "no checkpoint saved"
-        sys.stderr.write(f"framer: stopped by SIGTERM: {what}\n")
-        raise SystemExit(EXIT_SIGTERM) from None
 
 
 if __name__ == "__main__":

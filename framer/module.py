@@ -45,6 +45,8 @@ from framer.checkpoints import (
     follow_allowed_modules,
     resolve_class,
 )
+from framer.errors import UserError
+from framer.io import to_plain
 
 DEFAULT_LR = 5e-4
 DEFAULT_BETAS = (0.9, 0.98)
@@ -54,7 +56,7 @@ TARGET_INFO_KEY = "framer_target"  # checkpoint entry with the dataset name, tar
 INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"  # Lightning's allow-listed checkpoint instantiator
 
 
-class ConfigurationError(ValueError):
+class ConfigurationError(UserError, ValueError):
     """A setting the training recipe cannot work with (e.g. a learning rate the optimizer rejects)."""
 
 
@@ -118,17 +120,6 @@ def class_path(obj_or_cls: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _plain(value: Any) -> Any:
-    """``value`` as YAML-safe plain data, or raise TypeError."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    raise TypeError(f"{type(value).__name__} is not plain data")
-
-
 def model_config(model: nn.Module) -> dict[str, Any]:
     """``{"class_path", "init_args"}`` that rebuilds ``model`` (used to save modules built in Python).
 
@@ -147,14 +138,14 @@ def model_config(model: nn.Module) -> dict[str, Any]:
         stored = getattr(model, attr, None)
         if isinstance(stored, dict) and set(stored) <= set(params):
             try:
-                return {"class_path": class_path(model), "init_args": _plain(dict(stored))}
+                return {"class_path": class_path(model), "init_args": to_plain(dict(stored), strict=True)}
             except TypeError:
                 pass
     init_args: dict[str, Any] = {}
     for name, p in params.items():
         if hasattr(model, name):
             try:
-                value = _plain(getattr(model, name))
+                value = to_plain(getattr(model, name), strict=True)
             except TypeError:
                 value = inspect.Parameter.empty
             if value is not inspect.Parameter.empty and (p.default is p.empty or value != p.default):
@@ -193,7 +184,7 @@ def callable_config(fn: Any) -> dict[str, Any] | None:
         return None
     if isinstance(fn, functools.partial) and isinstance(fn.func, type) and not fn.args:
         try:
-            return {"class_path": class_path(fn.func), "init_args": _plain(dict(fn.keywords))}
+            return {"class_path": class_path(fn.func), "init_args": to_plain(dict(fn.keywords), strict=True)}
         except TypeError:
             return None
     if isinstance(fn, type):

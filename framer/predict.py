@@ -18,23 +18,22 @@ before anything is imported (:mod:`framer.checkpoints`): a missing, corrupt or c
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-from framer.checkpoints import CheckpointError, RefusedClassPath
 from framer.data import collate_records
 from framer.data.structures import InvalidStructureError, record_from_file
-from framer.tracking import write_predictions_csv
+from framer.errors import UserError, exit_codes
+from framer.io import write_csv_rows
 
 STRUCTURE_SUFFIXES = (".cif", ".vasp", ".poscar")
 STRUCTURE_PREFIXES = ("POSCAR", "CONTCAR")
 
 
-class PredictError(Exception):
+class PredictError(UserError):
     """A problem with the command's inputs (reported as one line)."""
 
 
@@ -133,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     args = parser.parse_args(argv)
-    try:
+    with exit_codes("framer", user_errors=(OSError,)):
         files = collect_inputs(args.inputs)
         if not files:
             raise PredictError(f"no CIF/POSCAR files in {' '.join(args.inputs)}")
@@ -145,12 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, skipped = predict_files(module, files, args.batch_size, args.weights, on_skip=report)
         if not rows:
             raise PredictError(f"none of the {len(files)} input files could be used")
-        write_predictions_csv(args.out, rows, ("id", "prediction"))
-    except (PredictError, CheckpointError, RefusedClassPath, OSError) as err:
-        if os.environ.get("FRAMER_DEBUG"):
-            raise
-        print(f"framer: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        write_csv_rows(args.out, ("id", "prediction"), rows)
     info = getattr(module, "target_info", {}) or {}
     what = f" of {info['target']}" if info.get("target") else ""
     units = f" ({info['target_units']})" if info.get("target_units") else ""

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from framer.errors import UserError, exit_codes
 from framer.provenance import git_commit
 
 PAPER_RESULTS = Path(__file__).resolve().parent.parent / "conf" / "paper_results.yaml"
@@ -471,7 +472,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--paper", default=str(PAPER_RESULTS), help="paper results YAML")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     args = parser.parse_args(argv)
-    paths = write_report(args.runs, args.out, args.paper, figures=not args.no_figures)
+    with exit_codes("framer", user_errors=(ValueError, yaml.YAMLError)):
+        if not Path(args.runs).is_dir():
+            raise UserError(f"runs directory {args.runs} not found")
+        paths = write_report(args.runs, args.out, args.paper, figures=not args.no_figures)
     print(f"wrote {paths['md']} and {paths['csv']}")
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import yaml
 
 from framer import launch
+from framer.errors import UserError, exit_codes
 from framer.launch import EXIT_SIGTERM, LAUNCH_LOG, Outcome, RunSpec, config_path
 from framer.provenance import git_commit
 from framer.report import (
@@ -49,6 +50,10 @@ from framer.report import (
 MANIFESTS = {name: launch.REPO / "conf" / "reproduce" / f"{name}.yaml" for name in ("paper", "smoke")}
 LAUNCHERS = ("subprocess", "inprocess")
 Runner = Callable[..., Outcome]  # launch.run's signature: (spec, mode, log) -> Outcome
+
+
+class ManifestError(UserError, ValueError):
+    """A manifest that cannot be run (unknown keys, columns or launcher)."""
 
 
 @dataclass
@@ -74,9 +79,9 @@ class Manifest:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
+            raise ManifestError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
         if not raw.get("configs"):
-            raise ValueError(f"{path}: 'configs' must list at least one config file")
+            raise ManifestError(f"{path}: 'configs' must list at least one config file")
         manifest = cls(
             title=str(raw.get("title", Path(path).stem)),
             runs_dir=Path(raw.get("runs_dir", f"runs/{Path(path).stem}")),
@@ -92,10 +97,10 @@ class Manifest:
             experiment_name=str(raw.get("experiment_name", f"reproduce-{Path(path).stem}")),
         )
         if manifest.launcher not in LAUNCHERS:
-            raise ValueError(f"{path}: launcher must be one of {LAUNCHERS}")
+            raise ManifestError(f"{path}: launcher must be one of {LAUNCHERS}")
         bad = [c for c in manifest.columns if c not in {col.key for col in paper.columns}]
         if bad:
-            raise ValueError(f"{path}: unknown columns {bad}")
+            raise ManifestError(f"{path}: unknown columns {bad}")
         return manifest
 
     def run_keys(self) -> list[RunKey]:
@@ -132,6 +137,8 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
     index = {c.key: i for i, c in enumerate(paper.columns)}
     runs = []
     for key in manifest.run_keys():
+        if key.column not in index:
+            raise ManifestError(f"unknown column {key.column!r}; known: {list(index)}")
         col = paper.column(key.column)
         context = {
             "dataset": col.dataset,
@@ -143,7 +150,7 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
         configs = [config_path(str(fill(c, context))) for c in manifest.configs]
         missing = [c for c in configs if not Path(c).is_file()]
         if missing:
-            raise FileNotFoundError(f"{key.model} / {key.column}: config {missing[0]} not found")
+            raise ManifestError(f"{key.model} / {key.column}: config {missing[0]} not found")
         overrides = {k: fill(v, context) for k, v in manifest.overrides.items()}
         overrides.update(
             {
@@ -264,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     path = Path(args.manifest) if args.manifest else MANIFESTS["smoke" if args.smoke else "paper"]
-    try:
+    with exit_codes("framer", user_errors=(OSError, ValueError, yaml.YAMLError)):
         paper = PaperTable.load(args.paper)
         manifest = Manifest.load(path, paper)
         if args.runs_dir:
@@ -273,10 +280,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, name) is not None:
                 setattr(manifest, name, getattr(args, name))
         runs = plan(manifest, paper)
-    except (OSError, ValueError, KeyError, yaml.YAMLError) as err:
-        what = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        print(f"framer.reproduce: error: {' '.join(what.split())}", file=sys.stderr)
-        return 2
     if args.dry_run:
         for run in runs:
             print(f"{run.root}: python -m framer.cli {' '.join(run.args(has_last_checkpoint(run.root)))}")

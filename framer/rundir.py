@@ -17,13 +17,15 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from framer.errors import UserError
+
 LOCK_FILE = ".framer.lock"
 CHECKPOINT_DIR = "checkpoints"
 #: files only a run directory has (a checkpoint's grandparent holding one of them is its run directory)
 RUN_MARKERS = ("config.yaml", "run.json", "metrics.csv")
 
 
-class RunDirectoryBusy(RuntimeError):
+class RunDirectoryBusy(UserError, RuntimeError):
     """Another process holds the run directory's lock."""
 
 

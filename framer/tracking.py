@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
 import random
@@ -41,7 +40,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from framer.atomic import atomic_file, atomic_write_text
+from framer.errors import UserError
+from framer.io import atomic_file, file_lock, read_json, to_plain, write_json
 from framer.rundir import claim_numbered_dir
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -53,7 +53,7 @@ PREDICTIONS_FILE = "predictions.csv"
 SERVER_CHECK_TIMEOUT = 5
 
 
-class TrackingError(ValueError):
+class TrackingError(UserError, ValueError):
     """A tracking setting that cannot work (for example the MLflow file store)."""
 
 
@@ -220,16 +220,8 @@ def sqlite_lock(tracking_uri: str) -> Iterator[None]:
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
-    lock = Path(tracking_uri[len("sqlite:///") :] + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(tracking_uri[len("sqlite:///") :] + ".lock"):
+        yield
 
 
 _MLFLOW_EXPERIMENT = MLFlowLogger.experiment.fget
@@ -410,7 +402,7 @@ def datamodule_info(datamodule: Any) -> dict[str, Any]:
     fingerprints = getattr(datamodule, "split_fingerprints", None)
     if callable(fingerprints):
         try:
-            info["splits"] = _jsonable(fingerprints())
+            info["splits"] = to_plain(fingerprints())
         except Exception as err:  # a report must not kill a run
             warnings.warn(f"could not compute split fingerprints: {err}", stacklevel=2)
     stats = getattr(datamodule, "target_stats", None)
@@ -447,7 +439,7 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str |
     if log_dir:
         info["run_dir"] = str(Path(log_dir).resolve())
         previous = read_json(Path(log_dir) / RUN_INFO_FILE)
-        atomic_write_json(Path(log_dir) / RUN_INFO_FILE, {**previous, **info})
+        write_json(Path(log_dir) / RUN_INFO_FILE, {**previous, **info})
     if mlflow_logger is not None:
         client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
         for key in ("git_commit", "git_dirty", "dataset_name", "target", "target_units", "run_dir"):
@@ -488,40 +480,3 @@ def log_final_metrics(loggers: Iterable[Logger], metrics: Mapping[str, Any], ste
     for logger in loggers:
         logger.log_metrics(numeric, step=step)
         logger.save()
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# files
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
-def atomic_write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    return atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_predictions_csv(path: str | Path, rows: Iterable[tuple], header: tuple[str, ...]) -> Path:
-    """Write prediction rows (full float precision) atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
-    return atomic_write_text(path, buffer.getvalue())

@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from framer.launch import EXIT_SIGTERM, LAUNCH_LOG, RunSpec, run
+from framer.errors import EXIT_SIGTERM, UserError, exit_codes
+from framer.launch import LAUNCH_LOG, RunSpec, run
 from framer.matbench import tasks
 
 DEFAULT_CONFIGS = ["conf/default.yaml"]
@@ -36,7 +37,7 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"framer.matbench: error: --set expects key=value, got {item!r}")
+            raise UserError(f"--set expects key=value, got {item!r}")
         out[key.removeprefix("--")] = yaml.safe_load(value)
     return out
 
@@ -211,11 +212,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    with exit_codes("framer", user_errors=(yaml.YAMLError,)):
+        parse_set(args.set or [])
+        if not tasks.data_file(args.task, args.data_home).is_file():
+            raise UserError(f"matbench data file {tasks.data_file(args.task, args.data_home)} not found")
     out_dir = Path(args.out) / args.task
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not tasks.data_file(args.task, args.data_home).is_file():
-        print(f"framer.matbench: error: {tasks.data_file(args.task, args.data_home)} not found", file=sys.stderr)
-        return 2
     if not args.record_only:
         status = train_folds(args, out_dir)
         for fold, state in status.items():

@@ -12,7 +12,8 @@ from reliability_helpers import STEPS_PER_EPOCH, callback_arg, fit_args, load_ch
 from reliability_standins import SEEN, file_digest
 
 from framer.callbacks import FiniteGuard, NonFiniteLossError
-from framer.cli import EXIT_NON_FINITE, main
+from framer.cli import main
+from framer.errors import EXIT_NON_FINITE
 
 # a checkpoint every 4 steps; the failure comes in the batch after step 8 (epoch 1, batch 2)
 EVERY_4 = "--checkpoint.every_n_train_steps=4"

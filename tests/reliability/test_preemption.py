@@ -21,7 +21,7 @@ import pytest
 import torch
 from reliability_helpers import STEPS_PER_EPOCH, callback_arg, cli_env, fit_args, load_checkpoint
 
-from framer.cli import EXIT_SIGTERM
+from framer.errors import EXIT_SIGTERM
 
 EVERY_4 = "--checkpoint.every_n_train_steps=4"
 EPOCHS = 3

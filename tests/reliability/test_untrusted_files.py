@@ -13,8 +13,9 @@ import pytest
 import torch
 from reliability_helpers import CONF, QUIET, STANDIN, fit_args
 
-from framer.cli import EXIT_USER_ERROR, main
+from framer.cli import main
 from framer.data.testing import write_moduli_pickles
+from framer.errors import EXIT_USER_ERROR
 
 
 class RunsCode:

@@ -155,9 +155,11 @@ def test_a_preempted_inprocess_run_stops_reproduce_with_exit_143(tmp_path, monke
 def test_a_bad_manifest_is_one_error_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"configs": ["conf/default.yaml"], "typo": 1}))
-    assert reproduce.main(["--manifest", str(bad), "--dry-run"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--manifest", str(bad), "--dry-run"])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("framer.reproduce: error:") and "typo" in err[0], err
+    assert len(err) == 1 and err[0].startswith("framer: error:") and "typo" in err[0], err
 
 
 def test_dry_run_prints_commands(capsys, tmp_path):

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 from training_standins import TinyDataModule, TinyModel, quiet_trainer_kwargs, subprocess_env
 
-from framer.atomic import atomic_write_text
+from framer.io import atomic_write_text
 from framer.module import CrystalRegressor
 from framer.predict import collect_inputs
 from framer.predict import main as predict_main
@@ -73,11 +73,12 @@ def test_predict_folder_to_csv_skips_bad_files_by_name(checkpoint, structures, t
 
 
 def test_predict_user_errors(checkpoint, structures, tmp_path, capsys):
-    assert predict_main(["--ckpt", str(tmp_path / "none.ckpt"), "--inputs", str(structures)]) == 2
-    assert predict_main(["--ckpt", str(checkpoint), "--inputs", str(tmp_path / "nowhere")]) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert predict_main(["--ckpt", str(checkpoint), "--inputs", str(empty)]) == 2
+    for ckpt, inputs in [(tmp_path / "none.ckpt", structures), (checkpoint, tmp_path / "nowhere"), (checkpoint, empty)]:
+        with pytest.raises(SystemExit) as exit_info:
+            predict_main(["--ckpt", str(ckpt), "--inputs", str(inputs)])
+        assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("framer: error:") == 3 and "Traceback" not in err
 
