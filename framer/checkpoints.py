@@ -271,25 +271,6 @@ def check_checkpoint(path: str | os.PathLike, module_class: type, overridden: It
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# finding checkpoints
-def find_last_checkpoint(save_dir: str | Path, run_name: str) -> tuple[Path, str] | None:
-    """``last.ckpt`` of the newest ``<save_dir>/<run_name>/version_<n>`` that has one, with that version's name."""
-    root = Path(save_dir) / run_name
-    candidates = []
-    for ckpt in root.glob("*/checkpoints/last*.ckpt"):
-        match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
-        order = int(match.group(1)) if match else -1
-        try:
-            candidates.append((order, ckpt.stat().st_mtime, ckpt))
-        except FileNotFoundError:  # replaced or removed by a run writing there right now
-            continue
-    if not candidates:
-        return None
-    _, _, ckpt = max(candidates)
-    return ckpt, ckpt.parent.parent.name
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # the trainer's checkpoint files
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that always loads with ``weights_only=True`` and whose local saves are atomic.

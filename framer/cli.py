@@ -8,7 +8,7 @@ A LightningCLI with the model and the data as ``class_path``/``init_args`` subcl
 
 After ``fit``, global rank 0 tests on a single device (no padded DistributedSampler) both the SWA model
 (``test/mae``, the paper's number) and the best-``val/mae`` checkpoint (``test_best/mae``), and writes
-``metrics.json`` and ``predictions.csv`` into the run directory. ``fit --ckpt_path last`` resumes the newest run of
+``results.json`` and ``predictions.csv`` into the run directory. ``fit --ckpt_path last`` resumes the newest run of
 the same ``tracking.run_name`` in place (same directory, same MLflow run, the earlier rows of ``metrics.csv`` kept)
 and starts afresh when there is none. A ``fit`` holds a lock on its run directory while it runs: a second process
 resuming the same run is refused (:mod:`framer.rundir`).
@@ -54,19 +54,14 @@ from framer.checkpoints import (
     allowed_modules,
     check_checkpoint,
     check_config_class_paths,
-    find_last_checkpoint,
     restrict_config_imports,
 )
 from framer.data.sources import DataError
 from framer.data.structures import InvalidStructureError
 from framer.errors import DEBUG_ENV, UserError, exit_codes
-from framer.io import read_json, write_csv_rows, write_json
 from framer.module import CrystalRegressor
-from framer.rundir import RunLock, evaluation_dir, run_dir_of_checkpoint
+from framer.rundir import RunDir, RunLock, RunRoot
 from framer.tracking import (
-    METRICS_FILE,
-    PREDICTIONS_FILE,
-    RUN_INFO_FILE,
     Tracking,
     is_launching_process,
     log_artifacts,
@@ -159,7 +154,7 @@ class FramerCLI(LightningCLI):
         kwargs.setdefault("parser_class", FramerArgumentParser)
         self._mlflow_run_id: str | None = None
         self._resume_step: int | None = None  # global step of the checkpoint a fit resumes from
-        self._checkpoint_run: Path | None = None  # run directory of the checkpoint test/validate/predict evaluate
+        self._checkpoint_run: RunDir | None = None  # run directory of the checkpoint test/validate/predict evaluate
         self._run_lock: RunLock | None = None
         #: test metrics of the run after fit (rank 0), e.g. {"test/mae": ..., "test_best/mae": ...}
         self.final_metrics: dict[str, float] = {}
@@ -194,7 +189,7 @@ class FramerCLI(LightningCLI):
             type=bool,
             default=True,
             help="fit: then test on one device the SWA model (test/mae) and the best val/mae checkpoint "
-            "(test_best/mae), writing metrics.json and predictions.csv into the run directory",
+            "(test_best/mae), writing results.json and predictions.csv into the run directory",
         )
         parser.add_argument(
             "--predictions_csv",
@@ -219,7 +214,7 @@ class FramerCLI(LightningCLI):
             config.weights_only = True  # framer's checkpoints are plain data; nothing else is unpickled
         if ckpt == "last" and config.trainer.get("logger") in (None, True):
             tracking = config.tracking
-            found = find_last_checkpoint(tracking.save_dir, tracking.run_name)
+            found = RunRoot.of(tracking.save_dir, tracking.run_name).last_checkpoint()
             if found is None:
                 if subcommand != "fit":
                     raise UserError(f"no last checkpoint under {Path(tracking.save_dir) / tracking.run_name}")
@@ -230,11 +225,11 @@ class FramerCLI(LightningCLI):
                 )
                 config.ckpt_path = None
                 return
-            path, version = found
+            path, run = found
             ckpt = config.ckpt_path = str(path)
             if subcommand == "fit":  # continue in the same run directory and MLflow run
-                config.tracking.version = version
-                self._mlflow_run_id = read_json(path.parent.parent / RUN_INFO_FILE).get("mlflow_run_id")
+                config.tracking.version = run.name
+                self._mlflow_run_id = run.read_info().get("mlflow_run_id")
         elif ckpt in SPECIAL_CKPT_PATHS:
             # resolved by Lightning itself and read through AtomicCheckpointIO (weights_only); no class is built
             return
@@ -242,7 +237,7 @@ class FramerCLI(LightningCLI):
         if subcommand == "fit":
             self._resume_step = int(checkpoint.get("global_step") or 0)
         else:
-            self._checkpoint_run = run_dir_of_checkpoint(ckpt)
+            self._checkpoint_run = RunDir.of_checkpoint(ckpt)
 
     def instantiate_classes(self) -> None:
         try:
@@ -280,14 +275,14 @@ class FramerCLI(LightningCLI):
             return False  # a smoke run writes no files (Lightning would log nothing either)
         tracking: Tracking = self._get(self.config_init, "tracking")
         if subcommand != "fit":  # test/validate/predict: a new <run>/<subcommand>/<n>/, CSV files only
-            run = self._checkpoint_run or Path(tracking.save_dir) / tracking.run_name
+            run = self._checkpoint_run or RunDir(Path(tracking.save_dir) / tracking.run_name)
             if not is_launching_process():
-                return [CSVLogger(save_dir=run, name=subcommand)]
-            directory = evaluation_dir(run, subcommand)
-            return [CSVLogger(save_dir=run, name=subcommand, version=directory.name)]
+                return [CSVLogger(save_dir=run.path, name=subcommand)]
+            directory = run.new_evaluation_dir(subcommand)
+            return [CSVLogger(save_dir=run.path, name=subcommand, version=directory.name)]
         loggers = tracking.loggers(mlflow_run_id=self._mlflow_run_id, resume_step=self._resume_step)
         if self.subcommand == "fit" and is_launching_process():
-            self._run_lock = RunLock(loggers[0].log_dir).acquire()
+            self._run_lock = RunDir(loggers[0].log_dir).lock().acquire()
         return loggers
 
     def _check_settings(self, trainer_config: dict) -> None:
@@ -335,7 +330,7 @@ class FramerCLI(LightningCLI):
             return
         directory = run_dir(self.trainer)
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test")}
-        write_results(directory, self.trainer, self.model, self.datamodule, metrics, {"": self.model})
+        write_results(directory, self.trainer, self.model, self.datamodule, metrics, {"final": self.model})
         _print_metrics(metrics, directory)
 
     def before_predict(self) -> None:
@@ -344,7 +339,7 @@ class FramerCLI(LightningCLI):
             directory = run_dir(self.trainer)
             if directory is None:
                 raise UserError("predict without a CSV logger: give --predictions_csv FILE")
-            output = str(directory / PREDICTIONS_FILE)
+            output = str(RunDir(directory).predictions())
         self.trainer.callbacks.append(PredictionWriter(output))
 
 
@@ -381,12 +376,12 @@ def _one_device_trainer(trainer: Trainer) -> Trainer:
 
 
 def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: LightningDataModule | None) -> dict:
-    """Test the final (SWA) module and the best-val checkpoint on one device; write metrics.json/predictions.csv."""
+    """Test the final (SWA) module and the best-val checkpoint on one device; write results.json/predictions.csv."""
     tester = _one_device_trainer(trainer)
     module.test_prefix = "test"
     results = tester.test(module, datamodule=datamodule, verbose=False)
     metrics: dict[str, Any] = dict(results[0]) if results else {}
-    modules: dict[str, CrystalRegressor] = {"": module}
+    modules: dict[str, CrystalRegressor] = {"final": module}
     callback = trainer.checkpoint_callback
     best_path = getattr(callback, "best_model_path", "") if callback is not None else ""
     if best_path and Path(best_path).is_file():
@@ -400,7 +395,7 @@ def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: Ligh
         best._log_hyperparams = False
         results = tester.test(best, datamodule=datamodule, verbose=False)
         metrics.update(results[0] if results else {})
-        modules["_best"] = best
+        modules["best"] = best
         metrics["best_val/mae"] = float(callback.best_model_score)
     directory = run_dir(trainer)
     write_results(directory, trainer, module, datamodule, metrics, modules)
@@ -416,10 +411,12 @@ def write_results(
     metrics: dict[str, Any],
     modules: dict[str, CrystalRegressor],
 ) -> None:
-    """``metrics.json`` (metrics + run facts) and ``predictions<suffix>.csv`` per tested module, atomically."""
+    """``results.json`` (metrics + run facts) and the predictions of each tested module ("final", "best"),
+    atomically."""
     if directory is None:
         return
-    info = read_json(directory / RUN_INFO_FILE)
+    run = RunDir(directory)
+    info = run.read_info()
     callback = trainer.checkpoint_callback
     summary: dict[str, Any] = {
         **{k: info[k] for k in ("dataset_name", "target", "target_units", "git_commit", "num_params") if k in info},
@@ -435,13 +432,12 @@ def write_results(
     if callback is not None and getattr(callback, "last_model_path", ""):
         summary["last_checkpoint"] = callback.last_model_path
     paths = []
-    for suffix, tested in modules.items():
+    for which, tested in modules.items():
         rows = tested.test_predictions
         if rows:
-            path = directory / PREDICTIONS_FILE.replace(".csv", f"{suffix}.csv")
-            paths.append(write_csv_rows(path, ("id", "target", "prediction"), rows))
-            summary["n_test" + suffix] = len(rows)
-    paths.append(write_json(directory / METRICS_FILE, summary))
+            paths.append(run.write_predictions(rows, which))
+            summary["n_test" if which == "final" else f"n_test_{which}"] = len(rows)
+    paths.append(run.write_results(summary))
     log_artifacts(trainer.loggers, paths)
 
 
@@ -449,7 +445,7 @@ def _print_metrics(metrics: dict[str, Any], directory: Path | None) -> None:
     if not metrics:
         return
     text = ", ".join(f"{k} = {float(v):.6g}" for k, v in sorted(metrics.items()))
-    where = f" (written to {directory / METRICS_FILE})" if directory is not None else ""
+    where = f" (written to {RunDir(directory).results})" if directory is not None else ""
     print(f"framer: {text}{where}")
 
 

@@ -31,7 +31,6 @@ import yaml
 from framer.errors import EXIT_SIGTERM
 
 REPO = Path(__file__).resolve().parent.parent
-LAUNCH_LOG = "launch.log"  # a subprocess run's output, next to its run directories
 LOG_TAIL = 3000  # characters of a run's output kept in its outcome's message
 STOP_GRACE = 30  # seconds a stopped subprocess gets to save last.ckpt before it is killed
 

@@ -6,7 +6,7 @@ The MLflow file store is never used: it is deprecated and MLflow >= 3.13 refuses
 
 Every run directory ``<save_dir>/<run_name>/version_<n>/`` holds ``config.yaml`` (the resolved config),
 ``run.json`` (git commit, split fingerprints, parameter count, MLflow run id), ``metrics.csv``, ``checkpoints/``
-and, after testing, ``metrics.json`` and ``predictions.csv`` (id, target, prediction). Reports read these files and
+and, after testing, ``results.json`` and ``predictions.csv`` (id, target, prediction). Reports read these files and
 never depend on MLflow. Only global rank 0 writes, and every write is atomic (temporary file + rename).
 
 Several runs may start at once on one ``save_dir`` and one SQLite database: a new run claims its ``version_<n>``
@@ -41,14 +41,11 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 from framer.errors import UserError
-from framer.io import atomic_file, file_lock, read_json, to_plain, write_json
-from framer.rundir import claim_numbered_dir
+from framer.io import atomic_file, file_lock, to_plain
+from framer.rundir import RunDir, RunRoot
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_ARTIFACT_LOCATION = "mlruns/artifacts"
-RUN_INFO_FILE = "run.json"
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.csv"
 #: how long the check before a run waits for an MLflow HTTP server (seconds; one request, no retries)
 SERVER_CHECK_TIMEOUT = 5
 
@@ -119,7 +116,7 @@ class Tracking:
                 use_mlflow = False
         version = self.version
         if version is None and is_launching_process():
-            version = claim_version(Path(self.save_dir) / self.run_name)
+            version = RunRoot.of(self.save_dir, self.run_name).claim().name
         loggers: list[Logger] = [
             ResumableCSVLogger(save_dir=self.save_dir, name=self.run_name, version=version, resume_step=resume_step)
         ]
@@ -141,11 +138,6 @@ class Tracking:
 def is_launching_process() -> bool:
     """True unless this is a non-zero rank started by a launcher (torchrun, Lightning's DDP, SLURM)."""
     return all(os.environ.get(name, "0") in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
-
-
-def claim_version(root: Path) -> int:
-    """Create and return the next free ``<root>/version_<n>`` (atomic ``mkdir``: concurrent callers get distinct n)."""
-    return int(claim_numbered_dir(root, "version_").name.removeprefix("version_"))
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -436,10 +428,10 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str |
         info["mlflow_run_id"] = mlflow_logger.run_id
         info["mlflow_tracking_uri"] = mlflow_logger._tracking_uri
     log_dir = run_dir(trainer)  # not trainer.log_dir: that is a collective call, and this runs on rank 0 only
-    if log_dir:
-        info["run_dir"] = str(Path(log_dir).resolve())
-        previous = read_json(Path(log_dir) / RUN_INFO_FILE)
-        write_json(Path(log_dir) / RUN_INFO_FILE, {**previous, **info})
+    run = RunDir(log_dir) if log_dir else None
+    if run is not None:
+        info["run_dir"] = str(run.path.resolve())
+        run.update_info(info)
     if mlflow_logger is not None:
         client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
         for key in ("git_commit", "git_dirty", "dataset_name", "target", "target_units", "run_dir"):
@@ -451,7 +443,7 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str |
             text = fingerprint if isinstance(fingerprint, str) else json.dumps(fingerprint, sort_keys=True)
             params[f"split/{name}"] = text
         _log_params(client, run_id, params)
-        for path in (config_path, Path(log_dir) / RUN_INFO_FILE if log_dir else None):
+        for path in (config_path, run.info if run is not None else None):
             if path is not None and Path(path).is_file():
                 client.log_artifact(run_id, str(path))
     return info
@@ -466,12 +458,27 @@ def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
 
 
 def log_artifacts(loggers: Iterable[Logger], paths: Iterable[str | Path]) -> None:
+    """Log files as artifacts of the MLflow run of ``loggers`` (if one of them is an MLFlowLogger)."""
     mlflow_logger = find_logger(loggers, MLFlowLogger)
-    if mlflow_logger is None:
-        return
-    for path in paths:
-        if Path(path).is_file():
-            mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(path))
+    if mlflow_logger is not None:
+        log_files(mlflow_logger.experiment, mlflow_logger.run_id, paths)
+
+
+def log_files(client: Any, run_id: str, paths: Iterable[str | Path], subdir: str | None = None) -> None:
+    """Log the existing files among ``paths`` as artifacts of an MLflow run (into ``subdir``).
+
+    ``client``: an ``MlflowClient``, or a tracking URI to make one for. Best effort: a tracking error only warns.
+    """
+    try:
+        if isinstance(client, str):
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=client)
+        for path in paths:
+            if Path(path).is_file():
+                client.log_artifact(run_id, str(path), artifact_path=subdir)
+    except Exception as err:  # tracking must never fail a run
+        warnings.warn(f"could not log files to MLflow run {run_id}: {_first_line(err)}", stacklevel=2)
 
 
 def log_final_metrics(loggers: Iterable[Logger], metrics: Mapping[str, Any], step: int | None = None) -> None:

@@ -75,18 +75,14 @@ TRAINING_FRAMEWORKS = {"lightning", "mlflow", "optuna", "optuna_integration", "j
 
 # Known violations: (importer, imported) -> the step of the plan for issue 16 removing it.
 KNOWN_UPWARD = {
-    ("framer.plots", "framer.report"): "step 7 (plots reads runs through rundir)",
     ("framer.plots", "framer.tune.storage"): "step 12 (study figures move to framer.tune)",
 }
 KNOWN_FACE_EDGES = {
     ("framer.demo", "framer.cli"): "step 13 (demo through the launcher)",
-    ("framer.matbench.__main__", "framer.report"): "step 7 (run status from rundir)",
     ("framer.tune.callbacks", "framer.cli"): "step 12 (run_dir from tracking)",
     ("framer.tune.objective", "framer.cli"): "step 12 (trials through the launcher)",
 }
-KNOWN_CYCLES = {
-    ("framer.plots", "framer.report"): "step 7",
-}
+KNOWN_CYCLES = {}
 KNOWN_FACADE_IMPORTS = {  # submodules importing the package facade framer/__init__.py itself
     "framer.bench.runner": "step 16 (benchmark moves out of the package)",
     "framer.bench.worker": "step 16",

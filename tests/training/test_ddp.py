@@ -52,7 +52,7 @@ def test_ddp_two_cpu_processes_fit_and_test(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
     run = tmp_path / "runs" / "ddp" / "version_0"
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "results.json").read_text())
     assert {"test/mae", "test_best/mae", "best_val/mae"} <= set(metrics["metrics"])
     # 40 crystals -> 32 train, 4 per device per step on 2 devices: 4 steps per epoch
     assert metrics["global_step"] == 8 and metrics["swa_steps"] == 4
