@@ -257,23 +257,27 @@ class FramerCLI(LightningCLI):
         if trainer_config.get("enable_progress_bar") is False and trainer_config.get("callbacks"):
             # `--trainer.enable_progress_bar false` wins over the progress bar of the configs (sweeps, batch jobs)
             trainer_config["callbacks"] = [c for c in trainer_config["callbacks"] if not isinstance(c, ProgressBar)]
-        if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
-            kwargs["logger"] = self._default_loggers(subcommand, trainer_config)
         plugins = kwargs.get("plugins", trainer_config.get("plugins"))
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic, fsynced checkpoint files
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        trainer = super().instantiate_trainer(**kwargs)
+        tracking: Tracking = self._get(self.config_init, "tracking")
+        try:
+            if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
+                kwargs["logger"] = self._default_loggers(subcommand, trainer_config, tracking)
+            trainer = super().instantiate_trainer(**kwargs)
+        except BaseException:
+            tracking.fail_created_run()  # a trainer setting Lightning refuses: no MLflow run left RUNNING
+            raise
         if trainer.fast_dev_run:  # Lightning means to save nothing then, but ModelCheckpoint still saves last.ckpt
             trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         trainer.callbacks.extend(safety_callbacks())
         return trainer
 
-    def _default_loggers(self, subcommand: str, trainer_config: dict) -> list[Logger] | bool:
+    def _default_loggers(self, subcommand: str, trainer_config: dict, tracking: Tracking) -> list[Logger] | bool:
         """Loggers from ``tracking``: the run's for ``fit`` (its directory locked), new files for the others."""
         if trainer_config.get("fast_dev_run"):
             return False  # a smoke run writes no files (Lightning would log nothing either)
-        tracking: Tracking = self._get(self.config_init, "tracking")
         if subcommand != "fit":  # test/validate/predict: a new <run>/<subcommand>/<n>/, CSV files only
             run = self._checkpoint_run or RunDir(Path(tracking.save_dir) / tracking.run_name)
             if not is_launching_process():
