@@ -8,30 +8,32 @@ A LightningCLI with the model and the data as ``class_path``/``init_args`` subcl
 
 After ``fit``, global rank 0 tests on a single device (no padded DistributedSampler) both the SWA model
 (``test/mae``, the paper's number) and the best-``val/mae`` checkpoint (``test_best/mae``), and writes
-``results.json`` and ``predictions.csv`` into the run directory. ``fit --ckpt_path last`` resumes the newest run of
-the same ``tracking.run_name`` in place (same directory, same MLflow run, the earlier rows of ``metrics.csv`` kept)
-and starts afresh when there is none. A ``fit`` holds a lock on its run directory while it runs: a second process
-resuming the same run is refused (:mod:`framer.rundir`).
+``results.json`` and ``predictions.csv`` into the run directory (:mod:`framer.evaluate`). ``fit --ckpt_path last``
+resumes the newest run of the same ``tracking.run_name`` in place (same directory, same MLflow run, the earlier rows
+of ``metrics.csv`` kept) and starts afresh when there is none. A ``fit`` holds a lock on its run directory while it
+runs: a second process resuming the same run is refused (:mod:`framer.rundir`).
 
 ``test``, ``validate`` and ``predict`` never change a trained run: they write into a new ``<run dir>/<subcommand>/<n>/``
-of the run the checkpoint belongs to (else of ``<save_dir>/<run_name>``), with CSV files only (no MLflow run).
+of the run the checkpoint belongs to (else of ``<save_dir>/<run_name>``), with CSV files only (no MLflow run). The
+run directory's layout is :mod:`framer.rundir`'s.
 
 ``fit`` refuses settings it cannot work with before anything is written (a learning rate the optimizer rejects,
 ``swa_epochs`` larger than ``max_epochs``); under ``fast_dev_run`` nothing is written at all.
 
 User errors (missing config, data or checkpoint file, a bad value) end with one ``framer: error: ...`` line and exit
-code 2; set ``FRAMER_DEBUG=1`` to see the traceback. Every trainer runs with
+code 2 (:mod:`framer.errors`); set ``FRAMER_DEBUG=1`` to see the traceback. Every trainer runs with
 :func:`framer.callbacks.safety_callbacks` and atomic checkpoint writes: a NaN/inf loss or gradient (or an optimizer
 step that overflows) stops training with one line and exit code 3, and SIGTERM saves ``last.ckpt`` and exits with code
 143 (128 + SIGTERM). Config files and checkpoints are checked before jsonargparse or Lightning sees them
 (:mod:`framer.checkpoints`): checkpoints are read with ``weights_only=True`` whatever the path's spelling, and a
 class path outside ``framer``, ``torch``, ``lightning`` and ``$FRAMER_ALLOWED_MODULES`` is refused before it is
-imported, so a truncated, corrupt or code-carrying file is one ``framer: error`` line and nothing in it runs.
+imported (:mod:`framer.checkpoints`), so a truncated, corrupt or code-carrying file is one ``framer: error`` line and
+nothing in it runs.
 """
 
 from __future__ import annotations
 
-import copy
+import importlib.metadata
 import os
 import re
 import sys
@@ -42,7 +44,7 @@ from typing import Any
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -59,15 +61,10 @@ from framer.checkpoints import (
 from framer.data.sources import DataError
 from framer.data.structures import InvalidStructureError
 from framer.errors import DEBUG_ENV, UserError, exit_codes
+from framer.evaluate import print_metrics, run_final_tests, write_results
 from framer.module import CrystalRegressor
 from framer.rundir import RunDir, RunLock, RunRoot
-from framer.tracking import (
-    Tracking,
-    is_launching_process,
-    log_artifacts,
-    log_run_start,
-    run_dir,
-)
+from framer.tracking import Tracking, is_launching_process, log_run_start, run_dir
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
@@ -165,6 +162,10 @@ class FramerCLI(LightningCLI):
             if self._run_lock is not None:
                 self._run_lock.release()
 
+    def _section(self, config: Any) -> Any:
+        """The part of a parsed config for the subcommand being run (all of it without one: ``run=False``)."""
+        return config[self.subcommand] if self.subcommand else config
+
     # ----------------------------------------------------------------------------------------------------------------
     # parser
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
@@ -250,7 +251,7 @@ class FramerCLI(LightningCLI):
     # ----------------------------------------------------------------------------------------------------------------
     # trainer: loggers from `tracking` unless trainer.logger is given
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer_config = self._get(self.config_init, "trainer", default={})
+        trainer_config = self._section(self.config_init).get("trainer") or {}
         subcommand = self.subcommand or "fit"  # run=False (framer.tune) builds trainers that fit
         if subcommand == "fit":
             self._check_settings(trainer_config)
@@ -261,7 +262,7 @@ class FramerCLI(LightningCLI):
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic, fsynced checkpoint files
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        tracking: Tracking = self._get(self.config_init, "tracking")
+        tracking: Tracking = self._section(self.config_init)["tracking"]
         try:
             if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
                 kwargs["logger"] = self._default_loggers(subcommand, trainer_config, tracking)
@@ -312,7 +313,7 @@ class FramerCLI(LightningCLI):
     # subcommand hooks
     def after_fit(self) -> None:
         trainer = self.trainer
-        if not self._get(self.config, "test_after_fit", True) or trainer.interrupted:
+        if not self._section(self.config).get("test_after_fit", True) or trainer.interrupted:
             return
         if trainer.world_size > 1:
             # every rank leaves the process group; rank 0 alone tests on one device
@@ -333,12 +334,13 @@ class FramerCLI(LightningCLI):
         if self.trainer.global_rank != 0:
             return
         directory = run_dir(self.trainer)
+        run = RunDir(directory) if directory is not None else None
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test")}
-        write_results(directory, self.trainer, self.model, self.datamodule, metrics, {"final": self.model})
-        _print_metrics(metrics, directory)
+        write_results(run, self.trainer, self.model, metrics, {"final": self.model})
+        print_metrics(metrics, run)
 
     def before_predict(self) -> None:
-        output = self._get(self.config, "predictions_csv")
+        output = self._section(self.config).get("predictions_csv")
         if output is None:
             directory = run_dir(self.trainer)
             if directory is None:
@@ -347,116 +349,11 @@ class FramerCLI(LightningCLI):
         self.trainer.callbacks.append(PredictionWriter(output))
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# testing after fit on one device
-def _one_device_trainer(trainer: Trainer) -> Trainer:
-    device = trainer.strategy.root_device
-    accelerator = {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
-    devices: Any = [device.index or 0] if accelerator == "gpu" else 1
-    callbacks: list = []
-    bar = trainer.progress_bar_callback
-    if isinstance(bar, RichProgressBar):
-        callbacks.append(RichProgressBar())
-    elif isinstance(bar, TQDMProgressBar):
-        callbacks.append(TQDMProgressBar(refresh_rate=bar.refresh_rate))
-    elif isinstance(bar, ProgressBar):
-        callbacks.append(type(bar)())
-    loggers = [lg for lg in trainer.loggers if type(lg).__name__ != "DummyLogger"]
-    return Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=1,
-        strategy="auto",
-        precision=trainer.precision,
-        logger=loggers or False,
-        callbacks=callbacks,
-        enable_progress_bar=bool(callbacks),
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=trainer.default_root_dir,
-        fast_dev_run=trainer.fast_dev_run,
-        limit_test_batches=trainer.limit_test_batches,
-    )
-
-
-def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: LightningDataModule | None) -> dict:
-    """Test the final (SWA) module and the best-val checkpoint on one device; write results.json/predictions.csv."""
-    tester = _one_device_trainer(trainer)
-    module.test_prefix = "test"
-    results = tester.test(module, datamodule=datamodule, verbose=False)
-    metrics: dict[str, Any] = dict(results[0]) if results else {}
-    modules: dict[str, CrystalRegressor] = {"final": module}
-    callback = trainer.checkpoint_callback
-    best_path = getattr(callback, "best_model_path", "") if callback is not None else ""
-    if best_path and Path(best_path).is_file():
-        # a module built in Python around a network whose arguments could not be recorded needs it passed back
-        extra = {"model": copy.deepcopy(module.model)} if module.hparams.get("model") is None else {}
-        best = type(module).load_from_checkpoint(best_path, map_location="cpu", weights_only=True, **extra)
-        best.eval_weights = "raw"
-        best.test_prefix = "test_best"
-        # fit logged the run's hyperparameters; the reloaded module's are rebuilt from its network (other class path
-        # spelling), and MLflow refuses to change a logged parameter
-        best._log_hyperparams = False
-        results = tester.test(best, datamodule=datamodule, verbose=False)
-        metrics.update(results[0] if results else {})
-        modules["best"] = best
-        metrics["best_val/mae"] = float(callback.best_model_score)
-    directory = run_dir(trainer)
-    write_results(directory, trainer, module, datamodule, metrics, modules)
-    _print_metrics(metrics, directory)
-    return metrics
-
-
-def write_results(
-    directory: Path | None,
-    trainer: Trainer,
-    module: CrystalRegressor,
-    datamodule: Any,
-    metrics: dict[str, Any],
-    modules: dict[str, CrystalRegressor],
-) -> None:
-    """``results.json`` (metrics + run facts) and the predictions of each tested module ("final", "best"),
-    atomically."""
-    if directory is None:
-        return
-    run = RunDir(directory)
-    info = run.read_info()
-    callback = trainer.checkpoint_callback
-    summary: dict[str, Any] = {
-        **{k: info[k] for k in ("dataset_name", "target", "target_units", "git_commit", "num_params") if k in info},
-        "run_dir": str(directory.resolve()),
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "test_weights": "swa" if module.has_swa and module.eval_weights == "swa" else "raw",
-        "swa_steps": int(module.swa_n),
-        "metrics": {k: float(v) for k, v in metrics.items()},
-    }
-    if callback is not None and getattr(callback, "best_model_path", ""):
-        summary["best_checkpoint"] = callback.best_model_path
-    if callback is not None and getattr(callback, "last_model_path", ""):
-        summary["last_checkpoint"] = callback.last_model_path
-    paths = []
-    for which, tested in modules.items():
-        rows = tested.test_predictions
-        if rows:
-            paths.append(run.write_predictions(rows, which))
-            summary["n_test" if which == "final" else f"n_test_{which}"] = len(rows)
-    paths.append(run.write_results(summary))
-    log_artifacts(trainer.loggers, paths)
-
-
-def _print_metrics(metrics: dict[str, Any], directory: Path | None) -> None:
-    if not metrics:
-        return
-    text = ", ".join(f"{k} = {float(v):.6g}" for k, v in sorted(metrics.items()))
-    where = f" (written to {RunDir(directory).results})" if directory is not None else ""
-    print(f"framer: {text}{where}")
-
-
 def _version() -> str:
-    from framer import __version__
-
-    return __version__
+    try:
+        return importlib.metadata.version("framer")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "(not installed)"
 
 
 def _constructor_errors(err: BaseException) -> str:

@@ -71,7 +71,7 @@ def train_one(args: argparse.Namespace, preset: str, datamodule) -> dict:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from framer.cli import run_final_tests
+    from framer.evaluate import run_final_tests
     from framer.module import CrystalRegressor, InverseSqrtLR
 
     pl.seed_everything(args.seed, verbose=False)

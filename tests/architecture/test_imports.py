@@ -78,7 +78,6 @@ KNOWN_UPWARD = {
     ("framer.plots", "framer.tune.storage"): "step 12 (study figures move to framer.tune)",
 }
 KNOWN_FACE_EDGES = {
-    ("framer.demo", "framer.cli"): "step 13 (demo through the launcher)",
     ("framer.tune.callbacks", "framer.cli"): "step 12 (run_dir from tracking)",
     ("framer.tune.objective", "framer.cli"): "step 12 (trials through the launcher)",
 }
@@ -86,7 +85,6 @@ KNOWN_CYCLES = {}
 KNOWN_FACADE_IMPORTS = {  # submodules importing the package facade framer/__init__.py itself
     "framer.bench.runner": "step 16 (benchmark moves out of the package)",
     "framer.bench.worker": "step 16",
-    "framer.cli": "step 13 (__version__ from importlib.metadata)",
 }
 
 

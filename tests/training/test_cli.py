@@ -128,6 +128,9 @@ def test_fit_writes_run_files_and_mlflow_and_resumes_in_place(workdir):
     mlrun = client.get_run(info["mlflow_run_id"])
     assert mlrun.data.metrics["test/mae"] == pytest.approx(metrics["metrics"]["test/mae"])
     assert "test_best/mae" in mlrun.data.metrics and "val/mae" in mlrun.data.metrics
+    assert mlrun.data.metrics["test_best/mae"] == pytest.approx(metrics["metrics"]["test_best/mae"])
+    logged = [r for r in read_csv(run / "metrics.csv") if r.get("test_best/mae")]  # logged after its test, too
+    assert [float(r["test_best/mae"]) for r in logged] == pytest.approx([metrics["metrics"]["test_best/mae"]])
     assert mlrun.data.params["num_params"] == str(info["num_params"])
     assert mlrun.data.tags["git_commit"] == info["git_commit"]
     assert any(k.startswith("split/") for k in mlrun.data.params)
