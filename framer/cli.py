@@ -27,7 +27,7 @@ step that overflows) stops training with one line and exit code 3, and SIGTERM s
 143 (128 + SIGTERM). Config files and checkpoints are checked before jsonargparse or Lightning sees them
 (:mod:`framer.checkpoints`): checkpoints are read with ``weights_only=True`` whatever the path's spelling, and a
 class path outside ``framer``, ``torch``, ``lightning`` and ``$FRAMER_ALLOWED_MODULES`` is refused before it is
-imported (:mod:`framer.checkpoints`), so a truncated, corrupt or code-carrying file is one ``framer: error`` line and
+imported (:mod:`framer.instantiate`), so a truncated, corrupt or code-carrying file is one ``framer: error`` line and
 nothing in it runs.
 """
 
@@ -51,17 +51,12 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 from framer.callbacks import PredictionWriter, safety_callbacks
-from framer.checkpoints import (
-    AtomicCheckpointIO,
-    allowed_modules,
-    check_checkpoint,
-    check_config_class_paths,
-    restrict_config_imports,
-)
+from framer.checkpoints import AtomicCheckpointIO, check_checkpoint
 from framer.data.sources import DataError
 from framer.data.structures import InvalidStructureError
 from framer.errors import DEBUG_ENV, UserError, exit_codes
 from framer.evaluate import print_metrics, run_final_tests, write_results
+from framer.instantiate import allowed_modules, check_config_class_paths, restrict_config_imports
 from framer.module import CrystalRegressor
 from framer.rundir import RunDir, RunLock, RunRoot
 from framer.tracking import Tracking, is_launching_process, log_run_start, run_dir
@@ -124,7 +119,7 @@ def _parser_error_text(message: str) -> str:
     if not lines:
         return "invalid arguments"
     denied = re.search(r"Importing '([\w.]+)' is not allowed", message)
-    if denied:  # jsonargparse's import policy (framer.checkpoints.restrict_config_imports)
+    if denied:  # jsonargparse's import policy (framer.instantiate.restrict_config_imports)
         return (
             f"{lines[0]} class path {denied.group(1)!r} was refused and not imported: only classes from "
             f"{', '.join(allowed_modules())} may be named (trusted packages can be added to $FRAMER_ALLOWED_MODULES)"

@@ -114,7 +114,7 @@ def write_results(
         "epochs": trainer.current_epoch,
         "global_step": trainer.global_step,
         "test_weights": "swa" if module.has_swa and module.eval_weights == "swa" else "raw",
-        "swa_steps": int(module.swa_n),
+        "swa_steps": module.swa_steps,
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
     if callback is not None and getattr(callback, "best_model_path", ""):

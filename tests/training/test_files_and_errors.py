@@ -106,7 +106,8 @@ def test_exit_codes_of_user_errors_non_finite_stops_and_interruptions(monkeypatc
 
 
 def test_framers_errors_are_user_errors_and_keep_their_builtin_bases():
-    from framer.checkpoints import CheckpointError, CheckpointWriteError, RefusedClassPath
+    from framer.checkpoints import CheckpointError, CheckpointWriteError
+    from framer.instantiate import RefusedClassPath
     from framer.module import ConfigurationError
     from framer.rundir import RunDirectoryBusy
     from framer.tracking import TrackingError
