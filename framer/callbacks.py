@@ -182,15 +182,24 @@ class LastCheckpointAtEnd(Callback):
 
     With ``--checkpoint.every_n_train_steps N`` Lightning saves only every N steps (never at the end of an epoch), so
     without this ``last.ckpt`` of a finished run can lag behind its last step, and ``fit --ckpt_path last`` with a
-    larger ``max_epochs`` would repeat steps. Interrupted runs are handled by :class:`SigtermCheckpoint`.
+    larger ``max_epochs`` would repeat steps. (Lightning's own end-of-fit save only writes ``last.ckpt`` when none was
+    ever written.) Interrupted runs are handled by :class:`SigtermCheckpoint`.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: global step of the newest checkpoint this process saved (every save passes through ``on_save_checkpoint``)
+        self.saved_step: int | None = None
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.saved_step = trainer.global_step
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         callback = trainer.checkpoint_callback
         if trainer.interrupted or trainer.fast_dev_run or callback is None or not getattr(callback, "save_last", False):
             return
-        if getattr(callback, "_last_global_step_saved", None) == trainer.global_step:
-            return  # Lightning's own last save already holds this step
+        if self.saved_step == trainer.global_step:
+            return  # the checkpoints of this step, last.ckpt with them, are written already
         path = last_checkpoint_path(trainer)
         if path is not None:
             trainer.save_checkpoint(path)
