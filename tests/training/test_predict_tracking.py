@@ -16,8 +16,8 @@ from training_standins import TinyDataModule, TinyModel, quiet_trainer_kwargs, s
 
 from framer.io import atomic_write_text
 from framer.module import CrystalRegressor
-from framer.predict import collect_inputs
 from framer.predict import main as predict_main
+from framer.predictor import collect_inputs
 from framer.tracking import (
     Tracking,
     TrackingError,
