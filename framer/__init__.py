@@ -1,3 +1,97 @@
-"""framer: CrystalFramer / Crystalformer crystal property prediction in pure PyTorch + Lightning."""
+"""framer: CrystalFramer / Crystalformer crystal property prediction in pure PyTorch + Lightning.
 
-__version__ = "0.1.0"
+The public API (everything else is implementation and may change)::
+
+    import framer
+    network = framer.CrystalFramer.preset("crystalframer")        # the model (framer.models)
+    batch = framer.collate_structures([structure])                 # batches of crystals (framer.data)
+    datamodule = framer.MPDataModule(target="e_form")               # the paper's data sets, your folder, Ewald
+    module = framer.CrystalRegressor(network)                       # the paper's training recipe (Lightning)
+    predictor = framer.load("runs/<run>/version_0")                 # a trained model: .predict(structures)
+
+Command-line faces: ``python -m framer.cli`` (train, test, predict), ``framer.predict``, ``framer.data``,
+``framer.tune``, ``framer.reproduce``, ``framer.report``, ``framer.matbench``; ``framer.testing`` holds test helpers
+for models (invariance checks). Names are imported on first use (PEP 562), so ``import framer`` loads no torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from typing import TYPE_CHECKING
+
+_EXPORTS = {
+    "CrystalFramer": "framer.models",
+    "CrystalBatch": "framer.data.batch",
+    "collate_records": "framer.data.batch",
+    "collate_structures": "framer.data.batch",
+    "CrystalRecord": "framer.data.structures",
+    "record_from_file": "framer.data.structures",
+    "record_from_structure": "framer.data.structures",
+    "CrystalDataModule": "framer.data.datamodules",
+    "CustomDataModule": "framer.data.datamodules",
+    "EwaldDataModule": "framer.data.datamodules",
+    "JarvisDataModule": "framer.data.datamodules",
+    "MPDataModule": "framer.data.datamodules",
+    "CrystalRegressor": "framer.module",
+    "Predictor": "framer.predictor",
+    "load": "framer.predictor",
+}
+
+__all__ = [
+    "CrystalBatch",
+    "CrystalDataModule",
+    "CrystalFramer",
+    "CrystalRecord",
+    "CrystalRegressor",
+    "CustomDataModule",
+    "EwaldDataModule",
+    "JarvisDataModule",
+    "MPDataModule",
+    "Predictor",
+    "__version__",
+    "collate_records",
+    "collate_structures",
+    "load",
+    "record_from_file",
+    "record_from_structure",
+]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("framer")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on the path, not installed
+        return "0+unknown"
+
+
+def __getattr__(name: str):
+    if name == "__version__":
+        value = _version()
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module 'framer' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:
+    from framer.data.batch import CrystalBatch, collate_records, collate_structures
+    from framer.data.datamodules import (
+        CrystalDataModule,
+        CustomDataModule,
+        EwaldDataModule,
+        JarvisDataModule,
+        MPDataModule,
+    )
+    from framer.data.structures import CrystalRecord, record_from_file, record_from_structure
+    from framer.models import CrystalFramer
+    from framer.module import CrystalRegressor
+    from framer.predictor import Predictor, load
+
+    __version__: str

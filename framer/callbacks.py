@@ -28,7 +28,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 
-from framer.tracking import write_predictions_csv
+from framer.errors import NonFiniteError
+from framer.io import write_csv_rows
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -59,13 +60,13 @@ class PredictionWriter(BasePredictionWriter):
         path = self.path
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        self.written = write_predictions_csv(path, rows, ("id", "prediction"))
+        self.written = write_csv_rows(path, ("id", "prediction"), rows)
         print(f"framer: wrote {len(rows)} predictions to {path}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # NaN / inf guard
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(NonFiniteError):
     """A NaN or infinite loss, gradient or weight: training stopped before it could reach the weights."""
 
 
@@ -181,15 +182,24 @@ class LastCheckpointAtEnd(Callback):
 
     With ``--checkpoint.every_n_train_steps N`` Lightning saves only every N steps (never at the end of an epoch), so
     without this ``last.ckpt`` of a finished run can lag behind its last step, and ``fit --ckpt_path last`` with a
-    larger ``max_epochs`` would repeat steps. Interrupted runs are handled by :class:`SigtermCheckpoint`.
+    larger ``max_epochs`` would repeat steps. (Lightning's own end-of-fit save only writes ``last.ckpt`` when none was
+    ever written.) Interrupted runs are handled by :class:`SigtermCheckpoint`.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: global step of the newest checkpoint this process saved (every save passes through ``on_save_checkpoint``)
+        self.saved_step: int | None = None
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        self.saved_step = trainer.global_step
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         callback = trainer.checkpoint_callback
         if trainer.interrupted or trainer.fast_dev_run or callback is None or not getattr(callback, "save_last", False):
             return
-        if getattr(callback, "_last_global_step_saved", None) == trainer.global_step:
-            return  # Lightning's own last save already holds this step
+        if self.saved_step == trainer.global_step:
+            return  # the checkpoints of this step, last.ckpt with them, are written already
         path = last_checkpoint_path(trainer)
         if path is not None:
             trainer.save_checkpoint(path)

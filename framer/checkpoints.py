@@ -1,41 +1,36 @@
-"""Checkpoints: finding, checking and loading them safely, and which classes a config or checkpoint may name.
+"""Checkpoint files: reading and checking them safely, and writing them atomically.
 
-Nothing a user receives may run code when it is loaded. Two rules keep checkpoints and configs plain data:
+Nothing a user receives may run code when it is loaded. Two rules keep checkpoints plain data:
 
 - **Unpickling**: every checkpoint is read with ``torch.load(weights_only=True)`` (tensors and plain containers
   only), whatever the spelling of its path (local path, ``file://``, any fsspec URL such as ``s3://`` or
   ``memory://``), also when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set: :func:`read_checkpoint`, and
   :class:`AtomicCheckpointIO` for the checkpoints a trainer resumes from.
-- **Class paths**: a ``class_path`` (or an import path in the place of a class or callable) names code to import and
-  run. It is accepted only from the packages ``framer``, ``torch`` and ``lightning`` and from the packages listed
-  in the environment variable ``FRAMER_ALLOWED_MODULES`` (comma separated: ``FRAMER_ALLOWED_MODULES=mypkg,other``);
-  anything else is refused *before* its module is imported. After the import the class must be a subclass of what
-  its place expects (:func:`resolve_class`): ``torch.nn.Module`` for a network, ``torch.optim.Optimizer`` for an
-  optimizer, ``LRScheduler`` for a scheduler, the LightningModule for the module itself.
+- **Class paths**: the hyperparameters a module is rebuilt from may name classes only from allowed packages, each
+  a subclass of what its place expects (:func:`check_module_hparams`, with :mod:`framer.instantiate`'s allow-list):
+  ``torch.nn.Module`` for a network, ``torch.optim.Optimizer`` for an optimizer, ``LRScheduler`` for a scheduler,
+  the LightningModule for the module itself.
 
-Refusals are :class:`RefusedClassPath` and :class:`CheckpointError`, each one message naming the file.
+Refusals are :class:`~framer.instantiate.RefusedClassPath` and :class:`CheckpointError`, each one message naming
+the file. Where a run's checkpoints are (``last.ckpt`` of its newest version) is :mod:`framer.rundir`'s.
 """
 
 from __future__ import annotations
 
-import importlib
 import io
 import os
 import pickle
-import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from framer.atomic import atomic_file
+from framer.errors import UserError
+from framer.instantiate import RefusedClassPath, check_config_class_paths, resolve_class
+from framer.io import atomic_file
 
-#: Packages whose classes configs and checkpoints may always name.
-BUILTIN_ALLOWED_MODULES = ("framer", "torch", "lightning")
-#: Environment variable with more allowed packages, comma separated.
-ALLOWED_MODULES_ENV = "FRAMER_ALLOWED_MODULES"
 #: The instantiator Lightning and framer write into checkpoints (``hyper_parameters["_instantiator"]``).
 ALLOWED_INSTANTIATORS = ("lightning.pytorch.cli.instantiate_module",)
 #: What each place of a CrystalRegressor's hyperparameters must hold (a subclass of the given class).
@@ -44,85 +39,18 @@ HPARAM_BASES: dict[str, type] = {
     "optimizer": torch.optim.Optimizer,
     "lr_scheduler": torch.optim.lr_scheduler.LRScheduler,
 }
-_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+")
 
 
-class RefusedClassPath(ValueError):
-    """A config or checkpoint names a class outside the allowed packages, or of the wrong kind."""
-
-
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used: missing, truncated or corrupt, or carrying pickled code."""
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
     """Writing a checkpoint failed (e.g. a full disk); the previous checkpoint file is intact."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# class paths
-def allowed_modules() -> tuple[str, ...]:
-    """``framer``, ``torch``, ``lightning`` and the packages of ``$FRAMER_ALLOWED_MODULES``."""
-    extra = [name.strip() for name in os.environ.get(ALLOWED_MODULES_ENV, "").split(",")]
-    return BUILTIN_ALLOWED_MODULES + tuple(name for name in extra if name and name not in BUILTIN_ALLOWED_MODULES)
-
-
-def is_allowed(import_path: str) -> bool:
-    """Whether ``import_path`` lies in an allowed package (``framer.models.X`` is in ``framer``; ``framerx`` is not)."""
-    return any(import_path == root or import_path.startswith(root + ".") for root in allowed_modules())
-
-
-def check_allowed(class_path: Any, source: str, place: str = "class_path") -> str:
-    """``class_path`` if it is an import path inside an allowed package; :class:`RefusedClassPath` otherwise.
-
-    Nothing is imported. ``source`` names the file (or object) the path came from, ``place`` where in it.
-    """
-    if not isinstance(class_path, str) or not _IMPORT_PATH.fullmatch(class_path):
-        raise RefusedClassPath(f"{source}: {place} {class_path!r} is not an import path (package.module.Class)")
-    if not is_allowed(class_path):
-        raise RefusedClassPath(
-            f"{source}: {place} {class_path!r} was refused and not imported: only classes from "
-            f"{', '.join(allowed_modules())} may be named (trusted packages can be added to ${ALLOWED_MODULES_ENV}, "
-            "comma separated)"
-        )
-    return class_path
-
-
-def resolve_class(class_path: Any, base: type, source: str, place: str = "class_path") -> type:
-    """The class ``class_path`` names: checked to lie in an allowed package before the import, then to subclass
-    ``base``; :class:`RefusedClassPath` otherwise."""
-    check_allowed(class_path, source, place)
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise RefusedClassPath(f"{source}: {place} {class_path!r} cannot be imported ({err})") from None
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        expected = f"{base.__module__}.{base.__qualname__}"
-        raise RefusedClassPath(f"{source}: {place} {class_path!r} is not a subclass of {expected}")
-    return cls
-
-
-def class_paths(data: Any, where: str = "") -> Iterator[tuple[str, Any]]:
-    """(place, value) of every ``class_path`` entry in nested dicts and lists (a YAML config, checkpoint hparams)."""
-    if isinstance(data, Mapping):
-        for key, value in data.items():
-            place = f"{where}.{key}" if where else str(key)
-            if key in ("class_path", "_class_path"):
-                yield place, value
-            else:
-                yield from class_paths(value, place)
-    elif isinstance(data, (list, tuple)):
-        for i, value in enumerate(data):
-            yield from class_paths(value, f"{where}[{i}]")
-
-
-def check_config_class_paths(data: Any, source: str) -> None:
-    """Refuse a config (parsed YAML) that names a class outside the allowed packages, before anything is imported."""
-    for place, value in class_paths(data):
-        check_allowed(value, source, place)
-
-
+# hyperparameters
 def check_module_hparams(hparams: Any, module_class: type, source: str) -> None:
     """Check the hyperparameters a LightningModule would be rebuilt from; :class:`RefusedClassPath` if unsafe.
 
@@ -151,32 +79,6 @@ def check_module_hparams(hparams: Any, module_class: type, source: str) -> None:
             resolve_class(value, base, source, key)
         else:
             raise RefusedClassPath(f"{source}: {key} must be a class path or a class_path/init_args mapping")
-
-
-def restrict_config_imports() -> None:
-    """Make jsonargparse refuse, before importing, any value that names something outside the allowed packages.
-
-    The command line's second line of defence: :func:`check_config_class_paths` names the file for config files and
-    checkpoints; this also covers values typed on the command line and configs nested in configs. It is a global
-    jsonargparse setting (import path denylist ``*`` plus the allowed packages).
-    """
-    from jsonargparse import set_parsing_settings
-
-    allowed = set(allowed_modules())
-    withdrawn = _ALLOWED_IN_JSONARGPARSE - allowed  # allowed by an earlier call in this process, no longer
-    set_parsing_settings(import_path_denylist=["*", *sorted(withdrawn)], import_path_allowlist=sorted(allowed))
-    _ALLOWED_IN_JSONARGPARSE.clear()
-    _ALLOWED_IN_JSONARGPARSE.update(allowed)
-
-
-def follow_allowed_modules() -> None:
-    """Bring jsonargparse's import policy, if :func:`restrict_config_imports` set one, up to date with the allowed
-    packages (``$FRAMER_ALLOWED_MODULES`` may have changed since)."""
-    if _ALLOWED_IN_JSONARGPARSE and set(allowed_modules()) != _ALLOWED_IN_JSONARGPARSE:
-        restrict_config_imports()
-
-
-_ALLOWED_IN_JSONARGPARSE: set[str] = set()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -209,9 +111,10 @@ def _read_bytes(url: str) -> bytes:
 
 
 def _unsafe_globals(source: Any) -> list[str]:
+    """The classes and functions a checkpoint would import when unpickled (torch's own scan; zip checkpoints)."""
     try:
         return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(source))
-    except Exception:  # not a zip checkpoint: the error text is all there is
+    except Exception:  # not a zip checkpoint (the old format): torch's error says what it refused
         return []
 
 
@@ -241,12 +144,11 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             source.seek(0)
         unsafe = _unsafe_globals(source)
         text = " ".join(str(err).split())
-        if not unsafe and isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text:
-            found = re.search(r"GLOBAL ([\w.]+)", text)
-            unsafe = [found.group(1)] if found else []
-        if unsafe:
+        refused = isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text  # old format
+        if unsafe or refused:
+            named = f" ({', '.join(unsafe)})" if unsafe else ""
             raise CheckpointError(
-                f"checkpoint {shown} was not loaded: it holds Python objects ({', '.join(unsafe)}) beyond tensors "
+                f"checkpoint {shown} was not loaded: it holds Python objects{named} beyond tensors "
                 "and plain data, and unpickling them could run code"
             ) from None
         what = f"{type(err).__name__}: {text[:200]}"
@@ -267,25 +169,6 @@ def check_checkpoint(path: str | os.PathLike, module_class: type, overridden: It
         hparams = {key: value for key, value in hparams.items() if key not in set(overridden)}
     check_module_hparams(hparams, module_class, f"checkpoint {os.fspath(path)}")
     return checkpoint
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# finding checkpoints
-def find_last_checkpoint(save_dir: str | Path, run_name: str) -> tuple[Path, str] | None:
-    """``last.ckpt`` of the newest ``<save_dir>/<run_name>/version_<n>`` that has one, with that version's name."""
-    root = Path(save_dir) / run_name
-    candidates = []
-    for ckpt in root.glob("*/checkpoints/last*.ckpt"):
-        match = re.fullmatch(r"version_(\d+)", ckpt.parent.parent.name)
-        order = int(match.group(1)) if match else -1
-        try:
-            candidates.append((order, ckpt.stat().st_mtime, ckpt))
-        except FileNotFoundError:  # replaced or removed by a run writing there right now
-            continue
-    if not candidates:
-        return None
-    _, _, ckpt = max(candidates)
-    return ckpt, ckpt.parent.parent.name
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -8,30 +8,32 @@ A LightningCLI with the model and the data as ``class_path``/``init_args`` subcl
 
 After ``fit``, global rank 0 tests on a single device (no padded DistributedSampler) both the SWA model
 (``test/mae``, the paper's number) and the best-``val/mae`` checkpoint (``test_best/mae``), and writes
-``metrics.json`` and ``predictions.csv`` into the run directory. ``fit --ckpt_path last`` resumes the newest run of
-the same ``tracking.run_name`` in place (same directory, same MLflow run, the earlier rows of ``metrics.csv`` kept)
-and starts afresh when there is none. A ``fit`` holds a lock on its run directory while it runs: a second process
-resuming the same run is refused (:mod:`framer.rundir`).
+``results.json`` and ``predictions.csv`` into the run directory (:mod:`framer.evaluate`). ``fit --ckpt_path last``
+resumes the newest run of the same ``tracking.run_name`` in place (same directory, same MLflow run, the earlier rows
+of ``metrics.csv`` kept) and starts afresh when there is none. A ``fit`` holds a lock on its run directory while it
+runs: a second process resuming the same run is refused (:mod:`framer.rundir`).
 
 ``test``, ``validate`` and ``predict`` never change a trained run: they write into a new ``<run dir>/<subcommand>/<n>/``
-of the run the checkpoint belongs to (else of ``<save_dir>/<run_name>``), with CSV files only (no MLflow run).
+of the run the checkpoint belongs to (else of ``<save_dir>/<run_name>``), with CSV files only (no MLflow run). The
+run directory's layout is :mod:`framer.rundir`'s.
 
 ``fit`` refuses settings it cannot work with before anything is written (a learning rate the optimizer rejects,
 ``swa_epochs`` larger than ``max_epochs``); under ``fast_dev_run`` nothing is written at all.
 
 User errors (missing config, data or checkpoint file, a bad value) end with one ``framer: error: ...`` line and exit
-code 2; set ``FRAMER_DEBUG=1`` to see the traceback. Every trainer runs with
+code 2 (:mod:`framer.errors`); set ``FRAMER_DEBUG=1`` to see the traceback. Every trainer runs with
 :func:`framer.callbacks.safety_callbacks` and atomic checkpoint writes: a NaN/inf loss or gradient (or an optimizer
 step that overflows) stops training with one line and exit code 3, and SIGTERM saves ``last.ckpt`` and exits with code
 143 (128 + SIGTERM). Config files and checkpoints are checked before jsonargparse or Lightning sees them
 (:mod:`framer.checkpoints`): checkpoints are read with ``weights_only=True`` whatever the path's spelling, and a
 class path outside ``framer``, ``torch``, ``lightning`` and ``$FRAMER_ALLOWED_MODULES`` is refused before it is
-imported, so a truncated, corrupt or code-carrying file is one ``framer: error`` line and nothing in it runs.
+imported (:mod:`framer.instantiate`), so a truncated, corrupt or code-carrying file is one ``framer: error`` line and
+nothing in it runs.
 """
 
 from __future__ import annotations
 
-import copy
+import importlib.metadata
 import os
 import re
 import sys
@@ -42,69 +44,27 @@ from typing import Any
 import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
-from framer.callbacks import NonFiniteLossError, PredictionWriter, safety_callbacks
-from framer.checkpoints import (
-    AtomicCheckpointIO,
-    CheckpointError,
-    CheckpointWriteError,
-    RefusedClassPath,
-    allowed_modules,
-    check_checkpoint,
-    check_config_class_paths,
-    find_last_checkpoint,
-    restrict_config_imports,
-)
+from framer.callbacks import PredictionWriter, safety_callbacks
+from framer.checkpoints import AtomicCheckpointIO, check_checkpoint
 from framer.data.sources import DataError
 from framer.data.structures import InvalidStructureError
-from framer.module import ConfigurationError, CrystalRegressor
-from framer.rundir import RunDirectoryBusy, RunLock, evaluation_dir, run_dir_of_checkpoint
-from framer.tracking import (
-    METRICS_FILE,
-    PREDICTIONS_FILE,
-    RUN_INFO_FILE,
-    Tracking,
-    TrackingError,
-    atomic_write_json,
-    is_launching_process,
-    log_artifacts,
-    log_run_start,
-    read_json,
-    run_dir,
-    write_predictions_csv,
-)
+from framer.errors import DEBUG_ENV, UserError, exit_codes
+from framer.evaluate import print_metrics, run_final_tests, write_results
+from framer.instantiate import allowed_modules, check_config_class_paths, restrict_config_imports
+from framer.module import CrystalRegressor
+from framer.rundir import RunDir, RunLock, RunRoot
+from framer.tracking import Tracking, is_launching_process, log_run_start, run_dir
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
-EXIT_USER_ERROR = 2
-EXIT_NON_FINITE = 3  # training stopped on a NaN/inf loss or gradient
-EXIT_SIGTERM = 128 + 15  # the shell's convention for a process ended by SIGTERM
-
-
-class UserError(Exception):
-    """A mistake in the command or its inputs: reported as one line, without a traceback."""
-
-
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError,
-    TrackingError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    InvalidStructureError,
-    MisconfigurationException,
-    DataError,
-    CheckpointError,
-    CheckpointWriteError,
-    RefusedClassPath,
-    RunDirectoryBusy,
-    ConfigurationError,
-)
+#: user errors (exit code 2) besides framer's own :class:`framer.errors.UserError`s
+USER_ERRORS: tuple[type[BaseException], ...] = (InvalidStructureError, MisconfigurationException, DataError)
 
 
 def check_config_files(args: Any) -> None:
@@ -159,7 +119,7 @@ def _parser_error_text(message: str) -> str:
     if not lines:
         return "invalid arguments"
     denied = re.search(r"Importing '([\w.]+)' is not allowed", message)
-    if denied:  # jsonargparse's import policy (framer.checkpoints.restrict_config_imports)
+    if denied:  # jsonargparse's import policy (framer.instantiate.restrict_config_imports)
         return (
             f"{lines[0]} class path {denied.group(1)!r} was refused and not imported: only classes from "
             f"{', '.join(allowed_modules())} may be named (trusted packages can be added to $FRAMER_ALLOWED_MODULES)"
@@ -186,7 +146,7 @@ class FramerCLI(LightningCLI):
         kwargs.setdefault("parser_class", FramerArgumentParser)
         self._mlflow_run_id: str | None = None
         self._resume_step: int | None = None  # global step of the checkpoint a fit resumes from
-        self._checkpoint_run: Path | None = None  # run directory of the checkpoint test/validate/predict evaluate
+        self._checkpoint_run: RunDir | None = None  # run directory of the checkpoint test/validate/predict evaluate
         self._run_lock: RunLock | None = None
         #: test metrics of the run after fit (rank 0), e.g. {"test/mae": ..., "test_best/mae": ...}
         self.final_metrics: dict[str, float] = {}
@@ -196,6 +156,10 @@ class FramerCLI(LightningCLI):
         finally:
             if self._run_lock is not None:
                 self._run_lock.release()
+
+    def _section(self, config: Any) -> Any:
+        """The part of a parsed config for the subcommand being run (all of it without one: ``run=False``)."""
+        return config[self.subcommand] if self.subcommand else config
 
     # ----------------------------------------------------------------------------------------------------------------
     # parser
@@ -221,7 +185,7 @@ class FramerCLI(LightningCLI):
             type=bool,
             default=True,
             help="fit: then test on one device the SWA model (test/mae) and the best val/mae checkpoint "
-            "(test_best/mae), writing metrics.json and predictions.csv into the run directory",
+            "(test_best/mae), writing results.json and predictions.csv into the run directory",
         )
         parser.add_argument(
             "--predictions_csv",
@@ -246,7 +210,7 @@ class FramerCLI(LightningCLI):
             config.weights_only = True  # framer's checkpoints are plain data; nothing else is unpickled
         if ckpt == "last" and config.trainer.get("logger") in (None, True):
             tracking = config.tracking
-            found = find_last_checkpoint(tracking.save_dir, tracking.run_name)
+            found = RunRoot.of(tracking.save_dir, tracking.run_name).last_checkpoint()
             if found is None:
                 if subcommand != "fit":
                     raise UserError(f"no last checkpoint under {Path(tracking.save_dir) / tracking.run_name}")
@@ -257,11 +221,11 @@ class FramerCLI(LightningCLI):
                 )
                 config.ckpt_path = None
                 return
-            path, version = found
+            path, run = found
             ckpt = config.ckpt_path = str(path)
             if subcommand == "fit":  # continue in the same run directory and MLflow run
-                config.tracking.version = version
-                self._mlflow_run_id = read_json(path.parent.parent / RUN_INFO_FILE).get("mlflow_run_id")
+                config.tracking.version = run.name
+                self._mlflow_run_id = run.read_info().get("mlflow_run_id")
         elif ckpt in SPECIAL_CKPT_PATHS:
             # resolved by Lightning itself and read through AtomicCheckpointIO (weights_only); no class is built
             return
@@ -269,52 +233,56 @@ class FramerCLI(LightningCLI):
         if subcommand == "fit":
             self._resume_step = int(checkpoint.get("global_step") or 0)
         else:
-            self._checkpoint_run = run_dir_of_checkpoint(ckpt)
+            self._checkpoint_run = RunDir.of_checkpoint(ckpt)
 
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except ValueError as err:  # a constructor rejected a config value: say which, in one line
-            if os.environ.get("FRAMER_DEBUG"):
+            if os.environ.get(DEBUG_ENV):
                 raise
             raise UserError(f"invalid configuration: {_constructor_errors(err)}") from err
 
     # ----------------------------------------------------------------------------------------------------------------
     # trainer: loggers from `tracking` unless trainer.logger is given
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer_config = self._get(self.config_init, "trainer", default={})
+        trainer_config = self._section(self.config_init).get("trainer") or {}
         subcommand = self.subcommand or "fit"  # run=False (framer.tune) builds trainers that fit
         if subcommand == "fit":
             self._check_settings(trainer_config)
         if trainer_config.get("enable_progress_bar") is False and trainer_config.get("callbacks"):
             # `--trainer.enable_progress_bar false` wins over the progress bar of the configs (sweeps, batch jobs)
             trainer_config["callbacks"] = [c for c in trainer_config["callbacks"] if not isinstance(c, ProgressBar)]
-        if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
-            kwargs["logger"] = self._default_loggers(subcommand, trainer_config)
         plugins = kwargs.get("plugins", trainer_config.get("plugins"))
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic, fsynced checkpoint files
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        trainer = super().instantiate_trainer(**kwargs)
+        tracking: Tracking = self._section(self.config_init)["tracking"]
+        try:
+            if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
+                kwargs["logger"] = self._default_loggers(subcommand, trainer_config, tracking)
+            trainer = super().instantiate_trainer(**kwargs)
+        except BaseException:
+            tracking.fail_created_run()  # a trainer setting Lightning refuses: no MLflow run left RUNNING
+            raise
         if trainer.fast_dev_run:  # Lightning means to save nothing then, but ModelCheckpoint still saves last.ckpt
             trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
         trainer.callbacks.extend(safety_callbacks())
         return trainer
 
-    def _default_loggers(self, subcommand: str, trainer_config: dict) -> list[Logger] | bool:
+    def _default_loggers(self, subcommand: str, trainer_config: dict, tracking: Tracking) -> list[Logger] | bool:
         """Loggers from ``tracking``: the run's for ``fit`` (its directory locked), new files for the others."""
         if trainer_config.get("fast_dev_run"):
             return False  # a smoke run writes no files (Lightning would log nothing either)
-        tracking: Tracking = self._get(self.config_init, "tracking")
         if subcommand != "fit":  # test/validate/predict: a new <run>/<subcommand>/<n>/, CSV files only
-            run = self._checkpoint_run or Path(tracking.save_dir) / tracking.run_name
+            run = self._checkpoint_run or RunDir(Path(tracking.save_dir) / tracking.run_name)
             if not is_launching_process():
-                return [CSVLogger(save_dir=run, name=subcommand)]
-            directory = evaluation_dir(run, subcommand)
-            return [CSVLogger(save_dir=run, name=subcommand, version=directory.name)]
+                return [CSVLogger(save_dir=run.path, name=subcommand)]
+            directory = run.new_evaluation_dir(subcommand)
+            return [CSVLogger(save_dir=run.path, name=subcommand, version=directory.name)]
         loggers = tracking.loggers(mlflow_run_id=self._mlflow_run_id, resume_step=self._resume_step)
         if self.subcommand == "fit" and is_launching_process():
-            self._run_lock = RunLock(loggers[0].log_dir).acquire()
+            self._run_lock = RunDir(loggers[0].log_dir).lock().acquire()
         return loggers
 
     def _check_settings(self, trainer_config: dict) -> None:
@@ -340,7 +308,7 @@ class FramerCLI(LightningCLI):
     # subcommand hooks
     def after_fit(self) -> None:
         trainer = self.trainer
-        if not self._get(self.config, "test_after_fit", True) or trainer.interrupted:
+        if not self._section(self.config).get("test_after_fit", True) or trainer.interrupted:
             return
         if trainer.world_size > 1:
             # every rank leaves the process group; rank 0 alone tests on one device
@@ -361,129 +329,26 @@ class FramerCLI(LightningCLI):
         if self.trainer.global_rank != 0:
             return
         directory = run_dir(self.trainer)
+        run = RunDir(directory) if directory is not None else None
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if k.startswith("test")}
-        write_results(directory, self.trainer, self.model, self.datamodule, metrics, {"": self.model})
-        _print_metrics(metrics, directory)
+        write_results(run, self.trainer, self.model, metrics, {"final": self.model})
+        print_metrics(metrics, run)
 
     def before_predict(self) -> None:
-        output = self._get(self.config, "predictions_csv")
+        output = self._section(self.config).get("predictions_csv")
         if output is None:
             directory = run_dir(self.trainer)
             if directory is None:
                 raise UserError("predict without a CSV logger: give --predictions_csv FILE")
-            output = str(directory / PREDICTIONS_FILE)
+            output = str(RunDir(directory).predictions())
         self.trainer.callbacks.append(PredictionWriter(output))
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# testing after fit on one device
-def _one_device_trainer(trainer: Trainer) -> Trainer:
-    device = trainer.strategy.root_device
-    accelerator = {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
-    devices: Any = [device.index or 0] if accelerator == "gpu" else 1
-    callbacks: list = []
-    bar = trainer.progress_bar_callback
-    if isinstance(bar, RichProgressBar):
-        callbacks.append(RichProgressBar())
-    elif isinstance(bar, TQDMProgressBar):
-        callbacks.append(TQDMProgressBar(refresh_rate=bar.refresh_rate))
-    elif isinstance(bar, ProgressBar):
-        callbacks.append(type(bar)())
-    loggers = [lg for lg in trainer.loggers if type(lg).__name__ != "DummyLogger"]
-    return Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=1,
-        strategy="auto",
-        precision=trainer.precision,
-        logger=loggers or False,
-        callbacks=callbacks,
-        enable_progress_bar=bool(callbacks),
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=trainer.default_root_dir,
-        fast_dev_run=trainer.fast_dev_run,
-        limit_test_batches=trainer.limit_test_batches,
-    )
-
-
-def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: LightningDataModule | None) -> dict:
-    """Test the final (SWA) module and the best-val checkpoint on one device; write metrics.json/predictions.csv."""
-    tester = _one_device_trainer(trainer)
-    module.test_prefix = "test"
-    results = tester.test(module, datamodule=datamodule, verbose=False)
-    metrics: dict[str, Any] = dict(results[0]) if results else {}
-    modules: dict[str, CrystalRegressor] = {"": module}
-    callback = trainer.checkpoint_callback
-    best_path = getattr(callback, "best_model_path", "") if callback is not None else ""
-    if best_path and Path(best_path).is_file():
-        # a module built in Python around a network whose arguments could not be recorded needs it passed back
-        extra = {"model": copy.deepcopy(module.model)} if module.hparams.get("model") is None else {}
-        best = type(module).load_from_checkpoint(best_path, map_location="cpu", weights_only=True, **extra)
-        best.eval_weights = "raw"
-        best.test_prefix = "test_best"
-        # fit logged the run's hyperparameters; the reloaded module's are rebuilt from its network (other class path
-        # spelling), and MLflow refuses to change a logged parameter
-        best._log_hyperparams = False
-        results = tester.test(best, datamodule=datamodule, verbose=False)
-        metrics.update(results[0] if results else {})
-        modules["_best"] = best
-        metrics["best_val/mae"] = float(callback.best_model_score)
-    directory = run_dir(trainer)
-    write_results(directory, trainer, module, datamodule, metrics, modules)
-    _print_metrics(metrics, directory)
-    return metrics
-
-
-def write_results(
-    directory: Path | None,
-    trainer: Trainer,
-    module: CrystalRegressor,
-    datamodule: Any,
-    metrics: dict[str, Any],
-    modules: dict[str, CrystalRegressor],
-) -> None:
-    """``metrics.json`` (metrics + run facts) and ``predictions<suffix>.csv`` per tested module, atomically."""
-    if directory is None:
-        return
-    info = read_json(directory / RUN_INFO_FILE)
-    callback = trainer.checkpoint_callback
-    summary: dict[str, Any] = {
-        **{k: info[k] for k in ("dataset_name", "target", "target_units", "git_commit", "num_params") if k in info},
-        "run_dir": str(directory.resolve()),
-        "epochs": trainer.current_epoch,
-        "global_step": trainer.global_step,
-        "test_weights": "swa" if module.has_swa and module.eval_weights == "swa" else "raw",
-        "swa_steps": int(module.swa_n),
-        "metrics": {k: float(v) for k, v in metrics.items()},
-    }
-    if callback is not None and getattr(callback, "best_model_path", ""):
-        summary["best_checkpoint"] = callback.best_model_path
-    if callback is not None and getattr(callback, "last_model_path", ""):
-        summary["last_checkpoint"] = callback.last_model_path
-    paths = []
-    for suffix, tested in modules.items():
-        rows = tested.test_predictions
-        if rows:
-            path = directory / PREDICTIONS_FILE.replace(".csv", f"{suffix}.csv")
-            paths.append(write_predictions_csv(path, rows, ("id", "target", "prediction")))
-            summary["n_test" + suffix] = len(rows)
-    paths.append(atomic_write_json(directory / METRICS_FILE, summary))
-    log_artifacts(trainer.loggers, paths)
-
-
-def _print_metrics(metrics: dict[str, Any], directory: Path | None) -> None:
-    if not metrics:
-        return
-    text = ", ".join(f"{k} = {float(v):.6g}" for k, v in sorted(metrics.items()))
-    where = f" (written to {directory / METRICS_FILE})" if directory is not None else ""
-    print(f"framer: {text}{where}")
-
-
 def _version() -> str:
-    from framer import __version__
-
-    return __version__
+    try:
+        return importlib.metadata.version("framer")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        return "(not installed)"
 
 
 def _constructor_errors(err: BaseException) -> str:
@@ -493,33 +358,16 @@ def _constructor_errors(err: BaseException) -> str:
     return "; ".join(reasons) if reasons else (lines[0] if lines else type(err).__name__)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip() or type(err).__name__
-    if isinstance(err, FileNotFoundError) and err.filename and str(err.filename) not in text:
-        text = f"{text}: {err.filename}"
-    return " ".join(text.split())
+def _stopped(err: BaseException) -> str:
+    saved = getattr(err, "framer_checkpoint", None)
+    step = getattr(err, "framer_global_step", None)
+    return f"saved {saved} at global step {step}; resume with --ckpt_path last" if saved else "no checkpoint saved"
 
 
 def main(args: Any = None) -> None:
-    """Entry point of ``python -m framer.cli`` and the ``framer`` script."""
-    try:
+    """Entry point of ``python -m framer.cli`` and the ``framer`` script (exit codes: :mod:`framer.errors`)."""
+    with exit_codes("framer", USER_ERRORS, interruptions=(SIGTERMException,), interrupted=_stopped):
         FramerCLI(args=args)
-    except USER_ERRORS as err:
-        if os.environ.get("FRAMER_DEBUG"):
-            raise
-        sys.stderr.write(f"framer: error: {_one_line(err)}\n")
-        raise SystemExit(EXIT_USER_ERROR) from None
-    except (NonFiniteLossError, FloatingPointError) as err:
-        if os.environ.get("FRAMER_DEBUG"):
-            raise
-        sys.stderr.write(f"framer: error: {_one_line(err)}\n")
-        raise SystemExit(EXIT_NON_FINITE) from None
-    except SIGTERMException as err:
-        saved = getattr(err, "framer_checkpoint", None)
-        step = getattr(err, "framer_global_step", None)
-        what = f"saved {saved} at global step {step}; resume with --ckpt_path last" if saved else "no checkpoint saved"
-        sys.stderr.write(f"framer: stopped by SIGTERM: {what}\n")
-        raise SystemExit(EXIT_SIGTERM) from None
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def train_one(args: argparse.Namespace, preset: str, datamodule) -> dict:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from framer.cli import run_final_tests
+    from framer.evaluate import run_final_tests
     from framer.module import CrystalRegressor, InverseSqrtLR
 
     pl.seed_everything(args.seed, verbose=False)
@@ -185,9 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "total_seconds": round(total, 1),
         "torch_threads": torch.get_num_threads(),
     }
-    from framer.tracking import atomic_write_json
+    from framer.io import write_json
 
-    path = atomic_write_json(Path(args.out) / "summary.json", summary)
+    path = write_json(Path(args.out) / "summary.json", summary)
     print(f"summary: {path}")
     return 0
 

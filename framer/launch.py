@@ -29,10 +29,10 @@ from typing import Any, Literal
 
 import yaml
 
+from framer.errors import EXIT_SIGTERM
+
 REPO = Path(__file__).resolve().parent.parent
-LAUNCH_LOG = "launch.log"  # a subprocess run's output, next to its run directories
 LOG_TAIL = 3000  # characters of a run's output kept in its outcome's message
-EXIT_SIGTERM = 128 + signal.SIGTERM  # as framer.cli: a run stopped by SIGTERM after saving last.ckpt
 STOP_GRACE = 30  # seconds a stopped subprocess gets to save last.ckpt before it is killed
 POLL_INTERVAL = 0.5  # seconds between the calls of a subprocess run's ``poll`` hook
 

@@ -1,6 +1,6 @@
 """CrystalRegressor: the LightningModule that trains any ``model(batch) -> (B,)`` regressor the paper's way.
 
-Training recipe (model-spec.md §6):
+Training recipe (the paper's; README "Training", ``conf/default.yaml``):
 
 - L1 loss on standardised targets ``(y - mean) / std`` with the train split's mean and population std, taken from
   the datamodule's ``target_stats()`` when ``fit`` starts and kept in buffers, so checkpoints carry them.
@@ -8,26 +8,27 @@ Training recipe (model-spec.md §6):
 - ``lr · sqrt(T / (T + step))`` with T = 4000 steps, stepped after every optimizer step (:class:`InverseSqrtLR`).
 - Gradient-norm clipping at 1.0 (``trainer.gradient_clip_val``, set in ``conf/default.yaml``).
 - Stochastic weight averaging over every optimizer step of the last ``swa_epochs`` epochs, with the learning rate
-  frozen at its value when averaging starts. The average lives in ``swa_model`` (part of the state dict, so
-  ``fit --ckpt_path last`` resumes it) and is what ``test`` and ``predict`` use by default, as in the paper.
+  frozen at its value when averaging starts. The average is torch's ``AveragedModel`` in ``swa_model`` (parameters
+  averaged, buffers kept equal to the trained network's; part of the state dict, so ``fit --ckpt_path last``
+  resumes it) and is what ``test`` and ``predict`` use by default, as in the paper. Checkpoints written before it
+  was an ``AveragedModel`` (``swa_model.<name>``, ``swa_n``) are read with their keys renamed.
 
 Metrics are torchmetrics objects, one per stage, in physical units: ``train/mae``, ``val/mae``, ``test/mae``
 (plus ``train/loss``, the standardised L1, and ``val_swa/mae`` while averaging). The running ``train/mae`` of the
 current epoch is part of the state dict, so a run resumed in the middle of an epoch logs the same epoch value.
 
 Networks, optimizers and schedulers named by class path (from Python, configs or checkpoints) are checked by
-:mod:`framer.checkpoints` before anything is imported; ``load_from_checkpoint`` reads with ``weights_only=True``.
+:mod:`framer.instantiate` before anything is imported; ``load_from_checkpoint`` reads with ``weights_only=True``
+(:mod:`framer.checkpoints`). A module built in Python records its network, optimizer and scheduler as
+``{"class_path", "init_args"}`` hyperparameters, so its checkpoints load (and train on) with no extra argument.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
-import inspect
 import math
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,25 +37,21 @@ import torch
 import yaml
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanAbsoluteError
 
-from framer.checkpoints import (
-    RefusedClassPath,
-    check_checkpoint,
-    check_module_hparams,
-    follow_allowed_modules,
-    resolve_class,
-)
+from framer.checkpoints import check_checkpoint, check_module_hparams
+from framer.errors import UserError
+from framer.instantiate import RefusedClassPath, build, callable_config, factory, follow_allowed_modules, to_config
 
 DEFAULT_LR = 5e-4
 DEFAULT_BETAS = (0.9, 0.98)
 DEFAULT_WEIGHT_DECAY = 1e-5
 DEFAULT_DECAY_STEPS = 4000
 TARGET_INFO_KEY = "framer_target"  # checkpoint entry with the dataset name, target and units
-INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"  # Lightning's allow-listed checkpoint instantiator
 
 
-class ConfigurationError(ValueError):
+class ConfigurationError(UserError, ValueError):
     """A setting the training recipe cannot work with (e.g. a learning rate the optimizer rejects)."""
 
 
@@ -113,94 +110,6 @@ def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
     return groups
 
 
-def class_path(obj_or_cls: Any) -> str:
-    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as YAML-safe plain data, or raise TypeError."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    raise TypeError(f"{type(value).__name__} is not plain data")
-
-
-def model_config(model: nn.Module) -> dict[str, Any]:
-    """``{"class_path", "init_args"}`` that rebuilds ``model`` (used to save modules built in Python).
-
-    The constructor arguments come from an ``init_args``/``config``/``hparams`` mapping on the model if it has
-    one, else from attributes named like the constructor's parameters. Unless the model stores its arguments, the
-    result is checked by rebuilding the model and comparing parameter shapes; ValueError when they cannot be
-    recovered, so no checkpoint is written that would silently rebuild a different network.
-    """
-    signature = inspect.signature(type(model).__init__)
-    params = {
-        name: p
-        for name, p in signature.parameters.items()
-        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-    for attr in ("init_args", "config", "hparams", "_init_args"):
-        stored = getattr(model, attr, None)
-        if isinstance(stored, dict) and set(stored) <= set(params):
-            try:
-                return {"class_path": class_path(model), "init_args": _plain(dict(stored))}
-            except TypeError:
-                pass
-    init_args: dict[str, Any] = {}
-    for name, p in params.items():
-        if hasattr(model, name):
-            try:
-                value = _plain(getattr(model, name))
-            except TypeError:
-                value = inspect.Parameter.empty
-            if value is not inspect.Parameter.empty and (p.default is p.empty or value != p.default):
-                init_args[name] = value
-                continue
-        if p.default is p.empty:
-            raise ValueError(
-                f"cannot recover the required argument {name!r} of {class_path(model)} to save it in checkpoints"
-            )
-    try:
-        rebuilt = type(model)(**init_args)
-    except Exception as err:
-        raise ValueError(f"cannot rebuild {class_path(model)} from {init_args}: {err}") from err
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} != expected:
-        raise ValueError(
-            f"cannot recover the constructor arguments of {class_path(model)} from the instance "
-            "(rebuilding it gives other parameter shapes)"
-        )
-    return {"class_path": class_path(model), "init_args": init_args}
-
-
-def build_from_config(config: dict[str, Any], source: str = "model config") -> nn.Module:
-    """Instantiate the network ``{"class_path": "pkg.mod.Class", "init_args": {...}}``.
-
-    The class path is checked before its module is imported (see :mod:`framer.checkpoints`) and the class must be a
-    ``torch.nn.Module``; :class:`framer.checkpoints.RefusedClassPath` otherwise.
-    """
-    cls = resolve_class(config.get("class_path"), nn.Module, source, "model.class_path")
-    return cls(**dict(config.get("init_args") or {}))
-
-
-def callable_config(fn: Any) -> dict[str, Any] | None:
-    """Config of an optimizer/scheduler callable: supports classes and ``functools.partial`` of classes."""
-    if fn is None or fn in (default_optimizer, default_lr_scheduler):
-        return None
-    if isinstance(fn, functools.partial) and isinstance(fn.func, type) and not fn.args:
-        try:
-            return {"class_path": class_path(fn.func), "init_args": _plain(dict(fn.keywords))}
-        except TypeError:
-            return None
-    if isinstance(fn, type):
-        return {"class_path": class_path(fn)}
-    return None
-
-
 class CrystalRegressor(pl.LightningModule):
     """Regress one crystal property with any ``model(batch) -> (B,)`` network, following the paper's recipe.
 
@@ -209,9 +118,11 @@ class CrystalRegressor(pl.LightningModule):
             crystal, shape (B,). From Python, a ``{"class_path", "init_args"}`` dict also works (and is what
             checkpoints store, so ``load_from_checkpoint(path)`` rebuilds it).
         optimizer: Builds the optimizer from parameter groups (weight-decayed weights, then biases without decay).
-            Default: AdamW(lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5).
+            Default: AdamW(lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5). From Python, a ``{"class_path",
+            "init_args"}`` dict also works.
         lr_scheduler: Builds a scheduler that is stepped after every optimizer step. Default: InverseSqrtLR with
             decay_steps=4000. Set ``torch.optim.lr_scheduler.ConstantLR`` with ``factor: 1.0`` for a constant rate.
+            From Python, a ``{"class_path", "init_args"}`` dict also works.
         swa_epochs: Average the weights after every optimizer step of the last ``swa_epochs`` epochs of
             ``trainer.max_epochs``, with the learning rate frozen (0 disables SWA).
         eval_weights: Weights used by ``test`` and ``predict``: ``swa`` (the average, when one exists; what the
@@ -232,18 +143,23 @@ class CrystalRegressor(pl.LightningModule):
         target_std: float | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(model, dict):  # {"class_path": ..., "init_args": {...}} from Python: exact hparams
-            self._model_config = {"class_path": model["class_path"], "init_args": dict(model.get("init_args") or {})}
-            model = build_from_config(self._model_config)
-        else:
-            self._model_config = None
+        with warnings.catch_warnings():  # a network given as an object is recorded as its config just below
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`")
+            self.save_hyperparameters()  # under LightningCLI, the parsed config; from Python, the arguments
+        self._record_as_configs(model, optimizer, lr_scheduler)
+        if isinstance(model, Mapping):  # {"class_path": ..., "init_args": {...}}
+            model = build(model, nn.Module, "model config")
+        if isinstance(optimizer, Mapping):
+            optimizer = factory(optimizer, torch.optim.Optimizer, "optimizer config", "optimizer")
+        if isinstance(lr_scheduler, Mapping):
+            scheduler = torch.optim.lr_scheduler.LRScheduler
+            lr_scheduler = factory(lr_scheduler, scheduler, "scheduler config", "lr_scheduler")
         if swa_epochs < 0:
             raise ValueError(f"swa_epochs must be >= 0, got {swa_epochs}")
         if eval_weights not in ("swa", "raw"):
             raise ValueError(f"eval_weights must be 'swa' or 'raw', got {eval_weights!r}")
         if target_std is not None and not target_std > 0:
             raise ValueError(f"target_std must be positive, got {target_std}")
-        self._save_hparams(model, optimizer, lr_scheduler, swa_epochs, eval_weights, target_mean, target_std)
         self.model = model
         self.optimizer_factory = optimizer or default_optimizer
         self.lr_scheduler_factory = lr_scheduler or default_lr_scheduler
@@ -252,12 +168,11 @@ class CrystalRegressor(pl.LightningModule):
         self._fixed_stats = target_mean is not None or target_std is not None
         self.register_buffer("target_mean", torch.tensor(0.0 if target_mean is None else float(target_mean)))
         self.register_buffer("target_std", torch.tensor(1.0 if target_std is None else float(target_std)))
-        # The SWA average: a frozen copy of the model plus the number of averaged steps, both in the state dict.
-        self.swa_model: nn.Module | None = None
+        # The SWA average: a frozen copy of the network and the number of averaged steps, both in the state dict.
+        self.swa_model: AveragedModel | None = None
         if swa_epochs > 0:
-            self.swa_model = copy.deepcopy(model)
+            self.swa_model = AveragedModel(model, use_buffers=False)
             self.swa_model.requires_grad_(False)
-        self.register_buffer("swa_n", torch.tensor(0, dtype=torch.long))
         # first epoch of the phase the average covers: a resumed run with more epochs starts a fresh average
         self.register_buffer("swa_epoch", torch.tensor(-1, dtype=torch.long))
         self.train_mae = MeanAbsoluteError()
@@ -277,37 +192,31 @@ class CrystalRegressor(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------------------------------------
     # hyperparameters: checkpoints must rebuild the module with no extra argument
-    def _save_hparams(self, model, optimizer, lr_scheduler, swa_epochs, eval_weights, target_mean, target_std):
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    def _record_as_configs(self, model: Any, optimizer: Any, lr_scheduler: Any) -> None:
+        """Replace arguments given as Python objects in the recorded hyperparameters by their configs.
 
-        if _given_hyperparameters.get() is not None:  # built by LightningCLI: it stores the parsed config itself
-            self.save_hyperparameters()
-            return
-        try:
-            config = self._model_config or model_config(model)
-        except ValueError as err:
-            warnings.warn(
-                f"{err}; checkpoints of this module will need the network passed back: "
-                "load_from_checkpoint(path, model=...). Store the constructor arguments in `model.init_args` (a dict) "
-                "or build the module through the CLI to avoid this.",
-                stacklevel=3,
-            )
-            config = None
-        hparams = {
-            "_class_path": class_path(self),
-            "_instantiator": INSTANTIATOR,
-            "model": config,
-            "optimizer": callable_config(optimizer),
-            "lr_scheduler": callable_config(lr_scheduler),
-            "swa_epochs": swa_epochs,
-            "eval_weights": eval_weights,
-            "target_mean": target_mean,
-            "target_std": target_std,
-        }
-        self.save_hyperparameters(hparams)
+        Under LightningCLI (and when loading a checkpoint) they are configs already and are kept as recorded.
+        """
+        hparams = dict(self.hparams)
+        if isinstance(model, nn.Module) and not isinstance(hparams.get("model"), Mapping):
+            try:
+                hparams["model"] = to_config(model)
+            except ValueError as err:
+                warnings.warn(
+                    f"{err}; checkpoints of this module will need the network passed back: "
+                    "load_from_checkpoint(path, model=...). Store the constructor arguments in `model.init_args` "
+                    "(a dict) or build the module through the CLI to avoid this.",
+                    stacklevel=3,
+                )
+                hparams["model"] = None
+        for key, value in (("optimizer", optimizer), ("lr_scheduler", lr_scheduler)):
+            if value is not None and not isinstance(hparams.get(key), Mapping):
+                hparams[key] = callable_config(value)
+        if hparams != dict(self.hparams):
+            self.save_hyperparameters(hparams)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.attached_trainer, "datamodule", None)
         for key in ("dataset_name", "target", "target_units"):
             value = getattr(datamodule, key, None)
             if isinstance(value, str):
@@ -318,14 +227,28 @@ class CrystalRegressor(pl.LightningModule):
         # keep the checkpoint's own config, so a re-saved checkpoint rebuilds exactly as the original did
         stored = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         if isinstance(stored, dict) and "model" in stored:
-            self._set_hparams(dict(stored))
+            self.hparams.update(stored)
         self.target_info = dict(checkpoint.get(TARGET_INFO_KEY) or {})
-        # checkpoints written before train/mae was checkpointed: start that epoch's running MAE afresh
         state = checkpoint.get("state_dict")
         if isinstance(state, dict):
+            self._migrate_swa_keys(state)
+            # checkpoints written before train/mae was checkpointed: start that epoch's running MAE afresh
             for key, value in self.state_dict().items():
                 if key.startswith("train_mae") and key not in state:
                     state[key] = value
+
+    def _migrate_swa_keys(self, state: dict[str, Any]) -> None:
+        """Checkpoints written before the average was an ``AveragedModel``: ``swa_model.<name>`` becomes
+        ``swa_model.module.<name>`` and the step count ``swa_n`` becomes ``swa_model.n_averaged``."""
+        count = state.pop("swa_n", None)
+        if self.swa_model is None:
+            return
+        if count is not None and "swa_model.n_averaged" not in state:
+            state["swa_model.n_averaged"] = count
+        old = [k for k in state if k.startswith("swa_model.") and not k.startswith("swa_model.module.")]
+        for key in old:
+            if key != "swa_model.n_averaged":
+                state["swa_model.module." + key.removeprefix("swa_model.")] = state.pop(key)
 
     @classmethod
     def load_from_checkpoint(
@@ -376,7 +299,7 @@ class CrystalRegressor(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if stage != "fit" or self._fixed_stats:
             return
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        datamodule = getattr(self.attached_trainer, "datamodule", None)
         stats = getattr(datamodule, "target_stats", None)
         if stats is None:
             warnings.warn(
@@ -408,9 +331,22 @@ class CrystalRegressor(pl.LightningModule):
         return self.model
 
     @property
+    def swa_steps(self) -> int:
+        """Optimizer steps in the SWA average (0 without one)."""
+        return int(self.swa_model.n_averaged) if self.swa_model is not None else 0
+
+    @property
     def has_swa(self) -> bool:
         """Whether an SWA average exists (at least one averaged step)."""
-        return self.swa_model is not None and int(self.swa_n) > 0
+        return self.swa_steps > 0
+
+    @property
+    def attached_trainer(self) -> pl.Trainer | None:
+        """The trainer this module is attached to, or None (Lightning's ``trainer`` raises when there is none)."""
+        try:
+            return self.trainer
+        except RuntimeError:
+            return None
 
     def on_train_epoch_start(self) -> None:
         if int(self.train_mae_epoch) != self.current_epoch:  # not a resume in the middle of this epoch
@@ -424,7 +360,7 @@ class CrystalRegressor(pl.LightningModule):
         n = len(batch)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=n)
         self.log("train/mae", self.train_mae, on_step=False, on_epoch=True, batch_size=n)
-        if self._trainer is not None and self.trainer.optimizers:
+        if self.attached_trainer is not None and self.trainer.optimizers:
             lr = self.trainer.optimizers[0].param_groups[0]["lr"]
             self.log("train/lr", lr, on_step=True, on_epoch=False, batch_size=n)
         return loss
@@ -476,7 +412,7 @@ class CrystalRegressor(pl.LightningModule):
     @property
     def swa_start_epoch(self) -> int | None:
         """First epoch of weight averaging, or None when SWA is off or ``max_epochs`` is unbounded."""
-        if self.swa_model is None or self._trainer is None:
+        if self.swa_model is None or self.attached_trainer is None:
             return None
         max_epochs = self.trainer.max_epochs
         if max_epochs is None or max_epochs < 0:
@@ -511,20 +447,7 @@ class CrystalRegressor(pl.LightningModule):
         if self.in_swa_phase:
             start = self.swa_start_epoch
             if int(self.swa_epoch) != start:  # an average from an earlier, shorter schedule does not count
-                self.swa_n.zero_()
+                self.swa_model.n_averaged.zero_()
                 self.swa_epoch.fill_(start)
-            self.update_swa()
-
-    @torch.no_grad()
-    def update_swa(self) -> None:
-        """Fold the current weights into the running uniform average (floating tensors) or copy them (others)."""
-        n = int(self.swa_n)
-        averaged = self.swa_model.state_dict(keep_vars=True)
-        current = self.model.state_dict(keep_vars=True)
-        for key, avg in averaged.items():
-            value = current[key].detach()
-            if n == 0 or not avg.is_floating_point():
-                avg.detach().copy_(value)
-            else:
-                avg.detach().add_(value - avg.detach(), alpha=1.0 / (n + 1))
-        self.swa_n += 1
+            with torch.no_grad():
+                self.swa_model.update_parameters(self.model)

@@ -1,8 +1,8 @@
-"""Figures drawn from the CSVs runs leave behind (matplotlib Agg, PNG), optionally logged to MLflow.
+"""Figures drawn from the CSVs runs leave behind (matplotlib Agg, PNG); runs are read through :mod:`framer.rundir`.
 
-Per run: parity plot, error histogram, learning curves (``run_figures``). Per report: grids of the same over the
-table's columns for each model and a frame-type comparison chart (``report_figures``). Per study: Optuna's
-optimisation history and parameter importances (``study_figures``).
+Per run: parity plot, error histogram, learning curves (``run_figures``; ``figures_of_run`` also logs them to the
+run's MLflow run). Per report: grids of the same over the table's columns for each model and a frame-type comparison
+chart (``report_figures``). Per study: Optuna's optimisation history and parameter importances (``study_figures``).
 
     python -m framer.plots run <run_dir> [--out DIR]
     python -m framer.plots study --study-dir sweeps/<study>
@@ -26,10 +26,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
+from framer.rundir import RunDir, resolve
+
 if TYPE_CHECKING:
     import optuna
-
-    from framer.report import PaperTable, RunResult
 
 log = logging.getLogger(__name__)
 DPI = 120
@@ -142,24 +142,37 @@ def learning_curves(metrics_csv: str | Path, out: str | Path, title: str = "lear
     return _save(fig, Path(out))
 
 
-def run_figures(run_dir: str | Path, out_dir: str | Path | None = None, title: str = "") -> dict[str, Path]:
-    """Parity, error histogram and learning curves of one run (whichever inputs exist) into ``out_dir``."""
-    from framer.report import CURVES_FILE, PREDICTIONS_FILE, find_file
-
-    run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir else run_dir / "figures"
-    title = title or run_dir.name
+def run_figures(run: RunDir, out_dir: str | Path | None = None, title: str = "") -> dict[str, Path]:
+    """Parity, error histogram and learning curves of one run (whichever inputs exist) into ``out_dir`` (default:
+    the run's ``figures/``)."""
+    out = Path(out_dir) if out_dir else run.figures
+    title = title or run.name
     paths: dict[str, Path] = {}
-    predictions = find_file(run_dir, PREDICTIONS_FILE)
-    if predictions is not None:
+    predictions = run.predictions()
+    if predictions.is_file():
         paths["parity"] = parity_plot(predictions, out / "parity.png", f"{title}: test parity")
         paths["errors"] = error_histogram(predictions, out / "errors.png", f"{title}: test errors")
-    curves = find_file(run_dir, CURVES_FILE)
-    if curves is not None:
+    if run.curves.is_file():
         try:
-            paths["curves"] = learning_curves(curves, out / "learning_curves.png", f"{title}: learning curves")
+            paths["curves"] = learning_curves(run.curves, out / "learning_curves.png", f"{title}: learning curves")
         except (ValueError, KeyError, pd.errors.EmptyDataError) as err:
-            log.warning("no learning curves for %s: %s", run_dir, err)
+            log.warning("no learning curves for %s: %s", run.path, err)
+    return paths
+
+
+def figures_of_run(run: RunDir, title: str = "") -> dict[str, Path]:
+    """:func:`run_figures` into the run's ``figures/``, logged to the run's MLflow run when it has one. Figures never
+    fail a run: a drawing error is a warning and no figure."""
+    try:
+        paths = run_figures(run, title=title)
+    except Exception as err:
+        log.warning("no figures for %s: %s", run.path, err)
+        return {}
+    info = run.read_info()
+    if paths and info.get("mlflow_run_id") and info.get("mlflow_tracking_uri"):
+        from framer.tracking import log_files
+
+        log_files(info["mlflow_tracking_uri"], info["mlflow_run_id"], paths.values(), subdir="figures")
     return paths
 
 
@@ -175,17 +188,14 @@ def _grid(n: int, size: float = 3.0) -> tuple[Any, np.ndarray]:
     return fig, axes.flat
 
 
-def report_figures(
-    results: Sequence[RunResult], summary: pd.DataFrame, paper: PaperTable, out_dir: str | Path
-) -> dict[str, Path]:
+def report_figures(results: Sequence[Any], summary: pd.DataFrame, paper: Any, out_dir: str | Path) -> dict[str, Path]:
     """Per model: parity, error and learning-curve grids over the 9 columns (all seeds pooled; curves of the first
-    seed); plus ``frames.png`` comparing frame types against Crystalformer."""
-    from framer.report import CURVES_FILE, PREDICTIONS_FILE, find_file
-
+    seed); plus ``frames.png`` comparing frame types against Crystalformer. ``results`` and ``paper`` are
+    :mod:`framer.report`'s ``RunResult`` list and ``PaperTable``."""
     out = Path(out_dir)
     paths: dict[str, Path] = {}
     for model in dict.fromkeys(r.key.model for r in results):
-        done = [r for r in results if r.key.model == model and r.status == "finished" and r.run_dir]
+        done = [r for r in results if r.key.model == model and r.status == "finished" and r.run is not None]
         if not done:
             continue
         label = paper.models.get(model, model)
@@ -193,12 +203,12 @@ def report_figures(
         for i, col in enumerate(paper.columns):
             runs = sorted((r for r in done if r.key.column == col.key), key=lambda r: r.key.seed)
             name = col.name
-            frames = [read_predictions(p) for r in runs if (p := find_file(r.run_dir, PREDICTIONS_FILE))]
+            frames = [read_predictions(p) for r in runs if (p := r.run.predictions()).is_file()]
             preds = pd.concat(frames) if frames else pd.DataFrame({"target": [], "prediction": []})
             _parity_ax(figs["parity"][1][i], preds, name, col.unit)
             _hist_ax(figs["errors"][1][i], preds, name, col.unit)
-            curves = find_file(runs[0].run_dir, CURVES_FILE) if runs else None
-            if curves is not None:
+            curves = runs[0].run.curves if runs else None
+            if curves is not None and curves.is_file():
                 try:
                     _curves_ax(figs["curves"][1][i], read_curves(curves), name)
                 except (ValueError, KeyError, pd.errors.EmptyDataError):
@@ -213,9 +223,7 @@ def report_figures(
     return paths
 
 
-def frame_comparison(
-    summary: pd.DataFrame, paper: PaperTable, out: str | Path, baseline: str = "crystalformer"
-) -> Path:
+def frame_comparison(summary: pd.DataFrame, paper: Any, out: str | Path, baseline: str = "crystalformer") -> Path:
     """Grouped bars: each model's MAE relative to Crystalformer per column (ours filled, paper as markers)."""
     models = [m for m in paper.models if m in set(summary["model"])]
     cols = paper.columns
@@ -268,20 +276,6 @@ def study_figures(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def log_figures(
-    paths: dict[str, Path] | Sequence[Path], run_id: str, tracking_uri: str, subdir: str = "figures"
-) -> None:
-    """Log PNGs as artifacts of an MLflow run (best effort: a tracking error only warns)."""
-    try:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking_uri)
-        for path in paths.values() if isinstance(paths, dict) else paths:
-            client.log_artifact(run_id, str(path), artifact_path=subdir)
-    except Exception as err:  # tracking must never fail a run
-        log.warning("could not log figures to MLflow run %s: %s", run_id, err)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m framer.plots", description="Draw framer's figures.")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -294,7 +288,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     st.add_argument("--study-name", default=None)
     args = parser.parse_args(argv)
     if args.cmd == "run":
-        paths = run_figures(args.run_dir, args.out)
+        run = resolve(args.run_dir)
+        if run is None:
+            parser.error(f"{args.run_dir} is not a run directory")
+        paths = run_figures(run, args.out)
     else:
         from framer.tune.storage import load_study_from_dir
 

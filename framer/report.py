@@ -1,9 +1,9 @@
 """Collect finished runs into the paper's table: ``python -m framer.report --runs runs/paper --out results``.
 
-Every run directory made by :mod:`framer.reproduce` holds ``cell.json`` (model, dataset, target, seed) written
-before training, and the CLI's ``metrics.json``/``predictions.csv``/``metrics.csv`` written by training. A run
-counts as finished when ``metrics.json`` holds a test MAE. Expected runs come from ``<runs>/manifest.json``;
-a run that is expected but not finished is shown as missing, never dropped.
+Every run made by :mod:`framer.reproduce` holds ``cell.json`` (model, dataset, target, seed) written before
+training, and in its ``version_<n>/`` the CLI's ``results.json``/``predictions.csv``/``metrics.csv`` written by
+training (layout: :mod:`framer.rundir`). A run counts as finished when its results hold a test MAE. Expected runs
+come from ``<runs>/manifest.json``; a run that is expected but not finished is shown as missing, never dropped.
 
 Outputs in ``--out``: ``table.md`` and ``table.csv`` (rows = model variants, columns = the paper's 9 targets:
 our MAE mean ± std over seeds, the paper's value and the difference), ``runs.csv`` (one row per expected run)
@@ -16,7 +16,7 @@ import argparse
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,23 +25,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from framer.errors import UserError, exit_codes
 from framer.provenance import git_commit
+from framer.rundir import RunDir, RunRoot, find_roots, read_manifest
 
 PAPER_RESULTS = Path(__file__).resolve().parent.parent / "conf" / "paper_results.yaml"
-CELL_FILE = "cell.json"
-FAILED_FILE = "FAILED"  # a launcher's note that the run failed (the message)
-MANIFEST_FILE = "manifest.json"
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.csv"
-CURVES_FILE = "metrics.csv"
-RUN_INFO_FILE = "run.json"
 DATASET_SHORT = {"mp": "MP", "jarvis": "JARVIS"}
-
-# Flattened metrics.json keys (framer.cli writes {"metrics": {...}, "epochs", "n_test", "git_commit", ...}): the
-# table's number is the final (SWA) model's test MAE, as in the paper; the best-val checkpoint's is reported beside.
-SWA_KEYS = ("metrics/test/mae",)
-BEST_KEYS = ("metrics/test_best/mae",)
-VAL_KEYS = ("metrics/best_val/mae",)
 
 SMOKE_BANNER = (
     "> **SMOKE RUN: these are not paper numbers.** Every column is a stand-in trained on the embedded synthetic "
@@ -119,10 +108,11 @@ class RunKey:
 
 @dataclass
 class RunResult:
-    """What a run directory holds (``status`` is finished, missing, failed or incomplete)."""
+    """What a run holds (``status`` is finished, missing, failed or incomplete). The table's number is the final
+    (SWA) model's test MAE, as in the paper; the best-val checkpoint's is reported beside it."""
 
     key: RunKey
-    run_dir: Path | None
+    run_dir: Path | None  # the run's root <runs>/<key.dirname>
     status: str
     test_mae: float = math.nan
     test_mae_best: float = math.nan
@@ -131,97 +121,46 @@ class RunResult:
     n_test: int = 0
     git_sha: str = ""
     splits: str = ""  # short hash of the run's split fingerprints (run.json), to check runs of a column agree
-    extra: dict[str, Any] = field(default_factory=dict)
+    run: RunDir | None = None  # the finished version directory, whose files the numbers come from
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> ``{"a/b": v}``."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        name = f"{prefix}/{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(flatten(v, name))
-        else:
-            out[name] = v
-    return out
-
-
-def pick(metrics: dict[str, Any], keys: Iterable[str]) -> float:
-    """First finite number among ``keys`` in a flattened metrics dict (NaN if none)."""
-    for k in keys:
-        v = metrics.get(k)
-        if isinstance(v, (int, float)) and math.isfinite(float(v)):
-            return float(v)
-    return math.nan
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """Flattened ``metrics.json`` of a run (searched below ``run_dir`` too), or None when absent or unreadable."""
-    path = find_file(run_dir, METRICS_FILE)
-    if path is None:
-        return None
-    try:
-        return flatten(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def find_file(run_dir: Path, name: str) -> Path | None:
-    """``run_dir/name``, else the most recent ``name`` below ``run_dir`` (loggers may add version folders)."""
-    direct = run_dir / name
-    if direct.is_file():
-        return direct
-    found = sorted(run_dir.rglob(name), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
-
-def has_last_checkpoint(run_dir: Path) -> bool:
-    """Whether a version below ``run_dir`` saved a ``last.ckpt`` (so the run can resume)."""
-    return any(run_dir.glob("*/checkpoints/last*.ckpt"))
-
-
-def is_finished(run_dir: Path) -> bool:
-    """A run is finished when its metrics.json holds a test MAE."""
-    metrics = read_metrics(run_dir)
-    return metrics is not None and math.isfinite(pick(metrics, SWA_KEYS + BEST_KEYS))
-
-
-def load_run(key: RunKey, run_dir: Path) -> RunResult:
-    """Read one run directory into a :class:`RunResult`."""
-    if not run_dir.is_dir():
-        return RunResult(key, None, "missing")
-    metrics = read_metrics(run_dir)
-    if metrics is None or not math.isfinite(pick(metrics, SWA_KEYS + BEST_KEYS)):
-        failed = (run_dir / FAILED_FILE).exists()
-        return RunResult(key, run_dir, "failed" if failed else "incomplete")
-    predictions = find_file(run_dir, PREDICTIONS_FILE)
-    n_test = 0
-    if predictions is not None:
-        with predictions.open() as f:
-            n_test = max(sum(1 for _ in f) - 1, 0)
+def load_run(key: RunKey, root: Path) -> RunResult:
+    """Read one run (its newest finished version) into a :class:`RunResult`."""
+    status = RunRoot(root).status()
+    run = RunRoot(root).latest_finished() if status == "finished" else None
+    if run is None:
+        return RunResult(key, root if status != "missing" else None, status)
+    results = run.read_results() or {}
+    n_test = results.get("n_test")
+    if not isinstance(n_test, int):
+        n_test = _count_rows(run.predictions())
+    epochs = results.get("epochs")
     return RunResult(
         key,
-        run_dir,
+        root,
         "finished",
-        test_mae=pick(metrics, SWA_KEYS),
-        test_mae_best=pick(metrics, BEST_KEYS),
-        val_mae=pick(metrics, VAL_KEYS),
-        epochs=pick(metrics, ("epochs",)),
-        n_test=int(metrics["n_test"]) if isinstance(metrics.get("n_test"), int) else n_test,
-        git_sha=str(metrics.get("git_commit", ""))[:12],
-        splits=split_tag(run_dir),
+        test_mae=run.metric("test/mae", results),
+        test_mae_best=run.metric("test_best/mae", results),
+        val_mae=run.metric("best_val/mae", results),
+        epochs=float(epochs) if isinstance(epochs, (int, float)) else math.nan,
+        n_test=n_test,
+        git_sha=str(results.get("git_commit", ""))[:12],
+        splits=split_tag(run),
+        run=run,
     )
 
 
-def split_tag(run_dir: Path) -> str:
-    """Short hash of the split fingerprints a run recorded in ``run.json`` ("" when absent)."""
-    path = find_file(run_dir, RUN_INFO_FILE)
-    if path is None:
-        return ""
+def _count_rows(csv_path: Path) -> int:
     try:
-        splits = json.loads(path.read_text()).get("splits")
-    except (OSError, json.JSONDecodeError):
-        return ""
+        with csv_path.open() as f:
+            return max(sum(1 for _ in f) - 1, 0)
+    except OSError:
+        return 0
+
+
+def split_tag(run: RunDir) -> str:
+    """Short hash of the split fingerprints a run recorded in ``run.json`` ("" when absent)."""
+    splits = run.read_info().get("splits")
     if not splits:
         return ""
     return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:12]
@@ -236,12 +175,6 @@ def split_mismatches(results: list[RunResult]) -> dict[str, set[str]]:
     return {column: tags for column, tags in by_column.items() if len(tags) > 1}
 
 
-def read_manifest(runs_dir: Path) -> dict[str, Any]:
-    """``<runs>/manifest.json`` written by framer.reproduce ({} when absent)."""
-    path = runs_dir / MANIFEST_FILE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def expected_keys(runs_dir: Path, paper: PaperTable) -> list[RunKey]:
     """Runs the manifest asks for; without a manifest, every (model, column) with the seeds found on disk."""
     manifest = read_manifest(runs_dir)
@@ -254,11 +187,11 @@ def expected_keys(runs_dir: Path, paper: PaperTable) -> list[RunKey]:
 
 
 def discover(runs_dir: Path) -> dict[RunKey, Path]:
-    """Every run directory below ``runs_dir`` that has a ``cell.json``."""
+    """Every run below ``runs_dir`` that has a ``cell.json``."""
     out: dict[RunKey, Path] = {}
-    for cell in sorted(runs_dir.rglob(CELL_FILE)):
-        info = json.loads(cell.read_text())
-        out[RunKey(info["model"], info["column"], int(info["seed"]))] = cell.parent
+    for root in find_roots(runs_dir):
+        cell = root.read_cell()
+        out[RunKey(cell["model"], cell["column"], int(cell["seed"]))] = root.path
     return out
 
 
@@ -442,9 +375,7 @@ def write_report(
     manifest = read_manifest(runs_dir)
     results = collect(runs_dir, paper)
     smoke = bool(manifest.get("smoke")) or any(
-        json.loads((r.run_dir / CELL_FILE).read_text()).get("smoke", False)
-        for r in results
-        if r.run_dir is not None and (r.run_dir / CELL_FILE).is_file()
+        RunRoot(r.run_dir).read_cell().get("smoke", False) for r in results if r.run_dir is not None
     )
     summary = summarize(results, paper)
     title = manifest.get("title") or ("Smoke reproduction (not paper numbers)" if smoke else "Reproduction of Table 1")
@@ -471,7 +402,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--paper", default=str(PAPER_RESULTS), help="paper results YAML")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
     args = parser.parse_args(argv)
-    paths = write_report(args.runs, args.out, args.paper, figures=not args.no_figures)
+    with exit_codes("framer", user_errors=(ValueError, yaml.YAMLError)):
+        if not Path(args.runs).is_dir():
+            raise UserError(f"runs directory {args.runs} not found")
+        paths = write_report(args.runs, args.out, args.paper, figures=not args.no_figures)
     print(f"wrote {paths['md']} and {paths['csv']}")
 
 

@@ -5,7 +5,8 @@
 
 Each run is ``python -m framer.cli fit --config <configs with {dataset}, {target}, {model} filled in> <overrides>``
 with its run directory at ``<runs_dir>/<dataset>_<target>__<model>__seed<k>/`` (``cell.json`` there, the CLI's
-``version_<n>/`` below it). A run whose ``metrics.json`` holds a test MAE is skipped; an interrupted run is resumed
+``version_<n>/`` below it; see :mod:`framer.rundir`). A run whose results hold a test MAE is skipped (also one made
+before ``results.json`` was named so, with ``metrics.json``); an interrupted run is resumed
 with ``--ckpt_path last`` when it left a ``last.ckpt``; a failed run leaves ``FAILED`` (the message) and the others
 go on. A run stopped by SIGTERM (pre-emption) stops the whole command with exit code 143; run it again to resume.
 ``<runs_dir>/manifest.json`` lists every expected run, so the report shows missing ones.
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,24 +31,20 @@ from typing import Any
 
 import yaml
 
-from framer import launch
-from framer.launch import EXIT_SIGTERM, LAUNCH_LOG, Outcome, RunSpec, config_path
+from framer import launch, rundir
+from framer.errors import UserError, exit_codes
+from framer.launch import EXIT_SIGTERM, Outcome, RunSpec, config_path
 from framer.provenance import git_commit
-from framer.report import (
-    CELL_FILE,
-    FAILED_FILE,
-    MANIFEST_FILE,
-    PAPER_RESULTS,
-    PaperTable,
-    RunKey,
-    find_file,
-    has_last_checkpoint,
-    is_finished,
-)
+from framer.report import PAPER_RESULTS, PaperTable, RunKey
+from framer.rundir import RunRoot
 
 MANIFESTS = {name: launch.REPO / "conf" / "reproduce" / f"{name}.yaml" for name in ("paper", "smoke")}
 LAUNCHERS = ("subprocess", "inprocess")
 Runner = Callable[..., Outcome]  # launch.run's signature: (spec, mode, log) -> Outcome
+
+
+class ManifestError(UserError, ValueError):
+    """A manifest that cannot be run (unknown keys, columns or launcher)."""
 
 
 @dataclass
@@ -74,9 +70,9 @@ class Manifest:
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(raw) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
+            raise ManifestError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
         if not raw.get("configs"):
-            raise ValueError(f"{path}: 'configs' must list at least one config file")
+            raise ManifestError(f"{path}: 'configs' must list at least one config file")
         manifest = cls(
             title=str(raw.get("title", Path(path).stem)),
             runs_dir=Path(raw.get("runs_dir", f"runs/{Path(path).stem}")),
@@ -92,10 +88,10 @@ class Manifest:
             experiment_name=str(raw.get("experiment_name", f"reproduce-{Path(path).stem}")),
         )
         if manifest.launcher not in LAUNCHERS:
-            raise ValueError(f"{path}: launcher must be one of {LAUNCHERS}")
+            raise ManifestError(f"{path}: launcher must be one of {LAUNCHERS}")
         bad = [c for c in manifest.columns if c not in {col.key for col in paper.columns}]
         if bad:
-            raise ValueError(f"{path}: unknown columns {bad}")
+            raise ManifestError(f"{path}: unknown columns {bad}")
         return manifest
 
     def run_keys(self) -> list[RunKey]:
@@ -108,7 +104,7 @@ class Run:
     """One run: its key, directory and the CLI run that makes it."""
 
     key: RunKey
-    root: Path
+    root: RunRoot
     spec: RunSpec
 
     def args(self, resume: bool) -> list[str]:
@@ -132,6 +128,8 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
     index = {c.key: i for i, c in enumerate(paper.columns)}
     runs = []
     for key in manifest.run_keys():
+        if key.column not in index:
+            raise ManifestError(f"unknown column {key.column!r}; known: {list(index)}")
         col = paper.column(key.column)
         context = {
             "dataset": col.dataset,
@@ -143,7 +141,7 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
         configs = [config_path(str(fill(c, context))) for c in manifest.configs]
         missing = [c for c in configs if not Path(c).is_file()]
         if missing:
-            raise FileNotFoundError(f"{key.model} / {key.column}: config {missing[0]} not found")
+            raise ManifestError(f"{key.model} / {key.column}: config {missing[0]} not found")
         overrides = {k: fill(v, context) for k, v in manifest.overrides.items()}
         overrides.update(
             {
@@ -155,14 +153,12 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
             }
         )
         spec = RunSpec(configs, overrides, quiet=manifest.quiet)
-        runs.append(Run(key, manifest.runs_dir / key.dirname, spec))
+        runs.append(Run(key, RunRoot(manifest.runs_dir / key.dirname), spec))
     return runs
 
 
 def write_manifest(manifest: Manifest, runs: Sequence[Run]) -> Path:
     """``<runs_dir>/manifest.json``: every expected run (the report's list of what should exist)."""
-    manifest.runs_dir.mkdir(parents=True, exist_ok=True)
-    path = manifest.runs_dir / MANIFEST_FILE
     data = {
         "title": manifest.title,
         "smoke": manifest.smoke,
@@ -171,27 +167,7 @@ def write_manifest(manifest: Manifest, runs: Sequence[Run]) -> Path:
         "git": git_commit(short=True).get("commit", ""),
         "runs": [{"model": r.key.model, "column": r.key.column, "seed": r.key.seed} for r in runs],
     }
-    path.write_text(json.dumps(data, indent=1) + "\n")
-    return path
-
-
-def run_figures(run: Run) -> None:
-    """Parity, error histogram and learning curves of a finished run; logged to its MLflow run when there is one."""
-    from framer import plots
-
-    metrics = find_file(run.root, "metrics.json")
-    if metrics is None:
-        return
-    version_dir = metrics.parent
-    try:
-        paths = plots.run_figures(version_dir, title=f"{run.key.model} {run.key.column} seed {run.key.seed}")
-    except Exception as err:  # figures never fail a run
-        print(f"framer.reproduce: no figures for {run.root}: {err}", file=sys.stderr)
-        return
-    info_file = version_dir / "run.json"
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    if info.get("mlflow_run_id") and info.get("mlflow_tracking_uri") and paths:
-        plots.log_figures(paths, info["mlflow_run_id"], info["mlflow_tracking_uri"])
+    return rundir.write_manifest(manifest.runs_dir, data)
 
 
 def execute(
@@ -207,35 +183,35 @@ def execute(
     todo = [r for i, r in enumerate(runs) if i % shard[1] == shard[0]]
     started = 0
     for n, run in enumerate(todo, 1):
-        if is_finished(run.root):
+        if run.root.finished:
             counts["skipped"] += 1
             continue
         if max_runs is not None and started >= max_runs:
             break
         started += 1
-        run.root.mkdir(parents=True, exist_ok=True)
-        (run.root / FAILED_FILE).unlink(missing_ok=True)
-        (run.root / CELL_FILE).write_text(
-            json.dumps({"model": run.key.model, "column": run.key.column, "seed": run.key.seed}) + "\n"
-        )
-        resume = has_last_checkpoint(run.root)
+        run.root.clear_failed()
+        run.root.write_cell({"model": run.key.model, "column": run.key.column, "seed": run.key.seed})
+        resume = run.root.last_checkpoint() is not None
         counts["resumed"] += resume
         t0 = time.time()
         what = "resuming" if resume else "running"
         print(f"framer.reproduce: [{n}/{len(todo)}] {what} {run.key.dirname}", flush=True)
-        outcome = runner(replace(run.spec, resume=resume), launcher, log=run.root / LAUNCH_LOG)
+        outcome = runner(replace(run.spec, resume=resume), launcher, log=run.root.launch_log)
         if outcome.interrupted:
             counts["interrupted"] += 1
             print(f"framer.reproduce: {run.key.dirname} stopped by SIGTERM; run again to resume", file=sys.stderr)
             break
-        if outcome.ok and is_finished(run.root):
+        finished = run.root.latest_finished()
+        if outcome.ok and finished is not None:
             counts["finished"] += 1
-            run_figures(run)
+            from framer import plots
+
+            plots.figures_of_run(finished, title=f"{run.key.model} {run.key.column} seed {run.key.seed}")
             print(f"framer.reproduce: {run.key.dirname} done in {time.time() - t0:.0f} s", flush=True)
         else:
             counts["failed"] += 1
-            message = outcome.message or "fit ended without a test MAE in metrics.json"
-            (run.root / FAILED_FILE).write_text(message + "\n")
+            message = outcome.message or "fit ended without a test MAE in its results"
+            run.root.mark_failed(message)
             print(f"framer.reproduce: {run.key.dirname} FAILED: {message.splitlines()[0]}", file=sys.stderr)
     return counts
 
@@ -264,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     path = Path(args.manifest) if args.manifest else MANIFESTS["smoke" if args.smoke else "paper"]
-    try:
+    with exit_codes("framer", user_errors=(OSError, ValueError, yaml.YAMLError)):
         paper = PaperTable.load(args.paper)
         manifest = Manifest.load(path, paper)
         if args.runs_dir:
@@ -273,13 +249,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, name) is not None:
                 setattr(manifest, name, getattr(args, name))
         runs = plan(manifest, paper)
-    except (OSError, ValueError, KeyError, yaml.YAMLError) as err:
-        what = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        print(f"framer.reproduce: error: {' '.join(what.split())}", file=sys.stderr)
-        return 2
     if args.dry_run:
         for run in runs:
-            print(f"{run.root}: python -m framer.cli {' '.join(run.args(has_last_checkpoint(run.root)))}")
+            print(f"{run.root.path}: python -m framer.cli {' '.join(run.args(run.root.last_checkpoint() is not None))}")
         return 0
     write_manifest(manifest, runs)
     t0 = time.time()

@@ -1,29 +1,68 @@
-"""The run directory: where a run's files go, and the lock that keeps two processes out of one run at once.
+"""The run directory: the one place that knows where a run's files are, and reads and writes them.
 
-- ``fit`` writes ``<save_dir>/<run_name>/version_<n>/`` (config, metrics, checkpoints, results); a new run claims
-  the next free ``version_<n>`` with an atomic ``mkdir``, ``fit --ckpt_path last`` continues in its directory.
-- ``test``, ``validate`` and ``predict`` never change a run's files: each writes into a new numbered sub-directory
-  ``<run dir>/<subcommand>/<n>/`` of the run the checkpoint belongs to (:func:`evaluation_dir`).
-- A ``fit`` holds :class:`RunLock` on its directory for as long as it runs, so a second process resuming the same run
-  is refused. The lock is an OS file lock (``filelock``): released on any exit, also SIGKILL, so a crashed run never
-  leaves a stale lock behind (the empty lock file ``.framer.lock`` stays).
+A run name ``<save_dir>/<run_name>/`` (a :class:`RunRoot`) holds one directory per ``fit``, ``version_<n>/`` (a
+:class:`RunDir`), plus the files of the launcher that started it::
+
+    <save_dir>/<run_name>/           RunRoot
+        cell.json                    which table cell and seed the run is (framer.reproduce)
+        FAILED                       the launcher's note that the last attempt failed (its message)
+        launch.log                   the output of a run started as a subprocess
+        version_<n>/                 RunDir: one fit (resumed in place with --ckpt_path last)
+            config.yaml              the resolved config (LightningCLI)
+            hparams.yaml, metrics.csv    Lightning's CSV logger: hyperparameters, per-step and per-epoch metrics
+            run.json                 git commit, split fingerprints, parameter count, MLflow run id
+            checkpoints/             best-val checkpoint and last.ckpt
+            results.json             the final test metrics and facts of the run (``metrics.json`` before)
+            predictions.csv          id, target, prediction of the final (SWA) model on the test split
+            predictions_best.csv     the same for the best-val checkpoint
+            figures/                 parity plot, error histogram, learning curves
+            test/<n>/, validate/<n>/, predict/<n>/   later evaluations of the run's checkpoints (never its results)
+            .framer.lock             held by the fit that runs in it
+    <runs>/manifest.json             every run a reproduction expects (framer.reproduce)
+
+Readers never search below a version directory: the results of a run are those of its version directory, never
+those of a later ``test/<n>/`` evaluation. A fit holds :class:`RunLock` on its directory for as long as it runs, so
+a second process resuming the same run is refused; the OS lock (``filelock``) ends with the process, also on
+SIGKILL, so a crashed run never leaves a stale lock (the empty lock file stays).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
+from framer.errors import UserError
+from framer.io import atomic_write_text, read_json, write_csv_rows, write_json
+
+CONFIG = "config.yaml"
+CURVES = "metrics.csv"  # Lightning's CSVLogger: per-step and per-epoch metrics
+INFO = "run.json"
+RESULTS = "results.json"
+OLD_RESULTS = "metrics.json"  # the name of results.json in runs made before it was renamed (read only)
+PREDICTIONS = {"final": "predictions.csv", "best": "predictions_best.csv"}
+CHECKPOINTS = "checkpoints"
+LAST = "last.ckpt"
+FIGURES = "figures"
 LOCK_FILE = ".framer.lock"
-CHECKPOINT_DIR = "checkpoints"
+VERSION_PREFIX = "version_"
+CELL = "cell.json"
+FAILED = "FAILED"
+LAUNCH_LOG = "launch.log"
+MANIFEST = "manifest.json"
 #: files only a run directory has (a checkpoint's grandparent holding one of them is its run directory)
-RUN_MARKERS = ("config.yaml", "run.json", "metrics.csv")
+RUN_MARKERS = (CONFIG, INFO, CURVES)
+#: the test metrics that make a run finished: the final (SWA) model's, else the best-val checkpoint's
+FINISHED_METRICS = ("test/mae", "test_best/mae")
 
 
-class RunDirectoryBusy(RuntimeError):
+class RunDirectoryBusy(UserError, RuntimeError):
     """Another process holds the run directory's lock."""
 
 
@@ -42,21 +81,220 @@ def claim_numbered_dir(root: str | os.PathLike, prefix: str = "") -> Path:
             n += 1
 
 
-def run_dir_of_checkpoint(ckpt: str | os.PathLike) -> Path | None:
-    """The run directory a local checkpoint ``<run dir>/checkpoints/<name>.ckpt`` belongs to, else None."""
-    text = os.fspath(ckpt)
-    if "://" in text:
+@dataclass(frozen=True)
+class RunDir:
+    """One ``fit``'s directory, ``<save_dir>/<run_name>/version_<n>/`` (or an evaluation's ``<run>/test/<n>/``)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def curves(self) -> Path:
+        return self.path / CURVES
+
+    @property
+    def info(self) -> Path:
+        return self.path / INFO
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / LAST
+
+    @property
+    def figures(self) -> Path:
+        return self.path / FIGURES
+
+    def predictions(self, which: Literal["final", "best"] = "final") -> Path:
+        return self.path / PREDICTIONS[which]
+
+    def is_run(self) -> bool:
+        """Whether the directory holds a run (one of :data:`RUN_MARKERS` or checkpoints)."""
+        return any((self.path / name).is_file() for name in RUN_MARKERS) or self.checkpoints.is_dir()
+
+    # ---- writing (global rank 0 only; every write is atomic)
+    def write_results(self, summary: Mapping[str, Any]) -> Path:
+        return write_json(self.results, summary)
+
+    def write_predictions(
+        self,
+        rows: Iterable[Iterable[Any]],
+        which: Literal["final", "best"] = "final",
+        header=("id", "target", "prediction"),
+    ) -> Path:
+        return write_csv_rows(self.predictions(which), header, rows)
+
+    def update_info(self, facts: Mapping[str, Any]) -> Path:
+        """Merge ``facts`` into ``run.json`` (later values win)."""
+        return write_json(self.info, {**self.read_info(), **facts})
+
+    # ---- reading
+    def read_info(self) -> dict[str, Any]:
+        return read_json(self.info)
+
+    def read_results(self) -> dict[str, Any] | None:
+        """``results.json`` (``metrics.json`` in runs made before it was renamed); None when absent or unreadable."""
+        for name in (RESULTS, OLD_RESULTS):
+            if (self.path / name).is_file():
+                return read_json(self.path / name) or None
         return None
-    path = Path(text)
-    directory = path.parent.parent
-    if path.parent.name == CHECKPOINT_DIR and any((directory / name).is_file() for name in RUN_MARKERS):
-        return directory
-    return None
+
+    def metric(self, name: str, results: Mapping[str, Any] | None = None) -> float:
+        """A final test metric (e.g. ``test/mae``) from the results; NaN when absent or not a number."""
+        results = self.read_results() if results is None else results
+        value = ((results or {}).get("metrics") or {}).get(name)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+    @property
+    def finished(self) -> bool:
+        """The run's results hold a finite test MAE."""
+        results = self.read_results()
+        return results is not None and any(math.isfinite(self.metric(k, results)) for k in FINISHED_METRICS)
+
+    # ---- evaluations and the lock
+    def new_evaluation_dir(self, subcommand: str) -> Path:
+        """A new ``<run>/<subcommand>/<n>/`` for the outputs of ``test``, ``validate`` or ``predict``."""
+        return claim_numbered_dir(self.path / subcommand)
+
+    def lock(self) -> RunLock:
+        return RunLock(self.path)
+
+    @classmethod
+    def of_checkpoint(cls, ckpt: str | os.PathLike) -> RunDir | None:
+        """The run a local checkpoint ``<run dir>/checkpoints/<name>.ckpt`` belongs to, else None."""
+        text = os.fspath(ckpt)
+        if "://" in text:
+            return None
+        path = Path(text)
+        run = cls(path.parent.parent)
+        return run if path.parent.name == CHECKPOINTS and any((run.path / n).is_file() for n in RUN_MARKERS) else None
 
 
-def evaluation_dir(run: Path, subcommand: str) -> Path:
-    """A new ``<run>/<subcommand>/<n>/`` for the outputs of ``test``, ``validate`` or ``predict``."""
-    return claim_numbered_dir(run / subcommand)
+@dataclass(frozen=True)
+class RunRoot:
+    """``<save_dir>/<run_name>/``: the versions of one run name and the files of the launcher that started it."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @classmethod
+    def of(cls, save_dir: str | os.PathLike, run_name: str) -> RunRoot:
+        return cls(Path(save_dir) / run_name)
+
+    def claim(self) -> RunDir:
+        """A new ``version_<n>`` (atomic ``mkdir``: concurrent runs of one name never share a directory)."""
+        return RunDir(claim_numbered_dir(self.path, VERSION_PREFIX))
+
+    def versions(self) -> list[RunDir]:
+        """The run directories directly below the root, oldest first (``version_<n>`` by n, after any other)."""
+        if not self.path.is_dir():
+            return []
+        found = []
+        for child in self.path.iterdir():
+            match = re.fullmatch(re.escape(VERSION_PREFIX) + r"(\d+)", child.name)
+            run = RunDir(child)
+            if child.is_dir() and (match or run.is_run()):
+                found.append((int(match.group(1)) if match else -1, child.name, run))
+        return [run for *_, run in sorted(found, key=lambda item: item[:2])]
+
+    def latest(self) -> RunDir | None:
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def latest_finished(self) -> RunDir | None:
+        """The newest version whose results hold a test MAE."""
+        return next((run for run in reversed(self.versions()) if run.finished), None)
+
+    @property
+    def finished(self) -> bool:
+        return self.latest_finished() is not None
+
+    def last_checkpoint(self) -> tuple[Path, RunDir] | None:
+        """``last.ckpt`` of the newest version that has one (``last-v1.ckpt`` and such count), with its version."""
+        for run in reversed(self.versions()):
+            found = sorted(run.checkpoints.glob("last*.ckpt"), key=_mtime)
+            if found:
+                return found[-1], run
+        return None
+
+    def status(self) -> Literal["finished", "failed", "incomplete", "missing"]:
+        if not self.path.is_dir():
+            return "missing"
+        if self.finished:
+            return "finished"
+        return "failed" if self.failure() is not None else "incomplete"
+
+    # ---- the launcher's files
+    @property
+    def launch_log(self) -> Path:
+        return self.path / LAUNCH_LOG
+
+    def mark_failed(self, message: str) -> Path:
+        return atomic_write_text(self.path / FAILED, message.rstrip("\n") + "\n")
+
+    def clear_failed(self) -> None:
+        (self.path / FAILED).unlink(missing_ok=True)
+
+    def failure(self) -> str | None:
+        """The message of the last failed attempt, or None."""
+        try:
+            return (self.path / FAILED).read_text()
+        except OSError:
+            return None
+
+    def write_cell(self, cell: Mapping[str, Any]) -> Path:
+        return write_json(self.path / CELL, cell)
+
+    def read_cell(self) -> dict[str, Any]:
+        return read_json(self.path / CELL)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:  # replaced or removed by a run writing there right now
+        return -math.inf
+
+
+def find_roots(runs_dir: str | os.PathLike, marker: str = CELL) -> list[RunRoot]:
+    """Every run root below ``runs_dir`` that holds ``marker`` (by default the ``cell.json`` of framer.reproduce)."""
+    return [RunRoot(path.parent) for path in sorted(Path(runs_dir).rglob(marker))]
+
+
+def write_manifest(runs_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> Path:
+    return write_json(Path(runs_dir) / MANIFEST, manifest)
+
+
+def read_manifest(runs_dir: str | os.PathLike) -> dict[str, Any]:
+    """``<runs>/manifest.json`` ({} when absent)."""
+    return read_json(Path(runs_dir) / MANIFEST)
+
+
+def resolve(path: str | os.PathLike) -> RunDir | None:
+    """The run directory ``path`` names: itself when it holds a run, else the newest version of a run root."""
+    run = RunDir(Path(path))
+    if run.is_run():
+        return run
+    return RunRoot(Path(path)).latest()
 
 
 class RunLock:

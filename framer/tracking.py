@@ -1,17 +1,18 @@
 """Run tracking: a CSV logger first (the ground truth, and what ``trainer.log_dir`` points at), MLflow second.
 
-MLflow defaults to a SQLite database, ``sqlite:///mlruns/mlflow.db``, with artifacts in ``mlruns/artifacts``;
-``MLFLOW_TRACKING_URI`` overrides it (for example ``http://127.0.0.1:5000`` or ``postgresql+psycopg2://...``).
-The MLflow file store is never used: it is deprecated and MLflow >= 3.13 refuses it.
+MLflow defaults to a SQLite database, ``sqlite:///mlruns/mlflow.db``; ``MLFLOW_TRACKING_URI`` overrides it (for
+example ``http://127.0.0.1:5000`` or ``postgresql+psycopg2://...``). The MLflow file store is never used: it is
+deprecated and MLflow >= 3.13 refuses it. Artifacts of a new experiment go to ``tracking.artifact_location`` if set,
+else next to a SQLite database (``<db dir>/artifacts``), else where the server keeps them (:func:`artifact_location`).
 
-Every run directory ``<save_dir>/<run_name>/version_<n>/`` holds ``config.yaml`` (the resolved config),
-``run.json`` (git commit, split fingerprints, parameter count, MLflow run id), ``metrics.csv``, ``checkpoints/``
-and, after testing, ``metrics.json`` and ``predictions.csv`` (id, target, prediction). Reports read these files and
-never depend on MLflow. Only global rank 0 writes, and every write is atomic (temporary file + rename).
+The run directory (:mod:`framer.rundir`) is the ground truth: reports read its files and never depend on MLflow.
+Only global rank 0 writes, and every write is atomic (temporary file + rename).
 
 Several runs may start at once on one ``save_dir`` and one SQLite database: a new run claims its ``version_<n>``
-directory with an atomic ``mkdir`` (two runs of the same name never share a directory), and the first contact with
-the database (schema migrations, experiment and run creation) holds an exclusive lock file next to it.
+directory with an atomic ``mkdir`` (two runs of the same name never share a directory), and creates its MLflow run
+with ``MlflowClient`` while holding an exclusive lock file next to the database (:func:`sqlite_lock`; schema
+migrations, experiment and run creation), before Lightning's ``MLFlowLogger`` is given the run's id. Only the
+launching process does this: the other ranks of a multi-process run create nothing.
 
 Before a run starts, :func:`check_tracking_backend` makes sure MLflow can be used, within seconds: an HTTP server is
 asked once with a 5 s timeout and no retries, a SQLite file must be a readable and writable database. A backend that
@@ -24,14 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import os
-import random
 import re
 import sqlite3
-import subprocess
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -41,19 +38,21 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from framer.atomic import atomic_file, atomic_write_text
-from framer.rundir import claim_numbered_dir
+from framer.errors import UserError
+from framer.io import atomic_file, file_lock, to_plain
+from framer.provenance import git_commit
+from framer.rundir import RunDir, RunRoot
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
-DEFAULT_ARTIFACT_LOCATION = "mlruns/artifacts"
-RUN_INFO_FILE = "run.json"
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.csv"
+#: environment variables that name a process's rank; a process where each is unset or 0 is the launching one
+RANK_VARIABLES = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID")
+MAX_PARAM_KEY = 250  # MLflow's limit on parameter names
+MAX_PARAM_VALUE = 6000  # MLflow's limit on parameter values
 #: how long the check before a run waits for an MLflow HTTP server (seconds; one request, no retries)
 SERVER_CHECK_TIMEOUT = 5
 
 
-class TrackingError(ValueError):
+class TrackingError(UserError, ValueError):
     """A tracking setting that cannot work (for example the MLflow file store)."""
 
 
@@ -68,7 +67,8 @@ class Tracking:
         experiment_name: MLflow experiment.
         tracking_uri: MLflow backend. Default: ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlruns/mlflow.db``.
             File stores (plain paths, ``file:``) are rejected.
-        artifact_location: Where a new MLflow experiment stores artifacts (default ``mlruns/artifacts``).
+        artifact_location: Where a new MLflow experiment stores artifacts. Default: ``artifacts/`` next to a SQLite
+            database (``mlruns/artifacts`` with the default URI); for a server, the server's own location.
         tags: Extra MLflow tags.
         mlflow_required: If the MLflow backend cannot be used when the run starts (server unreachable, database
             corrupt or read-only): true stops with one error line; false warns and tracks the run in its CSV files
@@ -100,14 +100,14 @@ class Tracking:
     def loggers(self, mlflow_run_id: str | None = None, resume_step: int | None = None) -> list[Logger]:
         """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger.
 
-        Without an explicit ``version``, the launching process (not the other ranks of a multi-process run) claims
-        the next free ``version_<n>`` directory at once, so concurrent runs of one name never share a directory.
-        ``resume_step``: the global step of the checkpoint a resumed run starts from (its earlier rows are kept).
-        The MLflow backend is checked first (:func:`check_tracking_backend`).
+        The MLflow backend is checked first (:func:`check_tracking_backend`). Without an explicit ``version``, the
+        launching process (not the other ranks of a multi-process run) claims the next free ``version_<n>``
+        directory at once, and without ``mlflow_run_id`` it creates the MLflow run (:attr:`created_run`).
+        ``mlflow_run_id``: the MLflow run of a resumed run. ``resume_step``: the global step of the checkpoint a
+        resumed run starts from (its earlier rows of ``metrics.csv`` are kept).
         """
-        use_mlflow = self.mlflow
-        if use_mlflow:  # before anything is written
-            uri = resolve_tracking_uri(self.tracking_uri)
+        uri = resolve_tracking_uri(self.tracking_uri) if self.mlflow else None
+        if uri is not None:  # before anything is written
             try:
                 check_tracking_backend(uri)
             except TrackingError as err:
@@ -116,36 +116,40 @@ class Tracking:
                 warnings.warn(
                     f"{err}; tracking this run in its CSV files only (tracking.mlflow_required false)", stacklevel=2
                 )
-                use_mlflow = False
+                uri = None
+        launching = is_launching_process()
         version = self.version
-        if version is None and is_launching_process():
-            version = claim_version(Path(self.save_dir) / self.run_name)
+        if version is None and launching:
+            version = RunRoot.of(self.save_dir, self.run_name).claim().name
         loggers: list[Logger] = [
             ResumableCSVLogger(save_dir=self.save_dir, name=self.run_name, version=version, resume_step=resume_step)
         ]
-        if use_mlflow:
-            with sqlite_lock(uri):  # creating the client migrates a new database: one process at a time
-                logger = LockingMLFlowLogger(
-                    experiment_name=self.experiment_name,
-                    run_name=self.run_name,
-                    tracking_uri=uri,
-                    artifact_location=resolve_artifact_location(self.artifact_location),
-                    tags=self.tags or None,
-                    run_id=mlflow_run_id,
-                    log_model=False,
+        if uri is not None:
+            if mlflow_run_id is None and launching:
+                location = artifact_location(uri, self.artifact_location)
+                mlflow_run_id = create_run(uri, self.experiment_name, self.run_name, self.tags, location)
+                self.created_run = (uri, mlflow_run_id)
+            loggers.append(
+                MLFlowLogger(
+                    experiment_name=self.experiment_name, tracking_uri=uri, run_id=mlflow_run_id, log_model=False
                 )
-            loggers.append(logger)
+            )
         return loggers
+
+    #: (tracking URI, run id) of the MLflow run :meth:`loggers` created in this process; None for a resumed run
+    created_run: tuple[str, str] | None = None
+
+    def fail_created_run(self) -> None:
+        """End the MLflow run :meth:`loggers` created as FAILED: its fit failed before it started (once it runs,
+        Lightning ends the run itself, FAILED on an exception)."""
+        if self.created_run is not None:
+            end_run(*self.created_run, status="FAILED")
+            self.created_run = None
 
 
 def is_launching_process() -> bool:
     """True unless this is a non-zero rank started by a launcher (torchrun, Lightning's DDP, SLURM)."""
-    return all(os.environ.get(name, "0") in ("", "0") for name in ("LOCAL_RANK", "NODE_RANK", "RANK"))
-
-
-def claim_version(root: Path) -> int:
-    """Create and return the next free ``<root>/version_<n>`` (atomic ``mkdir``: concurrent callers get distinct n)."""
-    return int(claim_numbered_dir(root, "version_").name.removeprefix("version_"))
+    return all(os.environ.get(name, "0") in ("", "0") for name in RANK_VARIABLES)
 
 
 class ResumableCSVLogger(CSVLogger):
@@ -171,19 +175,16 @@ class ResumableCSVLogger(CSVLogger):
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
         if self._history_restored or self.resume_step is None:
-            return _CSV_EXPERIMENT(self)
+            return super().experiment
         path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
         parked = path.with_name(f".{path.name}.resumed")
         header = _park_rows_before(path, parked, self.resume_step)
-        writer = _CSV_EXPERIMENT(self)  # Lightning's writer: removes metrics.csv
+        writer = super().experiment  # Lightning's writer: removes metrics.csv
         if header:
             os.replace(parked, path)
             writer.metrics_keys = header
         self._history_restored = True
         return writer
-
-
-_CSV_EXPERIMENT = CSVLogger.experiment.fget
 
 
 def _park_rows_before(path: Path, parked: Path, step: int) -> list[str]:
@@ -214,50 +215,72 @@ def _row_step(row: Mapping[str, str]) -> float:
         return float("inf")
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///...`` URI (relative as given); None for other backends and in-memory
+    databases."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri)
+    except ArgumentError:
+        return None
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database)
+
+
 @contextlib.contextmanager
 def sqlite_lock(tracking_uri: str) -> Iterator[None]:
-    """An exclusive file lock next to a SQLite tracking database (no-op for other backends)."""
-    if not tracking_uri.startswith("sqlite:///"):
+    """An exclusive file lock next to a SQLite tracking database, ``<db>.lock`` (no-op for other backends).
+
+    Creating a client migrates a new database, and two processes creating one experiment at once would both find
+    none: whoever touches a shared SQLite database first holds this lock.
+    """
+    path = sqlite_path(tracking_uri)
+    if path is None:
         yield
         return
-    import fcntl
+    with file_lock(path.with_name(path.name + ".lock")):
+        yield
 
-    lock = Path(tracking_uri[len("sqlite:///") :] + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with lock.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+
+def create_run(
+    uri: str, experiment_name: str, run_name: str, tags: Mapping[str, str] | None = None, location: str | None = None
+) -> str:
+    """Create an MLflow run (and its experiment, with artifacts at ``location``, if new) under :func:`sqlite_lock`;
+    returns its id. :class:`TrackingError` when the backend fails."""
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
+
+    with sqlite_lock(uri):
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-_MLFLOW_EXPERIMENT = MLFlowLogger.experiment.fget
-
-
-class LockingMLFlowLogger(MLFlowLogger):
-    """``MLFlowLogger`` whose first use (experiment and run creation) holds :func:`sqlite_lock`.
-
-    Two runs starting together would otherwise both find no experiment and both create it; the loser's run dies with
-    "already exists". On other backends (no lock) a failed first use is retried once, when the experiment exists.
-    """
-
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> Any:
-        if self._initialized:
-            return self._mlflow_client
-        with sqlite_lock(self._tracking_uri):
-            try:
+            client = MlflowClient(tracking_uri=uri)
+            experiment = client.get_experiment_by_name(experiment_name)
+            if experiment is None or experiment.lifecycle_stage == "deleted":
                 try:
-                    return _MLFLOW_EXPERIMENT(self)
-                except Exception:
-                    if self._experiment_id is not None or self._run_id is not None:
+                    experiment_id = client.create_experiment(experiment_name, artifact_location=location)
+                except Exception:  # created meanwhile by another process (backends without the lock)
+                    experiment = client.get_experiment_by_name(experiment_name)
+                    if experiment is None:
                         raise
-                    time.sleep(0.5 + random.random())
-                    return _MLFLOW_EXPERIMENT(self)
-            except Exception as err:  # the backend failed after the check before the run: one line, not a traceback
-                raise TrackingError(f"MLflow tracking at {self._tracking_uri} failed: {_first_line(err)}") from err
+                    experiment_id = experiment.experiment_id
+            else:
+                experiment_id = experiment.experiment_id
+            run = client.create_run(experiment_id, run_name=run_name, tags=resolve_tags(dict(tags or {})))
+        except Exception as err:  # the backend failed after the check before the run: one line, not a traceback
+            raise TrackingError(f"MLflow tracking at {uri} failed: {_first_line(err)}") from err
+    return run.info.run_id
+
+
+def end_run(uri: str, run_id: str, status: str = "FAILED") -> None:
+    """Mark an MLflow run ended (e.g. one created for a fit that failed before it started); best effort."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=uri).set_terminated(run_id, status)
+    except Exception as err:
+        warnings.warn(f"could not end MLflow run {run_id}: {_first_line(err)}", stacklevel=2)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -272,12 +295,11 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
             f"MLflow tracking URI {uri!r} is a file store, which framer never uses; use sqlite:///path/mlflow.db, "
             "http://host:port or postgresql+psycopg2://..."
         )
-    if uri.startswith("sqlite:///"):
-        path = uri[len("sqlite:///") :]
-        if path and path != ":memory:":
-            absolute = Path(path) if path.startswith("/") else Path.cwd() / path
-            absolute.parent.mkdir(parents=True, exist_ok=True)
-            uri = f"sqlite:///{absolute}"
+    path = sqlite_path(uri)
+    if path is not None:
+        absolute = path if path.is_absolute() else Path.cwd() / path
+        absolute.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{absolute}"
     return uri
 
 
@@ -290,15 +312,14 @@ def check_tracking_backend(uri: str) -> None:
     ``MLFLOW_HTTP_REQUEST_TIMEOUT`` and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` set for this request only). Other
     backends (PostgreSQL, ...) are left to MLflow.
     """
-    if uri.startswith("sqlite:///"):
-        _check_sqlite(Path(uri[len("sqlite:///") :]), uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        _check_sqlite(path)
     elif uri.startswith(("http://", "https://")):
         _check_server(uri)
 
 
-def _check_sqlite(path: Path, uri: str) -> None:
-    if str(path) in ("", ":memory:"):
-        return
+def _check_sqlite(path: Path) -> None:
     hint = "use another MLFLOW_TRACKING_URI, or --tracking.mlflow false"
     if not os.access(path.parent, os.W_OK):
         raise TrackingError(f"MLflow tracking database {path}: its directory is not writable; {hint}")
@@ -358,13 +379,18 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
-def resolve_artifact_location(location: str | None) -> str:
-    """Artifact root for new MLflow experiments: an absolute ``file://`` URI for local paths."""
-    location = location or DEFAULT_ARTIFACT_LOCATION
-    if "://" in location:
-        return location
-    path = Path(location).expanduser().resolve()
-    return path.as_uri()
+def artifact_location(tracking_uri: str, configured: str | None = None) -> str | None:
+    """Where a new MLflow experiment keeps its artifacts: ``configured`` (local paths made absolute ``file://``
+    URIs), else ``artifacts/`` next to a SQLite database, else None (the server's default)."""
+    if configured:
+        return configured if "://" in configured else Path(configured).expanduser().resolve().as_uri()
+    path = sqlite_path(tracking_uri)
+    return (path.parent / "artifacts").resolve().as_uri() if path is not None else None
+
+
+def param_key(name: str) -> str:
+    """An MLflow parameter name: characters MLflow refuses replaced by ``_``, at most 250 characters."""
+    return re.sub(r"[^a-zA-Z0-9_/. -]+", "_", name)[:MAX_PARAM_KEY]
 
 
 def find_logger(loggers: Iterable[Logger], kind: type) -> Any:
@@ -379,25 +405,6 @@ def run_dir(trainer: Any) -> Path | None:
 
 # --------------------------------------------------------------------------------------------------------------------
 # run metadata
-def git_commit(path: str | Path | None = None) -> dict[str, Any]:
-    """Commit hash and dirty flag of the repository holding ``path`` (default: this package); empty if not a repo."""
-    path = Path(path) if path is not None else Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    return {"git_commit": commit, "git_dirty": bool(status)}
-
-
 def datamodule_info(datamodule: Any) -> dict[str, Any]:
     """Dataset name, target, units and split fingerprints of a datamodule (whatever it exposes)."""
     info: dict[str, Any] = {}
@@ -410,7 +417,7 @@ def datamodule_info(datamodule: Any) -> dict[str, Any]:
     fingerprints = getattr(datamodule, "split_fingerprints", None)
     if callable(fingerprints):
         try:
-            info["splits"] = _jsonable(fingerprints())
+            info["splits"] = to_plain(fingerprints())
         except Exception as err:  # a report must not kill a run
             warnings.warn(f"could not compute split fingerprints: {err}", stacklevel=2)
     stats = getattr(datamodule, "target_stats", None)
@@ -438,16 +445,19 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str |
 
     Runs on global rank 0 only, so it must not make collective calls.
     """
-    info: dict[str, Any] = {**git_commit(), **datamodule_info(datamodule), **count_parameters(module)}
+    git = git_commit()
+    info: dict[str, Any] = {**datamodule_info(datamodule), **count_parameters(module)}
+    if git:
+        info.update(git_commit=git["commit"], git_dirty=git["dirty"])
     mlflow_logger = find_logger(trainer.loggers, MLFlowLogger)
     if mlflow_logger is not None:
         info["mlflow_run_id"] = mlflow_logger.run_id
-        info["mlflow_tracking_uri"] = mlflow_logger._tracking_uri
+        info["mlflow_tracking_uri"] = mlflow_logger.experiment.tracking_uri
     log_dir = run_dir(trainer)  # not trainer.log_dir: that is a collective call, and this runs on rank 0 only
-    if log_dir:
-        info["run_dir"] = str(Path(log_dir).resolve())
-        previous = read_json(Path(log_dir) / RUN_INFO_FILE)
-        atomic_write_json(Path(log_dir) / RUN_INFO_FILE, {**previous, **info})
+    run = RunDir(log_dir) if log_dir else None
+    if run is not None:
+        info["run_dir"] = str(run.path.resolve())
+        run.update_info(info)
     if mlflow_logger is not None:
         client, run_id = mlflow_logger.experiment, mlflow_logger.run_id
         for key in ("git_commit", "git_dirty", "dataset_name", "target", "target_units", "run_dir"):
@@ -459,7 +469,7 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str |
             text = fingerprint if isinstance(fingerprint, str) else json.dumps(fingerprint, sort_keys=True)
             params[f"split/{name}"] = text
         _log_params(client, run_id, params)
-        for path in (config_path, Path(log_dir) / RUN_INFO_FILE if log_dir else None):
+        for path in (config_path, run.info if run is not None else None):
             if path is not None and Path(path).is_file():
                 client.log_artifact(run_id, str(path))
     return info
@@ -468,60 +478,30 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str |
 def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
     for key, value in params.items():
         try:
-            client.log_param(run_id, re.sub(r"[^a-zA-Z0-9_/. -]+", "_", key), str(value)[:6000])
+            client.log_param(run_id, param_key(key), str(value)[:MAX_PARAM_VALUE])
         except Exception as err:  # an existing param with another value (a resumed run): keep the first
             warnings.warn(f"MLflow param {key!r} not logged: {str(err).splitlines()[0]}", stacklevel=2)
 
 
 def log_artifacts(loggers: Iterable[Logger], paths: Iterable[str | Path]) -> None:
+    """Log files as artifacts of the MLflow run of ``loggers`` (if one of them is an MLFlowLogger)."""
     mlflow_logger = find_logger(loggers, MLFlowLogger)
-    if mlflow_logger is None:
-        return
-    for path in paths:
-        if Path(path).is_file():
-            mlflow_logger.experiment.log_artifact(mlflow_logger.run_id, str(path))
+    if mlflow_logger is not None:
+        log_files(mlflow_logger.experiment, mlflow_logger.run_id, paths)
 
 
-def log_final_metrics(loggers: Iterable[Logger], metrics: Mapping[str, Any], step: int | None = None) -> None:
-    """Log the numeric entries of ``metrics`` to every logger."""
-    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for logger in loggers:
-        logger.log_metrics(numeric, step=step)
-        logger.save()
+def log_files(client: Any, run_id: str, paths: Iterable[str | Path], subdir: str | None = None) -> None:
+    """Log the existing files among ``paths`` as artifacts of an MLflow run (into ``subdir``).
 
-
-# --------------------------------------------------------------------------------------------------------------------
-# files
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return str(value)
-
-
-def atomic_write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
-    return atomic_write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
-
-
-def read_json(path: str | Path) -> dict[str, Any]:
+    ``client``: an ``MlflowClient``, or a tracking URI to make one for. Best effort: a tracking error only warns.
+    """
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
+        if isinstance(client, str):
+            from mlflow.tracking import MlflowClient
 
-
-def write_predictions_csv(path: str | Path, rows: Iterable[tuple], header: tuple[str, ...]) -> Path:
-    """Write prediction rows (full float precision) atomically."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for row in rows:
-        writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
-    return atomic_write_text(path, buffer.getvalue())
+            client = MlflowClient(tracking_uri=client)
+        for path in paths:
+            if Path(path).is_file():
+                client.log_artifact(run_id, str(path), artifact_path=subdir)
+    except Exception as err:  # tracking must never fail a run
+        warnings.warn(f"could not log files to MLflow run {run_id}: {_first_line(err)}", stacklevel=2)

@@ -13,7 +13,6 @@ package's validation file, or ``--validation-file`` (same layout) for data that 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -24,8 +23,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from framer.launch import EXIT_SIGTERM, LAUNCH_LOG, RunSpec, run
+from framer.errors import EXIT_SIGTERM, UserError, exit_codes
+from framer.io import write_json
+from framer.launch import RunSpec, run
 from framer.matbench import tasks
+from framer.rundir import RunDir, RunRoot
 
 DEFAULT_CONFIGS = ["conf/default.yaml"]
 
@@ -36,7 +38,7 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"framer.matbench: error: --set expects key=value, got {item!r}")
+            raise UserError(f"--set expects key=value, got {item!r}")
         out[key.removeprefix("--")] = yaml.safe_load(value)
     return out
 
@@ -71,78 +73,52 @@ def fold_spec(args: argparse.Namespace, fold: int, out_dir: Path, resume: bool) 
 def train_folds(args: argparse.Namespace, out_dir: Path) -> dict[int, str]:
     """Fit and test every requested fold that has not finished; returns {fold: status}. A fold stopped by
     SIGTERM ("interrupted") ends the loop."""
-    from framer.report import FAILED_FILE, has_last_checkpoint, is_finished
-
     status = {}
     for fold in args.folds:
-        root = out_dir / f"fold{fold}"
-        if is_finished(root):
+        root = RunRoot(out_dir / f"fold{fold}")
+        if root.finished:
             status[fold] = "skipped (finished)"
             continue
-        root.mkdir(parents=True, exist_ok=True)
-        (root / FAILED_FILE).unlink(missing_ok=True)
-        resume = has_last_checkpoint(root)
+        root.path.mkdir(parents=True, exist_ok=True)
+        root.clear_failed()
+        resume = root.last_checkpoint() is not None
         t0 = time.time()
         print(f"framer.matbench: {args.task} fold {fold}: {'resuming' if resume else 'training'}", flush=True)
-        outcome = run(fold_spec(args, fold, out_dir, resume), args.launcher, log=root / LAUNCH_LOG)
+        outcome = run(fold_spec(args, fold, out_dir, resume), args.launcher, log=root.launch_log)
         if outcome.interrupted:
             status[fold] = "interrupted"
             print(f"framer.matbench: fold {fold} stopped by SIGTERM; run again to resume", file=sys.stderr)
             break
-        if outcome.ok and is_finished(root):
+        finished = root.latest_finished()
+        if outcome.ok and finished is not None:
             status[fold] = f"finished in {time.time() - t0:.0f} s"
-            fold_figures(root, f"{args.task} fold {fold}")
+            from framer import plots
+
+            plots.figures_of_run(finished, title=f"{args.task} fold {fold}")
         else:
-            message = outcome.message or "no test MAE in metrics.json"
-            (root / FAILED_FILE).write_text(message + "\n")
+            message = outcome.message or "no test MAE in the fold's results"
+            root.mark_failed(message)
             status[fold] = "FAILED"
             print(f"framer.matbench: fold {fold} FAILED: {message.splitlines()[0]}", file=sys.stderr)
     return status
 
 
-def fold_figures(root: Path, title: str) -> None:
-    """Parity, error histogram and learning curves of a fold (logged to its MLflow run when tracked)."""
-    from framer import plots
-    from framer.report import find_file
-
-    metrics = find_file(root, "metrics.json")
-    if metrics is None:
-        return
-    try:
-        paths = plots.run_figures(metrics.parent, title=title)
-    except Exception as err:  # figures never fail a fold
-        print(f"framer.matbench: no figures for {root}: {err}", file=sys.stderr)
-        return
-    info_file = metrics.parent / "run.json"
-    info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-    if info.get("mlflow_run_id") and info.get("mlflow_tracking_uri") and paths:
-        plots.log_figures(paths, info["mlflow_run_id"], info["mlflow_tracking_uri"])
-
-
-def fold_predictions(root: Path) -> tuple[pd.DataFrame, dict]:
-    """The fold's test predictions (``predictions.csv`` of the final, SWA model) and its ``metrics.json``."""
-    from framer.report import find_file
-
-    metrics_file = find_file(root, "metrics.json")
-    if metrics_file is None:
-        raise FileNotFoundError(f"{root}: no metrics.json")
-    predictions = pd.read_csv(metrics_file.parent / "predictions.csv")
-    return predictions, json.loads(metrics_file.read_text())
+def fold_predictions(run: RunDir) -> tuple[pd.DataFrame, dict]:
+    """The fold's test predictions (``predictions.csv`` of the final, SWA model) and its results."""
+    return pd.read_csv(run.predictions()), run.read_results() or {}
 
 
 def record(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     """Record every finished fold with matbench's API; write results.json.gz and scores.json."""
-    from framer.report import is_finished
-
     frame = tasks.load_frame(args.task, args.data_home)
     validation = tasks.load_validation(args.task, args.validation_file)
     bench = tasks.make_benchmark(args.task, frame, validation)
     scores: dict[str, Any] = {}
     for fold in range(tasks.N_FOLDS):
-        root = out_dir / f"fold{fold}"
-        if not is_finished(root):
+        finished = RunRoot(out_dir / f"fold{fold}").latest_finished()
+        if finished is None:
             continue
-        predictions, metrics = fold_predictions(root)
+        predictions, metrics = fold_predictions(finished)
         test_ids = validation[f"fold_{fold}"]["test"]
         missing = sorted(set(test_ids) - set(predictions["id"].astype(str)))
         if missing:  # structures the data module could not use: predict the fold's training mean
@@ -151,7 +127,7 @@ def record(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
             predictions = pd.concat([predictions[["id", "prediction"]], filler], ignore_index=True)
             print(f"framer.matbench: fold {fold}: {len(missing)} unusable test structures get the train mean")
         params = {
-            "framer_run_dir": str(metrics.get("run_dir", root)),
+            "framer_run_dir": str(metrics.get("run_dir", finished.path)),
             "test_weights": str(metrics.get("test_weights", "")),
             "epochs": int(metrics.get("epochs", 0)),
             "filled_with_train_mean": len(missing),
@@ -175,7 +151,7 @@ def record(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     if scores:
         path = tasks.write_results(bench, out_dir / "results.json.gz")
         summary["results"] = str(path)
-    (out_dir / "scores.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out_dir / "scores.json", summary)
     return summary
 
 
@@ -211,11 +187,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    with exit_codes("framer", user_errors=(yaml.YAMLError,)):
+        parse_set(args.set or [])
+        if not tasks.data_file(args.task, args.data_home).is_file():
+            raise UserError(f"matbench data file {tasks.data_file(args.task, args.data_home)} not found")
     out_dir = Path(args.out) / args.task
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not tasks.data_file(args.task, args.data_home).is_file():
-        print(f"framer.matbench: error: {tasks.data_file(args.task, args.data_home)} not found", file=sys.stderr)
-        return 2
     if not args.record_only:
         status = train_folds(args, out_dir)
         for fold, state in status.items():

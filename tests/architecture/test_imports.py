@@ -74,19 +74,11 @@ TRAINING_FRAMEWORKS = {"lightning", "mlflow", "optuna", "optuna_integration", "j
 
 # Known violations: (importer, imported) -> the step of the plan for issue 16 removing it.
 KNOWN_UPWARD = {
-    ("framer.plots", "framer.report"): "step 7 (plots reads runs through rundir)",
     ("framer.plots", "framer.tune.storage"): "step 12 (study figures move to framer.tune)",
 }
-KNOWN_FACE_EDGES = {
-    ("framer.demo", "framer.cli"): "step 13 (demo through the launcher)",
-    ("framer.matbench.__main__", "framer.report"): "step 7 (run status from rundir)",
-}
-KNOWN_CYCLES = {
-    ("framer.plots", "framer.report"): "step 7",
-}
-KNOWN_FACADE_IMPORTS = {  # submodules importing the package facade framer/__init__.py itself
-    "framer.cli": "step 13 (__version__ from importlib.metadata)",
-}
+KNOWN_FACE_EDGES: dict = {}
+KNOWN_CYCLES: dict = {}
+KNOWN_FACADE_IMPORTS: dict = {}  # submodules importing the package facade framer/__init__.py itself
 
 
 def module_name(path: Path) -> str:

@@ -201,9 +201,9 @@ class KillDuringSave(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if trainer.global_step == self.step:
-            import framer.atomic
+            import framer.io
 
-            kill_while_writing(framer.atomic, ".ckpt.", self.limit)
+            kill_while_writing(framer.io, ".ckpt.", self.limit)
 
 
 class _FullDiskFile(_KillingFile):
@@ -235,7 +235,7 @@ class DiskFullDuringSave(Callback):
         if trainer.global_step == self.step:
             import builtins
 
-            import framer.atomic
+            import framer.io
 
             SEEN["last_ckpt_digest"] = file_digest(_last_ckpt(trainer))
 
@@ -245,7 +245,7 @@ class DiskFullDuringSave(Callback):
                     return _FullDiskFile(handle, self.limit)
                 return handle
 
-            framer.atomic.open = full_disk_open
+            framer.io.open = full_disk_open
 
 
 def meet_before_cache_write(rendezvous: str, parties: int = 2, timeout: float = 120.0) -> None:

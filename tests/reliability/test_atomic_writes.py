@@ -30,11 +30,11 @@ def ewald(root: Path, **kwargs) -> EwaldDataModule:
 
 BUILD_AND_DIE = """
 import sys
-import framer.atomic
+import framer.io
 from reliability_standins import kill_while_writing
 from framer.data import EwaldDataModule
 
-kill_while_writing(framer.atomic, ".cache.", int(sys.argv[2]))
+kill_while_writing(framer.io, ".cache.", int(sys.argv[2]))
 EwaldDataModule(num_crystals=32, max_atoms=6, batch_size=4, build_workers=0, data_dir=sys.argv[1],
                 rebuild_cache=True).prepare_data()
 """

@@ -8,8 +8,9 @@ from reliability_helpers import CONF, callback_arg, fit_args, load_checkpoint
 from reliability_standins import SEEN, file_digest
 from test_untrusted_files import one_error
 
-import framer.atomic
-from framer.cli import EXIT_NON_FINITE, main
+import framer.io
+from framer.cli import main
+from framer.errors import EXIT_NON_FINITE
 
 NETWORK = ["--config", str(CONF / "debug" / "tiny_model.yaml")]  # the real CrystalFramer, small
 LR = "--model.init_args.optimizer.init_args.lr"
@@ -53,7 +54,7 @@ def test_swa_epochs_above_max_epochs_is_refused(workdir, capsys):
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_previous_one(workdir, capsys, monkeypatch):
-    monkeypatch.setattr(framer.atomic, "open", open, raising=False)  # the stand-in replaces it; restored after
+    monkeypatch.setattr(framer.io, "open", open, raising=False)  # the stand-in replaces it; restored after
     SEEN.clear()
     full = callback_arg("reliability_standins.DiskFullDuringSave", step=12)
     line = one_error(fit_args("full", "--tracking.mlflow=false", "--checkpoint.every_n_train_steps=4", full), capsys)

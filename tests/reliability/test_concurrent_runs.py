@@ -43,7 +43,7 @@ def test_two_runs_at_once_share_a_new_data_root_and_mlflow_database(tmp_path):
     runs = sorted((tmp_path / "runs" / "twin").iterdir())
     assert [r.name for r in runs] == ["version_0", "version_1"]
     infos = [json.loads((r / "run.json").read_text()) for r in runs]
-    metrics = [json.loads((r / "metrics.json").read_text()) for r in runs]
+    metrics = [json.loads((r / "results.json").read_text()) for r in runs]
     assert all(m["run_dir"] == str(r.resolve()) for m, r in zip(metrics, runs))
     assert all((r / "checkpoints" / "last.ckpt").is_file() for r in runs)
 

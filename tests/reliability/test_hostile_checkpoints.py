@@ -21,8 +21,9 @@ import torch
 from reliability_helpers import STANDIN_MODULES, cli_env, fit_args
 from test_untrusted_files import RunsCode, one_error
 
-from framer.checkpoints import RefusedClassPath
-from framer.cli import EXIT_USER_ERROR, main
+from framer.cli import main
+from framer.errors import EXIT_USER_ERROR
+from framer.instantiate import RefusedClassPath
 from framer.module import CrystalRegressor
 
 POSCAR = "NaCl\n1.0\n4 0 0\n0 4 0\n0 0 4\nNa Cl\n1 1\nDirect\n0 0 0\n0.5 0.5 0.5\n"

@@ -12,7 +12,8 @@ from reliability_helpers import STEPS_PER_EPOCH, callback_arg, fit_args, load_ch
 from reliability_standins import SEEN, file_digest
 
 from framer.callbacks import FiniteGuard, NonFiniteLossError
-from framer.cli import EXIT_NON_FINITE, main
+from framer.cli import main
+from framer.errors import EXIT_NON_FINITE
 
 # a checkpoint every 4 steps; the failure comes in the batch after step 8 (epoch 1, batch 2)
 EVERY_4 = "--checkpoint.every_n_train_steps=4"
@@ -51,7 +52,7 @@ def test_non_finite_loss_stops_before_the_step_and_keeps_the_last_checkpoint(wor
     assert all(torch.isfinite(t).all() for t in checkpoint["state_dict"].values() if t.is_floating_point())
     steps = [int(p.stem.split("step")[-1]) for p in last.parent.glob("best-*.ckpt")]
     assert steps and max(steps) <= STEP
-    assert not (last.parent.parent / "metrics.json").exists()  # no test results of a broken run
+    assert not (last.parent.parent / "results.json").exists()  # no test results of a broken run
 
 
 def test_non_finite_gradient_stops_before_the_weights_change(workdir, capsys):

@@ -21,7 +21,7 @@ import pytest
 import torch
 from reliability_helpers import STEPS_PER_EPOCH, callback_arg, cli_env, fit_args, load_checkpoint
 
-from framer.cli import EXIT_SIGTERM
+from framer.errors import EXIT_SIGTERM
 
 EVERY_4 = "--checkpoint.every_n_train_steps=4"
 EPOCHS = 3
@@ -68,7 +68,7 @@ def start_paused(cwd: Path, env: dict, step: int = PAUSE) -> tuple[subprocess.Po
 def outcome(cwd: Path) -> dict:
     """What a finished run leaves: test metrics, test predictions and the final weights."""
     directory = run_dir(cwd)
-    metrics = json.loads((directory / "metrics.json").read_text())
+    metrics = json.loads((directory / "results.json").read_text())
     state = load_checkpoint(directory / "checkpoints" / "last.ckpt")
     # a finished run's last.ckpt holds its final step, also between periodic step checkpoints (LastCheckpointAtEnd)
     assert state["global_step"] == metrics["global_step"] == EPOCHS * STEPS_PER_EPOCH
@@ -107,7 +107,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, ew
     assert load_checkpoint(last)["global_step"] == SAVED and SAVED % STEPS_PER_EPOCH  # mid-epoch
     proc.send_signal(signal.SIGKILL)
     assert proc.wait(timeout=60) == -signal.SIGKILL
-    assert not (run_dir(tmp_path) / "metrics.json").exists()
+    assert not (run_dir(tmp_path) / "results.json").exists()
 
     done = finish(cli(tmp_path, "--ckpt_path=last"), tmp_path, env)
     assert "Restoring states from the checkpoint" in done.stderr + done.stdout
@@ -127,7 +127,7 @@ def test_sigterm_saves_a_checkpoint_at_the_step_reached_and_resume_matches(tmp_p
     assert "Traceback" not in err
     checkpoint = load_checkpoint(last)
     assert checkpoint["global_step"] == PAUSE
-    assert not (run_dir(tmp_path) / "metrics.json").exists()  # no test of an interrupted run
+    assert not (run_dir(tmp_path) / "results.json").exists()  # no test of an interrupted run
 
     finish(cli(tmp_path, "--ckpt_path=last"), tmp_path, env)
     assert_same(outcome(tmp_path), reference)

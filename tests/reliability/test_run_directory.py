@@ -51,7 +51,7 @@ def test_test_and_predict_never_change_a_finished_run(workdir, capsys, mlflow_te
     with (run / "predict" / "0" / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert rows and list(rows[0]) == ["id", "prediction"]
-    assert (run / "test" / "0" / "metrics.json").is_file() and (run / "test" / "0" / "predictions.csv").is_file()
+    assert (run / "test" / "0" / "results.json").is_file() and (run / "test" / "0" / "predictions.csv").is_file()
     assert [r.info.run_id for r in mlflow_runs(workdir)] == [r.info.run_id for r in runs_before]  # no MLflow run
     assert sorted(p.name for p in (workdir / "runs" / "done").iterdir()) == ["version_0"]
     capsys.readouterr()
@@ -86,7 +86,7 @@ def test_a_second_resume_of_a_running_run_is_refused_and_a_killed_run_leaves_no_
         log.close()
     assert (run / LOCK_FILE).exists()  # left behind by the killed process, but not held by anyone
     main([*args, "--ckpt_path=last"])  # resumes in place
-    assert json.loads((run / "metrics.json").read_text())["global_step"] == 3 * STEPS_PER_EPOCH
+    assert json.loads((run / "results.json").read_text())["global_step"] == 3 * STEPS_PER_EPOCH
     assert sorted(p.name for p in run.parent.iterdir()) == ["version_0"]
 
 

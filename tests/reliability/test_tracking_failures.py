@@ -70,3 +70,17 @@ def test_a_read_only_sqlite_file_is_one_line(workdir, capsys, monkeypatch, read_
     line = one_error(fit_args("readonly"), capsys)
     assert f"MLflow tracking database {read_only_database} cannot be" in line
     assert not (workdir / "runs").exists()
+
+
+def test_a_trainer_setting_lightning_refuses_leaves_no_running_mlflow_run(workdir, capsys, mlflow_template):
+    """The MLflow run is created with the loggers, before Lightning builds the trainer: a setting the trainer refuses
+    ends that run FAILED, and the error is one line."""
+    (workdir / "mlruns").mkdir()
+    shutil.copy(mlflow_template, workdir / "mlruns" / "mlflow.db")
+    line = one_error(fit_args("refused", "--trainer.devices=0"), capsys)
+    assert "devices='0'" in line
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("framer").experiment_id])
+    assert [run.info.status for run in runs] == ["FAILED"]

@@ -13,7 +13,8 @@ import pytest
 import torch
 from reliability_helpers import CONF, QUIET, STANDIN, fit_args
 
-from framer.cli import EXIT_USER_ERROR, main
+from framer.cli import main
+from framer.errors import EXIT_USER_ERROR
 from tests.data.fakes import write_moduli_pickles
 
 
@@ -94,3 +95,14 @@ def test_truncated_checkpoint_is_one_line(workdir, capsys):
     broken.write_bytes(data[: len(data) // 2])
     line = one_error(["test", *fit_args("short", "--tracking.mlflow=false")[1:], f"--ckpt_path={broken}"], capsys)
     assert f"checkpoint {broken} is truncated or corrupt" in line
+
+
+def test_a_checkpoint_in_torchs_old_format_carrying_code_is_refused(workdir, capsys, tmp_path):
+    """torch's scan of a checkpoint's imports reads zip checkpoints only; the old format is refused all the same."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "old-format.ckpt"
+    payload = {"state_dict": {}, "global_step": 0, "hyper_parameters": RunsCode(f"touch {marker}")}
+    torch.save(payload, path, _use_new_zipfile_serialization=False)
+    line = one_error(["test", *fit_args("old", "--tracking.mlflow=false")[1:], f"--ckpt_path={path}"], capsys)
+    assert f"checkpoint {path} was not loaded" in line and "could run code" in line
+    assert not marker.exists()

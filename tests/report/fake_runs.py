@@ -7,14 +7,20 @@ from pathlib import Path
 
 import numpy as np
 
-from framer.report import CELL_FILE, MANIFEST_FILE, PaperTable, RunKey
+from framer.report import PaperTable, RunKey
+from framer.rundir import CELL, MANIFEST, RESULTS
 
 
-def make_run(root: Path, key: RunKey, mae: float, n: int = 12, epochs: int = 3, finished: bool = True) -> Path:
-    """One run dir: cell.json, metrics.csv and (when finished) metrics.json + predictions.csv."""
-    run = root / key.dirname
-    run.mkdir(parents=True, exist_ok=True)
-    (run / CELL_FILE).write_text(json.dumps({"model": key.model, "column": key.column, "seed": key.seed}))
+def make_run(
+    root: Path, key: RunKey, mae: float, n: int = 12, epochs: int = 3, finished: bool = True, results: str = RESULTS
+) -> Path:
+    """One run as framer.reproduce leaves it: ``<key>/cell.json`` and ``<key>/version_0/`` with metrics.csv and (when
+    finished) ``results`` (``results.json``, or ``metrics.json`` as runs made before the rename) + predictions.csv.
+    Returns the version directory."""
+    (root / key.dirname).mkdir(parents=True, exist_ok=True)
+    (root / key.dirname / CELL).write_text(json.dumps({"model": key.model, "column": key.column, "seed": key.seed}))
+    run = root / key.dirname / "version_0"
+    run.mkdir(exist_ok=True)
     rng = np.random.default_rng(key.seed)
     lines = ["epoch,step,train/loss,val/mae"]
     for e in range(epochs):
@@ -32,7 +38,7 @@ def make_run(root: Path, key: RunKey, mae: float, n: int = 12, epochs: int = 3, 
             "n_test": n,
             "git_commit": "0123456789abcdef",
         }
-        (run / "metrics.json").write_text(json.dumps(metrics))
+        (run / results).write_text(json.dumps(metrics))
     return run
 
 
@@ -43,7 +49,7 @@ def make_runs(
     keys = [RunKey(m, c.key, s) for m in models or paper.models for c in paper.columns for s in seeds]
     root.mkdir(parents=True, exist_ok=True)
     manifest = {"smoke": smoke, "runs": [{"model": k.model, "column": k.column, "seed": k.seed} for k in keys]}
-    (root / MANIFEST_FILE).write_text(json.dumps(manifest))
+    (root / MANIFEST).write_text(json.dumps(manifest))
     for i, k in enumerate(keys):
         if k not in skip:
             make_run(root, k, mae=0.01 * (1 + i % 7) + 0.001 * k.seed)

@@ -15,6 +15,7 @@ from matplotlib.image import imread
 
 from framer import plots, report, reproduce
 from framer.report import PaperTable, RunKey
+from framer.rundir import RunDir, RunRoot
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +145,34 @@ def test_report_and_manifest_record_framers_commit_from_another_directory(tmp_pa
     manifest.runs_dir, manifest.models = tmp_path / "reproduce", ["crystalformer"]
     written = reproduce.write_manifest(manifest, reproduce.plan(manifest, paper))
     assert json.loads(written.read_text())["git"] == git.stdout.strip()
+
+
+def test_results_come_from_the_version_directory_never_from_a_later_evaluation(tmp_path, paper):
+    """``test/<n>/`` and ``predict/<n>/`` of a run (framer.cli test/predict) write newer files of the same names; the
+    run's results are those of its version directory."""
+    root = tmp_path / "runs"
+    key = RunKey("crystalformer", "mp/e_form", 0)
+    run = make_run(root, key, mae=0.05)
+    evaluation = make_run(root / key.dirname / "version_0" / "test", RunKey("x", "mp/e_form", 0), mae=9.0)
+    (run / "predict" / "0").mkdir(parents=True)
+    (run / "predict" / "0" / "predictions.csv").write_text("id,prediction\nonly,1.0\n")
+    unfinished = RunKey("crystalformer", "mp/gap", 0)
+    make_run(root, unfinished, mae=0.1, finished=False)  # its version_0 has no results, its test/0 has
+    make_run(root / unfinished.dirname / "version_0" / "test", RunKey("y", "mp/gap", 0), mae=7.0)
+    assert (evaluation / "results.json").stat().st_mtime >= (run / "results.json").stat().st_mtime
+
+    results = {r.key: r for r in report.collect(root, paper)}
+    assert results[key].status == "finished" and results[key].test_mae == pytest.approx(0.05)
+    assert results[key].run == RunDir(run) and results[key].n_test == 12
+    assert results[unfinished].status == "incomplete" and math.isnan(results[unfinished].test_mae)
+    assert RunRoot(root / key.dirname).latest_finished() == RunDir(run)
+
+
+def test_runs_made_before_results_json_are_read_from_metrics_json(tmp_path, paper):
+    root = tmp_path / "runs"
+    old = make_run(root, RunKey("crystalformer", "mp/e_form", 0), mae=0.05, results="metrics.json")
+    assert not (old / "results.json").exists() and RunDir(old).finished
+    (result,) = [r for r in report.collect(root, paper) if r.status == "finished"]
+    assert result.test_mae == pytest.approx(0.05) and result.test_mae_best == pytest.approx(0.055)
+    (old / "results.json").write_text(json.dumps({"metrics": {"test/mae": 0.07}}))  # the new name wins
+    assert RunDir(old).metric("test/mae") == pytest.approx(0.07)

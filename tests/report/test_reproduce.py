@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 import framer.cli
-from framer import reproduce
+from framer import plots, reproduce
 from framer.launch import EXIT_SIGTERM, Outcome
 from framer.report import PaperTable, RunKey, write_report
 
@@ -74,7 +74,7 @@ def fake_fit(calls: list, fail: set[str] = frozenset(), interrupt: set[str] = fr
             return Outcome(EXIT_SIGTERM) if name in interrupt else Outcome(1, "CUDA out of memory (pretend)")
         version = root / "version_0"
         version.mkdir(parents=True, exist_ok=True)
-        (version / "metrics.json").write_text(json.dumps({"metrics": {"test/mae": 0.02, "test_best/mae": 0.021}}))
+        (version / "results.json").write_text(json.dumps({"metrics": {"test/mae": 0.02, "test_best/mae": 0.021}}))
         (version / "predictions.csv").write_text("id,target,prediction\na,1.0,1.02\nb,2.0,1.98\n")
         (version / "metrics.csv").write_text("epoch,step,train/loss,val/mae\n0,1,1.0,\n0,1,,0.5\n1,2,0.5,\n1,2,,0.3\n")
         return Outcome(0)
@@ -90,7 +90,7 @@ def test_execute_skips_resumes_and_records_failures(tmp_path, paper, monkeypatch
     reproduce.write_manifest(manifest, runs)
     calls: list = []
     flaky = "jarvis_ehull__crystalframer__seed0"
-    monkeypatch.setattr(reproduce, "run_figures", lambda run: None)
+    monkeypatch.setattr(plots, "figures_of_run", lambda run, title="": {})
 
     counts = reproduce.execute(runs, "inprocess", runner=fake_fit(calls, fail={flaky}))
     assert counts == {"finished": 3, "skipped": 0, "failed": 1, "resumed": 0, "interrupted": 0}
@@ -110,7 +110,7 @@ def test_shards_split_the_runs(tmp_path, paper, monkeypatch):
     manifest.runs_dir = tmp_path / "runs"
     runs = reproduce.plan(manifest, paper)
     seen: list = []
-    monkeypatch.setattr(reproduce, "run_figures", lambda run: None)
+    monkeypatch.setattr(plots, "figures_of_run", lambda run, title="": {})
     for i in range(3):
         reproduce.execute(runs, "inprocess", shard=(i, 3), runner=fake_fit(seen))
     assert sorted(name for name, _ in seen) == sorted(r.key.dirname for r in runs)
@@ -121,7 +121,7 @@ def test_an_interrupted_run_stops_the_loop_and_resumes_next_time(tmp_path, paper
     manifest.runs_dir = tmp_path / "runs"
     manifest.models, manifest.columns = ["crystalformer"], ["mp/e_form", "mp/gap", "jarvis/ehull"]
     runs = reproduce.plan(manifest, paper)
-    monkeypatch.setattr(reproduce, "run_figures", lambda run: None)
+    monkeypatch.setattr(plots, "figures_of_run", lambda run, title="": {})
     calls: list = []
     stopped = "mp_gap__crystalformer__seed0"
     counts = reproduce.execute(runs, "inprocess", runner=fake_fit(calls, interrupt={stopped}))
@@ -145,7 +145,7 @@ def test_a_preempted_inprocess_run_stops_reproduce_with_exit_143(tmp_path, monke
         raise SIGTERMException()
 
     monkeypatch.setattr(framer.cli, "FramerCLI", preempted)
-    monkeypatch.setattr(reproduce, "run_figures", lambda run: None)
+    monkeypatch.setattr(plots, "figures_of_run", lambda run, title="": {})
     argv = ["--smoke", "--launcher", "inprocess", "--models", "crystalformer", "--columns", "mp/e_form", "mp/gap"]
     assert reproduce.main([*argv, "--runs-dir", str(tmp_path / "runs")]) == EXIT_SIGTERM
     assert len(started) == 1
@@ -155,9 +155,11 @@ def test_a_preempted_inprocess_run_stops_reproduce_with_exit_143(tmp_path, monke
 def test_a_bad_manifest_is_one_error_line(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"configs": ["conf/default.yaml"], "typo": 1}))
-    assert reproduce.main(["--manifest", str(bad), "--dry-run"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        reproduce.main(["--manifest", str(bad), "--dry-run"])
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("framer.reproduce: error:") and "typo" in err[0], err
+    assert len(err) == 1 and err[0].startswith("framer: error:") and "typo" in err[0], err
 
 
 def test_dry_run_prints_commands(capsys, tmp_path):

@@ -105,10 +105,10 @@ def test_fit_writes_run_files_and_mlflow_and_resumes_in_place(workdir):
     args = fit_args(*STANDINS, "--trainer.max_epochs=3", "--model.init_args.swa_epochs=1", "--tracking.run_name=e2e")
     cli = FramerCLI(args=[*args, "--trainer.accelerator=cpu"])
     run = workdir / "runs" / "e2e" / "version_0"
-    for name in ("config.yaml", "run.json", "metrics.csv", "metrics.json", "predictions.csv", "predictions_best.csv"):
+    for name in ("config.yaml", "run.json", "metrics.csv", "results.json", "predictions.csv", "predictions_best.csv"):
         assert (run / name).is_file(), name
     assert (run / "checkpoints" / "last.ckpt").is_file()
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "results.json").read_text())
     assert set(metrics["metrics"]) == {"test/mae", "test_best/mae", "best_val/mae"}
     assert metrics["test_weights"] == "swa" and metrics["swa_steps"] == 3 and metrics["global_step"] == 9
     assert metrics["n_test"] == len(cli.datamodule.splits["test"]) == 8
@@ -128,18 +128,21 @@ def test_fit_writes_run_files_and_mlflow_and_resumes_in_place(workdir):
     mlrun = client.get_run(info["mlflow_run_id"])
     assert mlrun.data.metrics["test/mae"] == pytest.approx(metrics["metrics"]["test/mae"])
     assert "test_best/mae" in mlrun.data.metrics and "val/mae" in mlrun.data.metrics
+    assert mlrun.data.metrics["test_best/mae"] == pytest.approx(metrics["metrics"]["test_best/mae"])
+    logged = [r for r in read_csv(run / "metrics.csv") if r.get("test_best/mae")]  # logged after its test, too
+    assert [float(r["test_best/mae"]) for r in logged] == pytest.approx([metrics["metrics"]["test_best/mae"]])
     assert mlrun.data.params["num_params"] == str(info["num_params"])
     assert mlrun.data.tags["git_commit"] == info["git_commit"]
     assert any(k.startswith("split/") for k in mlrun.data.params)
     artifacts = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
-    assert {"config.yaml", "metrics.json", "predictions.csv", "run.json"} <= artifacts
+    assert {"config.yaml", "results.json", "predictions.csv", "run.json"} <= artifacts
     assert not (workdir / "mlruns" / "0").exists()  # never the file store
 
     # resume: same directory, same MLflow run, step count continues
     resumed = FramerCLI(args=[*args, "--trainer.accelerator=cpu", "--trainer.max_epochs=5", "--ckpt_path=last"])
     assert resumed.trainer.global_step == 15
     assert not (workdir / "runs" / "e2e" / "version_1").exists()
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "results.json").read_text())
     assert metrics["global_step"] == 15 and metrics["swa_steps"] == 3
     assert json.loads((run / "run.json").read_text())["mlflow_run_id"] == info["mlflow_run_id"]
     assert len(client.search_runs([mlrun.info.experiment_id])) == 1
@@ -156,12 +159,12 @@ def test_test_and_predict_subcommands_from_a_checkpoint(workdir):
     args = fit_args(*STANDINS, "--trainer.max_epochs=2", "--model.init_args.swa_epochs=1", "--tracking.run_name=sub")
     FramerCLI(args=[*args, "--trainer.accelerator=cpu", "--tracking.mlflow=false"])
     ckpt = workdir / "runs" / "sub" / "version_0" / "checkpoints" / "last.ckpt"
-    fit_metrics = json.loads((ckpt.parents[1] / "metrics.json").read_text())["metrics"]
+    fit_metrics = json.loads((ckpt.parents[1] / "results.json").read_text())["metrics"]
     config = str(ckpt.parents[1] / "config.yaml")
     tester = FramerCLI(args=["test", "--config", config, "--ckpt_path", str(ckpt), "--tracking.mlflow=false"])
     assert float(tester.trainer.callback_metrics["test/mae"]) == pytest.approx(fit_metrics["test/mae"], rel=1e-6)
     tested_dir = workdir / "runs" / "sub" / "version_0" / "test" / "0"  # a new sub-directory of the run
-    assert json.loads((tested_dir / "metrics.json").read_text())["metrics"]["test/mae"] == pytest.approx(
+    assert json.loads((tested_dir / "results.json").read_text())["metrics"]["test/mae"] == pytest.approx(
         fit_metrics["test/mae"], rel=1e-6
     )
     assert not (workdir / "runs" / "sub" / "version_1").exists()

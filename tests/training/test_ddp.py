@@ -52,7 +52,7 @@ def test_ddp_two_cpu_processes_fit_and_test(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "Initializing distributed: GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
     run = tmp_path / "runs" / "ddp" / "version_0"
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "results.json").read_text())
     assert {"test/mae", "test_best/mae", "best_val/mae"} <= set(metrics["metrics"])
     # 40 crystals -> 32 train, 4 per device per step on 2 devices: 4 steps per epoch
     assert metrics["global_step"] == 8 and metrics["swa_steps"] == 4
@@ -63,3 +63,10 @@ def test_ddp_two_cpu_processes_fit_and_test(tmp_path):
     mae = sum(abs(float(r["prediction"]) - float(r["target"])) for r in rows) / len(rows)
     assert mae == pytest.approx(metrics["metrics"]["test/mae"], rel=1e-5)
     assert not (tmp_path / "runs" / "ddp" / "version_1").exists()  # both ranks logged into one run
+    # one MLflow run, created by the launching process before Lightning spawned rank 1, and ended FINISHED
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    (mlrun,) = client.search_runs([client.get_experiment_by_name("framer").experiment_id])
+    assert mlrun.info.run_id == json.loads((run / "run.json").read_text())["mlflow_run_id"]
+    assert mlrun.info.status == "FINISHED" and "test/mae" in mlrun.data.metrics

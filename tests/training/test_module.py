@@ -14,7 +14,8 @@ from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from training_standins import TinyDataModule, TinyModel, quiet_trainer_kwargs
 
-from framer.module import CrystalRegressor, InverseSqrtLR, callable_config, model_config, parameter_groups
+from framer.instantiate import callable_config, to_config
+from framer.module import CrystalRegressor, InverseSqrtLR, parameter_groups
 
 
 def make_module(swa_epochs: int = 1, lr: float = 5e-3, **kwargs) -> CrystalRegressor:
@@ -91,9 +92,9 @@ def test_schedule_per_step_then_frozen_and_swa_is_the_mean_of_every_step(tmp_pat
     assert recorder.lrs[:9] == pytest.approx(expected)
     # epochs 3 and 4 average: lr frozen at the value it had when averaging began
     swa_steps = [i for i, e in enumerate(recorder.epochs) if e >= 3]
-    assert len(swa_steps) == 6 and int(module.swa_n) == 6
+    assert len(swa_steps) == 6 and module.swa_steps == 6
     assert all(recorder.lrs[i] == pytest.approx(recorder.lrs[8]) for i in swa_steps)
-    for key, value in module.swa_model.state_dict().items():
+    for key, value in module.swa_model.module.state_dict().items():
         mean = torch.stack([recorder.weights[i][key] for i in swa_steps]).mean(0)
         torch.testing.assert_close(value, mean, rtol=1e-5, atol=1e-6)
 
@@ -194,7 +195,7 @@ def test_load_from_checkpoint_needs_no_arguments_and_predicts_identically(tmp_pa
     module.eval()
     loaded.eval()
     assert isinstance(loaded.model, TinyModel) and loaded.model.hidden == 8
-    assert int(loaded.swa_n) == int(module.swa_n) and float(loaded.target_std) == float(module.target_std)
+    assert loaded.swa_steps == module.swa_steps and float(loaded.target_std) == float(module.target_std)
     with torch.no_grad():
         for batch in dm.test_dataloader():
             for weights in ("swa", "raw"):
@@ -215,16 +216,16 @@ def test_model_config_requires_recoverable_arguments():
             self.lin = nn.Linear(width, 1)
 
     with pytest.raises(ValueError, match="width"):
-        model_config(Opaque(3))
+        to_config(Opaque(3))
 
     class Stored(Opaque):
         def __init__(self, width: int):
             super().__init__(width)
             self.init_args = {"width": width}
 
-    assert model_config(Stored(3))["init_args"] == {"width": 3}
+    assert to_config(Stored(3))["init_args"] == {"width": 3}
     assert callable_config(functools.partial(torch.optim.Adam, lr=0.1)) == {
-        "class_path": "torch.optim.adam.Adam",
+        "class_path": "torch.optim.Adam",
         "init_args": {"lr": 0.1},
     }
 
@@ -258,7 +259,7 @@ def test_resume_from_last_continues_step_count_and_schedule(tmp_path):
     assert resumed.global_step == full.global_step == 12
     assert len(resumed_rec.lrs) == 6  # only the remaining steps ran
     assert resumed_rec.lrs == pytest.approx(full_rec.lrs[6:])
-    assert int(resumed_module.swa_n) == int(full_module.swa_n) == 3
+    assert resumed_module.swa_steps == full_module.swa_steps == 3
 
 
 def test_train_mae_of_an_epoch_counts_only_that_epoch_also_after_resume(tmp_path):
@@ -285,3 +286,83 @@ def test_train_mae_of_an_epoch_counts_only_that_epoch_also_after_resume(tmp_path
     expected = float(module.target_std) * sum(recorder.losses) / len(recorder.losses)
     assert logged[1] == pytest.approx(expected, rel=1e-5)
     assert "train_mae.sum_abs_error" in module.state_dict()
+
+
+def _old_layout(checkpoint: dict) -> dict:
+    """A checkpoint as framer wrote it before SWA was torch's AveragedModel and before hparams were recorded through
+    ``save_hyperparameters()``: ``swa_model.<name>``, ``swa_n``, and hand-written ``_class_path``/``_instantiator``."""
+    state = {}
+    for key, value in checkpoint["state_dict"].items():
+        if key == "swa_model.n_averaged":
+            state["swa_n"] = value
+        elif key.startswith("swa_model.module."):
+            state["swa_model." + key.removeprefix("swa_model.module.")] = value
+        else:
+            state[key] = value
+    hparams = {
+        "_class_path": "framer.module.CrystalRegressor",
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        **checkpoint["hyper_parameters"],
+    }
+    return {**checkpoint, "state_dict": state, "hyper_parameters": hparams}
+
+
+def test_checkpoints_in_the_old_swa_layout_load_and_resume(tmp_path):
+    pl.seed_everything(6)
+    dm = TinyDataModule(num_crystals=40, batch_size=8)
+    module = make_module(swa_epochs=1)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = pl.Trainer(**quiet_trainer_kwargs(max_epochs=2, callbacks=[ckpt], enable_checkpointing=True))
+    trainer.fit(module, datamodule=dm)
+    new = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert {"swa_model.n_averaged", "swa_model.module.embed.weight"} <= set(new["state_dict"])
+    torch.save(_old_layout(new), tmp_path / "old.ckpt")
+
+    loaded = CrystalRegressor.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert loaded.swa_steps == module.swa_steps == 3
+    module.eval()
+    loaded.eval()
+    with torch.no_grad():
+        for batch in dm.test_dataloader():
+            for weights in ("swa", "raw"):
+                torch.testing.assert_close(loaded(batch, weights), module(batch, weights), rtol=0, atol=0)
+    # a trainer resumes from it too: the average goes on from its 3 steps
+    again = make_module(swa_epochs=2)
+    trainer = pl.Trainer(**quiet_trainer_kwargs(max_epochs=3))
+    trainer.fit(again, datamodule=dm, ckpt_path=tmp_path / "old.ckpt")
+    assert trainer.global_step == 9 and again.swa_steps == 6
+
+
+def test_a_checkpoint_loaded_in_python_trains_on(tmp_path):
+    """Its optimizer and scheduler are recorded as {class_path, init_args}: they used to reach configure_optimizers
+    as dicts and fail there."""
+    pl.seed_everything(7)
+    dm = TinyDataModule(num_crystals=40, batch_size=8)
+    module = make_module(swa_epochs=0, lr=1e-2)
+    module_scheduler = functools.partial(torch.optim.lr_scheduler.StepLR, step_size=2, gamma=0.5)
+    module = CrystalRegressor(TinyModel(hidden=8), optimizer=module.optimizer_factory, lr_scheduler=module_scheduler)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = pl.Trainer(**quiet_trainer_kwargs(max_epochs=1, callbacks=[ckpt], enable_checkpointing=True))
+    trainer.fit(module, datamodule=dm)
+    hparams = torch.load(tmp_path / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["optimizer"] == {
+        "class_path": "torch.optim.AdamW",
+        "init_args": {"lr": 1e-2, "betas": [0.9, 0.98], "weight_decay": 1e-5},
+    }
+    assert "_class_path" not in hparams and "_instantiator" not in hparams  # nothing written by hand
+    loaded = CrystalRegressor.load_from_checkpoint(tmp_path / "last.ckpt")
+    config = loaded.configure_optimizers()
+    assert isinstance(config["optimizer"], torch.optim.AdamW) and config["optimizer"].defaults["lr"] == 1e-2
+    assert isinstance(config["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.StepLR)
+    trainer = pl.Trainer(**quiet_trainer_kwargs(max_epochs=1))
+    trainer.fit(loaded, datamodule=dm)
+    assert trainer.global_step == 3
+
+
+def test_configs_use_the_public_spelling_of_class_paths():
+    from framer.models import CrystalFramer
+
+    network = CrystalFramer(num_layers=1, model_dim=8, num_heads=2, ff_dim=16, head_dim=8, dist_basis=8)
+    assert to_config(network)["class_path"] == "framer.models.CrystalFramer"
+    assert CrystalRegressor(network).hparams["model"]["class_path"] == "framer.models.CrystalFramer"
+    assert callable_config(torch.optim.SGD) == {"class_path": "torch.optim.SGD"}

@@ -14,11 +14,18 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger
 from training_standins import TinyDataModule, TinyModel, quiet_trainer_kwargs, subprocess_env
 
-from framer.atomic import atomic_write_text
+from framer.io import atomic_write_text
 from framer.module import CrystalRegressor
-from framer.predict import collect_inputs
 from framer.predict import main as predict_main
-from framer.tracking import Tracking, TrackingError, resolve_tracking_uri
+from framer.predictor import collect_inputs
+from framer.tracking import (
+    Tracking,
+    TrackingError,
+    artifact_location,
+    param_key,
+    resolve_tracking_uri,
+    sqlite_path,
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +80,12 @@ def test_predict_folder_to_csv_skips_bad_files_by_name(checkpoint, structures, t
 
 
 def test_predict_user_errors(checkpoint, structures, tmp_path, capsys):
-    assert predict_main(["--ckpt", str(tmp_path / "none.ckpt"), "--inputs", str(structures)]) == 2
-    assert predict_main(["--ckpt", str(checkpoint), "--inputs", str(tmp_path / "nowhere")]) == 2
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert predict_main(["--ckpt", str(checkpoint), "--inputs", str(empty)]) == 2
+    for ckpt, inputs in [(tmp_path / "none.ckpt", structures), (checkpoint, tmp_path / "nowhere"), (checkpoint, empty)]:
+        with pytest.raises(SystemExit) as exit_info:
+            predict_main(["--ckpt", str(ckpt), "--inputs", str(inputs)])
+        assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("framer: error:") == 3 and "Traceback" not in err
 
@@ -124,3 +132,52 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_one_artifact_location_rule_and_sqlite_paths_read_by_sqlalchemy(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sqlite_path("sqlite:///mlruns/mlflow.db") == Path("mlruns/mlflow.db")
+    assert sqlite_path(f"sqlite:///{tmp_path}/db/x.db") == tmp_path / "db" / "x.db"
+    for other in ("sqlite://", "sqlite:///:memory:", "postgresql+psycopg2://u:p@h/db", "http://127.0.0.1:5000"):
+        assert sqlite_path(other) is None, other
+    assert artifact_location("sqlite:///mlruns/mlflow.db") == (tmp_path / "mlruns" / "artifacts").as_uri()  # default
+    assert artifact_location(f"sqlite:///{tmp_path}/db/x.db") == (tmp_path / "db" / "artifacts").as_uri()
+    assert artifact_location("http://127.0.0.1:5000") is None  # the server keeps them
+    assert artifact_location("http://127.0.0.1:5000", "here") == (tmp_path / "here").as_uri()
+    assert artifact_location("sqlite:///x.db", "s3://bucket/a") == "s3://bucket/a"
+    assert param_key("split/tr@in " + "x" * 300) == "split/tr_in " + "x" * 238
+
+
+def test_a_fit_from_another_directory_keeps_artifacts_next_to_its_database(tmp_path, monkeypatch):
+    """The CLI and the sweeps used to disagree: the CLI put artifacts in <cwd>/mlruns/artifacts whatever the URI."""
+    db = tmp_path / "shared" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    Tracking(run_name="r", save_dir=str(tmp_path / "runs"), experiment_name="e").loggers()
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(f"sqlite:///{db}").get_experiment_by_name("e")
+    assert experiment.artifact_location == (tmp_path / "shared" / "artifacts").as_uri()
+    assert not (tmp_path / "elsewhere" / "mlruns").exists()
+
+
+def test_only_the_launching_process_claims_a_version_and_creates_the_mlflow_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP child
+    Tracking(run_name="r", save_dir=str(tmp_path / "runs")).loggers()  # (its MLflow logger is Lightning's dummy)
+    assert not (tmp_path / "runs" / "r").exists() and client.get_experiment_by_name("framer") is None
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    tracking = Tracking(run_name="r", save_dir=str(tmp_path / "runs"))
+    csv_logger, mlflow_logger = tracking.loggers()
+    assert (tmp_path / "runs" / "r" / "version_0").is_dir() and csv_logger.version == "version_0"
+    (run,) = client.search_runs([client.get_experiment_by_name("framer").experiment_id])
+    assert mlflow_logger.run_id == run.info.run_id == tracking.created_run[1] and run.info.status == "RUNNING"
+    assert run.info.run_name == "r"
+    tracking.fail_created_run()
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    _, resumed = Tracking(run_name="r", save_dir=str(tmp_path / "runs"), version=0).loggers(run.info.run_id)
+    assert resumed.run_id == run.info.run_id and len(client.search_runs([run.info.experiment_id])) == 1

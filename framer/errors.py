@@ -1,0 +1,83 @@
+"""How framer's commands end: exit codes, user errors as one line, and the guard every ``python -m framer.*`` uses.
+
+=====  =================================================================================================
+code   meaning
+=====  =================================================================================================
+0      done
+2      user error: a missing or bad file, setting or checkpoint; one ``<prog>: error: ...`` line on stderr
+3      training stopped on a non-finite loss, gradient or optimizer step (:class:`NonFiniteError`)
+143    stopped by SIGTERM (128 + 15) after saving ``last.ckpt``; the same command resumes
+=====  =================================================================================================
+
+``FRAMER_DEBUG=1`` re-raises instead, so the traceback is shown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from typing import NoReturn
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_NON_FINITE = 3
+EXIT_SIGTERM = 128 + signal.SIGTERM
+DEBUG_ENV = "FRAMER_DEBUG"
+#: exceptions from the standard library that mean "the file you named is not there" when they end a command
+FILE_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+
+
+class UserError(Exception):
+    """A mistake in the command or its inputs: reported as one line, without a traceback (exit code 2)."""
+
+
+class NonFiniteError(RuntimeError):
+    """Training met a NaN or infinite loss, gradient or weight and stopped before it reached the weights (exit 3)."""
+
+
+def one_line(err: BaseException) -> str:
+    """The exception's message on one line (with the file name of a FileNotFoundError that does not say it)."""
+    text = str(err).strip() or type(err).__name__
+    filename = getattr(err, "filename", None)
+    if isinstance(err, FileNotFoundError) and filename and str(filename) not in text:
+        text = f"{text}: {filename}"
+    return " ".join(text.split())
+
+
+def fail(prog: str, message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
+    """Print ``<prog>: error: <message>`` (one line) and exit with ``code``."""
+    sys.stderr.write(f"{prog}: error: {' '.join(str(message).split())}\n")
+    raise SystemExit(code)
+
+
+@contextlib.contextmanager
+def exit_codes(
+    prog: str,
+    user_errors: tuple[type[BaseException], ...] = (),
+    interruptions: tuple[type[BaseException], ...] = (),
+    interrupted: Callable[[BaseException], str] | None = None,
+) -> Iterator[None]:
+    """Turn the exceptions that end a command into its exit code and one line on stderr.
+
+    :class:`UserError`, :data:`FILE_ERRORS` and ``user_errors`` exit with 2; :class:`NonFiniteError` and
+    ``FloatingPointError`` with 3; ``interruptions`` (e.g. Lightning's ``SIGTERMException``) with 143 and the line
+    ``<prog>: stopped by SIGTERM: <interrupted(err)>``. Anything else propagates (a bug: its traceback is wanted).
+    """
+    debug = bool(os.environ.get(DEBUG_ENV))
+    try:
+        yield
+    except interruptions as err:
+        what = interrupted(err) if interrupted is not None else "no checkpoint saved"
+        sys.stderr.write(f"{prog}: stopped by SIGTERM: {what}\n")
+        raise SystemExit(EXIT_SIGTERM) from None
+    except (UserError, *FILE_ERRORS, *user_errors) as err:
+        if debug:
+            raise
+        fail(prog, one_line(err))
+    except (NonFiniteError, FloatingPointError) as err:
+        if debug:
+            raise
+        fail(prog, one_line(err), EXIT_NON_FINITE)

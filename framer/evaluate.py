@@ -1,0 +1,138 @@
+"""The final evaluation of a run: after ``fit``, test on one device and write the run's results.
+
+Global rank 0 tests both the final module (its SWA average when it has one: ``test/mae``, the paper's number) and the
+best-``val/mae`` checkpoint (``test_best/mae``) on a single device, so no sample of the test split is padded or
+dropped as a DistributedSampler would. The run's directory then gets ``results.json`` (metrics and facts of the run)
+and the test predictions of both (:mod:`framer.rundir`), and the run's loggers (CSV, MLflow) the metrics and files.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import Logger
+
+from framer.module import CrystalRegressor
+from framer.rundir import RunDir
+from framer.tracking import log_artifacts, run_dir
+
+
+def one_device_trainer(trainer: Trainer, logger: list[Logger] | bool = False) -> Trainer:
+    """A trainer for testing on one device of ``trainer``'s accelerator, with its precision and progress bar."""
+    device = trainer.strategy.root_device
+    accelerator = {"cuda": "gpu", "mps": "mps"}.get(device.type, "cpu")
+    devices: Any = [device.index or 0] if accelerator == "gpu" else 1
+    callbacks: list = []
+    bar = trainer.progress_bar_callback
+    if isinstance(bar, RichProgressBar):
+        callbacks.append(RichProgressBar())
+    elif isinstance(bar, TQDMProgressBar):
+        callbacks.append(TQDMProgressBar(refresh_rate=bar.refresh_rate))
+    elif isinstance(bar, ProgressBar):
+        callbacks.append(type(bar)())
+    return Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=1,
+        strategy="auto",
+        precision=trainer.precision,
+        logger=logger,
+        callbacks=callbacks,
+        enable_progress_bar=bool(callbacks),
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        default_root_dir=trainer.default_root_dir,
+        fast_dev_run=trainer.fast_dev_run,
+        limit_test_batches=trainer.limit_test_batches,
+    )
+
+
+def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: LightningDataModule | None) -> dict:
+    """Test the final module and the best-val checkpoint on one device; write ``results.json`` and predictions.
+
+    Returns the metrics: ``test/mae``, and with a best checkpoint ``test_best/mae`` and ``best_val/mae``. The final
+    module is tested with the run's loggers; the best checkpoint without (its rebuilt hyperparameters must not be
+    logged over the run's), and its metrics are logged to the run's loggers afterwards.
+    """
+    # under fast_dev_run Lightning swaps the loggers for a stand-in that writes nothing: so do the tests
+    loggers = [] if trainer.fast_dev_run else list(trainer.loggers)
+    tester = one_device_trainer(trainer, loggers or False)
+    module.test_prefix = "test"
+    results = tester.test(module, datamodule=datamodule, verbose=False)
+    metrics: dict[str, Any] = dict(results[0]) if results else {}
+    modules: dict[str, CrystalRegressor] = {"final": module}
+    callback = trainer.checkpoint_callback
+    best_path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    if best_path and Path(best_path).is_file():
+        # a module built in Python around a network whose arguments could not be recorded needs it passed back
+        extra = {"model": copy.deepcopy(module.model)} if module.hparams.get("model") is None else {}
+        best = type(module).load_from_checkpoint(best_path, map_location="cpu", weights_only=True, **extra)
+        best.eval_weights = "raw"
+        best.test_prefix = "test_best"
+        results = one_device_trainer(trainer).test(best, datamodule=datamodule, verbose=False)
+        best_metrics = dict(results[0]) if results else {}
+        log_metrics(loggers, {**best_metrics, "epoch": tester.current_epoch}, step=tester.global_step)
+        metrics.update(best_metrics)
+        modules["best"] = best
+        metrics["best_val/mae"] = float(callback.best_model_score)
+    directory = run_dir(trainer)
+    run = RunDir(directory) if directory is not None else None
+    write_results(run, trainer, module, metrics, modules)
+    print_metrics(metrics, run)
+    return metrics
+
+
+def log_metrics(loggers: Iterable[Logger], metrics: Mapping[str, Any], step: int | None = None) -> None:
+    """Log the numeric entries of ``metrics`` to every logger."""
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    for logger in loggers:
+        logger.log_metrics(numeric, step=step)
+        logger.save()
+
+
+def write_results(
+    run: RunDir | None,
+    trainer: Trainer,
+    module: CrystalRegressor,
+    metrics: Mapping[str, Any],
+    modules: Mapping[str, CrystalRegressor],
+) -> None:
+    """``results.json`` (metrics and facts of the run) and the test predictions of each tested module ("final",
+    "best"), atomically; both also logged as MLflow artifacts of the run."""
+    if run is None:
+        return
+    info = run.read_info()
+    callback = trainer.checkpoint_callback
+    summary: dict[str, Any] = {
+        **{k: info[k] for k in ("dataset_name", "target", "target_units", "git_commit", "num_params") if k in info},
+        "run_dir": str(run.path.resolve()),
+        "epochs": trainer.current_epoch,
+        "global_step": trainer.global_step,
+        "test_weights": "swa" if module.has_swa and module.eval_weights == "swa" else "raw",
+        "swa_steps": module.swa_steps,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+    if callback is not None and getattr(callback, "best_model_path", ""):
+        summary["best_checkpoint"] = callback.best_model_path
+    if callback is not None and getattr(callback, "last_model_path", ""):
+        summary["last_checkpoint"] = callback.last_model_path
+    paths = []
+    for which, tested in modules.items():
+        if tested.test_predictions:
+            paths.append(run.write_predictions(tested.test_predictions, which))
+            summary["n_test" if which == "final" else f"n_test_{which}"] = len(tested.test_predictions)
+    paths.append(run.write_results(summary))
+    log_artifacts(trainer.loggers, paths)
+
+
+def print_metrics(metrics: Mapping[str, Any], run: RunDir | None) -> None:
+    if not metrics:
+        return
+    text = ", ".join(f"{k} = {float(v):.6g}" for k, v in sorted(metrics.items()))
+    where = f" (written to {run.results})" if run is not None else ""
+    print(f"framer: {text}{where}")
