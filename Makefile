@@ -60,6 +60,7 @@ reproduce-table: RESULTS ?= $(if $(filter 1,$(SMOKE)),results/smoke,results)
 reproduce-table: venv ## run every cell of the paper's table (SMOKE=1: embedded data, minutes) and write results/
 	$(PY) -m framer.reproduce $(if $(filter 1,$(SMOKE)),--smoke,) --runs-dir $(RUNS) $(REPRODUCE_ARGS)
 	$(PY) -m framer.report --runs $(RUNS) --out $(RESULTS)
+	$(PY) -m framer.ensemble --runs $(RUNS) --out $(RESULTS)
 
 .PHONY: sweep
 sweep: venv ## Optuna study: make sweep SWEEP=sweeps/frames.yaml [STORAGE=postgresql://...] [N_TRIALS=n] [DEVICES=n]

@@ -1,19 +1,22 @@
-"""Predict a property for CIF/POSCAR files with a trained checkpoint or run directory.
+"""Predict a property for CIF/POSCAR files with a trained model, checkpoint or run directory, or an ensemble.
 
 Usage::
 
-    python -m framer.predict --ckpt runs/mp_e_form-crystalframer/version_0/checkpoints/last.ckpt \\
-        --inputs my_structures/ extra.cif --out predictions.csv
+    python -m framer.predict --model models/mp_e_form --inputs my_structures/ extra.cif --out predictions.csv
+    python -m framer.predict --model m1 m2 m3 --inputs my_structures/ --out predictions.csv   # + std column
 
-``--ckpt`` is a checkpoint (a local path or an fsspec URL) or a run directory (its ``last.ckpt``). Directories of
+``--model`` is a model folder (``python -m framer.export``), an ensemble folder, a checkpoint (a local path or an
+fsspec URL) or a run directory (its ``last.ckpt``); several make an ensemble (``--ckpt``: one of them). Directories of
 inputs are searched recursively for ``*.cif``, ``*.vasp``, ``*.poscar``, ``POSCAR*`` and ``CONTCAR*``. Files that
 cannot be read or are not usable crystals are reported by name on stderr and skipped. The CSV has one row per usable
 file: ``id`` (the path relative to its input directory, without the extension) and ``prediction`` in the target's
-physical units. By default the SWA weights are used when the checkpoint has them (what the paper reports).
+physical units; for an ensemble the members' mean, and ``std``, their standard deviation. By default a checkpoint's
+SWA weights are used when it has them (what the paper reports).
 
 This is the command-line face of :mod:`framer.predictor` (``framer.load(path).predict(...)`` in Python). The
 checkpoint is read with ``weights_only=True`` and the classes it names are checked before anything is imported: a
-missing, corrupt or code-carrying checkpoint is one ``framer: error:`` line and exit code 2, and nothing in it runs.
+missing, corrupt or code-carrying checkpoint or model folder is one ``framer: error:`` line and exit code 2, and
+nothing in it runs.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ class PredictError(UserError):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m framer.predict",
-        description="Predict with a trained checkpoint for CIF/POSCAR files; writes a CSV of id and prediction.",
+        description="Predict with trained models for CIF/POSCAR files; writes a CSV of id, prediction[, std].",
     )
-    parser.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) or run directory of `framer.cli fit`")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", nargs="+", help="model or ensemble folders, checkpoints or run directories")
+    which.add_argument("--ckpt", help="a checkpoint (.ckpt) or run directory of `framer.cli fit`")
     parser.add_argument("--inputs", required=True, nargs="+", help="structure files and/or directories")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     parser.add_argument("--batch-size", type=int, default=16, help="crystals per forward pass (default: 16)")
@@ -50,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = collect_inputs(args.inputs)
         if not files:
             raise PredictError(f"no CIF/POSCAR files in {' '.join(args.inputs)}")
-        predictor = load(args.ckpt, args.device, args.weights, args.batch_size)
+        models = args.model if args.model and len(args.model) > 1 else (args.model or [args.ckpt])[0]
+        predictor = load(models, args.device, args.weights, args.batch_size)
 
         def report(path: str, reason: str) -> None:
             print(f"framer.predict: skipped {path}: {reason}", file=sys.stderr)
@@ -58,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows, skipped = predictor.predict_files(files, on_skip=report)
         if not rows:
             raise PredictError(f"none of the {len(files)} input files could be used")
-        write_csv_rows(args.out, ("id", "prediction"), rows)
+        write_csv_rows(args.out, ("id", *predictor.columns), rows)
     info = predictor.target
     what = f" of {info['target']}" if info.get("target") else ""
     units = f" ({info['target_units']})" if info.get("target_units") else ""

@@ -45,6 +45,7 @@ LAYERS = {
     "framer.cli": FACES,
     "framer.data.__main__": FACES,
     "framer.demo": FACES,
+    "framer.ensemble": FACES,
     "framer.export": FACES,
     "framer.launch": FACES,
     "framer.matbench.__main__": FACES,
@@ -63,6 +64,7 @@ FACE_EDGES = {
     ("framer.reproduce", "framer.report"),
     ("framer.matbench.__main__", "framer.launch"),
     ("framer.demo", "framer.launch"),
+    ("framer.ensemble", "framer.export"),  # each reproduced cell's seeds exported as one ensemble folder
 }
 
 # Packages missing from the lean GPU image (issue 19) or optional: base, data and models never import them.

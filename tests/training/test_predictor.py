@@ -49,7 +49,7 @@ def test_load_refuses_what_is_no_checkpoint(tmp_path):
     (tmp_path / "empty-run" / "version_0" / "config.yaml").write_text("{}\n")
     with pytest.raises(CheckpointError, match=r"has no last\.ckpt"):
         framer.load(tmp_path / "empty-run")
-    with pytest.raises(CheckpointError, match="neither a checkpoint nor a run directory"):
+    with pytest.raises(CheckpointError, match="neither a checkpoint, a run directory nor a model folder"):
         framer.load(tmp_path / "nothing-here")
 
 
