@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from framer.errors import UserError, exit_codes
-from framer.instantiate import build
+from framer.instantiate import build, to_config
 from framer.io import fsync_dir, to_plain
 from framer.module import CrystalRegressor
 from framer.predictor import (
@@ -62,7 +62,7 @@ def model_files(
     the data covered (default: read from the run's data, :func:`data_coverage`)."""
     from safetensors.torch import save
 
-    ckpt = Path(best_checkpoint(source) if best else checkpoint_of(source))
+    ckpt = best_checkpoint(source) if best else checkpoint_of(source)
     module = CrystalRegressor.load_from_checkpoint(ckpt, map_location="cpu")
     run = RunDir.of_checkpoint(ckpt)
     info = run.read_info() if run else {}
@@ -74,21 +74,18 @@ def model_files(
     tested = "raw" if is_best else results.get("test_weights")
     metric = (results.get("metrics") or {}).get("test_best/mae" if is_best else "test/mae")
     known = is_best or (_same_file(ckpt, results.get("last_checkpoint")) and tested == ("swa" if use_swa else "raw"))
-    hparams_model = module.hparams.get("model")
-    init_args = getattr(network, "init_args", None)
-    if not isinstance(init_args, Mapping):
-        init_args = (hparams_model or {}).get("init_args") if isinstance(hparams_model, Mapping) else None
-    if init_args is None:
-        raise ExportError(f"{ckpt}: the network's constructor arguments are not recorded; it cannot be exported")
+    try:
+        config = to_config(network)  # class path and constructor arguments, checked to rebuild the same shapes
+    except ValueError as err:
+        raise ExportError(f"{ckpt}: cannot be exported: {err}") from None
     target = module.target_info or {k: info.get(k) for k in ("dataset_name", "target", "target_units")}
-    cls = type(network)
     meta = {
         "format": MODEL_FORMAT,
         "format_version": FORMAT_VERSION,
         "framer_version": _framer_version(),
         "torch_version": torch.__version__,
         "git_commit": info.get("git_commit"),  # of the code that trained the model (run.json)
-        "model": {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": to_plain(init_args)},
+        "model": config,
         "target": {
             "dataset": target.get("dataset_name"),
             "name": target.get("target"),
@@ -99,7 +96,7 @@ def model_files(
         "data": {"splits": info.get("splits"), **(data_coverage(run) if coverage is None and run else coverage or {})},
         "weights": which,
         "test_mae": float(metric) if known and isinstance(metric, (int, float)) else None,
-        "source": {"checkpoint": str(ckpt), "epochs": results.get("epochs"), "swa_steps": module.swa_steps},
+        "source": {"checkpoint": Path(str(ckpt)).name, "epochs": results.get("epochs"), "swa_steps": module.swa_steps},
     }
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in network.state_dict().items()}
     return {
@@ -228,8 +225,8 @@ def export(
     return write_folder(out, files, force)
 
 
-def _same_file(path: Path, other: Any) -> bool:
-    return isinstance(other, str) and bool(other) and Path(other).resolve() == path.resolve()
+def _same_file(path: str | Path, other: Any) -> bool:
+    return isinstance(other, str) and bool(other) and Path(other).resolve() == Path(path).resolve()
 
 
 def _framer_version() -> str:

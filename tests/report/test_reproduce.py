@@ -190,7 +190,7 @@ def test_make_reproduce_table_smoke_on_a_clean_clone(tmp_path):
     paper = PaperTable.load(clone / "conf" / "paper_results.yaml")
     assert list(table["model"]) == list(paper.models)
     assert all(f"{c.key}:mae" in table.columns for c in paper.columns)
-    assert table[[f"{c.key}:n" for c in paper.columns]].to_numpy().min() == 1  # every cell trained
+    assert table[[f"{c.key}:n" for c in paper.columns]].to_numpy().min() == 3  # every cell trained, three seeds
     md = (results / "table.md").read_text()
     assert "not paper numbers" in md and "**missing** (" not in md  # no cell marked missing (the legend names it)
     figures = {p.name for p in (results / "figures").glob("*.png")}
@@ -199,4 +199,11 @@ def test_make_reproduce_table_smoke_on_a_clean_clone(tmp_path):
     assert len(run_dirs) == 63
     assert all((d / "version_0" / "figures" / "parity.png").is_file() for d in run_dirs)
     assert (clone / "mlruns" / "mlflow.db").is_file()
+    ensembles = pd.read_csv(results / "ensembles.csv")  # every cell exported as a three-member ensemble
+    assert (
+        len(ensembles) == 63
+        and (ensembles["members"] == 3).all()
+        and (results / "figures" / "calibration.png").is_file()
+    )
+    assert all((clone / folder / "ensemble.json").is_file() for folder in ensembles["folder"])
     shutil.rmtree(clone / "data", ignore_errors=True)
