@@ -7,11 +7,12 @@ The public API (everything else is implementation and may change)::
     batch = framer.collate_structures([structure])                 # batches of crystals (framer.data)
     datamodule = framer.MPDataModule(target="e_form")               # the paper's data sets, your folder, Ewald
     module = framer.CrystalRegressor(network)                       # the paper's training recipe (Lightning)
-    predictor = framer.load("runs/<run>/version_0")                 # a trained model: .predict(structures)
+    predictor = framer.load("runs/<run>/version_0")                 # a run, checkpoint or model folder: .predict(...)
 
-Command-line faces: ``python -m framer.cli`` (train, test, predict), ``framer.predict``, ``framer.data``,
-``framer.tune``, ``framer.reproduce``, ``framer.report``, ``framer.matbench``; ``framer.testing`` holds test helpers
-for models (invariance checks). Names are imported on first use (PEP 562), so ``import framer`` loads no torch.
+Command-line faces: ``python -m framer.cli`` (train, test, predict), ``framer.predict``, ``framer.export``,
+``framer.data``, ``framer.tune``, ``framer.reproduce``, ``framer.report``, ``framer.ensemble``, ``framer.matbench``;
+``framer.testing`` holds test helpers for models (invariance checks). Names are imported on first use (PEP 562),
+so ``import framer`` loads no torch.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     python -m framer.reproduce [--smoke] [--manifest conf/reproduce/paper.yaml] [--seeds ...] [--shard i/n]
     python -m framer.report --runs runs/paper --out results
+    python -m framer.ensemble --runs runs/paper --out results     # each cell's seeds as one exported ensemble
 
 Each run is ``python -m framer.cli fit --config <configs with {dataset}, {target}, {model} filled in> <overrides>``
 with its run directory at ``<runs_dir>/<dataset>_<target>__<model>__seed<k>/`` (``cell.json`` there, the CLI's
@@ -257,7 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     counts = execute(runs, manifest.launcher, args.shard, args.max_runs)
     print(f"framer.reproduce: {counts} in {time.time() - t0:.0f} s; table: python -m framer.report "
-          f"--runs {manifest.runs_dir} --out <dir>")  # fmt: skip
+          f"--runs {manifest.runs_dir} --out <dir>; ensembles: python -m framer.ensemble --runs {manifest.runs_dir} "
+          "--out <dir>")  # fmt: skip
     return EXIT_SIGTERM if counts["interrupted"] else 0
 
 
