@@ -12,6 +12,9 @@ Training recipe (the paper's; README "Training", ``conf/default.yaml``):
   averaged, buffers kept equal to the trained network's; part of the state dict, so ``fit --ckpt_path last``
   resumes it) and is what ``test`` and ``predict`` use by default, as in the paper. Checkpoints written before it
   was an ``AveragedModel`` (``swa_model.<name>``, ``swa_n``) are read with their keys renamed.
+- Short runs: ``decay_steps`` and ``swa_epochs`` in (0, 1) are fractions of the run's total steps (:func:`run_steps`:
+  from ``max_epochs``/``max_steps``, or estimated from ``max_time`` when that ends the run sooner). A fit whose SWA
+  window never came warns in one line; its test then uses the raw weights.
 
 Metrics are torchmetrics objects, one per stage, in physical units: ``train/mae``, ``val/mae``, ``test/mae``
 (plus ``train/loss``, the standardised L1, and ``val_swa/mae`` while averaging). The running ``train/mae`` of the
