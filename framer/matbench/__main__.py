@@ -92,9 +92,6 @@ def train_folds(args: argparse.Namespace, out_dir: Path) -> dict[int, str]:
         finished = root.latest_finished()
         if outcome.ok and finished is not None:
             status[fold] = f"finished in {time.time() - t0:.0f} s"
-            from framer import plots
-
-            plots.figures_of_run(finished, title=f"{args.task} fold {fold}")
         else:
             message = outcome.message or "no test MAE in the fold's results"
             root.mark_failed(message)
