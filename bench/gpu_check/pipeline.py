@@ -32,6 +32,7 @@ import torch
 from bench.gpu_check import crystals
 from bench.gpu_check.harness import REPO, PartContext, Skipped, missing_packages, one_line
 from bench.gpu_check.steps import synchronize
+from framer.provenance import git_commit
 
 OPTIONAL_PACKAGES = (
     "lightning",
@@ -77,9 +78,8 @@ def environment(ctx: PartContext) -> None:
     figures["framer_root"] = str(Path(framer.__file__).resolve().parent.parent)
     figures["framer_from_checkout"] = Path(figures["framer_root"]) == REPO
     figures["missing_optional"] = missing_packages(OPTIONAL_PACKAGES)
-    figures["git_commit"] = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--", "framer", "bench")
-    figures["git_dirty"] = bool(status) if status is not None else None
+    commit = git_commit()
+    figures["git_commit"], figures["git_dirty"] = commit.get("commit"), commit.get("dirty")
     figures["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if not figures["framer_from_checkout"]:
         ctx.fail("framer", f"imported from {figures['framer_root']}, not from this checkout {REPO}")
@@ -95,14 +95,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 # --- the data pipeline ---------------------------------------------------------------------------------------------

@@ -16,7 +16,6 @@ Names are imported lazily (PEP 562), so ``python -m framer.data info`` does not 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "CrystalBatch": "framer.data.batch",
@@ -41,28 +40,7 @@ _EXPORTS = {
     "record_from_structure": "framer.data.structures",
 }
 
-__all__ = [
-    "CrystalBatch",
-    "CrystalDataModule",
-    "CrystalDataset",
-    "CrystalRecord",
-    "CustomDataModule",
-    "DataCorruptError",
-    "DataError",
-    "DataNotFoundError",
-    "EwaldDataModule",
-    "InvalidStructureError",
-    "JarvisDataModule",
-    "MPDataModule",
-    "collate_records",
-    "collate_structures",
-    "data_root",
-    "paper_split",
-    "record_from_file",
-    "record_from_jarvis_atoms",
-    "record_from_structure",
-    "split_fingerprint",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
@@ -76,23 +54,3 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-if TYPE_CHECKING:
-    from framer.data.batch import CrystalBatch, collate_records, collate_structures
-    from framer.data.datamodules import (
-        CrystalDataModule,
-        CrystalDataset,
-        CustomDataModule,
-        EwaldDataModule,
-        JarvisDataModule,
-        MPDataModule,
-    )
-    from framer.data.sources import DataCorruptError, DataError, DataNotFoundError, data_root
-    from framer.data.splits import paper_split, split_fingerprint
-    from framer.data.structures import (
-        CrystalRecord,
-        InvalidStructureError,
-        record_from_file,
-        record_from_jarvis_atoms,
-        record_from_structure,
-    )

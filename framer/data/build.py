@@ -68,28 +68,6 @@ class SkipReport:
         return {"total": self.total, "counts": dict(self.counts), "examples": self.examples}
 
 
-def classify(err: InvalidStructureError) -> str:
-    """Short reason code of a structure error (used as the report key)."""
-    reason = getattr(err, "reason", None)
-    if reason:
-        return reason
-    msg = str(err)
-    for needle, code in (
-        ("no atoms", "no_atoms"),
-        ("NaN", "nan_coordinate"),
-        ("singular", "singular_lattice"),
-        ("element", "unknown_element"),
-        ("closer than", "overlapping_atoms"),
-        ("lacks", "missing_fields"),
-        ("disordered", "disordered"),
-        ("cannot parse", "unreadable_file"),
-        ("not found", "file_not_found"),
-    ):
-        if needle in msg:
-            return code
-    return "invalid_structure"
-
-
 class PhaseTimer:
     """Wall and CPU seconds (of this process) of the named phases of a build, for logs and benchmarks.
 
@@ -154,7 +132,7 @@ def _convert_positions(convert: Callable[[int], CrystalRecord], positions: Seque
             kept.append(True)
             continue
         except InvalidStructureError as err:
-            skipped.append(_Skipped(classify(err), getattr(err, "record_id", None) or f"#{p}", str(err)))
+            skipped.append(_Skipped(err.reason, err.record_id or f"#{p}", str(err)))
         except MemoryError:
             skipped.append(_Skipped("out_of_memory", f"#{p}", "ran out of memory converting this record"))
         kept.append(False)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from framer.atomic import atomic_file, atomic_write_text
+from framer.io import atomic_file
 from framer.data.structures import CrystalRecord
 
 log = logging.getLogger("framer.data")
@@ -124,11 +124,6 @@ def _header_digest(header: dict) -> str:
     """sha256 of the header's canonical JSON without its own checksum field."""
     rest = {k: v for k, v in header.items() if k != "header_sha256"}
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def write_json_atomic(path: str | os.PathLike, content: Any) -> None:
-    """Write JSON (indented, sorted keys) atomically."""
-    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @dataclass

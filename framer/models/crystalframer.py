@@ -2,26 +2,8 @@
 
 Architecture (docs/model.md, "What the model computes"): one-hot(Z) atom embedding -> ``num_layers`` post-residual
 blocks without LayerNorm (T-Fixup initialisation) of periodic attention + ReLU FFN -> mean over the atoms of each
-crystal -> MLP -> (B,).
-
-Deviations from the reference implementation (each chosen to follow the papers' stated intent; docs/model.md,
-"Deviations", lists them all with their measured effects):
-
-- Frames are deterministic and independent of the orientation: ties (within a tolerance) are decided by keys that
-  every cell and atom order share instead of random noise of 1e-5 (reference, train and eval), and
-  weighted-PCA/PCA axes get their signs from their third and fourth moments instead of random signs.
-- Weighted PCA uses eigenvector *columns* (the reference indexes rows, breaking rotation invariance), sorted by
-  decreasing eigenvalue; degenerate spectra use the max frame (weighted PCA) or the lattice frame (PCA) instead
-  of a symmetry-breaking term and an identity fallback.
-- The static local frame picks the nearest non-collinear neighbour for f2 (score a d² + log(1 - |cos|)); the
-  reference's kernel drops the ``a`` and so picks the farthest image in its box.
-- One image box per crystal (``batch.image_box``) for every head instead of one per (edge, head): extra images
-  beyond a head's 3.5 sigma box only add terms below e^-6 of the peak. ``image_box="exact"`` replaces the
-  truncation by an image-weight tolerance, so that every cell of a crystal gives the same prediction.
-- Every distance and angle Gaussian is evaluated (the reference's kernels keep the 9 and 33 nearest of 64).
-- Edge vectors use the minimum-image fractional difference, so wrapping atoms back into the cell is exact.
-- Gradients are exact autograd gradients (the reference's kernel scales some by c_dist).
-- sigma standardisation statistics are averaged over DDP ranks before being frozen.
+crystal -> MLP -> (B,). Where it deviates from the reference implementation, it follows the papers' stated intent;
+docs/model.md, "Deviations from the reference implementation", lists each deviation with its measured effect.
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ from pathlib import Path
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from framer.atomic import atomic_write_text
+from framer.io import atomic_write_text
 from framer.launch import resolved_config
-from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective, overrides_of
-from framer.tune.storage import open_storage, recover_dead_trials, retry_of, storage_spec
+from framer.rundir import FIGURES
+from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective
+from framer.tune.storage import best_trial, open_storage, recover_dead_trials, retry_of, storage_spec
 from framer.tune.sweep import Sweep
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
@@ -122,14 +123,6 @@ def tune(
     return study
 
 
-# --------------------------------------------------------------------------------------------------------------------
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
 def write_outputs(
     study: optuna.Study, sweep: Sweep, directory: Path, objective: Objective, figures: bool = True
 ) -> dict[str, Path]:
@@ -141,7 +134,7 @@ def write_outputs(
         atomic_write_text(paths["trials"], study.trials_dataframe().to_csv(index=False))
     best = best_trial(study)
     if best is not None:
-        overrides = {**overrides_of(sweep, best.params), "tracking.run_name": f"{sweep.name}_best"}
+        overrides = {**sweep.overrides(sweep.values_by_path(best.params)), "tracking.run_name": f"{sweep.name}_best"}
         header = (
             f"# Best trial {best.number} of study {sweep.name!r}: {sweep.metric} = {best.value:.6g}\n"
             f"# params: {json.dumps(best.params)}\n"
@@ -170,9 +163,9 @@ def write_outputs(
     }
     paths["summary"] = atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2) + "\n")
     if figures and trials:
-        from framer import plots
+        from framer.tune.figures import study_figures
 
-        paths.update(plots.study_figures(study, directory / "figures"))
+        paths.update(study_figures(study, directory / FIGURES))
     if objective.tracker is not None:
         objective.tracker.finish_study(study, paths, sweep.metric)
     return paths
