@@ -105,22 +105,13 @@ class BuildResult:
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Skipped:
-    """A record that could not be converted (what :meth:`SkipReport.add` needs)."""
-
-    reason: str
-    id: str
-    message: str
-
-
 @dataclass
 class _Converted:
     """The outcome of converting some positions: columns of the good records, which ones were good, why not."""
 
     columns: dict[str, np.ndarray]
     kept: np.ndarray  # bool per position
-    skipped: list[_Skipped]
+    skipped: list[tuple[str, str, str]]  # (reason, id, message) of each record that could not be converted
 
 
 def _convert_positions(convert: Callable[[int], CrystalRecord], positions: Sequence[int]) -> _Converted:
@@ -132,9 +123,9 @@ def _convert_positions(convert: Callable[[int], CrystalRecord], positions: Seque
             kept.append(True)
             continue
         except InvalidStructureError as err:
-            skipped.append(_Skipped(err.reason, err.record_id or f"#{p}", str(err)))
+            skipped.append((err.reason, err.record_id or f"#{p}", str(err)))
         except MemoryError:
-            skipped.append(_Skipped("out_of_memory", f"#{p}", "ran out of memory converting this record"))
+            skipped.append(("out_of_memory", f"#{p}", "ran out of memory converting this record"))
         kept.append(False)
     return _Converted(records_to_arrays(records), np.array(kept, dtype=bool), skipped)
 
@@ -166,7 +157,7 @@ def assemble(
     with timer("columns"):
         for part in parts:
             for skip in part.skipped:
-                report.add(skip.reason, skip.id, skip.message)
+                report.add(*skip)
         arrays = concatenate_columns([part.columns for part in parts])
         kept = np.concatenate([part.kept for part in parts])
         del parts

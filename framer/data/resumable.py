@@ -90,7 +90,12 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         base = super().__iter__()
         self._yielded = 0
-        return _Counting(base, self)
+        return self._counted(base)
+
+    def _counted(self, base: Iterator[Any]) -> Iterator[Any]:
+        for batch in base:
+            self._yielded += 1  # counted as it is handed to the training loop
+            yield batch
 
     def state_dict(self) -> dict[str, Any]:
         sampler = self._shuffler()
@@ -110,25 +115,6 @@ class ResumableDataLoader(DataLoader):
             return
         sampler.set_epoch(epoch)
         sampler.resume_at(epoch, batches * (self.batch_size or 1))
-
-
-class _Counting:
-    """Iterator wrapper that counts the batches handed to the training loop."""
-
-    def __init__(self, base: Iterator[Any], loader: ResumableDataLoader) -> None:
-        self.base = base
-        self.loader = loader
-
-    def __iter__(self) -> _Counting:
-        return self
-
-    def __next__(self) -> Any:
-        batch = next(self.base)
-        self.loader._yielded += 1
-        return batch
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
 
 
 def shuffle_seed() -> int:

@@ -79,19 +79,8 @@ def _with_derivative(value: Tensor, derivative: Tensor, a: Tensor) -> Tensor:
 class PeriodicAttention(nn.Module):
     """One periodic multi-head self-attention layer over all atoms of each crystal.
 
-    Args:
-        dim: model width.
-        num_heads: attention heads (dim must be divisible by it).
-        frame: frame type for the angle features ("none" = Crystalformer, no angle features).
-        dist_basis: number K of distance Gaussians.
-        dist_max: r_max of the distance basis, Å.
-        angle_basis: number D of angle Gaussians per axis.
-        angle_width: width scale s_a of the angle Gaussians.
-        dist_coef: c_dist.
-        angle_coef: c_angl.
-        recompute: checkpoint the image sums per chunk (None: only when the stored features would be large).
-        angle_grid: grid points per angle-Gaussian width of the tabulated angle features (linear interpolation,
-            error below 1 / (8 angle_grid²) of a Gaussian's peak); 0 evaluates every Gaussian exactly (slow).
+    The arguments are those of :class:`~framer.models.CrystalFramer` of the same names (``dim`` is its
+    ``model_dim``).
     """
 
     def __init__(

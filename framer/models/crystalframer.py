@@ -23,6 +23,8 @@ from framer.models.periodic import PeriodicGraph
 from framer.models.precision import full_precision
 
 T_FIXUP_GAIN = 0.67
+ANGLE_FEATURES = {"angle_basis": 64, "angle_width": 4.0, "dist_coef": 1.0, "angle_coef": 1.0}  # the paper's
+LIGHTWEIGHT_ANGLE_FEATURES = {"angle_basis": 16, "angle_width": 1.0, "dist_coef": 1.5, "angle_coef": 6.0}
 ImageBox = Literal["paper", "exact"]
 
 
@@ -75,24 +77,9 @@ class CrystalFramer(nn.Module):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "crystalformer": {"frame": "none"},
-        "crystalframer": {"frame": "max", "angle_basis": 64, "angle_width": 4.0, "dist_coef": 1.0, "angle_coef": 1.0},
-        "crystalframer-lightweight": {
-            "frame": "max",
-            "angle_basis": 16,
-            "angle_width": 1.0,
-            "dist_coef": 1.5,
-            "angle_coef": 6.0,
-        },
-        **{
-            f"crystalframer-{frame}": {
-                "frame": frame,
-                "angle_basis": 64,
-                "angle_width": 4.0,
-                "dist_coef": 1.0,
-                "angle_coef": 1.0,
-            }
-            for frame in ("pca", "lattice", "static", "weighted_pca")
-        },
+        "crystalframer": {"frame": "max", **ANGLE_FEATURES},
+        "crystalframer-lightweight": {"frame": "max", **LIGHTWEIGHT_ANGLE_FEATURES},
+        **{f"crystalframer-{f}": {"frame": f, **ANGLE_FEATURES} for f in ("pca", "lattice", "static", "weighted_pca")},
     }
 
     def __init__(
@@ -121,13 +108,10 @@ class CrystalFramer(nn.Module):
         self.init_args = arguments
         if frame not in ("none", "max", "static", "weighted_pca", "pca", "lattice"):
             raise ValueError(f"unknown frame {frame!r}")
-        sizes = {"num_layers": num_layers, "model_dim": model_dim, "num_heads": num_heads, "ff_dim": ff_dim}
-        sizes.update(dist_basis=dist_basis, head_dim=head_dim)
-        if chunk_size is not None:
-            sizes.update(chunk_size=chunk_size)
-        for name, value in sizes.items():
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        sizes = ("num_layers", "model_dim", "num_heads", "ff_dim", "dist_basis", "head_dim", "chunk_size")
+        for name in sizes:
+            if arguments[name] is not None and arguments[name] < 1:
+                raise ValueError(f"{name} must be at least 1, got {arguments[name]}")
         if not dist_max > 0:
             raise ValueError(f"dist_max must be positive, got {dist_max}")
         if frame != "none" and angle_basis < 2:
@@ -138,24 +122,9 @@ class CrystalFramer(nn.Module):
         self.image_tolerance = image_tolerance
         self.chunk_size = chunk_size
         self.atom_embedding = nn.Linear(MAX_ATOMIC_NUMBER, model_dim, bias=False)  # one-hot(Z = 1..98) -> x
+        attention = (model_dim, num_heads, frame, dist_basis, dist_max, angle_basis, angle_width, dist_coef, angle_coef)
         self.blocks = nn.ModuleList(
-            EncoderBlock(
-                model_dim,
-                ff_dim,
-                PeriodicAttention(
-                    model_dim,
-                    num_heads,
-                    frame,
-                    dist_basis,
-                    dist_max,
-                    angle_basis,
-                    angle_width,
-                    dist_coef,
-                    angle_coef,
-                    recompute,
-                    angle_grid,
-                ),
-            )
+            EncoderBlock(model_dim, ff_dim, PeriodicAttention(*attention, recompute, angle_grid))
             for _ in range(num_layers)
         )
         self.head = nn.Sequential(nn.Linear(model_dim, head_dim), nn.ReLU(), nn.Linear(head_dim, 1))

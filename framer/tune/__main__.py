@@ -60,11 +60,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.devices_per_trial < 1:
         sys.exit("framer.tune: error: --devices-per-trial must be >= 1")
-    from framer.tune.runner import best_trial, default_study_dir, tune
+    from framer.tune.runner import best_trial, default_study_dir, study_figures, tune
 
     try:
         if args.figures_only:
-            from framer.tune.figures import study_figures
             from framer.tune.storage import load_study_from_dir
 
             study_dir = Path(args.study_dir) if args.study_dir else default_study_dir(Sweep.load(args.sweep))

@@ -30,12 +30,6 @@ def run_of(trainer: pl.Trainer) -> tuple[Path | None, str | None]:
     return run_dir(trainer), mlflow.run_id if mlflow is not None else None
 
 
-def monitored_value(trainer: pl.Trainer, monitor: str) -> float | None:
-    """This validation's value of ``monitor`` (None before the first validation or if it is not logged)."""
-    value = trainer.callback_metrics.get(monitor)
-    return None if value is None else float(value)
-
-
 class TrialRun(Callback):
     """The run of an in-process trial, as the objective needs it after :func:`framer.launch.run_inprocess`.
 
@@ -82,10 +76,9 @@ class TrialProgress(Callback):
             self.append({**run, "world_size": trainer.world_size})
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        value = monitored_value(trainer, self.monitor)
-        if trainer.sanity_checking or not trainer.is_global_zero or value is None or not math.isfinite(value):
-            return
-        self.append({"epoch": trainer.current_epoch, "value": value})
+        value = float(trainer.callback_metrics.get(self.monitor, math.nan))
+        if not trainer.sanity_checking and trainer.is_global_zero and math.isfinite(value):
+            self.append({"epoch": trainer.current_epoch, "value": value})
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:  # one write per line; the reader takes complete lines only

@@ -9,9 +9,11 @@ import json
 import math
 import shutil
 import sys
+import warnings
 from collections.abc import Container
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -163,9 +165,37 @@ def write_outputs(
     }
     paths["summary"] = atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2) + "\n")
     if figures and trials:
-        from framer.tune.figures import study_figures
-
         paths.update(study_figures(study, directory / FIGURES))
     if objective.tracker is not None:
         objective.tracker.finish_study(study, paths, sweep.metric)
+    return paths
+
+
+def study_figures(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
+    """``history.png`` and, once two completed trials differ, ``importance.png``; a figure that fails is skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    plots = {"history": ovm.plot_optimization_history}
+    if len(complete) >= 2 and len({str(t.params) for t in complete}) >= 2:
+        plots["importance"] = ovm.plot_param_importances
+    paths: dict[str, Path] = {}
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings(), plt.style.context("default"):  # optuna switches to ggplot globally
+                warnings.simplefilter("ignore")  # ExperimentalWarning from optuna.visualization.matplotlib
+                fig = np.ravel(plot(study))[0].figure
+                fig.set_size_inches(7, 4.5)
+                fig.tight_layout()
+                path = Path(out_dir) / f"{name}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fig.savefig(path, dpi=120)
+                plt.close(fig)
+                paths[name] = path
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            print(f"framer.tune: no study {name} figure: {err}", file=sys.stderr)
     return paths
