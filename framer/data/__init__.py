@@ -1,16 +1,9 @@
 """Data: crystal records, batching, paper data sets with their exact splits, caches and LightningDataModules.
 
-Raw files live under ``$FRAMER_DATA_DIR`` (default ``./data``) in the layout of :mod:`framer.data.sources`; what
-they hold and how the paper splits are rebuilt is docs/data.md. ``python -m framer.data info`` shows what is
-present, the counts and the split fingerprints (offline); ``python -m framer.data download`` fetches the raw files on
-a machine with internet.
-
-DataModules: :class:`MPDataModule`, :class:`JarvisDataModule`, :class:`CustomDataModule` (CIF/POSCAR folder +
-``id_prop.csv``) and :class:`EwaldDataModule` (embedded synthetic set); the arguments they share are those of
-:class:`CrystalDataModule`. Each exposes ``target_stats()``, ``split_fingerprints()``, ``split_ids()``,
-``summary()``, ``dataset_name``, ``target`` and ``target_units``; batches are :class:`CrystalBatch`.
-
-Names are imported lazily (PEP 562), so ``python -m framer.data info`` does not pay for torch and Lightning.
+Raw files live under ``$FRAMER_DATA_DIR`` (default ``./data``, layout in :mod:`framer.data.sources`; docs/data.md
+describes them and the paper splits). ``python -m framer.data info`` shows what is present (offline); ``download``
+fetches the raw files on a machine with internet. Names are imported lazily (PEP 562), so ``info`` does not pay for
+torch and Lightning.
 """
 
 from __future__ import annotations

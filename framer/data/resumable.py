@@ -1,19 +1,11 @@
 """A training DataLoader whose order is a function of (seed, epoch) and that resumes in the middle of an epoch.
 
-With a plain ``shuffle=True`` loader, the order of an epoch comes from torch's global random generator, so a run
-resumed from a checkpoint (after a crash, SIGKILL or SIGTERM) sees different batches than the run it continues, and
-a resume in the middle of an epoch restarts that epoch's iterator from its first batch. Here:
-
-- :class:`EpochShuffleSampler` draws the permutation of epoch ``e`` from ``numpy.random.default_rng([seed, e])``
-  (Lightning calls ``set_epoch`` every epoch; without it, each pass moves on to the next epoch), never from the
-  global generator;
-- :class:`ResumableDataLoader` reports ``{seed, epoch, batches}`` through ``state_dict()``; Lightning stores it in
-  every checkpoint and hands it back on resume, and the loader then skips the batches that were already trained on.
-
-Together with :class:`framer.callbacks.RandomState` this makes a resumed single-device run take the same optimizer
-steps on the same batches as an uninterrupted one. Lightning swaps the sampler for multi-device runs (a
-``DistributedSampler``, already seeded by epoch) and for ``overfit_batches``; the loader then reports no state and
-resumes as Lightning does by default.
+:class:`EpochShuffleSampler` draws epoch ``e``'s permutation from ``numpy.random.default_rng([seed, e])``, never
+from the global generator; :class:`ResumableDataLoader` reports ``{seed, epoch, batches}`` through
+``state_dict()``, which Lightning stores in every checkpoint and hands back on resume, and then skips the batches
+already trained on. With :class:`framer.callbacks.RandomState`, a resumed single-device run takes the same steps on
+the same batches as an uninterrupted one. Multi-device runs (Lightning's ``DistributedSampler``) and
+``overfit_batches`` resume as Lightning does by default.
 
 Why not torchdata's ``StatefulDataLoader``: with its own shuffling, the epochs after a resume differ from those of an
 uninterrupted run, so it would need this position-keeping sampler anyway; and it is not on the GPU image.

@@ -66,8 +66,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.figures_only:
             from framer.tune.storage import load_study_from_dir
 
-            study_dir = Path(args.study_dir) if args.study_dir else default_study_dir(Sweep.load(args.sweep))
-            for path in study_figures(load_study_from_dir(study_dir, args.storage), study_dir / FIGURES).values():
+            sweep = Sweep.load(args.sweep)
+            study_dir = Path(args.study_dir) if args.study_dir else default_study_dir(sweep)
+            if args.storage is None and not (study_dir / "journal.log").is_file():
+                raise FileNotFoundError(f"no study in {study_dir} (no journal.log); pass --study-dir or --storage")
+            study = load_study_from_dir(study_dir, args.storage, sweep.name)
+            for path in study_figures(study, study_dir / FIGURES).values():
                 print(path)
             return
         study = tune(
@@ -81,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             figures=not args.no_figures,
             trial_timeout=args.trial_timeout,
         )
-    except (ValueError, FileNotFoundError) as err:  # SweepError is a ValueError
+    except (ValueError, FileNotFoundError, KeyError) as err:  # SweepError is a ValueError; KeyError: no such study
         sys.exit(f"framer.tune: error: {err}")
     best = best_trial(study)
     print(f"framer.tune: study {study.study_name!r}: {dict(Counter(t.state.name for t in study.trials))}")

@@ -1,12 +1,6 @@
-"""What a trial's trainer tells the tuner, which never sees the trainer itself.
-
-- :class:`TrialRun` (one-device trials, in this process): the run directory and MLflow run as fit starts, the best
-  value of the sweep's metric from the run's ``ModelCheckpoint``, and the exception that ended fit (e.g. Optuna's
-  ``TrialPruned`` raised by its pruning callback).
-- :class:`TrialProgress` (DDP trials, in the ``framer.cli`` subprocess): global rank 0 appends JSON lines to a
-  progress file, ``{"run_dir", "mlflow_run_id", "world_size"}`` as fit starts, then ``{"epoch", "value"}`` after
-  each validation. The tuner reads them while the trial runs (:class:`ProgressFile`), reports to Optuna and stops a
-  pruned trial. The child needs no Optuna and no access to the study's storage.
+"""What a trial's trainer tells the tuner, which never sees the trainer itself: :class:`TrialRun` for one-device
+trials in this process, :class:`TrialProgress` (a JSON-lines file the tuner reads while the trial runs,
+:class:`ProgressFile`) for DDP trials in a ``framer.cli`` subprocess, which needs no Optuna and no study storage.
 """
 
 from __future__ import annotations
