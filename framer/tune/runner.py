@@ -10,7 +10,6 @@ import math
 import shutil
 import sys
 import warnings
-from collections.abc import Container
 from pathlib import Path
 
 import numpy as np
@@ -29,22 +28,16 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.R
 
 class TrialBudget:
     """Optuna's ``MaxTrialsCallback`` over every worker of the study: stops once ``n_trials`` trials are finished
-    or running. A trial failed because its worker died does not count once it is requeued (its repeat does).
+    or running (``COUNTED``). A trial failed because its worker died does not count once it is requeued (its repeat
+    does)."""
 
-    Args:
-        n_trials: The study's budget.
-        states: Trial states that count (None: all).
-    """
-
-    def __init__(self, n_trials: int, states: Container[TrialState] | None = COUNTED) -> None:
+    def __init__(self, n_trials: int) -> None:
         self.n_trials = n_trials
-        self.states = states
 
     def used(self, study: optuna.Study) -> int:
         every = study.get_trials(deepcopy=False)
         retried = {retry_of(t) for t in every} - {None}
-        counted = [t for t in every if self.states is None or t.state in self.states]
-        return sum(1 for t in counted if t.number not in retried)
+        return sum(1 for t in every if t.state in COUNTED and t.number not in retried)
 
     def remaining(self, study: optuna.Study) -> int:
         return max(self.n_trials - self.used(study), 0)
