@@ -364,10 +364,13 @@ def _stopped(err: BaseException) -> str:
     return f"saved {saved} at global step {step}; resume with --ckpt_path last" if saved else "no checkpoint saved"
 
 
-def main(args: Any = None) -> None:
-    """Entry point of ``python -m framer.cli`` and the ``framer`` script (exit codes: :mod:`framer.errors`)."""
+def main(args: Any = None, **cli_kwargs: Any) -> None:
+    """Entry point of ``python -m framer.cli`` and the ``framer`` script (exit codes: :mod:`framer.errors`).
+
+    ``cli_kwargs`` go to :class:`FramerCLI` (e.g. ``trainer_defaults`` from :func:`framer.launch.run_inprocess`).
+    """
     with exit_codes("framer", USER_ERRORS, interruptions=(SIGTERMException,), interrupted=_stopped):
-        FramerCLI(args=args)
+        FramerCLI(args=args, **cli_kwargs)
 
 
 if __name__ == "__main__":

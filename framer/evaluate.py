@@ -2,13 +2,15 @@
 
 Global rank 0 tests both the final module (its SWA average when it has one: ``test/mae``, the paper's number) and the
 best-``val/mae`` checkpoint (``test_best/mae``) on a single device, so no sample of the test split is padded or
-dropped as a DistributedSampler would. The run's directory then gets ``results.json`` (metrics and facts of the run)
-and the test predictions of both (:mod:`framer.rundir`), and the run's loggers (CSV, MLflow) the metrics and files.
+dropped as a DistributedSampler would. The run's directory then gets ``results.json`` (metrics and facts of the run),
+the test predictions of both (:mod:`framer.rundir`) and ``figures/`` (parity plot, error histogram, learning curves:
+:func:`framer.plots.figures_of_run`), and the run's loggers (CSV, MLflow) the metrics and files.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,7 +55,7 @@ def one_device_trainer(trainer: Trainer, logger: list[Logger] | bool = False) ->
 
 
 def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: LightningDataModule | None) -> dict:
-    """Test the final module and the best-val checkpoint on one device; write ``results.json`` and predictions.
+    """Test the final module and the best-val checkpoint on one device; write ``results.json``, predictions and figures.
 
     Returns the metrics: ``test/mae``, and with a best checkpoint ``test_best/mae`` and ``best_val/mae``. The final
     module is tested with the run's loggers; the best checkpoint without (its rebuilt hyperparameters must not be
@@ -83,6 +85,13 @@ def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: Ligh
     directory = run_dir(trainer)
     run = RunDir(directory) if directory is not None else None
     write_results(run, trainer, module, metrics, modules)
+    tested = f"the SWA average of {module.swa_steps} steps" if test_weights(module) == "swa" else "the raw weights"
+    best = "; test_best/mae: the best-val checkpoint's raw weights" if "best" in modules else ""
+    print(f"framer: tested weights: test/mae: {tested}{best}")
+    if run is not None:
+        from framer import plots  # matplotlib only when there is a run to draw
+
+        plots.figures_of_run(run, title=f"{run.path.parent.name} {run.name}")
     print_metrics(metrics, run)
     return metrics
 
@@ -111,9 +120,9 @@ def write_results(
     summary: dict[str, Any] = {
         **{k: info[k] for k in ("dataset_name", "target", "target_units", "git_commit", "num_params") if k in info},
         "run_dir": str(run.path.resolve()),
-        "epochs": trainer.current_epoch,
+        "epochs": finished_epochs(trainer),
         "global_step": trainer.global_step,
-        "test_weights": "swa" if module.has_swa and module.eval_weights == "swa" else "raw",
+        "test_weights": test_weights(module),
         "swa_steps": module.swa_steps,
         "metrics": {k: float(v) for k, v in metrics.items()},
     }
@@ -128,6 +137,20 @@ def write_results(
             summary["n_test" if which == "final" else f"n_test_{which}"] = len(tested.test_predictions)
     paths.append(run.write_results(summary))
     log_artifacts(trainer.loggers, paths)
+
+
+def test_weights(module: CrystalRegressor) -> str:
+    """ "swa" when ``test`` used the SWA average, else "raw"."""
+    return "swa" if module.has_swa and module.eval_weights == "swa" else "raw"
+
+
+def finished_epochs(trainer: Trainer) -> int:
+    """Epochs trained to their end: Lightning's ``current_epoch`` also counts one a ``max_time``/``max_steps`` stop
+    cut short, the global step does not (the same steps per epoch throughout the run assumed)."""
+    batches = trainer.num_training_batches
+    if not 0 < batches < math.inf:
+        return trainer.current_epoch
+    return min(trainer.current_epoch, trainer.global_step // math.ceil(batches / trainer.accumulate_grad_batches))
 
 
 def print_metrics(metrics: Mapping[str, Any], run: RunDir | None) -> None:

@@ -203,19 +203,13 @@ def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
     stderr = Tail(sys.stderr)
     try:
         with contextlib.redirect_stderr(stderr), bare_argv():
-            if callbacks:  # cli.main takes no CLI arguments: build FramerCLI here, with cli.main's exit codes
-                cli.FramerCLI(args=spec.args(), trainer_defaults={"callbacks": list(callbacks)})
-            else:
-                cli.main(spec.args())
+            cli.main(spec.args(), **({"trainer_defaults": {"callbacks": list(callbacks)}} if callbacks else {}))
         return Outcome(0)
     except SIGTERMException:  # a SystemExit whose code is None: never success
         return _outcome(EXIT_SIGTERM, f"{stderr.text}\nframer: stopped by SIGTERM")
     except SystemExit as exit_:  # main's exits: user error 2, NaN 3, SIGTERM 143; the parser's 2
         code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
         return _outcome(code, stderr.text)
-    except (*cli.USER_ERRORS, cli.NonFiniteLossError, FloatingPointError) as err:
-        code = cli.EXIT_USER_ERROR if isinstance(err, cli.USER_ERRORS) else cli.EXIT_NON_FINITE
-        return _outcome(code, f"{stderr.text}\nframer: error: {' '.join(str(err).split())}")
     except Exception as err:  # one crashed run must not take its caller down
         return _outcome(1, f"{stderr.text}\nframer: {type(err).__name__}: {err}\n{traceback.format_exc()}")
     finally:

@@ -12,6 +12,9 @@ Training recipe (the paper's; README "Training", ``conf/default.yaml``):
   averaged, buffers kept equal to the trained network's; part of the state dict, so ``fit --ckpt_path last``
   resumes it) and is what ``test`` and ``predict`` use by default, as in the paper. Checkpoints written before it
   was an ``AveragedModel`` (``swa_model.<name>``, ``swa_n``) are read with their keys renamed.
+- Short runs: ``decay_steps`` and ``swa_epochs`` in (0, 1) are fractions of the run's total steps (:func:`run_steps`:
+  from ``max_epochs``/``max_steps``, or estimated from ``max_time`` when that ends the run sooner). A fit whose SWA
+  window never came warns in one line; its test then uses the raw weights.
 
 Metrics are torchmetrics objects, one per stage, in physical units: ``train/mae``, ``val/mae``, ``test/mae``
 (plus ``train/loss``, the standardised L1, and ``val_swa/mae`` while averaging). The running ``train/mae`` of the
@@ -35,7 +38,9 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 import yaml
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torchmetrics import MeanAbsoluteError
@@ -60,19 +65,26 @@ class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
 
     Args:
         optimizer: The wrapped optimizer.
-        decay_steps: T, the number of steps after which the learning rate has fallen by a factor sqrt(2).
+        decay_steps: T, the number of steps after which the learning rate has fallen by a factor sqrt(2); a value in
+            (0, 1) is a fraction of the run's total steps, :attr:`run_steps`, which :class:`CrystalRegressor` sets
+            before every step (see :func:`run_steps`; until it is known the rate stays at its base value).
         last_epoch: Index of the last step taken (-1 to start from scratch).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, decay_steps: int = DEFAULT_DECAY_STEPS, last_epoch: int = -1):
-        if decay_steps <= 0:
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, decay_steps: float = DEFAULT_DECAY_STEPS, last_epoch: int = -1
+    ) -> None:
+        if not decay_steps > 0:
             raise ValueError(f"decay_steps must be positive, got {decay_steps}")
         self.decay_steps = decay_steps
+        #: total optimizer steps of the run, for a fractional ``decay_steps``
+        self.run_steps = math.inf
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
         """Multiplier of the base learning rate after ``step`` steps."""
-        return math.sqrt(self.decay_steps / (self.decay_steps + max(step, 0)))
+        decay = self.decay_steps if self.decay_steps >= 1 else self.decay_steps * self.run_steps
+        return math.sqrt(decay / (decay + max(step, 0))) if math.isfinite(decay) else 1.0
 
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]
@@ -86,6 +98,21 @@ def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
 def default_lr_scheduler(optimizer: torch.optim.Optimizer) -> InverseSqrtLR:
     """The paper's inverse square-root schedule with T = 4000 steps."""
     return InverseSqrtLR(optimizer, decay_steps=DEFAULT_DECAY_STEPS)
+
+
+def run_steps(trainer: pl.Trainer) -> float:
+    """Total optimizer steps of the run: from ``max_epochs``/``max_steps`` (Lightning's estimate), or, when
+    ``max_time`` ends the run sooner, ``steps so far × max_time / time elapsed``; inf while unknown. Under
+    ``max_time`` the estimate is updated every step and rank 0's is used by every rank."""
+    total = float(trainer.estimated_stepping_batches)
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    remaining = timer.time_remaining() if timer is not None else None
+    if remaining is None:
+        return total
+    elapsed = timer.time_elapsed()
+    if trainer.global_step > 0 and elapsed > 0:
+        total = min(total, trainer.global_step * (elapsed + remaining) / elapsed)
+    return float(trainer.strategy.broadcast(total))
 
 
 def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
@@ -121,10 +148,13 @@ class CrystalRegressor(pl.LightningModule):
             Default: AdamW(lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5). From Python, a ``{"class_path",
             "init_args"}`` dict also works.
         lr_scheduler: Builds a scheduler that is stepped after every optimizer step. Default: InverseSqrtLR with
-            decay_steps=4000. Set ``torch.optim.lr_scheduler.ConstantLR`` with ``factor: 1.0`` for a constant rate.
-            From Python, a ``{"class_path", "init_args"}`` dict also works.
+            decay_steps=4000 (a value in (0, 1): that fraction of the run's steps). Set
+            ``torch.optim.lr_scheduler.ConstantLR`` with ``factor: 1.0`` for a constant rate. From Python, a
+            ``{"class_path", "init_args"}`` dict also works.
         swa_epochs: Average the weights after every optimizer step of the last ``swa_epochs`` epochs of
-            ``trainer.max_epochs``, with the learning rate frozen (0 disables SWA).
+            ``trainer.max_epochs``, with the learning rate frozen (0 disables SWA). A value in (0, 1) is a fraction of
+            the run: averaging starts at the first step past ``(1 - swa_epochs)`` of :func:`run_steps`, so it also
+            works for runs bounded by ``max_steps`` or ``max_time``.
         eval_weights: Weights used by ``test`` and ``predict``: ``swa`` (the average, when one exists; what the
             paper reports) or ``raw`` (the trained weights). Validation always uses the raw weights.
         target_mean: Mean used to standardise targets. Default: the train split's, from the datamodule's
@@ -137,7 +167,7 @@ class CrystalRegressor(pl.LightningModule):
         model: nn.Module,
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
-        swa_epochs: int = 50,
+        swa_epochs: int | float = 50,
         eval_weights: Literal["swa", "raw"] = "swa",
         target_mean: float | None = None,
         target_std: float | None = None,
@@ -154,8 +184,8 @@ class CrystalRegressor(pl.LightningModule):
         if isinstance(lr_scheduler, Mapping):
             scheduler = torch.optim.lr_scheduler.LRScheduler
             lr_scheduler = factory(lr_scheduler, scheduler, "scheduler config", "lr_scheduler")
-        if swa_epochs < 0:
-            raise ValueError(f"swa_epochs must be >= 0, got {swa_epochs}")
+        if not (0 <= swa_epochs < 1 or float(swa_epochs).is_integer()):
+            raise ValueError(f"swa_epochs must be a whole number of epochs or a fraction in (0, 1), got {swa_epochs}")
         if eval_weights not in ("swa", "raw"):
             raise ValueError(f"eval_weights must be 'swa' or 'raw', got {eval_weights!r}")
         if target_std is not None and not target_std > 0:
@@ -163,7 +193,8 @@ class CrystalRegressor(pl.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer or default_optimizer
         self.lr_scheduler_factory = lr_scheduler or default_lr_scheduler
-        self.swa_epochs = swa_epochs
+        self.swa_epochs = swa_epochs if swa_epochs < 1 else int(swa_epochs)
+        self._in_swa_fraction = False  # this batch is in the window of a fractional swa_epochs (set per batch)
         self.eval_weights = eval_weights
         self._fixed_stats = target_mean is not None or target_std is not None
         self.register_buffer("target_mean", torch.tensor(0.0 if target_mean is None else float(target_mean)))
@@ -348,6 +379,19 @@ class CrystalRegressor(pl.LightningModule):
         except RuntimeError:
             return None
 
+    @property
+    def _fractions_of_run(self) -> bool:
+        scheduler = self.lr_schedulers()
+        return 0 < self.swa_epochs < 1 or (isinstance(scheduler, InverseSqrtLR) and scheduler.decay_steps < 1)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if not self._fractions_of_run:
+            return
+        steps, scheduler = run_steps(self.trainer), self.lr_schedulers()
+        if isinstance(scheduler, InverseSqrtLR):
+            scheduler.run_steps = steps
+        self._in_swa_fraction = 0 < self.swa_epochs < 1 and self.global_step >= (1 - self.swa_epochs) * steps
+
     def on_train_epoch_start(self) -> None:
         if int(self.train_mae_epoch) != self.current_epoch:  # not a resume in the middle of this epoch
             self.train_mae.reset()
@@ -373,6 +417,22 @@ class CrystalRegressor(pl.LightningModule):
                 " the first step with the learning rate frozen; lower swa_epochs for short runs",
                 stacklevel=2,
             )
+
+    def on_train_end(self) -> None:
+        if self.swa_model is None or self.has_swa or self.trainer.fast_dev_run:
+            return
+        window = (
+            f"the last {self.swa_epochs:g} of the run's steps"
+            if self.swa_epochs < 1
+            else f"epoch {self.swa_start_epoch} on (max_epochs - swa_epochs)"
+            if self.swa_start_epoch is not None
+            else "never (max_epochs is unbounded)"
+        )
+        rank_zero_warn(
+            f"SWA never ran: training stopped at epoch {self.current_epoch}, global step {self.global_step}, before "
+            f"its window ({window}); the final test uses the raw weights. For runs bounded by max_time or max_steps "
+            "give model.init_args.swa_epochs as a fraction of the run, e.g. 0.1"
+        )
 
     def on_train_start(self) -> None:
         # drop whatever the sanity check accumulated
@@ -411,8 +471,9 @@ class CrystalRegressor(pl.LightningModule):
 
     @property
     def swa_start_epoch(self) -> int | None:
-        """First epoch of weight averaging, or None when SWA is off or ``max_epochs`` is unbounded."""
-        if self.swa_model is None or self.attached_trainer is None:
+        """First epoch of weight averaging, or None when SWA is off, a fraction of the run or ``max_epochs`` is
+        unbounded."""
+        if self.swa_model is None or self.attached_trainer is None or self.swa_epochs < 1:
             return None
         max_epochs = self.trainer.max_epochs
         if max_epochs is None or max_epochs < 0:
@@ -421,6 +482,8 @@ class CrystalRegressor(pl.LightningModule):
 
     @property
     def in_swa_phase(self) -> bool:
+        if 0 < self.swa_epochs < 1:
+            return self._in_swa_fraction
         start = self.swa_start_epoch
         return start is not None and self.current_epoch >= start
 
@@ -444,10 +507,15 @@ class CrystalRegressor(pl.LightningModule):
                 f"the optimizer step at global step {self.global_step} overflowed ({err}); the learning rate "
                 f"{', '.join(f'{lr:g}' for lr in lrs)} is too large. Lower it before resuming"
             ) from err
-        if self.in_swa_phase:
-            start = self.swa_start_epoch
-            if int(self.swa_epoch) != start:  # an average from an earlier, shorter schedule does not count
-                self.swa_model.n_averaged.zero_()
-                self.swa_epoch.fill_(start)
-            with torch.no_grad():
-                self.swa_model.update_parameters(self.model)
+        if self.swa_model is None:
+            return
+        if not self.in_swa_phase:
+            self.swa_epoch.fill_(-1)  # the next phase (of a resumed, longer run) starts a fresh average
+            return
+        marker = int(self.swa_epoch)
+        start = self.swa_start_epoch if self.swa_epochs >= 1 else (marker if marker >= 0 else self.current_epoch)
+        if marker != start:  # an average from an earlier, shorter schedule does not count
+            self.swa_model.n_averaged.zero_()
+            self.swa_epoch.fill_(start)
+        with torch.no_grad():
+            self.swa_model.update_parameters(self.model)

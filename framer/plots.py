@@ -2,10 +2,9 @@
 
 Per run: parity plot, error histogram, learning curves (``run_figures``; ``figures_of_run`` also logs them to the
 run's MLflow run). Per report: grids of the same over the table's columns for each model and a frame-type comparison
-chart (``report_figures``). Per study: Optuna's optimisation history and parameter importances (``study_figures``).
+chart (``report_figures``).
 
     python -m framer.plots run <run_dir> [--out DIR]
-    python -m framer.plots study --study-dir sweeps/<study>
 """
 
 from __future__ import annotations
@@ -13,10 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -27,9 +25,6 @@ import pandas as pd
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from framer.rundir import RunDir, resolve
-
-if TYPE_CHECKING:
-    import optuna
 
 log = logging.getLogger(__name__)
 DPI = 120
@@ -252,51 +247,17 @@ def frame_comparison(summary: pd.DataFrame, paper: Any, out: str | Path, baselin
     return _save(fig, Path(out))
 
 
-def study_figures(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
-    """Optuna's optimisation history and parameter importances (skipped when too few trials completed)."""
-    import optuna
-    from optuna.visualization import matplotlib as ovm
-
-    out = Path(out_dir)
-    paths: dict[str, Path] = {}
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    plots = {"history": ovm.plot_optimization_history}
-    if len(complete) >= 2 and len({str(t.params) for t in complete}) >= 2:
-        plots["importance"] = ovm.plot_param_importances
-    for name, fn in plots.items():
-        try:
-            with warnings.catch_warnings(), plt.style.context("default"):  # optuna switches to ggplot globally
-                warnings.simplefilter("ignore")  # ExperimentalWarning from optuna.visualization.matplotlib
-                ax = fn(study)
-                fig = np.ravel(ax)[0].figure
-                fig.set_size_inches(7, 4.5)
-                paths[name] = _save(fig, out / f"{name}.png")
-        except (ValueError, RuntimeError, ZeroDivisionError) as err:
-            log.warning("skipping study %s plot: %s", name, err)
-    return paths
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m framer.plots", description="Draw framer's figures.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="parity, error histogram and learning curves of one run dir")
     run.add_argument("run_dir")
     run.add_argument("--out", default=None)
-    st = sub.add_parser("study", help="Optuna history and importance of a study")
-    st.add_argument("--study-dir", required=True)
-    st.add_argument("--storage", default=None)
-    st.add_argument("--study-name", default=None)
     args = parser.parse_args(argv)
-    if args.cmd == "run":
-        run = resolve(args.run_dir)
-        if run is None:
-            parser.error(f"{args.run_dir} is not a run directory")
-        paths = run_figures(run, args.out)
-    else:
-        from framer.tune.storage import load_study_from_dir
-
-        study = load_study_from_dir(args.study_dir, args.storage, args.study_name)
-        paths = study_figures(study, Path(args.study_dir) / "figures")
+    run = resolve(args.run_dir)
+    if run is None:
+        parser.error(f"{args.run_dir} is not a run directory")
+    paths = run_figures(run, args.out)
     for p in paths.values():
         print(p)
 

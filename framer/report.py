@@ -5,8 +5,9 @@ training, and in its ``version_<n>/`` the CLI's ``results.json``/``predictions.c
 training (layout: :mod:`framer.rundir`). A run counts as finished when its results hold a test MAE. Expected runs
 come from ``<runs>/manifest.json``; a run that is expected but not finished is shown as missing, never dropped.
 
-Outputs in ``--out``: ``table.md`` and ``table.csv`` (rows = model variants, columns = the paper's 9 targets:
-our MAE mean ± std over seeds, the paper's value and the difference), ``runs.csv`` (one row per expected run)
+Outputs in ``--out``: ``table.md`` (columns = the paper's 9 targets; per model variant three rows: our MAE mean ± std
+over seeds, the paper's value and the difference, rounded to the paper's decimals), ``table.csv`` (the same numbers
+unrounded, one row per model), ``runs.csv`` (one row per expected run)
 and ``figures/`` (see :mod:`framer.plots`).
 """
 
@@ -68,22 +69,30 @@ class PaperTable:
     datasets: dict[str, str] = field(default_factory=dict)
     frames: dict[str, str] = field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: row (model or baseline) -> column key -> the number of decimals the paper prints
+    decimals: dict[str, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path = PAPER_RESULTS) -> PaperTable:
-        raw = yaml.safe_load(Path(path).read_text())
+        text = Path(path).read_text()
+        raw, printed = yaml.safe_load(text), yaml.load(text, Loader=yaml.BaseLoader)  # BaseLoader: values as written
         columns = [Column(c["dataset"], c["target"], c["label"], c["unit"]) for c in raw["columns"]]
         keys = [c.key for c in columns]
 
-        def by_column(values: Sequence[float], what: str) -> dict[str, float]:
+        def by_column(values: Sequence[Any], what: str, kind: type = float) -> dict[str, Any]:
             if len(values) != len(keys):
                 raise ValueError(f"{path}: {what} has {len(values)} values for {len(keys)} columns")
-            return {k: float(v) for k, v in zip(keys, values)}
+            return {k: kind(v) for k, v in zip(keys, values)}
+
+        def places(value: str) -> int:
+            return len(value.partition(".")[2])
 
         models = {name: spec["label"] for name, spec in raw["models"].items()}
         mae = {name: by_column(spec["mae"], name) for name, spec in raw["models"].items()}
         baselines = {name: by_column(v, name) for name, v in (raw.get("baselines") or {}).items()}
-        return cls(columns, models, mae, raw.get("datasets", {}), raw.get("frames", {}), baselines)
+        rows = {**{n: spec["mae"] for n, spec in printed["models"].items()}, **(printed.get("baselines") or {})}
+        decimals = {name: by_column(values, name, places) for name, values in rows.items()}
+        return cls(columns, models, mae, raw.get("datasets", {}), raw.get("frames", {}), baselines, decimals)
 
     def column(self, key: str) -> Column:
         for c in self.columns:
@@ -203,23 +212,14 @@ def collect(runs_dir: str | Path, paper: PaperTable) -> list[RunResult]:
     return [load_run(k, found.get(k, runs_dir / k.dirname)) for k in keys]
 
 
-def fmt(x: float, digits: int = 3) -> str:
-    """``x`` with ``digits`` significant digits in fixed notation ("—" for NaN)."""
+def fmt(x: float, decimals: int | None = None, sign: bool = False) -> str:
+    """``x`` with ``decimals`` decimals (default: three significant digits), fixed notation, "—" for NaN; a leading
+    sign with ``sign``."""
     if x is None or not math.isfinite(x):
         return "—"
-    if x == 0:
-        return "0"
-    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
-    return f"{x:.{decimals}f}"
-
-
-def fmt_like(x: float, ref: float, digits: int = 3) -> str:
-    """``x`` with as many decimals as ``fmt(ref)`` uses."""
-    if not math.isfinite(x):
-        return "—"
-    text = fmt(ref, digits)
-    decimals = len(text.split(".")[1]) if "." in text else 0
-    return f"{x:+.{decimals}f}" if x != 0 else f"{0:.{decimals}f}"
+    if decimals is None:
+        decimals = max(0, 2 - math.floor(math.log10(abs(x)))) if x else 0
+    return f"{x:{'+' if sign else ''}.{decimals}f}"
 
 
 def summarize(results: list[RunResult], paper: PaperTable) -> pd.DataFrame:
@@ -268,18 +268,26 @@ def wide(summary: pd.DataFrame, paper: PaperTable) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def cell_text(r: pd.Series) -> str:
-    """One markdown cell: ``ours ± std (paper p, Δ d)``; missing runs are spelled out."""
-    paper_part = f"paper {fmt(r['paper'])}" if math.isfinite(r["paper"]) else "paper —"
-    if r["n"] == 0:
-        return f"**missing** (0/{r['n_expected']}) ({paper_part})"
-    ours = fmt(r["mae"])
-    if r["n"] > 1:
-        ours += " ± " + fmt_like(r["std"], r["mae"]).lstrip("+")
-    if r["n"] < r["n_expected"]:
-        ours += f" ({r['n']}/{r['n_expected']} seeds)"
-    delta = f", Δ {fmt_like(r['delta'], r['paper'])}" if math.isfinite(r["delta"]) else ""
-    return f"{ours} ({paper_part}{delta})"
+def model_rows(group: pd.DataFrame, paper: PaperTable) -> list[list[str]]:
+    """One model's three rows of ``table.md``: our MAE (mean ± std over seeds), the paper's, and Δ = ours − paper,
+    each cell rounded to the decimals the paper prints for it; missing runs are spelled out."""
+    model, cells = group["model"].iloc[0], {r["column"]: r for _, r in group.iterrows()}
+    rows = [[group["label"].iloc[0], "ours"], ["", "paper"], ["", "Δ"]]
+    for col in paper.columns:
+        r = cells.get(col.key)
+        if r is None:
+            for row in rows:
+                row.append("—")
+            continue
+        places = paper.decimals.get(model, {}).get(col.key)
+        ours = fmt(r["mae"], places) if r["n"] else f"**missing** (0/{r['n_expected']})"
+        if r["n"] > 1:
+            ours += " ± " + fmt(r["std"], places)
+        if 0 < r["n"] < r["n_expected"]:
+            ours += f" ({r['n']}/{r['n_expected']} seeds)"
+        for row, text in zip(rows, (ours, fmt(r["paper"], places), fmt(r["delta"], places, sign=True))):
+            row.append(text)
+    return rows
 
 
 def header(col: Column) -> str:
@@ -295,15 +303,13 @@ def render_markdown(
         lines += [SMOKE_BANNER, ""]
     finished = sum(r.status == "finished" for r in results)
     lines += [
-        f"Runs finished: {finished}/{len(results)}. Cells: our test MAE, mean ± std over seeds (SWA model when the "
-        "run reports one), then the paper's value and Δ = ours − paper. Missing runs are marked **missing**.",
+        f"Runs finished: {finished}/{len(results)}. Per model: our test MAE, mean ± std over seeds (SWA model when "
+        "the run reports one); the paper's value; Δ = ours − paper; rounded to the decimals the paper prints. "
+        "Missing runs are marked **missing**.",
         "",
     ]
-    headers = ["Model"] + [header(c) for c in paper.columns]
-    body = []
-    for _, group in summary.groupby("model", sort=False):
-        cells = {r["column"]: cell_text(r) for _, r in group.iterrows()}
-        body.append([group["label"].iloc[0]] + [cells.get(c.key, "—") for c in paper.columns])
+    headers = ["Model", "MAE"] + [header(c) for c in paper.columns]
+    body = [row for _, group in summary.groupby("model", sort=False) for row in model_rows(group, paper)]
     lines.append(markdown_table(headers, body))
     lines.append("")
     if stand_ins:
@@ -325,7 +331,10 @@ def render_markdown(
         lines.append("")
     if paper.baselines:
         lines += ["Other methods in the paper's table (not re-run here):", ""]
-        rows = [[name] + [fmt(v.get(c.key, math.nan)) for c in paper.columns] for name, v in paper.baselines.items()]
+        rows = [
+            [name] + [fmt(v.get(c.key, math.nan), paper.decimals[name].get(c.key)) for c in paper.columns]
+            for name, v in paper.baselines.items()
+        ]
         lines += [markdown_table(["Method"] + [header(c) for c in paper.columns], rows), ""]
     return "\n".join(lines)
 

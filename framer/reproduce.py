@@ -205,9 +205,6 @@ def execute(
         finished = run.root.latest_finished()
         if outcome.ok and finished is not None:
             counts["finished"] += 1
-            from framer import plots
-
-            plots.figures_of_run(finished, title=f"{run.key.model} {run.key.column} seed {run.key.seed}")
             print(f"framer.reproduce: {run.key.dirname} done in {time.time() - t0:.0f} s", flush=True)
         else:
             counts["failed"] += 1

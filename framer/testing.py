@@ -120,13 +120,8 @@ def supercell(record: CrystalRecord, repeats: Sequence[int] = (2, 1, 1)) -> Crys
 def make_batch(
     records: Sequence[CrystalRecord], dtype: torch.dtype = torch.float64, cutoff: float | None = None
 ) -> CrystalBatch:
-    """Batch records with positions and lattices computed in float64 (then cast to ``dtype``).
-
-    Args:
-        records: crystals.
-        dtype: floating dtype of the batch.
-        cutoff: if given, image boxes cover this radius (Å) instead of the default ``IMAGE_CUTOFF``.
-    """
+    """Batch records with positions and lattices computed in float64, then cast to ``dtype``; with ``cutoff``, image
+    boxes cover that radius (Å) instead of the default ``IMAGE_CUTOFF``."""
     batch = collate_records(records)
     pos = torch.from_numpy(np.concatenate([r.frac_coords @ r.lattice for r in records]))
     lattice = torch.from_numpy(np.stack([r.lattice for r in records]))

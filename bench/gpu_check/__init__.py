@@ -1,4 +1,4 @@
-"""One command that tells what matters about framer on a CUDA device in minutes (issue 19): ``make gpu-check``.
+"""One command that tells what matters about framer on a CUDA device in minutes: ``make gpu-check``.
 
 Run from the repository root, with no install step (the lent GPU machine has torch, Lightning and numpy but no
 pymatgen, jarvis-tools, mlflow, optuna, jsonargparse or matminer, and no virtual environment)::

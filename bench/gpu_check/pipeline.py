@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -32,6 +31,8 @@ import torch
 from bench.gpu_check import crystals
 from bench.gpu_check.harness import REPO, PartContext, Skipped, missing_packages, one_line
 from bench.gpu_check.steps import synchronize
+from framer.provenance import git_commit
+from framer.rundir import RunDir
 
 OPTIONAL_PACKAGES = (
     "lightning",
@@ -77,9 +78,8 @@ def environment(ctx: PartContext) -> None:
     figures["framer_root"] = str(Path(framer.__file__).resolve().parent.parent)
     figures["framer_from_checkout"] = Path(figures["framer_root"]) == REPO
     figures["missing_optional"] = missing_packages(OPTIONAL_PACKAGES)
-    figures["git_commit"] = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--", "framer", "bench")
-    figures["git_dirty"] = bool(status) if status is not None else None
+    commit = git_commit()
+    figures["git_commit"], figures["git_dirty"] = commit.get("commit"), commit.get("dirty")
     figures["date"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     if not figures["framer_from_checkout"]:
         ctx.fail("framer", f"imported from {figures['framer_root']}, not from this checkout {REPO}")
@@ -95,14 +95,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _git(*args: str) -> str | None:
-    try:
-        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
 
 
 # --- the data pipeline ---------------------------------------------------------------------------------------------
@@ -214,6 +206,16 @@ def _delivery(loader, device: torch.device, batches: int, ctx: PartContext) -> d
 
 
 # --- end to end ----------------------------------------------------------------------------------------------------
+def _run(ctx: PartContext, command: list[str], cwd: Path, what: str) -> subprocess.CompletedProcess | None:
+    """``command`` in the check's environment within the time left; None (and ``what`` failed) on a timeout."""
+    try:
+        env, timeout = _subprocess_env(ctx.config), max(10, ctx.left())
+        return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        ctx.fail(what, f"timed out after {ctx.left():.0f} s")
+        return None
+
+
 def _subprocess_env(config) -> dict[str, str]:
     """The environment of a subprocess: this checkout first on PYTHONPATH, the check's thread count."""
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -253,17 +255,8 @@ def cli_fit(ctx: PartContext) -> None:
         ]
         ctx.figures["command"] = " ".join(command[1:]).replace(str(scratch), "<scratch>").replace(str(REPO) + "/", "")
         start = time.perf_counter()
-        try:
-            done = subprocess.run(
-                command,
-                cwd=scratch,
-                env=_subprocess_env(ctx.config),
-                capture_output=True,
-                text=True,
-                timeout=max(10, ctx.left()),
-            )
-        except subprocess.TimeoutExpired:
-            ctx.fail("fit", f"timed out after {ctx.left():.0f} s")
+        done = _run(ctx, command, scratch, "fit")
+        if done is None:
             return
         ctx.figures["seconds"] = time.perf_counter() - start
         output = done.stdout + done.stderr
@@ -274,11 +267,9 @@ def cli_fit(ctx: PartContext) -> None:
             ctx.fail("fit", f"exit code {done.returncode}: {lines[-1] if lines else ''}")
             ctx.figures["stderr_tail"] = done.stderr[-3000:]
             return
-        run = scratch / "runs" / "gpu-check" / "version_0"
-        metrics_path, info_path = run / "metrics.json", run / "run.json"
-        ctx.figures["checkpoint"] = (run / "checkpoints" / "last.ckpt").is_file()
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        run = RunDir(scratch / "runs" / "gpu-check" / "version_0")
+        ctx.figures["checkpoint"] = run.last_checkpoint.is_file()
+        metrics, info = run.read_results() or {}, run.read_info()
         ctx.figures["test_mae"] = metrics.get("metrics", {}).get("test/mae")
         ctx.figures["swa_steps"] = metrics.get("swa_steps")
         ctx.figures["global_step"] = metrics.get("global_step")
@@ -303,17 +294,8 @@ def pytest_gpu(ctx: PartContext) -> None:
         raise Skipped("no test is marked gpu")
     command = [sys.executable, "-m", "pytest", "-m", "gpu", *files, "-q", "-p", "no:cacheprovider"]
     ctx.figures["files"] = files
-    try:
-        done = subprocess.run(
-            command,
-            cwd=REPO,
-            env=_subprocess_env(ctx.config),
-            capture_output=True,
-            text=True,
-            timeout=max(10, ctx.left()),
-        )
-    except subprocess.TimeoutExpired:
-        ctx.fail("pytest -m gpu", f"timed out after {ctx.left():.0f} s")
+    done = _run(ctx, command, REPO, "pytest -m gpu")
+    if done is None:
         return
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     summary = lines[-1].strip("= ") if lines else ""

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from framer.atomic import atomic_write_text
+from framer.io import atomic_write_text
 
 PAPER = {  # CrystalFramer poster's efficiency table (JARVIS formation energy); see docs/model.md
     "crystalformer": {"epoch_s": 32.0, "ms_per_material": 6.6},

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.speed import targets
-from framer.atomic import atomic_file, atomic_write_text
+from framer.io import atomic_file, atomic_write_text
 
 MIB = 2**20
 

@@ -78,22 +78,18 @@ class Measured:
     names: dict[str, Any] | None = None  # extra fields for the row's figure ({atoms}, {rev})
 
 
-def _train_step(results: dict, row: dict) -> Measured:
-    train = stage(results, row["preset"], "ref", "train")
-    if not train:
-        return Measured()
-    theirs = reference()["train_step_s"]
-    note = f"{theirs / train['wall_s']:.2f}x faster than the reference's {theirs} s (wall)"
-    return Measured(train["wall_s"], train["cpu_s"], note)
+def _against_reference(stage_name: str, wall: str, cpu: str, theirs_key: str, unit: str):
+    """A row measuring one stage of the reference batch against the reference implementation's figure."""
 
+    def measure(results: dict, row: dict) -> Measured:
+        measured = stage(results, row["preset"], "ref", stage_name)
+        if not measured:
+            return Measured()
+        theirs = reference()[theirs_key]
+        note = f"{theirs / measured[wall]:.2f}x faster than the reference's {theirs:g} {unit} (wall)"
+        return Measured(measured[wall], measured[cpu], note)
 
-def _ms_per_material_b1(results: dict, row: dict) -> Measured:
-    b1 = stage(results, row["preset"], "ref", "infer_b1")
-    if not b1:
-        return Measured()
-    theirs = reference()["ms_per_material_batch1"]
-    note = f"{theirs / b1['ms_per_crystal']:.2f}x faster than the reference's {theirs:g} ms (wall)"
-    return Measured(b1["ms_per_crystal"], b1["cpu_ms_per_crystal"], note)
+    return measure
 
 
 def _step_ratio(results: dict, row: dict) -> Measured:
@@ -138,8 +134,10 @@ def _outputs_vs_against(results: dict, row: dict) -> Measured:
 
 
 MEASURES: dict[str, Callable[[dict, dict], Measured | None]] = {
-    "train_step": _train_step,
-    "ms_per_material_b1": _ms_per_material_b1,
+    "train_step": _against_reference("train", "wall_s", "cpu_s", "train_step_s", "s"),
+    "ms_per_material_b1": _against_reference(
+        "infer_b1", "ms_per_crystal", "cpu_ms_per_crystal", "ms_per_material_batch1", "ms"
+    ),
     "step_ratio": _step_ratio,
     "paired_step_ratio": _paired_step_ratio,
     "throughput_over_against": _throughput_over_against,

@@ -1,22 +1,14 @@
 """Data: crystal records, batching, paper data sets with their exact splits, caches and LightningDataModules.
 
-Raw files live under ``$FRAMER_DATA_DIR`` (default ``./data``) in the layout of :mod:`framer.data.sources`; what
-they hold and how the paper splits are rebuilt is docs/data.md. ``python -m framer.data info`` shows what is
-present, the counts and the split fingerprints (offline); ``python -m framer.data download`` fetches the raw files on
-a machine with internet.
-
-DataModules: :class:`MPDataModule`, :class:`JarvisDataModule`, :class:`CustomDataModule` (CIF/POSCAR folder +
-``id_prop.csv``) and :class:`EwaldDataModule` (embedded synthetic set); the arguments they share are those of
-:class:`CrystalDataModule`. Each exposes ``target_stats()``, ``split_fingerprints()``, ``split_ids()``,
-``summary()``, ``dataset_name``, ``target`` and ``target_units``; batches are :class:`CrystalBatch`.
-
-Names are imported lazily (PEP 562), so ``python -m framer.data info`` does not pay for torch and Lightning.
+Raw files live under ``$FRAMER_DATA_DIR`` (default ``./data``, layout in :mod:`framer.data.sources`; docs/data.md
+describes them and the paper splits). ``python -m framer.data info`` shows what is present (offline); ``download``
+fetches the raw files on a machine with internet. Names are imported lazily (PEP 562), so ``info`` does not pay for
+torch and Lightning.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "CrystalBatch": "framer.data.batch",
@@ -41,28 +33,7 @@ _EXPORTS = {
     "record_from_structure": "framer.data.structures",
 }
 
-__all__ = [
-    "CrystalBatch",
-    "CrystalDataModule",
-    "CrystalDataset",
-    "CrystalRecord",
-    "CustomDataModule",
-    "DataCorruptError",
-    "DataError",
-    "DataNotFoundError",
-    "EwaldDataModule",
-    "InvalidStructureError",
-    "JarvisDataModule",
-    "MPDataModule",
-    "collate_records",
-    "collate_structures",
-    "data_root",
-    "paper_split",
-    "record_from_file",
-    "record_from_jarvis_atoms",
-    "record_from_structure",
-    "split_fingerprint",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
@@ -76,23 +47,3 @@ def __getattr__(name: str):
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
-
-if TYPE_CHECKING:
-    from framer.data.batch import CrystalBatch, collate_records, collate_structures
-    from framer.data.datamodules import (
-        CrystalDataModule,
-        CrystalDataset,
-        CustomDataModule,
-        EwaldDataModule,
-        JarvisDataModule,
-        MPDataModule,
-    )
-    from framer.data.sources import DataCorruptError, DataError, DataNotFoundError, data_root
-    from framer.data.splits import paper_split, split_fingerprint
-    from framer.data.structures import (
-        CrystalRecord,
-        InvalidStructureError,
-        record_from_file,
-        record_from_jarvis_atoms,
-        record_from_structure,
-    )

@@ -156,41 +156,16 @@ def _print_text(report: dict) -> None:
     out(f"data root: {report['data_root']}  (raw files in {report['raw_dir']})")
     for dataset, info in report["datasets"].items():
         if dataset in JARVIS_SOURCES:
-            state = "present" if info["present"] else "MISSING"
-            out(f"\n[{dataset}] {info['raw_file']}: {state}")
+            out(f"\n[{dataset}] {info['raw_file']}: {'present' if info['present'] else 'MISSING'}")
             if "error" in info:
                 out(f"  ERROR: {info['error']}")
             if "entries" in info:
                 out(f"  entries: {info['entries']} (published: {info['published_entries']})")
             elif not info["present"]:
-                out(
-                    f"  jarvis-tools key {JARVIS_SOURCES[dataset].key!r}; get it with "
-                    f"`python -m framer.data download --dataset {dataset}` on a machine with internet"
-                )
+                out(f"  jarvis-tools key {JARVIS_SOURCES[dataset].key!r}; get it with "
+                    f"`python -m framer.data download --dataset {dataset}` on a machine with internet")  # fmt: skip
             for name, target in info["targets"].items():
-                out(f"  {name} ({target['field']}, {target['units']}):")
-                if "filtered_entries" in target:
-                    out(f"    filtered entries: {target['filtered_entries']}")
-                if "split_error" in target:
-                    out(f"    paper split not applicable: {target['split_error']}")
-                if "sizes" in target:
-                    verdict = "matches the paper" if target["matches_paper_split"] else "DIFFERS from the paper"
-                    out(f"    split sizes: {_fmt_sizes(target['sizes'])} ({verdict})")
-                if "expected_sizes" in target:
-                    ok = "regenerated = published" if target["algorithm_matches_published"] else "MISMATCH"
-                    out(
-                        f"    expected: {target['expected_filtered_entries']} entries, split "
-                        f"{_fmt_sizes(target['expected_sizes'])} ({ok})"
-                    )
-                for split, fp in target.get("split_fingerprints", {}).items():
-                    out(f"    {split:5s} {fp}")
-                raw = target.get("raw_split_fingerprints") or target.get("published_raw_split_fingerprints") or {}
-                if raw and raw != target.get("split_fingerprints"):
-                    out("    raw-index fingerprints (indices into the unfiltered file):")
-                    for split, fp in raw.items():
-                        out(f"    {split:5s} {fp}")
-                if "cache" in target:
-                    out(f"    cache: {target['cache']['path']}")
+                _print_target(name, target)
         elif dataset == "megnet_moduli":
             for name, entry in info.items():
                 state = "present" if entry["present"] else "MISSING"
@@ -203,10 +178,33 @@ def _print_text(report: dict) -> None:
                 if not entry["present"]:
                     out("  get them with `python -m framer.data download --dataset moduli` on a machine with internet")
         else:
-            caches = info["caches"]
-            out(f"\n[ewald] embedded (generated on first use); {len(caches)} cache(s)")
-            for cache in caches:
+            out(f"\n[ewald] embedded (generated on first use); {len(info['caches'])} cache(s)")
+            for cache in info["caches"]:
                 out(f"  {cache['path']}: {_fmt_sizes(cache.get('sizes') or {})}")
+
+
+def _print_target(name: str, target: dict) -> None:
+    lines = [f"  {name} ({target['field']}, {target['units']}):"]
+    if "filtered_entries" in target:
+        lines.append(f"    filtered entries: {target['filtered_entries']}")
+    if "split_error" in target:
+        lines.append(f"    paper split not applicable: {target['split_error']}")
+    if "sizes" in target:
+        verdict = "matches the paper" if target["matches_paper_split"] else "DIFFERS from the paper"
+        lines.append(f"    split sizes: {_fmt_sizes(target['sizes'])} ({verdict})")
+    if "expected_sizes" in target:
+        ok = "regenerated = published" if target["algorithm_matches_published"] else "MISMATCH"
+        expected = f"{target['expected_filtered_entries']} entries, split {_fmt_sizes(target['expected_sizes'])}"
+        lines.append(f"    expected: {expected} ({ok})")
+    fingerprints = target.get("split_fingerprints", {})
+    lines += [f"    {split:5s} {fp}" for split, fp in fingerprints.items()]
+    raw = target.get("raw_split_fingerprints") or target.get("published_raw_split_fingerprints") or {}
+    if raw and raw != fingerprints:
+        lines.append("    raw-index fingerprints (indices into the unfiltered file):")
+        lines += [f"    {split:5s} {fp}" for split, fp in raw.items()]
+    if "cache" in target:
+        lines.append(f"    cache: {target['cache']['path']}")
+    print("\n".join(lines))
 
 
 def _fmt_sizes(sizes: dict) -> str:

@@ -68,28 +68,6 @@ class SkipReport:
         return {"total": self.total, "counts": dict(self.counts), "examples": self.examples}
 
 
-def classify(err: InvalidStructureError) -> str:
-    """Short reason code of a structure error (used as the report key)."""
-    reason = getattr(err, "reason", None)
-    if reason:
-        return reason
-    msg = str(err)
-    for needle, code in (
-        ("no atoms", "no_atoms"),
-        ("NaN", "nan_coordinate"),
-        ("singular", "singular_lattice"),
-        ("element", "unknown_element"),
-        ("closer than", "overlapping_atoms"),
-        ("lacks", "missing_fields"),
-        ("disordered", "disordered"),
-        ("cannot parse", "unreadable_file"),
-        ("not found", "file_not_found"),
-    ):
-        if needle in msg:
-            return code
-    return "invalid_structure"
-
-
 class PhaseTimer:
     """Wall and CPU seconds (of this process) of the named phases of a build, for logs and benchmarks.
 
@@ -127,22 +105,13 @@ class BuildResult:
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class _Skipped:
-    """A record that could not be converted (what :meth:`SkipReport.add` needs)."""
-
-    reason: str
-    id: str
-    message: str
-
-
 @dataclass
 class _Converted:
     """The outcome of converting some positions: columns of the good records, which ones were good, why not."""
 
     columns: dict[str, np.ndarray]
     kept: np.ndarray  # bool per position
-    skipped: list[_Skipped]
+    skipped: list[tuple[str, str, str]]  # (reason, id, message) of each record that could not be converted
 
 
 def _convert_positions(convert: Callable[[int], CrystalRecord], positions: Sequence[int]) -> _Converted:
@@ -154,9 +123,9 @@ def _convert_positions(convert: Callable[[int], CrystalRecord], positions: Seque
             kept.append(True)
             continue
         except InvalidStructureError as err:
-            skipped.append(_Skipped(classify(err), getattr(err, "record_id", None) or f"#{p}", str(err)))
+            skipped.append((err.reason, err.record_id or f"#{p}", str(err)))
         except MemoryError:
-            skipped.append(_Skipped("out_of_memory", f"#{p}", "ran out of memory converting this record"))
+            skipped.append(("out_of_memory", f"#{p}", "ran out of memory converting this record"))
         kept.append(False)
     return _Converted(records_to_arrays(records), np.array(kept, dtype=bool), skipped)
 
@@ -188,7 +157,7 @@ def assemble(
     with timer("columns"):
         for part in parts:
             for skip in part.skipped:
-                report.add(skip.reason, skip.id, skip.message)
+                report.add(*skip)
         arrays = concatenate_columns([part.columns for part in parts])
         kept = np.concatenate([part.kept for part in parts])
         del parts

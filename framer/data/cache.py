@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from framer.atomic import atomic_file, atomic_write_text
+from framer.io import atomic_file
 from framer.data.structures import CrystalRecord
 
 log = logging.getLogger("framer.data")
@@ -124,11 +124,6 @@ def _header_digest(header: dict) -> str:
     """sha256 of the header's canonical JSON without its own checksum field."""
     rest = {k: v for k, v in header.items() if k != "header_sha256"}
     return hashlib.sha256(json.dumps(rest, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def write_json_atomic(path: str | os.PathLike, content: Any) -> None:
-    """Write JSON (indented, sorted keys) atomically."""
-    atomic_write_text(path, json.dumps(content, indent=2, sort_keys=True, default=str) + "\n")
 
 
 @dataclass
@@ -249,16 +244,10 @@ def records_to_arrays(records: Sequence[CrystalRecord]) -> dict[str, np.ndarray]
     offsets = np.zeros(len(records) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offsets[1:])
     width = max([len(r.id) for r in records], default=1) or 1
-    return {
-        "lattice": np.stack([r.lattice for r in records]).astype(np.float64)
-        if records
-        else np.zeros((0, 3, 3), np.float64),
-        "frac_coords": np.concatenate([r.frac_coords for r in records]).astype(np.float64)
-        if records
-        else np.zeros((0, 3), np.float64),
-        "atomic_numbers": np.concatenate([r.atomic_numbers for r in records]).astype(np.uint8)
-        if records
-        else np.zeros(0, np.uint8),
+    return {  # the leading empty arrays give the shapes when there are no records
+        "lattice": np.array([r.lattice for r in records], dtype=np.float64).reshape(-1, 3, 3),
+        "frac_coords": np.concatenate([np.zeros((0, 3)), *(r.frac_coords for r in records)]).astype(np.float64),
+        "atomic_numbers": np.concatenate([np.zeros(0, np.uint8), *(r.atomic_numbers for r in records)]).astype(np.uint8),
         "offsets": offsets,
         "target": np.array([r.target for r in records], dtype=np.float64),
         "ids": np.array([r.id for r in records], dtype=f"<U{width}"),

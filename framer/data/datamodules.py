@@ -1,15 +1,9 @@
 """LightningDataModules: MEGNet MP, JARVIS dft_3d_2021, custom CIF/POSCAR folders and the embedded Ewald set.
 
 All share :class:`CrystalDataModule`: ``prepare_data`` (rank 0) builds or validates the content-keyed cache,
-``setup`` opens it memory-mapped, loaders yield :class:`~framer.data.batch.CrystalBatch` (train: shuffled in an
-order fixed by the seed and the epoch, ``drop_last``, resumable mid-epoch — see :mod:`framer.data.resumable`;
-val/test/predict: in split order). Targets stay in physical units; :meth:`target_stats` gives the
-train mean and population std for the model's normalisation, :meth:`split_fingerprints` the split hashes to record.
-
-Feeding a GPU: with ``num_workers`` > 0 the loader workers persist across epochs; batches are collated in page-locked
-memory when ``pin_memory`` is on (by default whenever CUDA is available) and copied to the device without blocking
-(:meth:`CrystalDataModule.transfer_batch_to_device`). Caches are built in ``build_workers`` processes
-(:mod:`framer.data.parallel`); their content and key do not depend on that number.
+``setup`` opens it memory-mapped, loaders yield :class:`~framer.data.batch.CrystalBatch` (train: shuffled by seed
+and epoch, resumable mid-epoch, :mod:`framer.data.resumable`; val/test/predict: in split order). Targets stay in
+physical units.
 """
 
 from __future__ import annotations
@@ -43,7 +37,6 @@ from framer.data.cache import (
     file_sha256,
     load_or_build,
     read_cache,
-    write_json_atomic,
 )
 from framer.data.parallel import resolve_workers
 from framer.data.resumable import EpochShuffleSampler, ResumableDataLoader, shuffle_seed
@@ -58,6 +51,7 @@ from framer.data.sources import (
 )
 from framer.data.splits import PAPER_SPLIT_SEED, SPLIT_NAMES, random_split
 from framer.data.structures import DEFAULT_MAX_ATOMS, DEFAULT_MAX_FILE_MB, CrystalRecord
+from framer.io import write_json
 
 log = logging.getLogger("framer.data")
 
@@ -210,27 +204,15 @@ class CrystalDataModule(L.LightningDataModule):
             def build():
                 result = self.build()
                 timer.merge(result.timings)
-                report = {
-                    "dataset": self.dataset_name,
-                    "target": self.target,
-                    "cache": str(path),
-                    "kept": len(result.arrays["ids"]),
-                    "skipped": result.report.to_dict(),
-                    **{
-                        k: result.meta[k]
-                        for k in ("missing_target", "raw_entries", "filtered_entries")
-                        if k in result.meta
-                    },
-                }
-                write_json_atomic(self.report_path, report)
+                extra = ("missing_target", "raw_entries", "filtered_entries")
+                write_json(self.report_path, {
+                    "dataset": self.dataset_name, "target": self.target, "cache": str(path),
+                    "kept": len(result.arrays["ids"]), "skipped": result.report.to_dict(),
+                    **{k: result.meta[k] for k in extra if k in result.meta},
+                })  # fmt: skip
                 if result.report.total:
-                    log.warning(
-                        "%s: skipped %d malformed record(s) %s; details in %s",
-                        description,
-                        result.report.total,
-                        dict(result.report.counts),
-                        self.report_path,
-                    )
+                    log.warning(f"{description}: skipped {result.report.total} malformed record(s) "
+                                f"{dict(result.report.counts)}; details in {self.report_path}")  # fmt: skip
                 return result.arrays, {**result.meta, "key_parts": parts}
 
             with timer("total"):  # building (the phases above) and writing
@@ -247,17 +229,10 @@ class CrystalDataModule(L.LightningDataModule):
 
     def _log_build(self, description: str, records: int) -> None:
         phases = {name: phase["wall_s"] for name, phase in self.build_timings.items()}
-        total = phases.pop("total") + phases.pop("key")
-        processes = max(self.build_processes, 1)
-        log.info(
-            "built the cache of %s: %d records in %.1f s with %d process%s (%s)",
-            description,
-            records,
-            total,
-            processes,
-            "es" if processes > 1 else "",
-            ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items()),
-        )
+        total, processes = phases.pop("total") + phases.pop("key"), max(self.build_processes, 1)
+        details = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
+        log.info(f"built the cache of {description}: {records} records in {total:.1f} s with {processes} "
+                 f"process{'es' if processes > 1 else ''} ({details})")  # fmt: skip
 
     def _cache_without_raw(self, path: Path, missing: Path):
         """Use a valid cache whose raw file was removed, if every non-raw setting still matches."""

@@ -1,15 +1,10 @@
 """Cache builds in several processes, with output that does not depend on how many.
 
-:func:`map_chunks` applies a function to consecutive chunks of the items in worker processes and returns the results
-in input order; builders concatenate them, so a cache built with any number of processes is byte for byte the one
-built in a single process. Workers are forked (Linux): the function and the items (e.g. the parsed raw records) are
-inherited, not pickled, so only the results travel back, and scripts need no ``if __name__ == "__main__"`` guard. The
-parent's objects are frozen out of the garbage collector while the workers run (``gc.freeze``), so collections in a
-worker do not touch, and thereby copy, every page it inherited. Elsewhere than on Linux, and for inputs of one chunk,
-everything runs in this process.
-
-Workers run numpy, scipy and pymatgen code only (never torch), so forking a process that has imported torch (or
-initialised CUDA) is safe here.
+:func:`map_chunks` applies a function to consecutive chunks of the items in forked worker processes (Linux; the
+function and items are inherited, not pickled) and returns the results in input order, so a cache built with any
+number of processes is byte for byte the one built in one. The parent's objects are frozen out of the garbage
+collector while the workers run (``gc.freeze``), so workers do not copy the pages they inherited. Workers run
+numpy, scipy and pymatgen code only (never torch), so forking after torch (or CUDA) was initialised is safe.
 """
 
 from __future__ import annotations

@@ -1,19 +1,11 @@
 """A training DataLoader whose order is a function of (seed, epoch) and that resumes in the middle of an epoch.
 
-With a plain ``shuffle=True`` loader, the order of an epoch comes from torch's global random generator, so a run
-resumed from a checkpoint (after a crash, SIGKILL or SIGTERM) sees different batches than the run it continues, and
-a resume in the middle of an epoch restarts that epoch's iterator from its first batch. Here:
-
-- :class:`EpochShuffleSampler` draws the permutation of epoch ``e`` from ``numpy.random.default_rng([seed, e])``
-  (Lightning calls ``set_epoch`` every epoch; without it, each pass moves on to the next epoch), never from the
-  global generator;
-- :class:`ResumableDataLoader` reports ``{seed, epoch, batches}`` through ``state_dict()``; Lightning stores it in
-  every checkpoint and hands it back on resume, and the loader then skips the batches that were already trained on.
-
-Together with :class:`framer.callbacks.RandomState` this makes a resumed single-device run take the same optimizer
-steps on the same batches as an uninterrupted one. Lightning swaps the sampler for multi-device runs (a
-``DistributedSampler``, already seeded by epoch) and for ``overfit_batches``; the loader then reports no state and
-resumes as Lightning does by default.
+:class:`EpochShuffleSampler` draws epoch ``e``'s permutation from ``numpy.random.default_rng([seed, e])``, never
+from the global generator; :class:`ResumableDataLoader` reports ``{seed, epoch, batches}`` through
+``state_dict()``, which Lightning stores in every checkpoint and hands back on resume, and then skips the batches
+already trained on. With :class:`framer.callbacks.RandomState`, a resumed single-device run takes the same steps on
+the same batches as an uninterrupted one. Multi-device runs (Lightning's ``DistributedSampler``) and
+``overfit_batches`` resume as Lightning does by default.
 
 Why not torchdata's ``StatefulDataLoader``: with its own shuffling, the epochs after a resume differ from those of an
 uninterrupted run, so it would need this position-keeping sampler anyway; and it is not on the GPU image.
@@ -90,7 +82,12 @@ class ResumableDataLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:
         base = super().__iter__()
         self._yielded = 0
-        return _Counting(base, self)
+        return self._counted(base)
+
+    def _counted(self, base: Iterator[Any]) -> Iterator[Any]:
+        for batch in base:
+            self._yielded += 1  # counted as it is handed to the training loop
+            yield batch
 
     def state_dict(self) -> dict[str, Any]:
         sampler = self._shuffler()
@@ -110,25 +107,6 @@ class ResumableDataLoader(DataLoader):
             return
         sampler.set_epoch(epoch)
         sampler.resume_at(epoch, batches * (self.batch_size or 1))
-
-
-class _Counting:
-    """Iterator wrapper that counts the batches handed to the training loop."""
-
-    def __init__(self, base: Iterator[Any], loader: ResumableDataLoader) -> None:
-        self.base = base
-        self.loader = loader
-
-    def __iter__(self) -> _Counting:
-        return self
-
-    def __next__(self) -> Any:
-        batch = next(self.base)
-        self.loader._yielded += 1
-        return batch
-
-    def __len__(self) -> int:
-        return len(self.base)  # type: ignore[arg-type]
 
 
 def shuffle_seed() -> int:

@@ -113,31 +113,20 @@ class TargetSpec:
 _MEGNET_GROUP = ("e_form", "gap pbe")
 _DFT3D_GROUP = ("formation_energy_peratom", "optb88vdw_total_energy", "optb88vdw_bandgap")
 
-TARGETS: dict[str, dict[str, TargetSpec]] = {
-    "megnet": {
-        "e_form": TargetSpec("e_form", "megnet", "e_form", _MEGNET_GROUP, "eV/atom", "megnet"),
-        "gap": TargetSpec("gap", "megnet", "gap pbe", _MEGNET_GROUP, "eV", "megnet"),
-        "bulk_modulus": TargetSpec(
-            "bulk_modulus", "megnet", "bulk modulus", ("bulk modulus",), "log10(GPa)", "bulk_modulus", True
-        ),
-        "shear_modulus": TargetSpec(
-            "shear_modulus", "megnet", "shear modulus", ("shear modulus",), "log10(GPa)", "shear_modulus", True
-        ),
-    },
-    "dft_3d_2021": {
-        "formation_energy": TargetSpec(
-            "formation_energy", "dft_3d_2021", "formation_energy_peratom", _DFT3D_GROUP, "eV/atom", "dft_3d_2021"
-        ),
-        "total_energy": TargetSpec(
-            "total_energy", "dft_3d_2021", "optb88vdw_total_energy", _DFT3D_GROUP, "eV/atom", "dft_3d_2021"
-        ),
-        "opt_bandgap": TargetSpec("opt_bandgap", "dft_3d_2021", "optb88vdw_bandgap", _DFT3D_GROUP, "eV", "dft_3d_2021"),
-        "mbj_bandgap": TargetSpec(
-            "mbj_bandgap", "dft_3d_2021", "mbj_bandgap", ("mbj_bandgap",), "eV", "dft_3d_2021-mbj_bandgap"
-        ),
-        "ehull": TargetSpec("ehull", "dft_3d_2021", "ehull", ("ehull",), "eV/atom", "dft_3d_2021-ehull"),
-    },
-}
+_TARGET_TABLE = [  # name, dataset, field, group, units, split key, pickled (see TargetSpec)
+    ("e_form", "megnet", "e_form", _MEGNET_GROUP, "eV/atom", "megnet", False),
+    ("gap", "megnet", "gap pbe", _MEGNET_GROUP, "eV", "megnet", False),
+    ("bulk_modulus", "megnet", "bulk modulus", ("bulk modulus",), "log10(GPa)", "bulk_modulus", True),
+    ("shear_modulus", "megnet", "shear modulus", ("shear modulus",), "log10(GPa)", "shear_modulus", True),
+    ("formation_energy", "dft_3d_2021", "formation_energy_peratom", _DFT3D_GROUP, "eV/atom", "dft_3d_2021", False),
+    ("total_energy", "dft_3d_2021", "optb88vdw_total_energy", _DFT3D_GROUP, "eV/atom", "dft_3d_2021", False),
+    ("opt_bandgap", "dft_3d_2021", "optb88vdw_bandgap", _DFT3D_GROUP, "eV", "dft_3d_2021", False),
+    ("mbj_bandgap", "dft_3d_2021", "mbj_bandgap", ("mbj_bandgap",), "eV", "dft_3d_2021-mbj_bandgap", False),
+    ("ehull", "dft_3d_2021", "ehull", ("ehull",), "eV/atom", "dft_3d_2021-ehull", False),
+]
+TARGETS: dict[str, dict[str, TargetSpec]] = {}
+for _row in _TARGET_TABLE:
+    TARGETS.setdefault(_row[1], {})[_row[0]] = TargetSpec(*_row)
 
 
 def target_spec(dataset: str, target: str) -> TargetSpec:

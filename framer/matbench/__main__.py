@@ -27,7 +27,7 @@ from framer.errors import EXIT_SIGTERM, UserError, exit_codes
 from framer.io import write_json
 from framer.launch import RunSpec, run
 from framer.matbench import tasks
-from framer.rundir import RunDir, RunRoot
+from framer.rundir import RunRoot
 
 DEFAULT_CONFIGS = ["conf/default.yaml"]
 
@@ -92,20 +92,12 @@ def train_folds(args: argparse.Namespace, out_dir: Path) -> dict[int, str]:
         finished = root.latest_finished()
         if outcome.ok and finished is not None:
             status[fold] = f"finished in {time.time() - t0:.0f} s"
-            from framer import plots
-
-            plots.figures_of_run(finished, title=f"{args.task} fold {fold}")
         else:
             message = outcome.message or "no test MAE in the fold's results"
             root.mark_failed(message)
             status[fold] = "FAILED"
             print(f"framer.matbench: fold {fold} FAILED: {message.splitlines()[0]}", file=sys.stderr)
     return status
-
-
-def fold_predictions(run: RunDir) -> tuple[pd.DataFrame, dict]:
-    """The fold's test predictions (``predictions.csv`` of the final, SWA model) and its results."""
-    return pd.read_csv(run.predictions()), run.read_results() or {}
 
 
 def record(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
@@ -118,7 +110,7 @@ def record(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         finished = RunRoot(out_dir / f"fold{fold}").latest_finished()
         if finished is None:
             continue
-        predictions, metrics = fold_predictions(finished)
+        predictions, metrics = pd.read_csv(finished.predictions()), finished.read_results() or {}  # final (SWA)
         test_ids = validation[f"fold_{fold}"]["test"]
         missing = sorted(set(test_ids) - set(predictions["id"].astype(str)))
         if missing:  # structures the data module could not use: predict the fold's training mean

@@ -33,12 +33,8 @@ class MatbenchDataModule(CrystalDataModule):
         split_seed: Seed of that draw.
         data_home: Directory of ``<task>.json.gz``; None means ``$MATMINER_DATA`` (else matminer's package dir).
         validation_file: Fold ids in matbench's ``matbench_v0.1_validation.json`` layout; None: the matbench package's.
-        batch_size: Crystals per training (and validation) batch, per device.
-        test_batch_size: Crystals per test/predict batch.
-        num_workers: DataLoader worker processes.
-        data_dir: Root of framer's processed caches; None means ``$FRAMER_DATA_DIR`` or ``./data``.
-        rebuild_cache: Rebuild the processed cache even if it is valid.
-        predict_split: Split served by ``predict_dataloader``: train, val, test or all.
+
+    The other arguments are :class:`~framer.data.datamodules.CrystalDataModule`'s.
     """
 
     def __init__(
@@ -49,12 +45,7 @@ class MatbenchDataModule(CrystalDataModule):
         split_seed: int = 0,
         data_home: str | None = None,
         validation_file: str | None = None,
-        batch_size: int = 128,
-        test_batch_size: int = 1,
-        num_workers: int = 0,
-        data_dir: str | None = None,
-        rebuild_cache: bool = False,
-        predict_split: str = "test",
+        **kwargs,
     ):
         meta = tasks.task_metadata(task)
         if meta.get("task_type") != "regression" or meta.get("input_type") != "structure":
@@ -65,14 +56,11 @@ class MatbenchDataModule(CrystalDataModule):
             raise ValueError(f"fold must be 0..{tasks.N_FOLDS - 1}, got {fold}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        super().__init__(
-            str(meta["target"]), batch_size, test_batch_size, num_workers, data_dir, rebuild_cache, predict_split
-        )
+        super().__init__(target=str(meta["target"]), **kwargs)
         self.task, self.fold, self.val_fraction, self.split_seed = task, fold, val_fraction, split_seed
         self.data_home, self.validation_file = data_home, validation_file
         self.dataset_name = task
         self.target_units = str(meta.get("unit", ""))
-        self.save_hyperparameters()
 
     # ------------------------------------------------------------------------------------------------------------
     def fold_ids(self) -> dict[str, list[str]]:

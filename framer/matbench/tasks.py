@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from framer.io import atomic_file
+
 BENCHMARK = "matbench_v0.1"
 N_FOLDS = 5
 FOLD_SEED = 18012019
@@ -44,14 +46,10 @@ class MatbenchDataError(FileNotFoundError):
     """A matbench data or validation file that is missing or does not fit the task."""
 
 
-def mbid_prefix(task: str) -> str:
-    return task.replace("matbench", "mb").replace("_", "-")
-
-
 def mbids(task: str, n: int) -> list[str]:
     """Matbench's row ids for a task of ``n`` rows (``matbench.data_ops.load``)."""
     digits = math.floor(math.log(n, 10)) + 1
-    prefix = mbid_prefix(task)
+    prefix = task.replace("matbench", "mb").replace("_", "-")
     return [f"{prefix}-{i + 1:0{digits}d}" for i in range(n)]
 
 
@@ -95,12 +93,10 @@ def load_frame(task: str, data_home: str | os.PathLike | None = None) -> pd.Data
     missing = [c for c in (meta["input_type"], meta["target"]) if c not in df.columns]
     if missing:
         raise MatbenchDataError(f"{path}: columns {missing} missing (has {list(df.columns)})")
-    df = df.reset_index(drop=True)
-    out = pd.DataFrame(
+    return pd.DataFrame(
         {"structure": df[meta["input_type"]].to_numpy(), "target": df[meta["target"]].astype(float).to_numpy()},
         index=pd.Index(mbids(task, len(df)), name="mbid"),
     )
-    return out
 
 
 def load_validation(task: str, validation_file: str | os.PathLike | None = None) -> dict[str, dict[str, list[str]]]:
@@ -121,7 +117,7 @@ def _task_folds(task: str, path_str: str, mtime_ns: int, size: int) -> dict[str,
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         raw = json.load(f)
-    splits = raw.get("splits", raw)
+    splits = raw.get("splits") or {}
     if task not in splits:
         raise MatbenchDataError(f"{path} has no folds for {task!r} (has {sorted(splits)[:20]})")
     return {k: {"train": tuple(v["train"]), "test": tuple(v["test"])} for k, v in splits[task].items()}
@@ -206,14 +202,10 @@ def record_fold(bench, task: str, fold: int, predictions: pd.DataFrame, params: 
 
 
 def write_results(bench, path: str | os.PathLike) -> Path:
-    """``results.json.gz`` = ``bench.as_dict()`` (matbench's layout and hash), gzip-compressed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with gzip.open(tmp, "wt") as f:
+    """``results.json.gz`` = ``bench.as_dict()`` (matbench's layout and hash), gzip-compressed, written atomically."""
+    with atomic_file(path) as handle, gzip.open(handle, "wt") as f:
         json.dump(bench.as_dict(), f)
-    tmp.replace(path)
-    return path
+    return Path(path)
 
 
 def read_results(path: str | os.PathLike) -> dict[str, Any]:

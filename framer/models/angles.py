@@ -1,21 +1,12 @@
 """Angle features by table lookup: the fast path of c_angl sum_m W_m sum_n p_ijn b_angl(f_ih,m . r̂_ijn).
 
-For head h and axis m the projected basis g_hm(c) = W_hm b_angl(c) is a smooth function of one cosine
-c in [-1, 1] with values in R^{d_h}. It is tabulated on a grid of spacing delta = width / ``points_per_width`` (from
-W, without a graph) and read with linear interpolation, so every
-(edge, head, image, axis) costs two table rows instead of D Gaussians and a D x d_h product. The interpolation
-error of each Gaussian is at most delta² / (8 width²) = 1 / (8 points_per_width²) of its peak (1.9e-6 for the
-default 256 points per width); a test checks the whole layer against the exact path.
-
-Per head, images whose share alpha_ij p_ijn of atom i's attention is below the graph's ``image_tolerance`` are
-skipped (together they move the layer output by less than their number times that tolerance, relative to the
-features' scale); the self image carries no angle.
-
-The sums over images are weighted bag sums (``torch.nn.functional.embedding_bag``), one bag per (edge, head) and
-axis. The features are linear in W, so its exact gradient (of the interpolated function) needs the unprojected
-sums sum_n p b_angl(cos) per bag: the backward pass reads them from a table of the basis itself with the same bag
-sums and contracts them with the incoming gradient (no sort or scatter over table rows). The derivative with respect
-to the Gaussian exponent a is accumulated with the projected tables and attached as in :mod:`framer.models.attention`.
+For head h and axis m, g_hm(c) = W_hm b_angl(c) is tabulated (from W, without a graph) on a grid of spacing
+width / ``points_per_width`` over the cosine c in [-1, 1] and read by linear interpolation: two table rows per
+(edge, head, image, axis) instead of D Gaussians and a D x d_h product, with an error below
+1 / (8 points_per_width²) of a Gaussian's peak. Images whose share alpha_ij p_ijn of the atom's attention is below
+``image_tolerance`` are skipped; the self image carries no angle. Sums over images are weighted bag sums
+(``embedding_bag``); W's exact gradient comes from the same bag sums over a table of the basis itself, and the
+derivative with respect to a is attached as in :mod:`framer.models.attention` (docs/model.md, "How it is computed").
 """
 
 from __future__ import annotations

@@ -1,27 +1,14 @@
 """Periodic multi-head attention of Crystalformer with CrystalFramer's frame-based angle features (docs/model.md,
-"What the model computes").
-
-For atom i, head h, every atom j of the same crystal and every image n of the edge (i, j):
-
-    a_ih = -rho(u_ih) / (2 r0²),   u_ih = standardised q_ih . w_h
-    z_ij = log sum_n exp(a_ih d²_ijn)                         (lattice-sum attention bias)
-    p_ijn = exp(a_ih d²_ijn - z_ij)                           (image weights, normalised per edge)
-    psi_ij = c_dist W0 sum_n p_ijn b_dist(d_ijn) + c_angl sum_m W_m sum_n p_ijn b_angl(f_ih,m . r̂_ijn)
-    alpha_ij = softmax_j(q_i . k_j / sqrt(d) + z_ij)
-    out_i = out_proj(sum_j alpha_ij (v_j + psi_ij))
+"What the model computes": a, z, p, psi and alpha below are its symbols).
 
 The image sums are the expensive part. They run over chunks of edges under ``torch.no_grad()`` (never
 materialising an edges x images x heads x basis tensor for the whole batch). Since z and psi depend on the
 parameters only through the scalar a_ih of each (edge, head), their exact derivatives d/da are accumulated in the
 same pass, dz/da = E_p[d²] and dF/da = sum_n p_ijn (d²_ijn - E_p[d²]) F_n, and attached to the graph as
 ``F + (a - a.detach()) dF/da``: the value is F and the first derivative is exact (no double backward). Positions
-are treated as constants (no forces).
-
-When the per-edge image features of a layer would be large (500-atom cells), each chunk runs under activation
-checkpointing instead of keeping its features for the backward pass.
-
-Under mixed precision only the input and output projections follow autocast; everything between them runs in the
-parameters' dtype (:mod:`framer.models.precision`).
+are treated as constants (no forces). When the per-edge image features of a layer would be large (500-atom cells),
+each chunk runs under activation checkpointing. Under mixed precision only the input and output projections follow
+autocast (:mod:`framer.models.precision`).
 """
 
 from __future__ import annotations
@@ -79,19 +66,8 @@ def _with_derivative(value: Tensor, derivative: Tensor, a: Tensor) -> Tensor:
 class PeriodicAttention(nn.Module):
     """One periodic multi-head self-attention layer over all atoms of each crystal.
 
-    Args:
-        dim: model width.
-        num_heads: attention heads (dim must be divisible by it).
-        frame: frame type for the angle features ("none" = Crystalformer, no angle features).
-        dist_basis: number K of distance Gaussians.
-        dist_max: r_max of the distance basis, Å.
-        angle_basis: number D of angle Gaussians per axis.
-        angle_width: width scale s_a of the angle Gaussians.
-        dist_coef: c_dist.
-        angle_coef: c_angl.
-        recompute: checkpoint the image sums per chunk (None: only when the stored features would be large).
-        angle_grid: grid points per angle-Gaussian width of the tabulated angle features (linear interpolation,
-            error below 1 / (8 angle_grid²) of a Gaussian's peak); 0 evaluates every Gaussian exactly (slow).
+    The arguments are those of :class:`~framer.models.CrystalFramer` of the same names (``dim`` is its
+    ``model_dim``).
     """
 
     def __init__(

@@ -2,26 +2,8 @@
 
 Architecture (docs/model.md, "What the model computes"): one-hot(Z) atom embedding -> ``num_layers`` post-residual
 blocks without LayerNorm (T-Fixup initialisation) of periodic attention + ReLU FFN -> mean over the atoms of each
-crystal -> MLP -> (B,).
-
-Deviations from the reference implementation (each chosen to follow the papers' stated intent; docs/model.md,
-"Deviations", lists them all with their measured effects):
-
-- Frames are deterministic and independent of the orientation: ties (within a tolerance) are decided by keys that
-  every cell and atom order share instead of random noise of 1e-5 (reference, train and eval), and
-  weighted-PCA/PCA axes get their signs from their third and fourth moments instead of random signs.
-- Weighted PCA uses eigenvector *columns* (the reference indexes rows, breaking rotation invariance), sorted by
-  decreasing eigenvalue; degenerate spectra use the max frame (weighted PCA) or the lattice frame (PCA) instead
-  of a symmetry-breaking term and an identity fallback.
-- The static local frame picks the nearest non-collinear neighbour for f2 (score a d² + log(1 - |cos|)); the
-  reference's kernel drops the ``a`` and so picks the farthest image in its box.
-- One image box per crystal (``batch.image_box``) for every head instead of one per (edge, head): extra images
-  beyond a head's 3.5 sigma box only add terms below e^-6 of the peak. ``image_box="exact"`` replaces the
-  truncation by an image-weight tolerance, so that every cell of a crystal gives the same prediction.
-- Every distance and angle Gaussian is evaluated (the reference's kernels keep the 9 and 33 nearest of 64).
-- Edge vectors use the minimum-image fractional difference, so wrapping atoms back into the cell is exact.
-- Gradients are exact autograd gradients (the reference's kernel scales some by c_dist).
-- sigma standardisation statistics are averaged over DDP ranks before being frozen.
+crystal -> MLP -> (B,). Where it deviates from the reference implementation, it follows the papers' stated intent;
+docs/model.md, "Deviations from the reference implementation", lists each deviation with its measured effect.
 """
 
 from __future__ import annotations
@@ -41,6 +23,8 @@ from framer.models.periodic import PeriodicGraph
 from framer.models.precision import full_precision
 
 T_FIXUP_GAIN = 0.67
+ANGLE_FEATURES = {"angle_basis": 64, "angle_width": 4.0, "dist_coef": 1.0, "angle_coef": 1.0}  # the paper's
+LIGHTWEIGHT_ANGLE_FEATURES = {"angle_basis": 16, "angle_width": 1.0, "dist_coef": 1.5, "angle_coef": 6.0}
 ImageBox = Literal["paper", "exact"]
 
 
@@ -93,24 +77,9 @@ class CrystalFramer(nn.Module):
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "crystalformer": {"frame": "none"},
-        "crystalframer": {"frame": "max", "angle_basis": 64, "angle_width": 4.0, "dist_coef": 1.0, "angle_coef": 1.0},
-        "crystalframer-lightweight": {
-            "frame": "max",
-            "angle_basis": 16,
-            "angle_width": 1.0,
-            "dist_coef": 1.5,
-            "angle_coef": 6.0,
-        },
-        **{
-            f"crystalframer-{frame}": {
-                "frame": frame,
-                "angle_basis": 64,
-                "angle_width": 4.0,
-                "dist_coef": 1.0,
-                "angle_coef": 1.0,
-            }
-            for frame in ("pca", "lattice", "static", "weighted_pca")
-        },
+        "crystalframer": {"frame": "max", **ANGLE_FEATURES},
+        "crystalframer-lightweight": {"frame": "max", **LIGHTWEIGHT_ANGLE_FEATURES},
+        **{f"crystalframer-{f}": {"frame": f, **ANGLE_FEATURES} for f in ("pca", "lattice", "static", "weighted_pca")},
     }
 
     def __init__(
@@ -139,13 +108,10 @@ class CrystalFramer(nn.Module):
         self.init_args = arguments
         if frame not in ("none", "max", "static", "weighted_pca", "pca", "lattice"):
             raise ValueError(f"unknown frame {frame!r}")
-        sizes = {"num_layers": num_layers, "model_dim": model_dim, "num_heads": num_heads, "ff_dim": ff_dim}
-        sizes.update(dist_basis=dist_basis, head_dim=head_dim)
-        if chunk_size is not None:
-            sizes.update(chunk_size=chunk_size)
-        for name, value in sizes.items():
-            if value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+        sizes = ("num_layers", "model_dim", "num_heads", "ff_dim", "dist_basis", "head_dim", "chunk_size")
+        for name in sizes:
+            if arguments[name] is not None and arguments[name] < 1:
+                raise ValueError(f"{name} must be at least 1, got {arguments[name]}")
         if not dist_max > 0:
             raise ValueError(f"dist_max must be positive, got {dist_max}")
         if frame != "none" and angle_basis < 2:
@@ -156,24 +122,9 @@ class CrystalFramer(nn.Module):
         self.image_tolerance = image_tolerance
         self.chunk_size = chunk_size
         self.atom_embedding = nn.Linear(MAX_ATOMIC_NUMBER, model_dim, bias=False)  # one-hot(Z = 1..98) -> x
+        attention = (model_dim, num_heads, frame, dist_basis, dist_max, angle_basis, angle_width, dist_coef, angle_coef)
         self.blocks = nn.ModuleList(
-            EncoderBlock(
-                model_dim,
-                ff_dim,
-                PeriodicAttention(
-                    model_dim,
-                    num_heads,
-                    frame,
-                    dist_basis,
-                    dist_max,
-                    angle_basis,
-                    angle_width,
-                    dist_coef,
-                    angle_coef,
-                    recompute,
-                    angle_grid,
-                ),
-            )
+            EncoderBlock(model_dim, ff_dim, PeriodicAttention(*attention, recompute, angle_grid))
             for _ in range(num_layers)
         )
         self.head = nn.Sequential(nn.Linear(model_dim, head_dim), nn.ReLU(), nn.Linear(head_dim, 1))

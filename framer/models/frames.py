@@ -1,19 +1,9 @@
 """Frame builders (docs/model.md, "What the model computes": the table of frames). A frame is a (..., 3, 3) tensor
-whose row m is the axis f_m.
+whose row m is the axis f_m; ``max_frames`` (dynamic and static) lives in :mod:`framer.models.max_frames`.
 
-All builders run under ``torch.no_grad()``: frames only decide the orientation in which the angle features are
-read and carry no gradient. Every choice is deterministic and independent of the Cartesian orientation: values
-within a tolerance are ties (:mod:`framer.models.ties`), decided by rules that do not look at Cartesian
-coordinates, instead of the reference's random noise.
-
-- ``max_frames`` (:mod:`framer.models.max_frames`): the dynamic "max frame" or, without query-key logits,
-  the static local frame (paper's intent: nearest non-collinear neighbours, score a·d² for both axes).
-- ``weighted_pca_frames``: eigenvector columns of the attention-weighted second moment, largest eigenvalue
-  first, with a rotation-invariant sign rule (:func:`framer.models.moments.principal_frames`); (near-)degenerate
-  eigenvalues fall back to the max frame of the same attention.
-- ``pca_frames``: the same rule on the unit-cell atom positions; (near-)degenerate eigenvalues fall back to
-  the orthonormalised lattice frame.
-- ``lattice_frames``: shortest lattice vectors, normalised but not orthogonal.
+All builders run under ``torch.no_grad()`` (frames carry no gradient), and every choice is deterministic and
+independent of the Cartesian orientation: values within a tolerance are ties (:mod:`framer.models.ties`), decided
+by rules that do not look at Cartesian coordinates, instead of the reference's random noise.
 """
 
 from __future__ import annotations

@@ -1,23 +1,13 @@
-"""Edges and periodic images of a batch, built once per forward and shared by every layer.
+"""Edges and periodic images of a batch, built once per forward and shared by every layer (docs/model.md, "How it
+is computed": edges, image boxes, pruning and chunks).
 
-Every ordered pair (i, j) of atoms of one crystal, i = j included, is an edge. The edge vector is the minimum-image
-difference r_ij = (f_j - f_i - k) L of the fractional coordinates f, with k the integer that brings each component
-into [-1/2, 1/2]; a component within the tie tolerance of +-1/2 always becomes +1/2 (never decided by rounding, which
-would depend on the orientation of the crystal). Translations that wrap atoms back into the cell therefore give
-exactly the same images. The images of an edge are r_ij + n L for the integer n inside the crystal's image box; the
-self image (i = j, n = 0) is included. Each image keeps its position in the box (``image_label``, lattice-index
-order): frames break ties with it (:mod:`framer.models.ties`).
-
-Pruning. Every image weight of the model is a Gaussian exp(a d²) with a <= -RHO_LOWER_BOUND / (2 R0²), normalised
-over the images of one edge. An image whose d² exceeds that of the edge's nearest non-self image by more than
-``-log(image_tolerance) / |a|`` therefore has a weight below ``image_tolerance`` (default 1e-9) relative to it and
-is skipped: first with the bound on |a| when the graph is built, then per layer with the layer's actual a
-(:meth:`PeriodicGraph.layer_chunks`). Pruning depends on distances and a only, so it preserves every invariance.
-
-Layout. The kept images of each edge are stored as one packed (ragged) list, sorted by distance within each edge
-(ties in box order). For each pass, edges are sorted by their number of images and cut into padded chunks
-(:class:`ImageChunk`) so that padding stays small and no temporary of a chunk exceeds ``chunk_size`` elements.
-Everything here is geometry and carries no gradient.
+Every ordered pair (i, j) of atoms of one crystal, i = j included, is an edge, with the minimum-image vector
+r_ij = (f_j - f_i - k) L (a component within the tie tolerance of +-1/2 becomes +1/2, never decided by rounding).
+Its images r_ij + n L inside the crystal's box are pruned (``image_tolerance``) and kept as one packed list sorted
+by distance, each with its lattice-index position in the box (``image_label``: frames break ties with it,
+:mod:`framer.models.ties`). Each pass cuts the edges, sorted by image count, into padded chunks
+(:class:`ImageChunk`) whose temporaries stay below ``chunk_size`` elements. Everything here is geometry and carries
+no gradient.
 """
 
 from __future__ import annotations

@@ -17,8 +17,6 @@ digits, would let rounding move them by 1e-6.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
@@ -37,25 +35,6 @@ def near_max(scores: Tensor, best: Tensor) -> Tensor:
     """True where ``scores`` is within the tie tolerance of ``best`` (broadcastable), relative to max(1, |best|)."""
     margin = best.abs().clamp_min(1.0) * tie_tolerance(scores.dtype)
     return scores >= best - margin
-
-
-def first_best(scores: Tensor, labels: Callable[[tuple[Tensor, ...]], Tensor]) -> tuple[Tensor, Tensor]:
-    """Index along the last dimension of the best score, and the number of scores tied with it (``near_max``).
-
-    Among ties the entry with the smallest label wins. ``labels(rows)`` gives the (R, m) labels of the rows
-    ``scores[rows]`` (distinct along the last dimension); it is called only for the rows that have ties.
-    Rows whose scores are all -inf give the smallest label.
-    """
-    best = scores.argmax(dim=-1)
-    value = torch.gather(scores, -1, best.unsqueeze(-1))
-    ties = near_max(scores, value).sum(dim=-1)
-    rows = torch.nonzero(ties > 1, as_tuple=True)
-    if len(rows[0]):
-        tied = near_max(scores[rows], value[rows])
-        row_labels = labels(rows)
-        big = torch.iinfo(row_labels.dtype).max
-        best[rows] = torch.where(tied, row_labels, big).argmin(dim=-1)
-    return best, ties
 
 
 def segment_argmax(

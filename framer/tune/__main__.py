@@ -6,15 +6,19 @@ Start several workers on one study to run trials in parallel (one device each), 
     CUDA_VISIBLE_DEVICES=1 python -m framer.tune --sweep sweeps/frames.yaml &
 
 The sweep's ``n_trials`` is the total over all workers. Re-running the command resumes the study.
+``--figures-only`` redraws the study's figures (``<study-dir>/figures``) from its storage and runs no trial.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 
-from framer.tune.sweep import SweepError
+from framer.rundir import FIGURES
+from framer.tune.sweep import Sweep
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -48,6 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-figures", action="store_true", help="skip the study figures")
+    parser.add_argument("--figures-only", action="store_true", help="only draw the study figures; run no trial")
     return parser.parse_args(argv)
 
 
@@ -55,9 +60,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.devices_per_trial < 1:
         sys.exit("framer.tune: error: --devices-per-trial must be >= 1")
-    from framer.tune.runner import best_trial, tune
+    from framer.tune.runner import best_trial, default_study_dir, study_figures, tune
 
     try:
+        if args.figures_only:
+            from framer.tune.storage import load_study_from_dir
+
+            sweep = Sweep.load(args.sweep)
+            study_dir = Path(args.study_dir) if args.study_dir else default_study_dir(sweep)
+            if args.storage is None and not (study_dir / "journal.log").is_file():
+                raise FileNotFoundError(f"no study in {study_dir} (no journal.log); pass --study-dir or --storage")
+            study = load_study_from_dir(study_dir, args.storage, sweep.name)
+            for path in study_figures(study, study_dir / FIGURES).values():
+                print(path)
+            return
         study = tune(
             args.sweep,
             storage=args.storage,
@@ -69,13 +85,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             figures=not args.no_figures,
             trial_timeout=args.trial_timeout,
         )
-    except (SweepError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, KeyError) as err:  # SweepError is a ValueError; KeyError: no such study
         sys.exit(f"framer.tune: error: {err}")
     best = best_trial(study)
-    states = {}
-    for t in study.trials:
-        states[t.state.name] = states.get(t.state.name, 0) + 1
-    print(f"framer.tune: study {study.study_name!r}: {states}")
+    print(f"framer.tune: study {study.study_name!r}: {dict(Counter(t.state.name for t in study.trials))}")
     if best is not None:
         print(f"framer.tune: best trial {best.number}: {best.value:.6g} with {best.params}")
 

@@ -1,12 +1,6 @@
-"""What a trial's trainer tells the tuner, which never sees the trainer itself.
-
-- :class:`TrialRun` (one-device trials, in this process): the run directory and MLflow run as fit starts, the best
-  value of the sweep's metric from the run's ``ModelCheckpoint``, and the exception that ended fit (e.g. Optuna's
-  ``TrialPruned`` raised by its pruning callback).
-- :class:`TrialProgress` (DDP trials, in the ``framer.cli`` subprocess): global rank 0 appends JSON lines to a
-  progress file, ``{"run_dir", "mlflow_run_id", "world_size"}`` as fit starts, then ``{"epoch", "value"}`` after
-  each validation. The tuner reads them while the trial runs (:class:`ProgressFile`), reports to Optuna and stops a
-  pruned trial. The child needs no Optuna and no access to the study's storage.
+"""What a trial's trainer tells the tuner, which never sees the trainer itself: :class:`TrialRun` for one-device
+trials in this process, :class:`TrialProgress` (a JSON-lines file the tuner reads while the trial runs,
+:class:`ProgressFile`) for DDP trials in a ``framer.cli`` subprocess, which needs no Optuna and no study storage.
 """
 
 from __future__ import annotations
@@ -28,12 +22,6 @@ def run_of(trainer: pl.Trainer) -> tuple[Path | None, str | None]:
     """The trainer's run directory and MLflow run id (None where it has none). Rank 0 only: no collective call."""
     mlflow = find_logger(trainer.loggers, MLFlowLogger)
     return run_dir(trainer), mlflow.run_id if mlflow is not None else None
-
-
-def monitored_value(trainer: pl.Trainer, monitor: str) -> float | None:
-    """This validation's value of ``monitor`` (None before the first validation or if it is not logged)."""
-    value = trainer.callback_metrics.get(monitor)
-    return None if value is None else float(value)
 
 
 class TrialRun(Callback):
@@ -82,10 +70,9 @@ class TrialProgress(Callback):
             self.append({**run, "world_size": trainer.world_size})
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        value = monitored_value(trainer, self.monitor)
-        if trainer.sanity_checking or not trainer.is_global_zero or value is None or not math.isfinite(value):
-            return
-        self.append({"epoch": trainer.current_epoch, "value": value})
+        value = float(trainer.callback_metrics.get(self.monitor, math.nan))
+        if not trainer.sanity_checking and trainer.is_global_zero and math.isfinite(value):
+            self.append({"epoch": trainer.current_epoch, "value": value})
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:  # one write per line; the reader takes complete lines only

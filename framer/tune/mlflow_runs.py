@@ -10,30 +10,19 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from framer.tracking import sqlite_lock
+from framer.tracking import artifact_location, param_key, sqlite_lock
+from framer.tune.storage import best_trial
 
 log = logging.getLogger(__name__)
 PARENT_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
 STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialState.FAIL: "FAILED"}
-
-
-def artifact_root(tracking_uri: str) -> str | None:
-    """Artifact root next to a SQLite database (``<db dir>/artifacts``); None (MLflow's default) otherwise."""
-    if tracking_uri.startswith("sqlite:///"):
-        return (Path(tracking_uri[len("sqlite:///") :]).parent / "artifacts").resolve().as_uri()
-    return None
-
-
-def param_key(name: str) -> str:
-    return re.sub(r"[^a-zA-Z0-9_/. -]+", "_", name)[:250]
 
 
 class StudyTracker:
@@ -49,7 +38,7 @@ class StudyTracker:
 
         self.tracking_uri = tracking_uri
         self.study_name = study_name
-        root = artifact_root(tracking_uri)
+        root = artifact_location(tracking_uri)
         self.artifact_location = f"{root}/{study_name}" if root else None
         with sqlite_lock(tracking_uri):  # workers starting together must not migrate a new database twice
             self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -112,7 +101,7 @@ class StudyTracker:
             for path in paths.values():
                 if Path(path).is_file():
                     self.client.log_artifact(run_id, str(path))
-            best = _best(study)
+            best = best_trial(study)
             if best is not None:
                 self.client.log_metric(run_id, f"best_{metric}", float(best.value))
                 self.client.set_tag(run_id, "best_trial", str(best.number))
@@ -127,10 +116,3 @@ class StudyTracker:
             self.client.log_param(run_id, param_key(name), str(value))
         except Exception as err:  # same key with another value (e.g. re-logging the best params)
             log.debug("param %s not logged: %s", name, err)
-
-
-def _best(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None

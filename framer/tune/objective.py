@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,9 @@ import optuna
 import yaml
 
 from framer.launch import EXIT_SIGTERM, LOG_TAIL, REPO, Outcome, RunSpec, run_inprocess, run_subprocess
+from framer.rundir import RunDir
 from framer.tune.callbacks import ProgressFile, TrialRun
-from framer.tune.mlflow_runs import RUN_ATTR, StudyTracker, artifact_root
+from framer.tune.mlflow_runs import RUN_ATTR, StudyTracker
 from framer.tune.storage import WORKER_ATTR, worker_id
 from framer.tune.sweep import Sweep, nested
 
@@ -77,9 +77,6 @@ class Objective:
             values["tracking.experiment_name"] = self.sweep.name
             values["tracking.tracking_uri"] = self.tracking_uri
             values["tracking.tags"] = self.tracker.trial_tags(study, number)
-            root = artifact_root(self.tracking_uri or "")
-            if root:
-                values["tracking.artifact_location"] = root
         return values
 
     def start(self, trial: optuna.Trial) -> dict[str, Any]:
@@ -113,14 +110,11 @@ class Objective:
             return
         figures = {}
         run_dir = trial.user_attrs.get(RUN_DIR_ATTR)
-        curves = Path(run_dir) / "metrics.csv" if run_dir else None
-        if curves is not None and curves.is_file():
+        if run_dir:
             from framer import plots
 
             try:
-                figures["curves"] = plots.learning_curves(
-                    curves, Path(run_dir) / "figures" / "learning_curves.png", f"{self.sweep.name} trial {trial.number}"
-                )
+                figures = plots.run_figures(RunDir(run_dir), title=f"{self.sweep.name} trial {trial.number}")
             except Exception as err:  # a figure never fails a study
                 print(f"framer.tune: no learning curves for trial {trial.number}: {err}", file=sys.stderr)
         self.tracker.finish_trial(study, trial, self.sweep.metric, figures)
@@ -240,8 +234,3 @@ def _value(trial: optuna.Trial, best: float, metric: str) -> float:
         trial.set_user_attr("error", message)
         raise TrialError(message)
     return best
-
-
-def overrides_of(sweep: Sweep, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The experiment overrides (fixed + values) of a trial's Optuna params."""
-    return sweep.overrides(sweep.values_by_path(params))

@@ -9,16 +9,18 @@ import json
 import math
 import shutil
 import sys
-from collections.abc import Container
+import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from framer.atomic import atomic_write_text
+from framer.io import atomic_write_text
 from framer.launch import resolved_config
-from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective, overrides_of
-from framer.tune.storage import open_storage, recover_dead_trials, retry_of, storage_spec
+from framer.rundir import FIGURES
+from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective
+from framer.tune.storage import best_trial, open_storage, recover_dead_trials, retry_of, storage_spec
 from framer.tune.sweep import Sweep
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
@@ -26,22 +28,16 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.R
 
 class TrialBudget:
     """Optuna's ``MaxTrialsCallback`` over every worker of the study: stops once ``n_trials`` trials are finished
-    or running. A trial failed because its worker died does not count once it is requeued (its repeat does).
+    or running (``COUNTED``). A trial failed because its worker died does not count once it is requeued (its repeat
+    does)."""
 
-    Args:
-        n_trials: The study's budget.
-        states: Trial states that count (None: all).
-    """
-
-    def __init__(self, n_trials: int, states: Container[TrialState] | None = COUNTED) -> None:
+    def __init__(self, n_trials: int) -> None:
         self.n_trials = n_trials
-        self.states = states
 
     def used(self, study: optuna.Study) -> int:
         every = study.get_trials(deepcopy=False)
         retried = {retry_of(t) for t in every} - {None}
-        counted = [t for t in every if self.states is None or t.state in self.states]
-        return sum(1 for t in counted if t.number not in retried)
+        return sum(1 for t in every if t.state in COUNTED and t.number not in retried)
 
     def remaining(self, study: optuna.Study) -> int:
         return max(self.n_trials - self.used(study), 0)
@@ -122,14 +118,6 @@ def tune(
     return study
 
 
-# --------------------------------------------------------------------------------------------------------------------
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:
-        return None
-
-
 def write_outputs(
     study: optuna.Study, sweep: Sweep, directory: Path, objective: Objective, figures: bool = True
 ) -> dict[str, Path]:
@@ -141,7 +129,7 @@ def write_outputs(
         atomic_write_text(paths["trials"], study.trials_dataframe().to_csv(index=False))
     best = best_trial(study)
     if best is not None:
-        overrides = {**overrides_of(sweep, best.params), "tracking.run_name": f"{sweep.name}_best"}
+        overrides = {**sweep.overrides(sweep.values_by_path(best.params)), "tracking.run_name": f"{sweep.name}_best"}
         header = (
             f"# Best trial {best.number} of study {sweep.name!r}: {sweep.metric} = {best.value:.6g}\n"
             f"# params: {json.dumps(best.params)}\n"
@@ -170,9 +158,37 @@ def write_outputs(
     }
     paths["summary"] = atomic_write_text(directory / "summary.json", json.dumps(summary, indent=2) + "\n")
     if figures and trials:
-        from framer import plots
-
-        paths.update(plots.study_figures(study, directory / "figures"))
+        paths.update(study_figures(study, directory / FIGURES))
     if objective.tracker is not None:
         objective.tracker.finish_study(study, paths, sweep.metric)
+    return paths
+
+
+def study_figures(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
+    """``history.png`` and, once two completed trials differ, ``importance.png``; a figure that fails is skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    plots = {"history": ovm.plot_optimization_history}
+    if len(complete) >= 2 and len({str(t.params) for t in complete}) >= 2:
+        plots["importance"] = ovm.plot_param_importances
+    paths: dict[str, Path] = {}
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings(), plt.style.context("default"):  # optuna switches to ggplot globally
+                warnings.simplefilter("ignore")  # ExperimentalWarning from optuna.visualization.matplotlib
+                fig = np.ravel(plot(study))[0].figure
+                fig.set_size_inches(7, 4.5)
+                fig.tight_layout()
+                path = Path(out_dir) / f"{name}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fig.savefig(path, dpi=120)
+                plt.close(fig)
+                paths[name] = path
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:
+            print(f"framer.tune: no study {name} figure: {err}", file=sys.stderr)
     return paths

@@ -19,6 +19,7 @@ names the trial it repeats in Optuna's own system attributes (:func:`retry_of`).
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import random
 import socket
@@ -31,6 +32,8 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
+
+from framer.tracking import sqlite_path
 
 HEARTBEAT_INTERVAL = 30  # s
 GRACE_PERIOD = 120  # s without a heartbeat before a RUNNING trial counts as dead
@@ -53,11 +56,8 @@ def storage_spec(url: str | None, study_dir: str | Path) -> str:
         return f"journal:{Path(url[len('journal:') :]).resolve()}"
     if "://" not in url and url.endswith(".log"):
         return f"journal:{Path(url).resolve()}"
-    if url.startswith("sqlite:///"):
-        path = url[len("sqlite:///") :]
-        absolute = Path(path) if path.startswith("/") else Path.cwd() / path
-        return f"sqlite:///{absolute}"
-    return storage_url(url)
+    path = sqlite_path(url)
+    return f"sqlite:///{path.absolute()}" if path is not None else storage_url(url)
 
 
 def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
@@ -69,8 +69,8 @@ def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStora
         if dropped:
             warnings.warn(f"{path}: dropped a partial last line ({dropped} bytes) of a killed worker", stacklevel=2)
         return JournalStorage(JournalFileBackend(str(path)))
-    if spec.startswith("sqlite:///"):
-        Path(spec[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    if (path := sqlite_path(spec)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {}
     if heartbeat:
         kwargs = {
@@ -105,20 +105,10 @@ def repair_journal(path: str | Path) -> int:
     lock.acquire()
     try:
         with path.open("rb+") as handle:
-            size = handle.seek(0, os.SEEK_END)
-            handle.seek(size - 1)
-            if handle.read(1) == b"\n":
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+                size, end = len(view), view.rfind(b"\n") + 1
+            if end == size:
                 return 0
-            end = size
-            while end > 0:  # find the last newline, reading backwards
-                start = max(end - 65536, 0)
-                handle.seek(start)
-                chunk = handle.read(end - start)
-                cut = chunk.rfind(b"\n")
-                if cut >= 0:
-                    end = start + cut + 1
-                    break
-                end = start
             handle.truncate(end)
             handle.flush()
             os.fsync(handle.fileno())
@@ -194,6 +184,14 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     with _experimental_ok():
         optuna.storages.fail_stale_trials(study)  # RDB storages: trials without a recent heartbeat (any host)
     return recovered
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The study's best trial; None before one completed."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
 
 
 def load_study_from_dir(study_dir: str | Path, storage: str | None = None, study_name: str | None = None):

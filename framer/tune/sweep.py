@@ -132,8 +132,6 @@ class Sweep:
         pruner = dict(raw.get("pruner") or {"type": "median"})
         if sampler.get("type", "tpe") not in SAMPLERS:
             raise SweepError(f"{where}: sampler type must be one of {sorted(SAMPLERS)}")
-        if pruner.get("type", "median") not in PRUNERS:
-            raise SweepError(f"{where}: pruner type must be one of {sorted(PRUNERS)}")
         sweep = cls(
             name=str(raw.get("study") or default_name),
             configs=[config_path(str(c)) for c in configs],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import sys
 import time
@@ -27,6 +28,7 @@ from framer.data.cache import concatenate_columns, records_to_arrays
 from framer.data.cells import image_count
 from framer.data.sources import load_jarvis_dataset
 from framer.geometry import image_box
+from framer.rundir import RunDir
 from tests.data.fakes import corrupt_entry, fake_dft3d_entries, fake_megnet_entries, write_jarvis_zip
 
 LINUX = sys.platform.startswith("linux")
@@ -271,14 +273,19 @@ def test_ddp_fit_builds_in_worker_processes_on_rank_zero_and_feeds_persistent_lo
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in result.stdout + result.stderr
+    _assert_serial_bytes(tmp_path, data)
+    assert math.isfinite(RunDir(tmp_path / "runs" / "ddp" / "version_0").metric("test/mae"))
+
+
+def _assert_serial_bytes(tmp_path, data):
+    """The megnet cache under ``data`` equals, byte for byte, the one a single process builds; that DataModule."""
     serial = MPDataModule(n_train=None, n_val=None, n_test=None, data_dir=str(tmp_path / "serial"), build_workers=0)
     (tmp_path / "serial" / "raw").mkdir(parents=True)
     (tmp_path / "serial" / "raw" / "megnet.json.zip").write_bytes((data / "raw" / "megnet.json.zip").read_bytes())
     serial.prepare_data()
     built = next((data / "processed" / "megnet").glob("*.cache"))
     assert built.read_bytes() == serial.cache_path().read_bytes()
-    metrics = json.loads((tmp_path / "runs" / "ddp" / "version_0" / "metrics.json").read_text())
-    assert "test/mae" in metrics["metrics"]
+    return serial
 
 
 CONCURRENT_BUILD = """
@@ -320,12 +327,7 @@ def test_two_runs_building_the_same_cache_at_once_both_succeed_and_leave_the_ser
     go.touch()  # both build now, each with two worker processes
     outputs = [run.communicate(timeout=600) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
-    serial = MPDataModule(n_train=None, n_val=None, n_test=None, data_dir=str(tmp_path / "serial"), build_workers=0)
-    (tmp_path / "serial" / "raw").mkdir(parents=True)
-    (tmp_path / "serial" / "raw" / "megnet.json.zip").write_bytes((data / "raw" / "megnet.json.zip").read_bytes())
-    serial.prepare_data()
-    built = next((data / "processed" / "megnet").glob("*.cache"))
-    assert built.read_bytes() == serial.cache_path().read_bytes()
+    serial = _assert_serial_bytes(tmp_path, data)
     assert not list((data / "processed" / "megnet").glob(".*.tmp"))  # no temporary file left behind
     records = str(sum(serial.split_sizes().values()))
     statuses = [out.split()[-2] for out, _ in outputs]

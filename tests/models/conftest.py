@@ -1,4 +1,5 @@
-"""Shared fixtures for the model tests: small thread count, float64 models with frozen sigma statistics."""
+"""Shared fixtures for the model tests: small thread count, float64 models with frozen sigma statistics, and the
+``dtype`` (float32, float64) and ``device`` (CPU, and CUDA when present) every model test that takes them runs on."""
 
 from __future__ import annotations
 
@@ -7,6 +8,18 @@ import torch
 
 from framer.models import CrystalFramer
 from framer.testing import make_batch, random_crystal
+
+DEVICES = ["cpu", *(["cuda"] if torch.cuda.is_available() else [])]
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["float32", "float64"])
+def dtype(request) -> torch.dtype:
+    return request.param
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    return torch.device(request.param)
 
 
 @pytest.fixture(autouse=True)
@@ -26,12 +39,3 @@ def frozen_model(preset: str, dtype: torch.dtype = torch.float64, seed: int = 0,
     with torch.no_grad():
         model(make_batch([random_crystal(4, seed=100 + i) for i in range(2)], dtype=dtype))
     return model.eval()
-
-
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs CUDA")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)

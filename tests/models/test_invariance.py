@@ -101,9 +101,9 @@ def test_lattice_frame_ignores_wrapping(models, crystal) -> None:
     assert_invariant(_model(models, "crystalframer-lattice"), crystal, TRANSFORMS["translation"], atol=1e-6)
 
 
-def test_float32_rotation(crystal) -> None:
-    model = frozen_model("crystalframer").float()
-    assert_invariant(model, crystal, TRANSFORMS["rotation"])  # 1e-4 in float32
+def test_rotation_in_every_dtype_on_every_device(crystal, dtype, device) -> None:
+    model = frozen_model("crystalframer", dtype).to(device)
+    assert_invariant(model, crystal, TRANSFORMS["rotation"])  # 1e-6 in float64, 1e-4 in float32
 
 
 def test_default_box_truncation_is_small(models, crystal) -> None:

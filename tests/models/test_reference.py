@@ -175,14 +175,15 @@ def test_static_frame_picks_nearest_neighbours() -> None:
 
 
 @pytest.mark.parametrize("preset", ["crystalformer", "crystalframer", "crystalframer-weighted_pca"])
-def test_batch_independence(preset: str) -> None:
+def test_batch_independence(preset: str, dtype: torch.dtype, device: torch.device) -> None:
     """A crystal's prediction does not depend on the other crystals of its batch (mixed image boxes, sizes)."""
-    model = frozen_model(preset)
+    model = frozen_model(preset, dtype).to(device)
     records = [random_crystal(n, seed=30 + n, volume_per_atom=v) for n, v in [(1, 12.0), (3, 30.0), (5, 15.0)]]
     joint = predict(model, records)
     alone = torch.cat([predict(model, [r]) for r in records])
     assert len({tuple(r.image_box) for r in records}) > 1  # exercises several box groups
-    assert torch.allclose(joint, alone, rtol=0, atol=1e-10)
+    assert joint.dtype == dtype and joint.device.type == device.type
+    assert torch.allclose(joint, alone, rtol=0, atol=1e-10 if dtype == torch.float64 else 1e-5)
 
 
 def test_chunk_size_does_not_matter() -> None:
@@ -200,9 +201,10 @@ def test_default_sigma_range() -> None:
     assert (-a).min() > 0.5 / (2 * R0**2)
 
 
-def test_model_output_shape() -> None:
-    model = CrystalFramer.preset("crystalframer-lightweight", num_layers=1)
-    assert model(make_batch([random_crystal(2, seed=s) for s in range(3)], dtype=torch.float32)).shape == (3,)
+def test_model_output_shape(dtype: torch.dtype, device: torch.device) -> None:
+    model = CrystalFramer.preset("crystalframer-lightweight", num_layers=1).to(device, dtype)
+    out = model(make_batch([random_crystal(2, seed=s) for s in range(3)], dtype=dtype).to(device))
+    assert out.shape == (3,) and out.dtype == dtype and out.device.type == device.type and out.isfinite().all()
 
 
 def test_reference_formulation_transcription() -> None:

@@ -12,7 +12,6 @@ from framer.testing import make_batch, random_crystal, supercell
 @pytest.mark.slow
 def test_500_atom_cell_forward_backward() -> None:
     """Memory stays bounded: image sums are chunked and recomputed in the backward pass for large cells."""
-    torch.manual_seed(0)
     crystal = supercell(random_crystal(4, seed=3), (5, 5, 5))  # 500 atoms, 250,000 atom pairs
     model = CrystalFramer.preset("crystalframer").train()
     batch = make_batch([crystal], dtype=torch.float32)
@@ -27,7 +26,6 @@ def test_500_atom_cell_forward_backward() -> None:
 @pytest.mark.parametrize("preset", ["crystalformer", "crystalframer", "crystalframer-weighted_pca"])
 def test_cuda_forward_backward(preset: str) -> None:
     """The same code on CUDA; it agrees with the CPU result."""
-    torch.manual_seed(0)
     model = CrystalFramer.preset(preset).double()
     batch = make_batch([random_crystal(n, seed=n) for n in (1, 3, 6)], dtype=torch.float64)
     model.train()

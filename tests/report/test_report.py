@@ -106,7 +106,36 @@ def test_fmt():
     assert report.fmt(0.185) == "0.185"
     assert report.fmt(1.5) == "1.50"
     assert report.fmt(float("nan")) == "—"
-    assert report.fmt_like(0.00081, 0.0172) == "+0.0008"
+    assert report.fmt(0.00081, 4, sign=True) == "+0.0008"
+
+
+def markdown_rows(md: str) -> list[list[str]]:
+    """The cells of the first markdown table in ``md`` (header first, the ``|:---|`` rule dropped)."""
+    lines = [line for line in md.splitlines() if line.startswith("|")]
+    table = lines[: next((i for i, line in enumerate(lines[1:], 1) if line.startswith("| Method")), len(lines))]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table if not line.startswith("|:")]
+
+
+def test_table_gives_ours_paper_and_delta_their_own_rows_at_the_papers_precision(tmp_path, paper):
+    root = tmp_path / "runs"
+    make_run(root, RunKey("crystalformer", "mp/e_form", 0), 3.2912345)  # paper prints 0.0186: 4 decimals
+    make_run(root, RunKey("crystalformer", "jarvis/total_energy", 0), 0.03)  # paper prints 0.0320: 4 decimals
+    for seed, mae in [(0, 0.2), (1, 0.25)]:  # paper prints 0.198: 3 decimals
+        make_run(root, RunKey("crystalformer", "mp/gap", seed), mae)
+    rows = markdown_rows(report.write_report(root, tmp_path / "out", figures=False)["md"].read_text())
+    header, body = rows[0], rows[1:]
+    assert header[:3] == ["Model", "MAE", "MP E form (eV/atom)"] and len(header) == 2 + len(paper.columns)
+    assert [row[1] for row in body] == ["ours", "paper", "Δ"] * len(paper.models)
+    assert [row[0] for row in body[::3]] == list(paper.models.values()) and not any(row[0] for row in body[1::3])
+    ours, ref, delta = (dict(zip(header, row)) for row in body[:3])  # Crystalformer
+    assert (ours["MP E form (eV/atom)"], ref["MP E form (eV/atom)"], delta["MP E form (eV/atom)"]) == (
+        "3.2912 (1/2 seeds)", "0.0186", "+3.2726"
+    )  # fmt: skip
+    assert (ours["JARVIS E total (eV/atom)"], ref["JARVIS E total (eV/atom)"]) == ("0.0300 (1/2 seeds)", "0.0320")
+    assert delta["JARVIS E total (eV/atom)"] == "-0.0020"
+    assert (ours["MP Bandgap (eV)"], delta["MP Bandgap (eV)"]) == ("0.225 ± 0.035", "+0.027")
+    assert ours["MP Bulk mod. (log(GPa))"].startswith("**missing**") and delta["MP Bulk mod. (log(GPa))"] == "—"
+    assert ref["MP Bulk mod. (log(GPa))"] == "0.0377"
 
 
 def test_plots_command_line(tmp_path, paper):

@@ -11,10 +11,12 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from matplotlib.image import imread
 from optuna.trial import TrialState
 
 from framer.launch import resolved_config
 from framer.tune import tune
+from framer.tune.__main__ import main as tune_main
 from framer.tune.storage import load_study_from_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,13 +86,21 @@ def test_three_trial_study_journal_and_mlflow(sweep_env):
 
     summary = json.loads((study_dir / "summary.json").read_text())
     assert summary["best"]["number"] == best.number
-    assert (study_dir / "figures" / "history.png").stat().st_size > 5000
+    history = study_dir / "figures" / "history.png"
+    assert imread(history).shape[:2] == (540, 840)  # the 7 x 4.5 in figure at 120 dpi
+    assert "history.png" in {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    for run in trials:  # each trial's learning curves, logged into its run
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "figures")] == ["figures/learning_curves.png"]
     assert (study_dir / "trials.csv").is_file()
     assert (tmp_path / "mlruns" / "artifacts").is_dir()
 
     again = tune(SMOKE, study_dir=study_dir, figures=False)  # resuming a finished study runs nothing
     assert len(again.trials) == 3
     assert len(load_study_from_dir(study_dir).trials) == 3
+
+    history.unlink()
+    tune_main(["--sweep", str(SMOKE), "--study-dir", str(study_dir), "--figures-only"])  # redraws, runs nothing
+    assert imread(history).shape[:2] == (540, 840) and len(load_study_from_dir(study_dir).trials) == 3
 
 
 def test_failed_trial_is_recorded_and_study_continues(sweep_env):

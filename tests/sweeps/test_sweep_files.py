@@ -129,3 +129,13 @@ def test_the_tune_command_refuses_an_escaping_study_name_without_creating_anythi
     message = str(exit_info.value.code)
     assert message.startswith("framer.tune: error:") and "study name" in message and "\n" not in message
     assert sorted(tmp_path.rglob("*")) == before  # no study directory, journal or trial anywhere
+
+
+def test_figures_only_without_a_study_is_one_error_line_and_creates_nothing(tmp_path):
+    from framer.tune.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--sweep", str(REPO / "sweeps" / "smoke.yaml"), "--study-dir", str(tmp_path / "none"), "--figures-only"])
+    message = str(exit_info.value.code)
+    assert message.startswith("framer.tune: error: no study in") and "\n" not in message
+    assert not (tmp_path / "none").exists()

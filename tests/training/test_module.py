@@ -5,17 +5,21 @@ from __future__ import annotations
 import csv
 import functools
 import math
+from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from training_standins import TinyDataModule, TinyModel, quiet_trainer_kwargs
 
-from framer.instantiate import callable_config, to_config
+from framer.instantiate import build, callable_config, to_config
 from framer.module import CrystalRegressor, InverseSqrtLR, parameter_groups
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_module(swa_epochs: int = 1, lr: float = 5e-3, **kwargs) -> CrystalRegressor:
@@ -97,6 +101,49 @@ def test_schedule_per_step_then_frozen_and_swa_is_the_mean_of_every_step(tmp_pat
     for key, value in module.swa_model.module.state_dict().items():
         mean = torch.stack([recorder.weights[i][key] for i in swa_steps]).mean(0)
         torch.testing.assert_close(value, mean, rtol=1e-5, atol=1e-6)
+
+
+def test_fractions_of_the_run_give_the_schedule_and_swa_window_of_their_step_and_epoch_counts(tmp_path):
+    """decay_steps 0.2 and swa_epochs 0.4 of a 15-step run behave as decay_steps 3 and swa_epochs 2 (5 epochs)."""
+    runs = {}
+    for name, decay, swa in (("fraction", 0.2, 0.4), ("count", 3, 2)):
+        pl.seed_everything(0)
+        module = make_module(swa_epochs=swa, lr=1e-2)
+        module.lr_scheduler_factory = functools.partial(InverseSqrtLR, decay_steps=decay)
+        recorder = Recorder()
+        trainer = pl.Trainer(**quiet_trainer_kwargs(max_epochs=5, callbacks=[recorder], default_root_dir=tmp_path))
+        trainer.fit(module, datamodule=TinyDataModule(num_crystals=40, batch_size=8))  # 3 steps per epoch
+        runs[name] = (module, recorder)
+    (fraction, lrs), (count, expected) = runs["fraction"], runs["count"]
+    assert lrs.lrs[:9] == pytest.approx([1e-2 * math.sqrt(3 / (3 + t + 1)) for t in range(9)])
+    assert lrs.lrs == pytest.approx(expected.lrs) and fraction.swa_steps == count.swa_steps == 6
+    for key, value in fraction.swa_model.module.state_dict().items():
+        torch.testing.assert_close(value, count.swa_model.module.state_dict()[key])
+
+
+def test_a_run_bounded_by_max_steps_averages_its_last_fraction(tmp_path):
+    module = make_module(swa_epochs=0.3)
+    trainer = pl.Trainer(**quiet_trainer_kwargs(max_steps=10, default_root_dir=tmp_path))  # max_epochs unbounded
+    trainer.fit(module, datamodule=TinyDataModule(num_crystals=40, batch_size=8))
+    assert trainer.global_step == 10 and module.swa_steps == 3  # steps 7, 8 and 9
+
+
+def test_the_papers_integer_settings_keep_todays_schedule_and_warn_when_swa_never_ran(tmp_path):
+    config = yaml.safe_load((REPO / "conf" / "default.yaml").read_text())["model"]  # decay_steps 4000, swa_epochs 50
+    config["init_args"]["model"] = {"class_path": "training_standins.TinyModel", "init_args": {"hidden": 8}}
+    module = build(config, CrystalRegressor, "model config")
+    recorder = Recorder()
+    trainer = pl.Trainer(**quiet_trainer_kwargs(max_epochs=500, max_steps=6, callbacks=[recorder]))
+    with pytest.warns(UserWarning, match=r"SWA never ran: .* global step 6, before its window \(epoch 450 on"):
+        trainer.fit(module, datamodule=TinyDataModule(num_crystals=40, batch_size=8))
+    assert module.swa_epochs == 50 and module.swa_start_epoch == 450 and not module.has_swa
+    assert recorder.lrs == [5e-4 * math.sqrt(4000 / (4000 + t + 1)) for t in range(6)]  # exactly as before
+    assert module.lr_schedulers().run_steps == math.inf  # the run's length is never needed
+
+
+def test_swa_epochs_must_be_whole_or_a_fraction():
+    with pytest.raises(ValueError, match="whole number of epochs or a fraction"):
+        make_module(swa_epochs=2.5)
 
 
 def test_target_stats_come_from_the_datamodule():
@@ -363,6 +410,6 @@ def test_configs_use_the_public_spelling_of_class_paths():
     from framer.models import CrystalFramer
 
     network = CrystalFramer(num_layers=1, model_dim=8, num_heads=2, ff_dim=16, head_dim=8, dist_basis=8)
-    assert to_config(network)["class_path"] == "framer.models.CrystalFramer"
-    assert CrystalRegressor(network).hparams["model"]["class_path"] == "framer.models.CrystalFramer"
+    assert to_config(network)["class_path"] == "framer.CrystalFramer"
+    assert CrystalRegressor(network).hparams["model"]["class_path"] == "framer.CrystalFramer"
     assert callable_config(torch.optim.SGD) == {"class_path": "torch.optim.SGD"}
