@@ -45,7 +45,8 @@ def test_paper_manifest_covers_the_table(paper):
 def test_smoke_manifest_fills_placeholders(paper):
     manifest = reproduce.Manifest.load(reproduce.MANIFESTS["smoke"], paper)
     runs = reproduce.plan(manifest, paper)
-    assert manifest.smoke and len(runs) == 63 and set(manifest.stand_ins) == {c.key for c in paper.columns}
+    assert manifest.smoke and manifest.seeds == [0, 1, 2] and len(runs) == 63 * 3  # three seeds: ensembles
+    assert set(manifest.stand_ins) == {c.key for c in paper.columns}
     seeds = {r.key.column: r.spec.overrides["data.init_args.split_seed"] for r in runs}
     assert seeds["mp/e_form"] == 0 and seeds["jarvis/ehull"] == 8
 
