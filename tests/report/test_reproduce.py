@@ -87,6 +87,7 @@ def test_execute_skips_resumes_and_records_failures(tmp_path, paper, monkeypatch
     manifest = reproduce.Manifest.load(reproduce.MANIFESTS["smoke"], paper)
     manifest.runs_dir = tmp_path / "runs"
     manifest.models, manifest.columns = ["crystalformer", "crystalframer"], ["mp/e_form", "jarvis/ehull"]
+    manifest.seeds = [0]
     runs = reproduce.plan(manifest, paper)
     reproduce.write_manifest(manifest, runs)
     calls: list = []
@@ -121,6 +122,7 @@ def test_an_interrupted_run_stops_the_loop_and_resumes_next_time(tmp_path, paper
     manifest = reproduce.Manifest.load(reproduce.MANIFESTS["smoke"], paper)
     manifest.runs_dir = tmp_path / "runs"
     manifest.models, manifest.columns = ["crystalformer"], ["mp/e_form", "mp/gap", "jarvis/ehull"]
+    manifest.seeds = [0]
     runs = reproduce.plan(manifest, paper)
     monkeypatch.setattr(plots, "figures_of_run", lambda run, title="": {})
     calls: list = []
