@@ -5,9 +5,9 @@ process or as a subprocess, and say how it ended.
     outcome = run(spec, "subprocess", log=Path("runs/x/launch.log"))
     outcome.ok, outcome.interrupted, outcome.code, outcome.message
 
-Used by :mod:`framer.reproduce`, :mod:`framer.matbench` and :mod:`framer.tune`. Exit codes are the CLI's: 0 done,
-2 user error, 3 non-finite loss, 143 stopped by SIGTERM (``last.ckpt`` saved; the caller should stop too, as a
-pre-empted job does), anything else a crash.
+Used by :mod:`framer.reproduce`, :mod:`framer.matbench`, :mod:`framer.tune` and :mod:`framer.demo`. Exit codes are
+the CLI's: 0 done, 2 user error, 3 non-finite loss, 143 stopped by SIGTERM (``last.ckpt`` saved; the caller should
+stop too, as a pre-empted job does), anything else a crash.
 """
 
 from __future__ import annotations
@@ -196,26 +196,17 @@ def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
     ``callbacks``: Lightning callbacks built by the caller (e.g. Optuna's pruning callback, which holds its trial),
     added after the configs' callbacks through LightningCLI's ``trainer_defaults``.
     """
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     from framer import cli
 
     stderr = Tail(sys.stderr)
+    defaults = {"trainer_defaults": {"callbacks": list(callbacks)}} if callbacks else {}
     try:
         with contextlib.redirect_stderr(stderr), bare_argv():
-            if callbacks:  # cli.main takes no CLI arguments: build FramerCLI here, with cli.main's exit codes
-                cli.FramerCLI(args=spec.args(), trainer_defaults={"callbacks": list(callbacks)})
-            else:
-                cli.main(spec.args())
+            cli.main(spec.args(), **defaults)
         return Outcome(0)
-    except SIGTERMException:  # a SystemExit whose code is None: never success
-        return _outcome(EXIT_SIGTERM, f"{stderr.text}\nframer: stopped by SIGTERM")
     except SystemExit as exit_:  # main's exits: user error 2, NaN 3, SIGTERM 143; the parser's 2
         code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
         return _outcome(code, stderr.text)
-    except (*cli.USER_ERRORS, cli.NonFiniteLossError, FloatingPointError) as err:
-        code = cli.EXIT_USER_ERROR if isinstance(err, cli.USER_ERRORS) else cli.EXIT_NON_FINITE
-        return _outcome(code, f"{stderr.text}\nframer: error: {' '.join(str(err).split())}")
     except Exception as err:  # one crashed run must not take its caller down
         return _outcome(1, f"{stderr.text}\nframer: {type(err).__name__}: {err}\n{traceback.format_exc()}")
     finally:
