@@ -2,11 +2,10 @@
 
     python -m framer.demo [--models crystalformer crystalframer] [--threads N] [--set KEY=VALUE ...]
 
-Each model is an ordinary run of the CLI (:mod:`framer.launch`): ``conf/default.yaml``, ``conf/data/ewald.yaml``,
-``conf/model/<model>-small.yaml`` and ``conf/demo/demo.yaml``, so it gets a run directory under
-``runs/demo/<model>/``, an MLflow run (experiment ``demo``) and the safety callbacks. The table compares each
-model's test MAE (SWA weights) with a baseline that always predicts the training mean, all read from the runs'
-files; it is also written to ``<save_dir>/summary.json`` with where and how it was measured.
+Each model is an ordinary run of the CLI (:mod:`framer.launch`) of the configs :func:`configs` lists, so it gets a
+run directory under ``runs/demo/<model>/``, an MLflow run (experiment ``demo``) and the safety callbacks. The table
+compares each model's test MAE (SWA weights) with a baseline that always predicts the training mean, all read from
+the runs' files; it is also written to ``<save_dir>/summary.json`` with where and how it was measured.
 """
 
 from __future__ import annotations
@@ -27,12 +26,16 @@ from framer.provenance import git_commit
 from framer.rundir import RunRoot
 
 MODELS = {"crystalformer": "Crystalformer (distance only)", "crystalframer": "CrystalFramer (max frames)"}
-BASE = ["conf/default.yaml", "conf/data/ewald.yaml"]
-DEMO = "conf/demo/demo.yaml"
 
 
 def configs(model: str) -> list[str]:
-    return [*BASE, f"conf/model/{model}-small.yaml", DEMO]
+    return [
+        "conf/default.yaml",
+        "conf/data/ewald.yaml",
+        f"conf/model/{model}-small.yaml",
+        "conf/trainer/laptop.yaml",
+        "conf/demo/demo.yaml",
+    ]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
