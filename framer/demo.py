@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from framer.errors import UserError, exit_codes
+from framer.errors import UserError, exit_codes, fail
 from framer.io import write_json
 from framer.launch import RunSpec, cli_value, run_inprocess
 from framer.provenance import git_commit
@@ -106,8 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"framer demo: training {MODELS[model]}: python -m framer.cli {' '.join(spec.args())}", flush=True)
             started = time.monotonic()
             outcome = run_inprocess(spec)
-            if not outcome.ok:
-                raise UserError(outcome.message.splitlines()[0])
+            if not outcome.ok:  # the run's own exit code: 2 user error, 3 NaN, 143 SIGTERM
+                fail("framer", outcome.message.splitlines()[0].removeprefix("framer.cli "), outcome.code)
             run = RunRoot.of(save_dir, model).latest()
             results, info = run.read_results() or {}, run.read_info()
             baseline = baseline_mae(run) if baseline is None else baseline
