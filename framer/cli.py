@@ -137,22 +137,13 @@ class FramerArgumentParser(LightningArgumentParser):
             key = unknown.group(1) or unknown.group(2)
             source = next((src for src, data, _ in _CONFIGS.get() if _has_key(data, key.split("."))), None)
             text = f"{source}: {text}" if source else text
-            names = _option_names(self)
+            parsers = getattr(self, "framer_parsers", None) or [self]  # the CLI's parsers; a nested one alone
+            names = {name for parser in parsers for name, _ in parser.get_defaults().items()}
             names = names if "." in key else {name.rsplit(".", 1)[-1] for name in names}
             close = difflib.get_close_matches(key, sorted(names), n=1)
             text += f"; did you mean '{close[0]}'?" if close else ""
         sys.stderr.write(f"framer: error: {text}\n  ({hint})\n")
         raise SystemExit(2)
-
-
-def _option_names(parser: Any) -> set[str]:
-    """The long options of a parser and of its subcommands' parsers, without the dashes."""
-    names = set()
-    for action in parser._actions:
-        names |= {s.lstrip("-") for s in action.option_strings if s.startswith("--")}
-        if isinstance(action.choices, Mapping):  # subcommands
-            names |= {name for sub in action.choices.values() for name in _option_names(sub)}
-    return names
 
 
 def _has_key(data: Any, path: list[str]) -> bool:
@@ -200,6 +191,7 @@ class FramerCLI(LightningCLI):
         self._checkpoint_run: RunDir | None = None  # run directory of the checkpoint test/validate/predict evaluate
         self._run_lock: RunLock | None = None
         self._threads_before: int | None = None  # torch's threads before `threads` set them
+        self._parsers: list[LightningArgumentParser] = []  # the main parser and the subcommands'
         self._batch_counts: dict[str, int] = {}  # trainer.limit_*_batches / overfit_batches given as integers
         #: test metrics of the run after fit (rank 0), e.g. {"test/mae": ..., "test_best/mae": ...}
         self.final_metrics: dict[str, float] = {}
@@ -221,7 +213,10 @@ class FramerCLI(LightningCLI):
     # parser
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", [f"framer {_version()} (python -m framer.cli)"])
-        return super().init_parser(**kwargs)
+        parser = super().init_parser(**kwargs)
+        self._parsers.append(parser)
+        parser.framer_parsers = self._parsers  # where an unknown option's error looks for the closest known one
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(Tracking, "tracking")
