@@ -17,6 +17,11 @@ runs: a second process resuming the same run is refused (:mod:`framer.rundir`).
 of the run the checkpoint belongs to (else of ``<save_dir>/<run_name>``), with CSV files only (no MLflow run). The
 run directory's layout is :mod:`framer.rundir`'s.
 
+Without ``tracking.run_name`` a run is named ``<data set>-<target>-<model>`` (:func:`default_run_name`); ``threads``
+sets torch's CPU threads for the run (recorded in ``run.json``); ``trainer.limit_*_batches`` and ``overfit_batches``
+written as integers count batches. Options are never abbreviated, and an unknown one is named with the closest known
+one and the config file it sits in.
+
 ``fit`` refuses settings it cannot work with before anything is written (a learning rate the optimizer rejects,
 ``swa_epochs`` larger than ``max_epochs``); under ``fast_dev_run`` nothing is written at all.
 
