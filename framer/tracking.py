@@ -196,7 +196,9 @@ class ResumableCSVLogger(CSVLogger):
         path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
         parked = path.with_name(f".{path.name}.resumed")
         header = _park_rows_before(path, parked, self.resume_step)
-        writer = super().experiment  # Lightning's writer: removes metrics.csv
+        with warnings.catch_warnings():  # "... is not empty. Previous log files ... will be deleted": not so here
+            warnings.filterwarnings("ignore", message=".*exists and is not empty")
+            writer = super().experiment  # Lightning's writer: removes metrics.csv
         if header:
             os.replace(parked, path)
             writer.metrics_keys = header
