@@ -80,7 +80,7 @@ BATCH_COUNTS = (
     "limit_predict_batches",
     "overfit_batches",
 )
-#: (source, parsed YAML) of the config files and inline values of the command being parsed, in order
+#: (source, parsed YAML, position in the arguments) of the config files and inline values being parsed
 _CONFIGS: contextvars.ContextVar[Sequence[tuple[str, Any, int]]] = contextvars.ContextVar("framer_configs", default=())
 
 
