@@ -22,7 +22,6 @@ from typing import Any
 from framer.errors import UserError, exit_codes, fail
 from framer.io import write_json
 from framer.launch import RunSpec, cli_value, run_inprocess
-from framer.provenance import git_commit
 from framer.rundir import RunRoot
 
 MODELS = {"crystalformer": "Crystalformer (distance only)", "crystalframer": "CrystalFramer (max frames)"}
@@ -130,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "measured": {
                 "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
                 "load_average_1min_at_start": round(load, 2),
-                "commit": (git_commit() or {}).get("commit"),
+                "commit": info.get("git_commit"),  # as the runs recorded it when they started
+                "uncommitted_changes": info.get("git_dirty"),
                 "total_seconds": round(sum(r["seconds"] for r in rows), 1),
             },
         }
