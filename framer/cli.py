@@ -460,7 +460,7 @@ def model_label(network: Any) -> str:
     ``crystalframer-lightweight``, ``crystalframer-<frame>``) with ``-small`` for 2 blocks of width 32 and
     ``-<blocks>x<width>`` for other sizes than the paper's; other classes by their lowercased name."""
     class_path = str(network.get("class_path") or "") if network else ""
-    if not class_path.startswith("framer.models") or not class_path.endswith("CrystalFramer"):
+    if not class_path.startswith("framer.") or not class_path.endswith(".CrystalFramer"):
         return class_path.rsplit(".", 1)[-1].lower()
     from framer.models import CrystalFramer
 
@@ -498,11 +498,13 @@ def _stopped(err: BaseException) -> str:
     return f"saved {saved} at global step {step}; resume with --ckpt_path last" if saved else "no checkpoint saved"
 
 
-def main(args: Any = None, **kwargs: Any) -> None:
+def main(args: Any = None, **cli_kwargs: Any) -> None:
     """Entry point of ``python -m framer.cli`` and the ``framer`` script (exit codes: :mod:`framer.errors`).
-    ``kwargs`` go to :class:`FramerCLI` (e.g. ``trainer_defaults``)."""
+
+    ``cli_kwargs`` go to :class:`FramerCLI` (e.g. ``trainer_defaults`` from :func:`framer.launch.run_inprocess`).
+    """
     with exit_codes("framer", USER_ERRORS, interruptions=(SIGTERMException,), interrupted=_stopped):
-        FramerCLI(args=args, **kwargs)
+        FramerCLI(args=args, **cli_kwargs)
 
 
 if __name__ == "__main__":

@@ -148,7 +148,7 @@ def factory(config: Mapping[str, Any], base: type, source: str = "config", place
 # objects -> configs
 def class_path_of(obj_or_cls: Any) -> str:
     """The import path of a class (or of an object's class) in its public spelling: the shortest already imported
-    parent package that exports it (``framer.models.CrystalFramer``, ``torch.optim.AdamW``)."""
+    parent package that exports it (``framer.CrystalFramer``, ``torch.optim.AdamW``)."""
     cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
     parts = cls.__module__.split(".")
     for end in range(1, len(parts)):

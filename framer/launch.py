@@ -199,10 +199,9 @@ def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
     from framer import cli
 
     stderr = Tail(sys.stderr)
-    defaults = {"trainer_defaults": {"callbacks": list(callbacks)}} if callbacks else {}
     try:
         with contextlib.redirect_stderr(stderr), bare_argv():
-            cli.main(spec.args(), **defaults)
+            cli.main(spec.args(), **({"trainer_defaults": {"callbacks": list(callbacks)}} if callbacks else {}))
         return Outcome(0)
     except SystemExit as exit_:  # main's exits: user error 2, NaN 3, SIGTERM 143; the parser's 2
         code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1

@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -274,11 +273,12 @@ def cli_fit(ctx: PartContext) -> None:
             ctx.fail("fit", f"exit code {done.returncode}: {lines[-1] if lines else ''}")
             ctx.figures["stderr_tail"] = done.stderr[-3000:]
             return
-        run = scratch / "runs" / "gpu-check" / "version_0"
-        metrics_path, info_path = run / "metrics.json", run / "run.json"
-        ctx.figures["checkpoint"] = (run / "checkpoints" / "last.ckpt").is_file()
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        from framer.rundir import RunDir  # the run directory's owner (torch, filelock and the standard library)
+
+        run = RunDir(scratch / "runs" / "gpu-check" / "version_0")
+        ctx.figures["checkpoint"] = run.last_checkpoint.is_file()
+        metrics = run.read_results() or {}
+        info = run.read_info()
         ctx.figures["test_mae"] = metrics.get("metrics", {}).get("test/mae")
         ctx.figures["swa_steps"] = metrics.get("swa_steps")
         ctx.figures["global_step"] = metrics.get("global_step")

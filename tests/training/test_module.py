@@ -363,6 +363,6 @@ def test_configs_use_the_public_spelling_of_class_paths():
     from framer.models import CrystalFramer
 
     network = CrystalFramer(num_layers=1, model_dim=8, num_heads=2, ff_dim=16, head_dim=8, dist_basis=8)
-    assert to_config(network)["class_path"] == "framer.models.CrystalFramer"
-    assert CrystalRegressor(network).hparams["model"]["class_path"] == "framer.models.CrystalFramer"
+    assert to_config(network)["class_path"] == "framer.CrystalFramer"
+    assert CrystalRegressor(network).hparams["model"]["class_path"] == "framer.CrystalFramer"
     assert callable_config(torch.optim.SGD) == {"class_path": "torch.optim.SGD"}
