@@ -1,4 +1,4 @@
-"""``make demo``: Crystalformer and CrystalFramer, small, on the embedded Ewald data set, on CPU, in minutes.
+"""``make demo``: Crystalformer and CrystalFramer, small, on the embedded Ewald data set, on CPU.
 
     python -m framer.demo [--models crystalformer crystalframer] [--threads N] [--set KEY=VALUE ...]
 
