@@ -367,7 +367,8 @@ class FramerCLI(LightningCLI):
             return [CSVLogger(save_dir=run.path, name=subcommand, version=directory.name)]
         loggers = tracking.loggers(mlflow_run_id=self._mlflow_run_id, resume_step=self._resume_step)
         if self.subcommand == "fit" and is_launching_process():
-            _ = loggers[0].experiment  # the CSV writer checks the directory is empty before the lock file goes in
+            if self._resume_step is None:  # a new run's CSV writer checks its directory is empty before the lock file
+                _ = loggers[0].experiment  # goes in (a resumed run's writer rewrites metrics.csv: only under the lock)
             self._run_lock = RunDir(loggers[0].log_dir).lock().acquire()
         return loggers
 
