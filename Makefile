@@ -42,7 +42,7 @@ format: venv ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix framer tests bench
 	$(VENV)/bin/ruff format framer tests bench
 
-demo: venv ## train Crystalformer and CrystalFramer on the embedded Ewald dataset (CPU, minutes)
+demo: venv ## small Crystalformer and CrystalFramer on the embedded Ewald data via the CLI (CPU) -> runs/demo/summary.json
 	$(PY) -m framer.demo
 
 bench: BENCH_ARGS ?= --threads 1 --rounds 3
@@ -67,7 +67,7 @@ sweep: venv ## Optuna study: make sweep SWEEP=sweeps/frames.yaml [STORAGE=postgr
 	$(PY) -m framer.tune --sweep $(or $(SWEEP),sweeps/frames.yaml) $(if $(STORAGE),--storage $(STORAGE),) \
 		$(if $(N_TRIALS),--n-trials $(N_TRIALS),) $(if $(DEVICES),--devices-per-trial $(DEVICES),)
 
-sweep-smoke: venv ## a 3-trial study on the embedded data (CPU, about a minute) -> sweeps/smoke/
+sweep-smoke: venv ## a 3-trial study on the embedded data (CPU, minutes) -> sweeps/smoke/
 	$(PY) -m framer.tune --sweep sweeps/smoke.yaml
 
 clean: ## remove caches of Python and pytest (keeps data, runs and .venv)

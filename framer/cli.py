@@ -17,6 +17,11 @@ runs: a second process resuming the same run is refused (:mod:`framer.rundir`).
 of the run the checkpoint belongs to (else of ``<save_dir>/<run_name>``), with CSV files only (no MLflow run). The
 run directory's layout is :mod:`framer.rundir`'s.
 
+Without ``tracking.run_name`` a run is named ``<data set>-<target>-<model>`` (:func:`default_run_name`); ``threads``
+sets torch's CPU threads for the run (recorded in ``run.json``); ``trainer.limit_*_batches`` and ``overfit_batches``
+written as integers count batches. Options are never abbreviated, and an unknown one is named with the closest known
+one and the config file it sits in.
+
 ``fit`` refuses settings it cannot work with before anything is written (a learning rate the optimizer rejects,
 ``swa_epochs`` larger than ``max_epochs``); under ``fast_dev_run`` nothing is written at all.
 
@@ -33,11 +38,13 @@ nothing in it runs.
 
 from __future__ import annotations
 
+import contextvars
+import difflib
 import importlib.metadata
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,26 +66,38 @@ from framer.evaluate import print_metrics, run_final_tests, write_results
 from framer.instantiate import allowed_modules, check_config_class_paths, restrict_config_imports
 from framer.module import CrystalRegressor
 from framer.rundir import RunDir, RunLock, RunRoot
-from framer.tracking import Tracking, is_launching_process, log_run_start, run_dir
+from framer.tracking import Tracking, is_launching_process, log_run_start, quiet_lightning_noise, run_dir
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 #: user errors (exit code 2) besides framer's own :class:`framer.errors.UserError`s
 USER_ERRORS: tuple[type[BaseException], ...] = (InvalidStructureError, MisconfigurationException, DataError)
+#: trainer settings where an int means batches and a float a fraction (jsonargparse would read ``1`` as ``1.0``)
+BATCH_COUNTS = (
+    "limit_train_batches",
+    "limit_val_batches",
+    "limit_test_batches",
+    "limit_predict_batches",
+    "overfit_batches",
+)
+#: (source, parsed YAML, position in the arguments) of the config files and inline values being parsed
+_CONFIGS: contextvars.ContextVar[Sequence[tuple[str, Any, int]]] = contextvars.ContextVar("framer_configs", default=())
 
 
-def check_config_files(args: Any) -> None:
+def check_config_files(args: Any) -> list[tuple[str, Any, int]]:
     """Refuse config files that name a class outside the allowed packages, before jsonargparse imports anything.
 
     Every argument that is an existing ``.yaml``/``.yml``/``.json`` file (``--config FILE`` or an option given a
     file) and every inline ``{...}``/``[...]`` value is read as plain YAML and its ``class_path`` entries checked
     (:func:`framer.checkpoints.check_config_class_paths`). Files that do not parse are left to jsonargparse.
+    Returns ``(source, data, position in args)`` of each, in order.
     """
     if not isinstance(args, Sequence) or isinstance(args, str):
         if isinstance(args, dict):
             check_config_class_paths(args, "the configuration")
-        return
-    for arg in args:
+        return []
+    read = []
+    for index, arg in enumerate(args):
         if not isinstance(arg, str):
             continue
         value = arg.split("=", 1)[1] if arg.startswith("-") and "=" in arg else arg
@@ -93,6 +112,8 @@ def check_config_files(args: Any) -> None:
         except (OSError, UnicodeDecodeError, yaml.YAMLError):
             continue
         check_config_class_paths(data, source)
+        read.append((source, data, index))
+    return read
 
 
 class FramerSaveConfigCallback(SaveConfigCallback):
@@ -105,12 +126,38 @@ class FramerSaveConfigCallback(SaveConfigCallback):
 
 
 class FramerArgumentParser(LightningArgumentParser):
-    """Parser whose errors are one line (plus a pointer to ``--help``) instead of the full usage text."""
+    """Parser whose errors are one line (plus a pointer to ``--help``) instead of the full usage text. Options are
+    never abbreviated (``--trainer.max_epoch`` is a typo, not ``max_epochs``); an unknown option gets the closest
+    known one suggested and, when it sits in a config file, the file named."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str, ex: Exception | None = None) -> None:
         hint = "see `python -m framer.cli {fit,validate,test,predict} --help`"
-        sys.stderr.write(f"framer: error: {_parser_error_text(str(message))}\n  ({hint})\n")
+        text = _parser_error_text(str(message))
+        unknown = re.search(r"unrecognized arguments: --([\w.-]+)|option '([\w.-]+)'", str(message), re.IGNORECASE)
+        if unknown:
+            key = unknown.group(1) or unknown.group(2)
+            source = next((src for src, data, _ in _CONFIGS.get() if _has_key(data, key.split("."))), None)
+            text = f"{source}: {text}" if source else text
+            parsers = getattr(self, "framer_parsers", None) or [self]  # the CLI's parsers; a nested one alone
+            names = {name for parser in parsers for name, _ in parser.get_defaults().items()}
+            names = names if "." in key else {name.rsplit(".", 1)[-1] for name in names}
+            close = difflib.get_close_matches(key, sorted(names), n=1)
+            text += f"; did you mean '{close[0]}'?" if close else ""
+        sys.stderr.write(f"framer: error: {text}\n  ({hint})\n")
         raise SystemExit(2)
+
+
+def _has_key(data: Any, path: list[str]) -> bool:
+    """Whether the dotted key ``path`` appears anywhere in nested mappings (``angle_basiz`` at any depth)."""
+    if not isinstance(data, Mapping):
+        return False
+    if path[0] in data and (len(path) == 1 or _has_key(data[path[0]], path[1:])):
+        return True
+    return any(_has_key(value, path) for value in data.values())
 
 
 def _parser_error_text(message: str) -> str:
@@ -148,14 +195,20 @@ class FramerCLI(LightningCLI):
         self._resume_step: int | None = None  # global step of the checkpoint a fit resumes from
         self._checkpoint_run: RunDir | None = None  # run directory of the checkpoint test/validate/predict evaluate
         self._run_lock: RunLock | None = None
+        self._threads_before: int | None = None  # torch's threads before `threads` set them
+        self._parsers: list[LightningArgumentParser] = []  # the main parser and the subcommands'
+        self._batch_counts: dict[str, int] = {}  # trainer.limit_*_batches / overfit_batches given as integers
         #: test metrics of the run after fit (rank 0), e.g. {"test/mae": ..., "test_best/mae": ...}
         self.final_metrics: dict[str, float] = {}
         restrict_config_imports()
+        quiet_lightning_noise()
         try:
             super().__init__(*args, **kwargs)
         finally:
             if self._run_lock is not None:
                 self._run_lock.release()
+            if self._threads_before is not None and kwargs.get("run", True):  # run=False: the caller fits next
+                torch.set_num_threads(self._threads_before)
 
     def _section(self, config: Any) -> Any:
         """The part of a parsed config for the subcommand being run (all of it without one: ``run=False``)."""
@@ -165,7 +218,10 @@ class FramerCLI(LightningCLI):
     # parser
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", [f"framer {_version()} (python -m framer.cli)"])
-        return super().init_parser(**kwargs)
+        parser = super().init_parser(**kwargs)
+        self._parsers.append(parser)
+        parser.framer_parsers = self._parsers  # where an unknown option's error looks for the closest known one
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(Tracking, "tracking")
@@ -179,6 +235,13 @@ class FramerCLI(LightningCLI):
                 "checkpoint.filename": "best-epoch{epoch:04d}-step{step:07d}",
                 "checkpoint.auto_insert_metric_name": False,
             }
+        )
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=0,
+            help="torch CPU threads of this run (torch.set_num_threads before anything is built; 0: torch's "
+            "default), recorded in run.json",
         )
         parser.add_argument(
             "--test_after_fit",
@@ -195,11 +258,23 @@ class FramerCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        check_config_files(sys.argv[1:] if args is None else args)
-        super().parse_arguments(parser, args)
+        given = sys.argv[1:] if args is None else args
+        configs = check_config_files(given)
+        token = _CONFIGS.set(configs)
+        try:
+            super().parse_arguments(parser, args)
+        finally:
+            _CONFIGS.reset(token)
         subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else self.config
+        counts = _given_batch_counts(given, configs).items()
+        self._batch_counts = {k: v for k, v in counts if isinstance(v, int) and not isinstance(v, bool)}
+        for key, value in self._batch_counts.items():  # batches, not a fraction (also in config.yaml)
+            config.trainer[key] = value
+        if config.get("tracking") is not None and config.tracking.run_name is None:
+            config.tracking.run_name = default_run_name(config)
         if subcommand:
-            self._resolve_ckpt_path(subcommand, self.config[subcommand])
+            self._resolve_ckpt_path(subcommand, config)
 
     def _resolve_ckpt_path(self, subcommand: str, config: Any) -> None:
         """Find ``last``, then check the checkpoint (any spelling) before Lightning or jsonargparse reads it."""
@@ -235,6 +310,14 @@ class FramerCLI(LightningCLI):
         else:
             self._checkpoint_run = RunDir.of_checkpoint(ckpt)
 
+    def before_instantiate_classes(self) -> None:
+        threads = self._section(self.config).get("threads") or 0
+        if threads < 0:
+            raise UserError(f"threads must be 0 (torch's default) or a positive number of threads, not {threads}")
+        if threads:
+            self._threads_before = torch.get_num_threads()
+            torch.set_num_threads(threads)
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -257,6 +340,8 @@ class FramerCLI(LightningCLI):
         plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):  # atomic, fsynced checkpoint files
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
+        for key, value in self._batch_counts.items():  # jsonargparse instantiates 1 as 1.0 (all batches)
+            kwargs.setdefault(key, value)
         tracking: Tracking = self._section(self.config_init)["tracking"]
         try:
             if trainer_config.get("logger") in (None, True) and "logger" not in kwargs:
@@ -282,6 +367,8 @@ class FramerCLI(LightningCLI):
             return [CSVLogger(save_dir=run.path, name=subcommand, version=directory.name)]
         loggers = tracking.loggers(mlflow_run_id=self._mlflow_run_id, resume_step=self._resume_step)
         if self.subcommand == "fit" and is_launching_process():
+            if self._resume_step is None:  # a new run's CSV writer checks its directory is empty before the lock file
+                _ = loggers[0].experiment  # goes in (a resumed run's writer rewrites metrics.csv: only under the lock)
             self._run_lock = RunDir(loggers[0].log_dir).lock().acquire()
         return loggers
 
@@ -342,6 +429,54 @@ class FramerCLI(LightningCLI):
                 raise UserError("predict without a CSV logger: give --predictions_csv FILE")
             output = str(RunDir(directory).predictions())
         self.trainer.callbacks.append(PredictionWriter(output))
+
+
+def _given_batch_counts(args: Sequence[Any], configs: list[tuple[str, Any, int]]) -> dict[str, Any]:
+    """The ``trainer.<BATCH_COUNTS>`` values as written in the config files and flags of ``args`` (later wins)."""
+    given: list[tuple[int, str, Any]] = []
+    for _, data, index in configs:
+        trainer = data.get("trainer") if isinstance(data, Mapping) else None
+        given += [(index, key, trainer[key]) for key in BATCH_COUNTS if isinstance(trainer, Mapping) and key in trainer]
+    for index, arg in enumerate(args):
+        for key in BATCH_COUNTS if isinstance(arg, str) else ():
+            flag = f"--trainer.{key}"
+            if arg.startswith(f"{flag}=") or (arg == flag and index + 1 < len(args)):
+                text = arg.split("=", 1)[1] if "=" in arg else args[index + 1]
+                given.append((index, key, yaml.safe_load(text) if isinstance(text, str) else text))
+    return {key: value for _, key, value in sorted(given, key=lambda g: g[0])}
+
+
+def default_run_name(config: Any) -> str:
+    """The run name when none is given: ``<data set>-<target>-<model>``, e.g. ``mp-e_form-crystalframer`` or
+    ``custom-band_gap-crystalformer-small`` (data set: the DataModule's class name without ``DataModule``)."""
+    data = config.get("data")
+    dataset = str(data.get("class_path") or "").rsplit(".", 1)[-1].removesuffix("DataModule").lower() if data else ""
+    target = data.get("init_args", {}).get("target") if data else None
+    model = config.get("model.init_args.model") or config.get("model")
+    return "-".join(str(part) for part in (dataset, target, model_label(model)) if part) or "default"
+
+
+def model_label(network: Any) -> str:
+    """A network config's name: its CrystalFramer preset (``crystalformer``, ``crystalframer``,
+    ``crystalframer-lightweight``, ``crystalframer-<frame>``) with ``-small`` for 2 blocks of width 32 and
+    ``-<blocks>x<width>`` for other sizes than the paper's; other classes by their lowercased name."""
+    class_path = str(network.get("class_path") or "") if network else ""
+    if not class_path.startswith("framer.") or not class_path.endswith(".CrystalFramer"):
+        return class_path.rsplit(".", 1)[-1].lower()
+    from framer.models import CrystalFramer
+
+    args = {**CrystalFramer.preset_kwargs("crystalframer"), **dict(network.get("init_args") or {})}
+    frame, coefs = args.get("frame"), (args.get("dist_coef"), args.get("angle_coef"))
+    lightweight = CrystalFramer.preset_kwargs("crystalframer-lightweight")
+    if frame == "none":
+        name = "crystalformer"
+    elif frame == "max":
+        light = coefs == (lightweight["dist_coef"], lightweight["angle_coef"])
+        name = "crystalframer-lightweight" if light else "crystalframer"
+    else:
+        name = f"crystalframer-{frame}"
+    size = (args.get("num_layers", 4), args.get("model_dim", 128))
+    return name + ("" if size == (4, 128) else "-small" if size == (2, 32) else f"-{size[0]}x{size[1]}")
 
 
 def _version() -> str:

@@ -1,195 +1,156 @@
-"""``make demo``: train Crystalformer and CrystalFramer on the embedded Ewald data set, on CPU, in minutes.
+"""``make demo``: Crystalformer and CrystalFramer, small, on the embedded Ewald data set, on CPU.
 
-    python -m framer.demo [--epochs 12] [--num-crystals 1000] [--width 32] [--layers 2] [--out runs/demo]
+    python -m framer.demo [--models crystalformer crystalframer] [--threads N] [--set KEY=VALUE ...]
 
-The data are random ionic crystals (at most ``--max-atoms`` atoms) labelled with their Ewald energy per atom,
-generated on first use and cached under ``$FRAMER_DATA_DIR`` (default ``./data``). Both models use the paper's
-recipe (standardised L1 loss, AdamW, inverse-sqrt decay, gradient clipping at 1, SWA over the last epochs, test on
-the SWA weights) at a reduced size so the whole demo fits in a few minutes on two CPU cores: the sizes actually used
-are printed. The table compares each model's test MAE with a baseline that always predicts the training mean.
-Results go to ``<out>/summary.json`` and, per model, ``<out>/<model>/version_<n>/`` (metrics.csv, metrics.json,
-predictions.csv, checkpoints).
+Each model is an ordinary run of the CLI (:mod:`framer.launch`) of the configs :func:`configs` lists, so it gets a
+run directory under ``runs/demo/<model>/``, an MLflow run (experiment ``demo``) and the safety callbacks. The table
+compares each model's test MAE (SWA weights) with a baseline that always predicts the training mean, all read from
+the runs' files; it is also written to ``<save_dir>/summary.json`` with where and how it was measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
+import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from framer.errors import UserError, exit_codes, fail
+from framer.io import write_json
+from framer.launch import RunSpec, cli_value, run_inprocess
+from framer.rundir import RunRoot
 
 MODELS = {"crystalformer": "Crystalformer (distance only)", "crystalframer": "CrystalFramer (max frames)"}
 
 
+def configs(model: str) -> list[str]:
+    return [
+        "conf/default.yaml",
+        "conf/data/ewald.yaml",
+        f"conf/model/{model}-small.yaml",
+        "conf/trainer/laptop.yaml",
+        "conf/demo/demo.yaml",
+    ]
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m framer.demo", description=__doc__.splitlines()[0])
-    p.add_argument("--num-crystals", type=int, default=1000, help="crystals generated (80/10/10 split)")
-    p.add_argument("--max-atoms", type=int, default=8, help="largest unit cell, atoms")
-    p.add_argument("--epochs", type=int, default=12, help="training epochs per model")
-    p.add_argument("--swa-epochs", type=int, default=3, help="final epochs averaged by SWA")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (paper: 5e-4 at batch 128-256)")
-    p.add_argument("--width", type=int, default=32, help="model_dim (paper: 128)")
-    p.add_argument("--layers", type=int, default=2, help="attention blocks (paper: 4)")
-    p.add_argument("--heads", type=int, default=4, help="attention heads (paper: 8)")
-    p.add_argument("--angle-basis", type=int, default=16, help="CrystalFramer angle Gaussians per axis (paper: 64)")
+    p = argparse.ArgumentParser(prog="python -m framer.demo", description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--out", default="runs/demo", help="output directory")
-    p.add_argument("--data-dir", default=None, help="data root (default: $FRAMER_DATA_DIR or ./data)")
-    p.add_argument("--seed", type=int, default=123)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override, e.g. trainer.max_epochs=3 (repeatable)",
+    )
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument(
+        "--write-folder",
+        metavar="DIR",
+        help="instead: write embedded crystals as DIR/<id>.cif and "
+        "DIR/id_prop.csv (a folder for README's 'your own data' recipe)",
+    )
+    p.add_argument("--num-crystals", type=int, default=1000, help="with --write-folder: how many (at most 8 atoms)")
     return p.parse_args(argv)
 
 
-def network_kwargs(args: argparse.Namespace, preset: str) -> dict:
-    """The reduced-size network: the preset's frame settings with the demo's width and depth."""
-    from framer.models import CrystalFramer
+def write_folder(folder: Path, n: int) -> Path:
+    """``n`` embedded Ewald crystals (seed 0, at most 8 atoms) as CIF files plus ``id_prop.csv`` (file, eV/atom)."""
+    from framer.data.ewald import generate_structures
 
-    kwargs = CrystalFramer.preset_kwargs(preset)
-    kwargs.update(
-        num_layers=args.layers,
-        model_dim=args.width,
-        num_heads=args.heads,
-        ff_dim=4 * args.width,
-        head_dim=args.width,
-        dist_basis=32,
-    )
-    if preset != "crystalformer":
-        kwargs.update(angle_basis=args.angle_basis, angle_width=1.0)
-    return kwargs
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, structure in enumerate(generate_structures(n, seed=0, max_atoms=8)):
+        energy = structure.properties.pop("ewald")
+        structure.remove_oxidation_states()
+        structure.to(filename=str(folder / f"ewald-{i:05d}.cif"))
+        rows.append(f"ewald-{i:05d}.cif,{energy!r}\n")
+    (folder / "id_prop.csv").write_text("".join(rows))
+    return folder
 
 
-def train_one(args: argparse.Namespace, preset: str, datamodule) -> dict:
-    import functools
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = [item.split("=", 1) for item in args.set]
+    if any(len(pair) != 2 for pair in pairs):
+        raise UserError(f"--set takes KEY=VALUE, not {next(i for i in args.set if '=' not in i)!r}")
+    return {"threads": args.threads, **dict(pairs)}
 
-    import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
-    from framer.evaluate import run_final_tests
-    from framer.module import CrystalRegressor, InverseSqrtLR
-
-    pl.seed_everything(args.seed, verbose=False)
-    module = CrystalRegressor(
-        {"class_path": "framer.models.CrystalFramer", "init_args": network_kwargs(args, preset)},
-        optimizer=functools.partial(torch.optim.AdamW, lr=args.lr, betas=(0.9, 0.98), weight_decay=1e-5),
-        lr_scheduler=functools.partial(InverseSqrtLR, decay_steps=4000),
-        swa_epochs=args.swa_epochs,
-    )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=args.epochs,
-        gradient_clip_val=1.0,
-        logger=CSVLogger(args.out, name=preset),
-        callbacks=[ModelCheckpoint(monitor="val/mae", mode="min", save_last=True)],
-        enable_progress_bar=args.progress,
-        enable_model_summary=False,
-        log_every_n_steps=10,
-        num_sanity_val_steps=0,
-    )
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    fit_seconds = time.perf_counter() - start
-    metrics = run_final_tests(trainer, module, datamodule)
-    return {
-        "model": preset,
-        "description": MODELS[preset],
-        "network": network_kwargs(args, preset),
-        "num_params": sum(p.numel() for p in module.model.parameters()),
-        "test_mae_swa": metrics.get("test/mae"),
-        "test_mae_best_val": metrics.get("test_best/mae"),
-        "best_val_mae": metrics.get("best_val/mae"),
-        "fit_seconds": round(fit_seconds, 1),
-        "total_seconds": round(time.perf_counter() - start, 1),
-        "run_dir": trainer.logger.log_dir,
-    }
+def baseline_mae(run) -> float:
+    """MAE on the test split of always predicting the training mean (``run.json``'s ``target_mean``)."""
+    mean = float(run.read_info()["target_mean"])
+    with run.predictions().open(newline="") as handle:
+        errors = [abs(float(row["target"]) - mean) for row in csv.DictReader(handle)]
+    return sum(errors) / len(errors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
-    import warnings
-
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message=r".*(does not have many workers|smaller than the logging interval).*")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        import logging
-
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-    from framer.data import EwaldDataModule
-
-    started = time.perf_counter()
-    datamodule = EwaldDataModule(
-        num_crystals=args.num_crystals,
-        max_atoms=args.max_atoms,
-        batch_size=args.batch_size,
-        test_batch_size=1,
-        data_dir=args.data_dir,
-        build_workers=min(2, os.cpu_count() or 1),
-    )
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    data_seconds = time.perf_counter() - started
-    sizes = datamodule.split_sizes()
-    train_y = np.array([r.target for r in datamodule.train_dataset])
-    test_y = np.array([r.target for r in datamodule.test_dataset])
-    baseline = float(np.abs(test_y - train_y.mean()).mean())
-    print(
-        f"framer demo: Ewald energy per atom (eV/atom) of {args.num_crystals} random ionic crystals "
-        f"(<= {args.max_atoms} atoms; train/val/test {sizes['train']}/{sizes['val']}/{sizes['test']}); "
-        f"data ready in {data_seconds:.0f} s",
-        flush=True,
-    )
-    print(
-        f"  networks: {args.layers} blocks, width {args.width}, {args.heads} heads (paper: 4, 128, 8); "
-        f"{args.epochs} epochs at batch {args.batch_size}, lr {args.lr:g}, SWA over the last {args.swa_epochs}",
-        flush=True,
-    )
-    results = []
-    for preset in args.models:
-        print(f"  training {MODELS[preset]} ...", flush=True)
-        result = train_one(args, preset, datamodule)
-        results.append(result)
-        print(
-            f"    test MAE {result['test_mae_swa']:.4f} eV/atom (SWA), {result['test_mae_best_val']:.4f} "
-            f"(best-val checkpoint); {result['num_params']:,} parameters; {result['total_seconds']:.0f} s",
-            flush=True,
-        )
-    total = time.perf_counter() - started
-    print()
-    print(f"{'model':<34}{'test MAE (eV/atom)':>20}{'vs. baseline':>14}")
-    print(f"{'mean-of-train baseline':<34}{baseline:>20.4f}{1.0:>13.2f}x")
-    for r in results:
-        print(f"{r['description']:<34}{r['test_mae_swa']:>20.4f}{r['test_mae_swa'] / baseline:>13.2f}x")
-    print(f"\ntotal {total / 60:.1f} min on {torch.get_num_threads()} CPU thread(s)")
-    summary = {
-        "data": {
-            "num_crystals": args.num_crystals,
-            "max_atoms": args.max_atoms,
-            "splits": sizes,
-            "target_std_train": float(train_y.std()),
-            "seconds": round(data_seconds, 1),
-        },
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
-        "baseline_test_mae": baseline,
-        "models": results,
-        "total_seconds": round(total, 1),
-        "torch_threads": torch.get_num_threads(),
-    }
-    from framer.io import write_json
-
-    path = write_json(Path(args.out) / "summary.json", summary)
-    print(f"summary: {path}")
+    with exit_codes("framer"):
+        if args.write_folder:
+            print(
+                f"framer demo: wrote {write_folder(Path(args.write_folder), args.num_crystals)}/{{*.cif,id_prop.csv}}"
+            )
+            return 0
+        overrides = _overrides(args)
+        rows, baseline, load = [], None, os.getloadavg()[0]
+        for model in args.models:
+            spec = RunSpec(configs(model), {**overrides, "tracking.run_name": model}, quiet=not args.progress)
+            save_dir = spec.overrides.get("tracking.save_dir", "runs/demo")
+            print(f"framer demo: training {MODELS[model]}: python -m framer.cli {' '.join(spec.args())}", flush=True)
+            started = time.monotonic()
+            outcome = run_inprocess(spec)
+            if not outcome.ok:  # the run's own exit code: 2 user error, 3 NaN, 143 SIGTERM
+                fail("framer", outcome.message.splitlines()[0].removeprefix("framer.cli "), outcome.code)
+            run = RunRoot.of(save_dir, model).latest()
+            results, info = run.read_results() or {}, run.read_info()
+            baseline = baseline_mae(run) if baseline is None else baseline
+            rows.append(
+                {
+                    "model": model,
+                    "description": MODELS[model],
+                    "test_mae": results["metrics"]["test/mae"],
+                    "test_mae_best_val": results["metrics"].get("test_best/mae"),
+                    "num_params": info["num_params"],
+                    "threads": info["threads"],
+                    "seconds": round(time.monotonic() - started, 1),
+                    "run_dir": str(run.path),
+                }
+            )
+        summary = {
+            "baseline_test_mae": baseline,
+            "models": rows,
+            "overrides": {k: cli_value(v) for k, v in overrides.items()},
+            "measured": {
+                "machine": f"{platform.node()}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}",
+                "load_average_1min_at_start": round(load, 2),
+                "commit": info.get("git_commit"),  # as the runs recorded it when they started
+                "uncommitted_changes": info.get("git_dirty"),
+                "total_seconds": round(sum(r["seconds"] for r in rows), 1),
+            },
+        }
+        path = write_json(Path(save_dir) / "summary.json", summary)
+        print(table(summary))
+        print(f"summary: {path}")
     return 0
+
+
+def table(summary: dict[str, Any]) -> str:
+    """The README's table: model, test MAE, ratio to the baseline, parameters, seconds."""
+    base = summary["baseline_test_mae"]
+    lines = ["| model | test MAE (eV/atom) | vs. baseline | parameters | time |", "|---|---|---|---|---|"]
+    lines.append(f"| mean-of-train baseline | {base:.4f} | 1.00x | – | – |")
+    for r in summary["models"]:
+        ratio = r["test_mae"] / base
+        lines.append(
+            f"| {r['description']} | {r['test_mae']:.4f} | {ratio:.2f}x | {r['num_params']:,} | {r['seconds']:.0f} s |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

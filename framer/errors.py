@@ -9,7 +9,8 @@ code   meaning
 143    stopped by SIGTERM (128 + 15) after saving ``last.ckpt``; the same command resumes
 =====  =================================================================================================
 
-``FRAMER_DEBUG=1`` re-raises instead, so the traceback is shown.
+``FRAMER_DEBUG=1`` re-raises instead, so the traceback is shown. A command that ends normally says how long it took
+(``<prog>: finished in 1 min 23 s``, one line on stderr).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
@@ -47,6 +49,14 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def elapsed(seconds: float) -> str:
+    """``42.0 s``, ``3 min 05 s``, ``2 h 01 min``."""
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes == 0:
+        return f"{seconds:.1f} s"
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def fail(prog: str, message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
     """Print ``<prog>: error: <message>`` (one line) and exit with ``code``."""
     sys.stderr.write(f"{prog}: error: {' '.join(str(message).split())}\n")
@@ -65,10 +75,13 @@ def exit_codes(
     :class:`UserError`, :data:`FILE_ERRORS` and ``user_errors`` exit with 2; :class:`NonFiniteError` and
     ``FloatingPointError`` with 3; ``interruptions`` (e.g. Lightning's ``SIGTERMException``) with 143 and the line
     ``<prog>: stopped by SIGTERM: <interrupted(err)>``. Anything else propagates (a bug: its traceback is wanted).
+    Ending normally, it prints ``<prog>: finished in <elapsed>``.
     """
     debug = bool(os.environ.get(DEBUG_ENV))
+    started = time.monotonic()
     try:
         yield
+        sys.stderr.write(f"{prog}: finished in {elapsed(time.monotonic() - started)}\n")
     except interruptions as err:
         what = interrupted(err) if interrupted is not None else "no checkpoint saved"
         sys.stderr.write(f"{prog}: stopped by SIGTERM: {what}\n")

@@ -5,9 +5,9 @@ process or as a subprocess, and say how it ended.
     outcome = run(spec, "subprocess", log=Path("runs/x/launch.log"))
     outcome.ok, outcome.interrupted, outcome.code, outcome.message
 
-Used by :mod:`framer.reproduce`, :mod:`framer.matbench` and :mod:`framer.tune`. Exit codes are the CLI's: 0 done,
-2 user error, 3 non-finite loss, 143 stopped by SIGTERM (``last.ckpt`` saved; the caller should stop too, as a
-pre-empted job does), anything else a crash.
+Used by :mod:`framer.reproduce`, :mod:`framer.matbench`, :mod:`framer.tune` and :mod:`framer.demo`. Exit codes are
+the CLI's: 0 done, 2 user error, 3 non-finite loss, 143 stopped by SIGTERM (``last.ckpt`` saved; the caller should
+stop too, as a pre-empted job does), anything else a crash.
 """
 
 from __future__ import annotations
@@ -196,8 +196,6 @@ def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
     ``callbacks``: Lightning callbacks built by the caller (e.g. Optuna's pruning callback, which holds its trial),
     added after the configs' callbacks through LightningCLI's ``trainer_defaults``.
     """
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
     from framer import cli
 
     stderr = Tail(sys.stderr)
@@ -205,8 +203,6 @@ def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
         with contextlib.redirect_stderr(stderr), bare_argv():
             cli.main(spec.args(), **({"trainer_defaults": {"callbacks": list(callbacks)}} if callbacks else {}))
         return Outcome(0)
-    except SIGTERMException:  # a SystemExit whose code is None: never success
-        return _outcome(EXIT_SIGTERM, f"{stderr.text}\nframer: stopped by SIGTERM")
     except SystemExit as exit_:  # main's exits: user error 2, NaN 3, SIGTERM 143; the parser's 2
         code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
         return _outcome(code, stderr.text)

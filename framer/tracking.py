@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
 import re
 import sqlite3
@@ -34,6 +35,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -52,6 +54,20 @@ MAX_PARAM_VALUE = 6000  # MLflow's limit on parameter values
 SERVER_CHECK_TIMEOUT = 5
 
 
+#: Lightning notices that say nothing about a run: its litlogger advertisement and the deprecation of an API it uses
+LIGHTNING_NOISE = ("💡 Tip: For seamless cloud logging", "`isinstance(treespec, LeafSpec)` is deprecated")
+
+
+def _not_noise(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(LIGHTNING_NOISE)
+
+
+def quiet_lightning_noise() -> None:
+    """Drop :data:`LIGHTNING_NOISE` from Lightning's log and warnings (idempotent)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_noise)
+    warnings.filterwarnings("ignore", message=re.escape(LIGHTNING_NOISE[1]))
+
+
 class TrackingError(UserError, ValueError):
     """A tracking setting that cannot work (for example the MLflow file store)."""
 
@@ -60,7 +76,8 @@ class Tracking:
     """Where runs are recorded: ``<save_dir>/<run_name>/version_<n>/`` on disk, and one MLflow run.
 
     Args:
-        run_name: Name of the run directory under ``save_dir`` and of the MLflow run.
+        run_name: Name of the run directory under ``save_dir`` and of the MLflow run. Default (CLI):
+            ``<data set>-<target>-<model>``, e.g. ``mp-e_form-crystalframer`` (:func:`framer.cli.default_run_name`).
         save_dir: Root directory of the CSV logs, configs, checkpoints and result files.
         version: Version (sub-directory) to write to; default: the next free ``version_<n>``.
         mlflow: Also log to MLflow.
@@ -77,7 +94,7 @@ class Tracking:
 
     def __init__(
         self,
-        run_name: str = "default",
+        run_name: str | None = None,
         save_dir: str = "runs",
         version: int | str | None = None,
         mlflow: bool = True,
@@ -87,7 +104,7 @@ class Tracking:
         tags: dict[str, str] | None = None,
         mlflow_required: bool = True,
     ) -> None:
-        self.run_name = run_name
+        self.run_name = run_name or "default"
         self.save_dir = save_dir
         self.version = version
         self.mlflow = mlflow
@@ -179,7 +196,9 @@ class ResumableCSVLogger(CSVLogger):
         path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
         parked = path.with_name(f".{path.name}.resumed")
         header = _park_rows_before(path, parked, self.resume_step)
-        writer = super().experiment  # Lightning's writer: removes metrics.csv
+        with warnings.catch_warnings():  # "... is not empty. Previous log files ... will be deleted": not so here
+            warnings.filterwarnings("ignore", message=".*exists and is not empty")
+            writer = super().experiment  # Lightning's writer: removes metrics.csv
         if header:
             os.replace(parked, path)
             writer.metrics_keys = header
@@ -441,12 +460,14 @@ def count_parameters(module: Any) -> dict[str, int]:
 
 
 def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str | Path | None) -> dict[str, Any]:
-    """Write ``run.json`` into the run directory and record config, commit, splits and size in MLflow.
+    """Write ``run.json`` into the run directory and record config, commit, splits, size and torch's CPU threads in
+    MLflow.
 
     Runs on global rank 0 only, so it must not make collective calls.
     """
     git = git_commit()
     info: dict[str, Any] = {**datamodule_info(datamodule), **count_parameters(module)}
+    info["threads"] = torch.get_num_threads()
     if git:
         info.update(git_commit=git["commit"], git_dirty=git["dirty"])
     mlflow_logger = find_logger(trainer.loggers, MLFlowLogger)
@@ -463,7 +484,7 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str |
         for key in ("git_commit", "git_dirty", "dataset_name", "target", "target_units", "run_dir"):
             if info.get(key) is not None:
                 client.set_tag(run_id, key, str(info[key]))
-        params = {k: info[k] for k in ("num_params", "num_trainable_params") if k in info}
+        params = {k: info[k] for k in ("num_params", "num_trainable_params", "threads") if k in info}
         params.update({f"train_stats/{k}": info[k] for k in ("target_mean", "target_std") if k in info})
         for name, fingerprint in (info.get("splits") or {}).items():
             text = fingerprint if isinstance(fingerprint, str) else json.dumps(fingerprint, sort_keys=True)

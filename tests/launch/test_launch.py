@@ -69,7 +69,10 @@ def test_inprocess_user_error_is_exit_2_with_the_clis_message(elsewhere):
     outcome = run_inprocess(RunSpec(["conf/default.yaml"], BAD_OPTION))
     assert outcome.code == 2 and not outcome.ok and not outcome.interrupted
     first = outcome.message.splitlines()[0]
-    assert first == "framer.cli exited with 2: error: unrecognized arguments: --trainer.max_epochz=3"
+    assert first == (
+        "framer.cli exited with 2: error: unrecognized arguments: --trainer.max_epochz=3; "
+        "did you mean 'trainer.max_epochs'?"
+    )
 
 
 def _preempted(*args, **kwargs):

@@ -45,7 +45,8 @@ def test_preset_yaml(preset: str) -> None:
 
 
 def test_every_yaml_is_a_preset() -> None:
-    assert {p.stem for p in CONF.glob("*.yaml")} == set(CrystalFramer.PRESETS)
+    presets = {p.stem for p in CONF.glob("*.yaml") if not p.stem.endswith("-small")}  # small ones: test_configs.py
+    assert presets == set(CrystalFramer.PRESETS)
 
 
 def test_signature_is_typed_and_documented() -> None:

@@ -88,8 +88,13 @@ def test_every_table_cell_composes(parser, default, dataset, target, preset):
     assert config.model.init_args.lr_scheduler == default.model.init_args.lr_scheduler
 
 
+PRESET_FILES = {p.stem for p in (CONF / "model").glob("*.yaml") if not p.stem.endswith("-small")}
+SMALL_FILES = sorted(p.stem for p in (CONF / "model").glob("*-small.yaml"))
+SMALL = {"num_layers": 2, "model_dim": 32, "num_heads": 4, "ff_dim": 128, "head_dim": 32, "dist_basis": 32}
+
+
 def test_every_preset_and_column_is_a_cell():
-    assert {preset for *_, preset in CELLS} == set(PAPER["models"]) == {p.stem for p in (CONF / "model").glob("*.yaml")}
+    assert {preset for *_, preset in CELLS} == set(PAPER["models"]) == PRESET_FILES
     assert {dataset for dataset, *_ in CELLS} == set(DATASET)
 
 
@@ -141,3 +146,27 @@ def test_trainer_configs_compose(parser, name):
 def test_debug_configs_compose(parser, name):
     config = _compose(parser, CONF / "default.yaml", CONF / "data" / "ewald.yaml", CONF / "debug" / f"{name}.yaml")
     assert config.data.class_path == "framer.data.EwaldDataModule"
+
+
+def test_every_preset_has_a_small_config():
+    from framer.models import CrystalFramer
+
+    assert {f"{preset}-small" for preset in CrystalFramer.PRESETS} == set(SMALL_FILES)
+    assert set(CrystalFramer.PRESETS) == PRESET_FILES
+
+
+@pytest.mark.parametrize("small", SMALL_FILES)
+def test_small_configs_compose_and_build_the_demo_size(parser, small):
+    """conf/model/<preset>-small.yaml: the preset's frame and coefficients at the demo's size, built from the CLI."""
+    from framer.models import CrystalFramer
+
+    preset = small.removesuffix("-small")
+    config = _compose(parser, CONF / "default.yaml", CONF / "model" / f"{small}.yaml")
+    network = dict(config.model.init_args.model.init_args)
+    assert network == {**network, **SMALL}
+    expected = CrystalFramer.preset_kwargs(preset)
+    if preset != "crystalformer":
+        expected.update(angle_basis=16, angle_width=1.0)
+    assert network == {**network, **expected}
+    model = CrystalFramer(**network)
+    assert sum(p.numel() for p in model.parameters()) < 60_000  # the demo's models have 31,495 and 34,567
