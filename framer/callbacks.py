@@ -170,7 +170,7 @@ class SigtermCheckpoint(Callback):
         if path is None:
             rank_zero_info("framer: SIGTERM received; no ModelCheckpoint, so no checkpoint was written")
             return
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint: resumable
         self.saved = path
         exception.framer_checkpoint = str(path)  # for the CLI's exit message
         exception.framer_global_step = trainer.global_step
@@ -202,7 +202,7 @@ class LastCheckpointAtEnd(Callback):
             return  # the checkpoints of this step, last.ckpt with them, are written already
         path = last_checkpoint_path(trainer)
         if path is not None:
-            trainer.save_checkpoint(path)
+            trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint: resumable
 
 
 class RandomState(Callback):

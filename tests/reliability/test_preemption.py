@@ -96,8 +96,13 @@ def assert_same(resumed: dict, reference: dict) -> None:
 def reference(tmp_path_factory, ewald_root) -> dict:
     """The uninterrupted run, same seed and arguments."""
     cwd = tmp_path_factory.mktemp("uninterrupted")
-    finish(cli(cwd), cwd, cli_env(cwd, ewald_root))
-    return outcome(cwd)
+    done = finish(cli(cwd), cwd, cli_env(cwd, ewald_root))
+    return {**outcome(cwd), "log": done.stdout + done.stderr}
+
+
+def test_the_last_checkpoint_at_the_end_is_saved_without_lightnings_weights_only_notice(reference):
+    # step 18's last.ckpt is written by LastCheckpointAtEnd (the periodic one was step 16): a full checkpoint, said so
+    assert reference["global_step"] % 4 and "`weights_only` was not set" not in reference["log"]
 
 
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, ewald_root, reference):
