@@ -12,11 +12,11 @@ The sweep's ``n_trials`` is the total over all workers. Re-running the command r
 from __future__ import annotations
 
 import argparse
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from framer.errors import UserError, exit_codes
 from framer.rundir import FIGURES
 from framer.tune.sweep import Sweep
 
@@ -57,36 +57,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
+    with exit_codes("framer.tune", (ValueError, KeyError)):  # SweepError is a ValueError; KeyError: no such study
+        run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> None:
     if args.devices_per_trial < 1:
-        sys.exit("framer.tune: error: --devices-per-trial must be >= 1")
+        raise UserError("--devices-per-trial must be >= 1")
     from framer.tune.runner import best_trial, default_study_dir, study_figures, tune
 
-    try:
-        if args.figures_only:
-            from framer.tune.storage import load_study_from_dir
+    if args.figures_only:
+        from framer.tune.storage import load_study_from_dir
 
-            sweep = Sweep.load(args.sweep)
-            study_dir = Path(args.study_dir) if args.study_dir else default_study_dir(sweep)
-            if args.storage is None and not (study_dir / "journal.log").is_file():
-                raise FileNotFoundError(f"no study in {study_dir} (no journal.log); pass --study-dir or --storage")
-            study = load_study_from_dir(study_dir, args.storage, sweep.name)
-            for path in study_figures(study, study_dir / FIGURES).values():
-                print(path)
-            return
-        study = tune(
-            args.sweep,
-            storage=args.storage,
-            n_trials=args.n_trials,
-            devices_per_trial=args.devices_per_trial,
-            study_dir=args.study_dir,
-            tracking_uri=args.tracking_uri,
-            mlflow=not args.no_mlflow,
-            figures=not args.no_figures,
-            trial_timeout=args.trial_timeout,
-        )
-    except (ValueError, FileNotFoundError, KeyError) as err:  # SweepError is a ValueError; KeyError: no such study
-        sys.exit(f"framer.tune: error: {err}")
+        sweep = Sweep.load(args.sweep)
+        study_dir = Path(args.study_dir) if args.study_dir else default_study_dir(sweep)
+        if args.storage is None and not (study_dir / "journal.log").is_file():
+            raise FileNotFoundError(f"no study in {study_dir} (no journal.log); pass --study-dir or --storage")
+        study = load_study_from_dir(study_dir, args.storage, sweep.name)
+        for path in study_figures(study, study_dir / FIGURES).values():
+            print(path)
+        return
+    study = tune(
+        args.sweep,
+        storage=args.storage,
+        n_trials=args.n_trials,
+        devices_per_trial=args.devices_per_trial,
+        study_dir=args.study_dir,
+        tracking_uri=args.tracking_uri,
+        mlflow=not args.no_mlflow,
+        figures=not args.no_figures,
+        trial_timeout=args.trial_timeout,
+    )
     best = best_trial(study)
     print(f"framer.tune: study {study.study_name!r}: {dict(Counter(t.state.name for t in study.trials))}")
     if best is not None:

@@ -8,6 +8,7 @@ import optuna
 import pytest
 import yaml
 
+from framer.errors import EXIT_USER_ERROR
 from framer.launch import resolved_config
 from framer.tune.storage import storage_spec, storage_url
 from framer.tune.sweep import Sweep, SweepError, nested
@@ -114,7 +115,7 @@ def test_plain_study_names_are_accepted(name):
     assert Sweep.from_dict({**BASE_SWEEP, "study": name}).name == name
 
 
-def test_the_tune_command_refuses_an_escaping_study_name_without_creating_anything(tmp_path, monkeypatch):
+def test_the_tune_command_refuses_an_escaping_study_name_without_creating_anything(tmp_path, monkeypatch, capsys):
     from framer.tune.__main__ import main
 
     work = tmp_path / "project" / "work"
@@ -126,16 +127,18 @@ def test_the_tune_command_refuses_an_escaping_study_name_without_creating_anythi
     before = sorted(tmp_path.rglob("*"))
     with pytest.raises(SystemExit) as exit_info:
         main(["--sweep", str(sweep_file), "--no-mlflow", "--no-figures"])
-    message = str(exit_info.value.code)
-    assert message.startswith("framer.tune: error:") and "study name" in message and "\n" not in message
+    message = capsys.readouterr().err.strip()
+    assert exit_info.value.code == EXIT_USER_ERROR and "\n" not in message
+    assert message.startswith("framer.tune: error:") and "study name" in message
     assert sorted(tmp_path.rglob("*")) == before  # no study directory, journal or trial anywhere
 
 
-def test_figures_only_without_a_study_is_one_error_line_and_creates_nothing(tmp_path):
+def test_figures_only_without_a_study_is_one_error_line_and_creates_nothing(tmp_path, capsys):
     from framer.tune.__main__ import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--sweep", str(REPO / "sweeps" / "smoke.yaml"), "--study-dir", str(tmp_path / "none"), "--figures-only"])
-    message = str(exit_info.value.code)
-    assert message.startswith("framer.tune: error: no study in") and "\n" not in message
+    message = capsys.readouterr().err.strip()
+    assert exit_info.value.code == EXIT_USER_ERROR and "\n" not in message
+    assert message.startswith("framer.tune: error: no study in")
     assert not (tmp_path / "none").exists()
