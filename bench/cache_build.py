@@ -663,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "system": system_info(),
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "settings": {k: v.name if isinstance(v, Path) else v for k, v in vars(args).items()},  # no machine paths
         "datasets": {},
     }
     results["settings"]["argv"] = sys.argv[1:] if argv is None else argv

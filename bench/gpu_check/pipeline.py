@@ -56,7 +56,7 @@ def environment(ctx: PartContext) -> None:
     figures = ctx.figures
     figures["host"] = socket.gethostname()
     figures["python"] = platform.python_version()
-    figures["executable"] = sys.executable
+    figures["executable"] = _shown(Path(sys.executable))
     figures["platform"] = platform.platform()
     figures["cpu_count"] = os.cpu_count()
     figures["cpu_model"] = _cpu_model()
@@ -75,8 +75,9 @@ def environment(ctx: PartContext) -> None:
         figures["cudnn"] = torch.backends.cudnn.version()
     else:
         figures["device_name"] = figures["cpu_model"]
-    figures["framer_root"] = str(Path(framer.__file__).resolve().parent.parent)
-    figures["framer_from_checkout"] = Path(figures["framer_root"]) == REPO
+    framer_root = Path(framer.__file__).resolve().parent.parent
+    figures["framer_root"] = _shown(framer_root)
+    figures["framer_from_checkout"] = framer_root == REPO
     figures["missing_optional"] = missing_packages(OPTIONAL_PACKAGES)
     commit = git_commit()
     figures["git_commit"], figures["git_dirty"] = commit.get("commit"), commit.get("dirty")
@@ -85,6 +86,11 @@ def environment(ctx: PartContext) -> None:
         ctx.fail("framer", f"imported from {figures['framer_root']}, not from this checkout {REPO}")
     if ctx.config.device == "cuda" and not torch.cuda.is_available():
         ctx.fail("device", "DEVICE=cuda but torch.cuda.is_available() is False")
+
+
+def _shown(path: Path) -> str:
+    """A path as the report shows it: relative to this checkout when inside it (no machine paths in results)."""
+    return path.relative_to(REPO).as_posix() or "." if path.is_relative_to(REPO) else str(path)
 
 
 def _cpu_model() -> str:

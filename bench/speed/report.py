@@ -477,5 +477,7 @@ def write(results: dict[str, Any], out_dir: str | Path, name: str) -> dict[str, 
     if png:
         paths["png"] = png
     atomic_write_text(paths["md"], markdown(results, png.name if png else None))
-    atomic_write_text(paths["json"], json.dumps(results, indent=1, sort_keys=False, default=str) + "\n")
+    text = json.dumps(results, indent=1, sort_keys=False, default=str)
+    root = json.dumps(str(Path(__file__).resolve().parents[2]))[1:-1]  # this checkout: shown as "." (no machine paths)
+    atomic_write_text(paths["json"], text.replace(f'"{root}"', '"."').replace(f'"{root}/', '"') + "\n")
     return paths
