@@ -83,19 +83,17 @@ def _jarvis_info(dataset: str, root: Path) -> tuple[dict, list[str]]:
         else:
             kept = filter_group(entries, spec.group, source.id_field, SkipReport())
             target["filtered_entries"] = len(kept)
-            counts = (60000, 5000, 4239) if dataset == "megnet" else (None, None, None)
             try:
-                splits = paper_split(len(kept), *counts)
+                splits = paper_split(len(kept), *paper.counts)
             except ValueError as err:
                 target["split_error"] = str(err)
             else:
-                fps = {k: split_fingerprint(v) for k, v in splits.items()}
-                raw = {k: split_fingerprint(kept[v]) for k, v in splits.items()}
+                fps, raw, matches = paper.compare(splits, kept)
                 target.update(
                     sizes={k: len(v) for k, v in splits.items()},
                     split_fingerprints=fps,
                     raw_split_fingerprints=raw,
-                    matches_paper_split=fps == dict(paper.fingerprints) and raw == dict(paper.raw_fingerprints),
+                    matches_paper_split=matches,
                 )
         cache = _cache_summary(root / "processed" / dataset / f"{name}.cache")
         if cache:

@@ -210,13 +210,7 @@ def build_custom(
         err.record_id = row.id
         raise err
 
-    report = SkipReport()
-    arrays, meta = assemble(splits, convert, report, fingerprint="positions", workers=workers, timer=timer)
-    if report.total:
-        log.warning("%s: skipped %d of %d structures (%s)", root, report.total, len(valid), dict(report.counts))
-    if len(arrays["ids"]) == 0:
-        raise DataError(f"{root}: none of the structures could be read ({dict(report.counts)})")
-    meta.update(
+    meta = dict(
         dataset="custom",
         root=str(root),
         raw_entries=len(rows),
@@ -224,7 +218,13 @@ def build_custom(
         missing_target=missing.to_dict(),
         split_source=str(split_file) if split_file else f"random {tuple(fractions)} seed {split_seed}",
     )
-    return BuildResult(arrays, meta, report, timer.phases)
+    result = assemble(splits, convert, meta, workers=workers, timer=timer)
+    report = result.report
+    if report.total:
+        log.warning("%s: skipped %d of %d structures (%s)", root, report.total, len(valid), dict(report.counts))
+    if len(result.arrays["ids"]) == 0:
+        raise DataError(f"{root}: none of the structures could be read ({dict(report.counts)})")
+    return result
 
 
 def _splits_from_file(path: Path, rows: list[IdPropRow], valid: list[IdPropRow], missing: SkipReport):

@@ -25,7 +25,6 @@ from framer.data.build import (
     SPLIT_CODES,
     BuildResult,
     PhaseTimer,
-    SkipReport,
     assemble,
     build_jarvis_target,
     build_moduli_target,
@@ -37,6 +36,7 @@ from framer.data.cache import (
     file_sha256,
     load_or_build,
     read_cache,
+    short_hash,
 )
 from framer.data.parallel import resolve_workers
 from framer.data.resumable import EpochShuffleSampler, ResumableDataLoader, shuffle_seed
@@ -49,7 +49,7 @@ from framer.data.sources import (
     require_files,
     target_spec,
 )
-from framer.data.splits import PAPER_SPLIT_SEED, SPLIT_NAMES, random_split
+from framer.data.splits import PAPER_SPLIT_SEED, PAPER_SPLITS, SPLIT_NAMES, random_split
 from framer.data.structures import DEFAULT_MAX_ATOMS, DEFAULT_MAX_FILE_MB, CrystalRecord
 from framer.io import write_json
 
@@ -410,8 +410,6 @@ class _PaperDataModule(CrystalDataModule):
         max_atoms: Crystals with more atoms are skipped and counted in the skip report.
     """
 
-    _default_counts: tuple[int | None, int | None, int | None] = (None, None, None)  # the papers' n_train/val/test
-
     def __init__(
         self,
         target: str,
@@ -426,26 +424,19 @@ class _PaperDataModule(CrystalDataModule):
         self.spec: TargetSpec = target_spec(self.dataset_name, target)
         super().__init__(target, **kwargs)
         self.target_units = self.spec.units
-        self.n_train, self.n_val, self.n_test, self.split_seed = n_train, n_val, n_test, split_seed
+        self.counts, self.split_seed = (n_train, n_val, n_test), split_seed
         self.max_atoms = _positive("max_atoms", max_atoms)
 
     def _split_spec(self) -> dict:
         if self.spec.pickled:
             return {"kind": "pickled"}
-        return {"kind": "paper", "counts": [self.n_train, self.n_val, self.n_test], "seed": self.split_seed}
-
-    def _default_split(self) -> bool:
-        return self.spec.pickled or self._split_spec() == {
-            "kind": "paper",
-            "counts": list(self._default_counts),
-            "seed": PAPER_SPLIT_SEED,
-        }
+        return {"kind": "paper", "counts": list(self.counts), "seed": self.split_seed}
 
     def cache_path(self) -> Path:
         name = self.target
-        if not self._default_split():
-            digest = hashlib.sha256(json.dumps(self._split_spec(), sort_keys=True).encode()).hexdigest()[:10]
-            name += f"-split-{digest}"
+        paper = PAPER_SPLITS.get(self.spec.split_key)  # None for the pre-split moduli
+        if paper is not None and (self.counts, self.split_seed) != (paper.counts, PAPER_SPLIT_SEED):
+            name += f"-split-{short_hash(self._split_spec())}"
         return self.data_dir / "processed" / self.dataset_name / f"{name}.cache"
 
     def raw_paths(self) -> list[Path]:
@@ -468,14 +459,7 @@ class _PaperDataModule(CrystalDataModule):
         if self.spec.pickled:
             return build_moduli_target(self.spec, self.data_dir, self.max_atoms, workers=self.build_processes)
         return build_jarvis_target(
-            self.spec,
-            self.data_dir,
-            self.n_train,
-            self.n_val,
-            self.n_test,
-            self.split_seed,
-            max_atoms=self.max_atoms,
-            workers=self.build_processes,
+            self.spec, self.data_dir, self.counts, self.split_seed, self.max_atoms, self.build_processes
         )
 
 
@@ -494,7 +478,6 @@ class MPDataModule(_PaperDataModule):
     """
 
     dataset_name = "megnet"
-    _default_counts = (60000, 5000, 4239)
 
     def __init__(
         self,
@@ -698,7 +681,5 @@ class EwaldDataModule(CrystalDataModule):
         with timer("generate"):
             records = ewald_mod.generate_records(self.num_crystals, self.seed, self.build_processes, self.max_atoms)
         splits = random_split(len(records), (0.8, 0.1, 0.1), self.split_seed)
-        report = SkipReport()
-        arrays, meta = assemble(splits, lambda p: records[p], report, timer=timer)
-        meta.update(dataset="ewald", target=self.target, units=self.target_units, raw_entries=len(records))
-        return BuildResult(arrays, meta, report, timer.phases)
+        meta = dict(dataset="ewald", target=self.target, units=self.target_units, raw_entries=len(records))
+        return assemble(splits, lambda p: records[p], meta, timer=timer)

@@ -151,8 +151,14 @@ class PaperSplit:
     raw_fingerprints: Mapping[str, str] = field(default_factory=dict)  # raw indices into the unfiltered file
 
     def generate(self) -> dict[str, np.ndarray]:
-        n_train, n_val, n_test = self.counts
-        return paper_split(self.total_size, n_train, n_val, n_test)
+        return paper_split(self.total_size, *self.counts)
+
+    def compare(self, splits: Mapping[str, np.ndarray], kept: np.ndarray) -> tuple[dict, dict, bool]:
+        """Fingerprints of ``splits`` (positions) and of ``kept[splits]`` (raw indices: they also pin down *which*
+        entries the filter dropped), and whether both equal the published ones."""
+        fps = {name: split_fingerprint(idx) for name, idx in splits.items()}
+        raw = {name: split_fingerprint(kept[idx]) for name, idx in splits.items()}
+        return fps, raw, fps == dict(self.fingerprints) and raw == dict(self.raw_fingerprints)
 
 
 PAPER_SPLITS: dict[str, PaperSplit] = {
