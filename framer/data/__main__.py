@@ -55,7 +55,7 @@ def _expected(split_key: str) -> dict:
     return out
 
 
-def _jarvis_info(dataset: str, root: Path) -> tuple[dict, list[str]]:
+def _jarvis_info(dataset: str, root: Path, errors: list[str]) -> dict:
     from framer.data.build import SkipReport, filter_group
     from framer.data.sources import load_jarvis_dataset
     from framer.data.splits import paper_split
@@ -63,7 +63,6 @@ def _jarvis_info(dataset: str, root: Path) -> tuple[dict, list[str]]:
     source = JARVIS_SOURCES[dataset]
     path = jarvis_zip_path(dataset, root)
     info: dict = {"raw_file": str(path), "present": path.is_file(), "published_entries": source.entries, "targets": {}}
-    errors: list[str] = []
     entries = None
     if info["present"]:
         print(f"reading {path} ...", file=sys.stderr)
@@ -99,13 +98,13 @@ def _jarvis_info(dataset: str, root: Path) -> tuple[dict, list[str]]:
         if cache:
             target["cache"] = cache
         info["targets"][name] = target
-    return info, errors
+    return info
 
 
-def _moduli_info(root: Path) -> tuple[dict, list[str]]:
+def _moduli_info(root: Path, errors: list[str]) -> dict:
     from framer.data.sources import load_moduli_pickles
 
-    info, errors = {}, []
+    info = {}
     for name, sizes in MODULI_SPLIT_SIZES.items():
         prop = name.split("_")[0]
         paths = moduli_paths(prop, root)
@@ -126,27 +125,17 @@ def _moduli_info(root: Path) -> tuple[dict, list[str]]:
         if cache:
             entry["cache"] = cache
         info[name] = entry
-    return info, errors
+    return info
 
 
 def collect_info(data_dir: str | None = None) -> tuple[dict, list[str]]:
     """Everything ``info`` prints, as a dict, plus the errors met (corrupt files)."""
-    root = data_root(data_dir)
-    report: dict = {"data_root": str(root), "raw_dir": str(raw_dir(root)), "datasets": {}}
-    errors: list[str] = []
-    for dataset in JARVIS_SOURCES:
-        info, errs = _jarvis_info(dataset, root)
-        report["datasets"][dataset] = info
-        errors += errs
-    moduli, errs = _moduli_info(root)
-    report["datasets"]["megnet_moduli"] = moduli
-    errors += errs
-    ewald_dir = root / "processed" / "ewald"
-    report["datasets"]["ewald"] = {
-        "embedded": True,
-        "caches": [_cache_summary(p) for p in sorted(ewald_dir.glob("*.cache"))] if ewald_dir.is_dir() else [],
-    }
-    return report, errors
+    root, errors = data_root(data_dir), []
+    datasets = {dataset: _jarvis_info(dataset, root, errors) for dataset in JARVIS_SOURCES}
+    datasets["megnet_moduli"] = _moduli_info(root, errors)
+    ewald_caches = sorted((root / "processed" / "ewald").glob("*.cache"))  # none when the folder is absent
+    datasets["ewald"] = {"embedded": True, "caches": [_cache_summary(p) for p in ewald_caches]}
+    return {"data_root": str(root), "raw_dir": str(raw_dir(root)), "datasets": datasets}, errors
 
 
 def _print_text(report: dict) -> None:

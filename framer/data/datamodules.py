@@ -38,6 +38,7 @@ from framer.data.cache import (
     read_cache,
     short_hash,
 )
+from framer.data.custom import build_custom, folder_fingerprint, read_id_prop
 from framer.data.parallel import resolve_workers
 from framer.data.resumable import EpochShuffleSampler, ResumableDataLoader, shuffle_seed
 from framer.data.sources import (
@@ -225,7 +226,8 @@ class CrystalDataModule(L.LightningDataModule):
         self._meta = cache.meta
         split = np.asarray(cache.array("split"))
         self._split_indices = {name: np.flatnonzero(split == code) for name, code in SPLIT_CODES.items()}
-        self._check_usable()
+        if len(self._split_indices["train"]) == 0:
+            raise DataError(f"{description}: the train split is empty (sizes {self.split_sizes()})")
 
     def _log_build(self, description: str, records: int) -> None:
         phases = {name: phase["wall_s"] for name, phase in self.build_timings.items()}
@@ -247,11 +249,6 @@ class CrystalDataModule(L.LightningDataModule):
         log.warning("%s not found; using the cache built from it earlier (%s)", missing, path)
         return cache
 
-    def _check_usable(self) -> None:
-        sizes = {name: len(idx) for name, idx in self._split_indices.items()}
-        if sizes["train"] == 0:
-            raise DataError(f"{self.dataset_name}/{self.target}: the train split is empty (sizes {sizes})")
-
     def prepare_data(self) -> None:
         """Build (or validate) the cache once per node, before ``setup`` runs on every rank.
 
@@ -269,15 +266,11 @@ class CrystalDataModule(L.LightningDataModule):
         force = self.rebuild_cache and not self._prepared and self.trainer is None
         self._load(rebuild=force)
 
-    def _ensure_setup(self) -> None:
-        if self._store is None:
-            self.setup()
-
     # ----------------------------------------------------------------------------------------- datasets/loaders
 
     def dataset(self, split: str) -> CrystalDataset:
         """Records of ``train``, ``val``, ``test`` or ``all`` (in split order)."""
-        self._ensure_setup()
+        self.setup()
         if split == "all":
             return CrystalDataset(self._store, np.arange(len(self._store)))
         if split not in self._split_indices:
@@ -365,11 +358,11 @@ class CrystalDataModule(L.LightningDataModule):
 
         With ``raw=True``: of their indices in the unfiltered raw file (CrystalFramer's shipped index files).
         """
-        self._ensure_setup()
+        self.setup()
         return dict(self._meta["raw_split_fingerprints" if raw else "split_fingerprints"])
 
     def split_sizes(self) -> dict[str, int]:
-        self._ensure_setup()
+        self.setup()
         return {name: len(idx) for name, idx in self._split_indices.items()}
 
     def split_ids(self) -> dict[str, list[str]]:
@@ -378,7 +371,7 @@ class CrystalDataModule(L.LightningDataModule):
 
     def summary(self) -> dict:
         """Data set, target, units, split sizes/fingerprints, cache path/status and skipped counts, for run logs."""
-        self._ensure_setup()
+        self.setup()
         return {
             "dataset": self.dataset_name,
             "target": self.target,
@@ -595,8 +588,6 @@ class CustomDataModule(CrystalDataModule):
         }
 
     def raw_fingerprint(self) -> dict:
-        from framer.data.custom import folder_fingerprint, read_id_prop
-
         id_prop = self.root / self.id_prop_file
         raw = {"folder": folder_fingerprint(self.root, read_id_prop(id_prop), id_prop, self.allow_outside_root)}
         if self.split_file:
@@ -606,8 +597,6 @@ class CustomDataModule(CrystalDataModule):
         return raw
 
     def build(self) -> BuildResult:
-        from framer.data.custom import build_custom
-
         return build_custom(
             self.root,
             self.id_prop_file,

@@ -61,7 +61,6 @@ class MatbenchDataModule(CrystalDataModule):
         self.dataset_name = task
         self.target_units = str(meta.get("unit", ""))
 
-    # ------------------------------------------------------------------------------------------------------------
     def fold_ids(self) -> dict[str, list[str]]:
         """The fold's ``train`` and ``test`` ids (before the inner validation draw)."""
         folds = tasks.load_validation(self.task, self.validation_file)
@@ -83,11 +82,9 @@ class MatbenchDataModule(CrystalDataModule):
         return {"fold": self.fold, "fold_ids": digest, "val_fraction": self.val_fraction, "seed": self.split_seed}
 
     def cache_settings(self) -> dict:
-        """Everything the cache depends on except the raw file: task, target, fold ids, inner split."""
         return {"dataset": "matbench", "task": self.task, "target": self.target, "split": self._split_spec()}
 
     def raw_fingerprint(self) -> dict:
-        """sha256 of the matminer file (raises when it is missing)."""
         path = self.raw_paths()[0]
         if not path.is_file():
             raise tasks.MatbenchDataError(f"{path} not found: place matminer's {self.task}.json.gz there")

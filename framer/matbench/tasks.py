@@ -27,7 +27,6 @@ import pandas as pd
 
 from framer.io import atomic_file
 
-BENCHMARK = "matbench_v0.1"
 N_FOLDS = 5
 FOLD_SEED = 18012019
 STRUCTURE_TASKS_REGRESSION = (
@@ -148,8 +147,6 @@ def write_validation(path: str | os.PathLike, splits: Mapping[str, Mapping[str, 
 
 def inner_split(train_ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Validation ids drawn (seeded) from the fold's training ids only; returns (train, val) in fold order."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n = len(train_ids)
     n_val = max(1, round(val_fraction * n))
     if n_val >= n:
