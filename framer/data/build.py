@@ -69,10 +69,7 @@ class SkipReport:
 
 
 class PhaseTimer:
-    """Wall and CPU seconds (of this process) of the named phases of a build, for logs and benchmarks.
-
-    Timings never enter a cache: its bytes must not depend on the machine or the number of processes.
-    """
+    """Wall and CPU seconds (this process) of a build's named phases, for logs and benchmarks (never in a cache)."""
 
     def __init__(self) -> None:
         self.phases: dict[str, dict[str, float]] = {}

@@ -51,15 +51,6 @@ def strip_extension(name: str) -> str:
     return name
 
 
-def resolve_structure_file(root: Path, name: str) -> Path | None:
-    """The file a name in id_prop.csv refers to, with or without extension; None if there is none."""
-    candidates = [root / name] + [root / (name + ext) for ext in STRUCTURE_EXTENSIONS] + [root / f"POSCAR-{name}"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 @dataclass(frozen=True)
 class IdPropRow:
     line: int
@@ -69,14 +60,13 @@ class IdPropRow:
 
 
 def locate_structure_file(root: Path, id_prop: Path, row: IdPropRow, allow_outside_root: bool = False) -> Path | None:
-    """The structure file of a row (None if absent); raises DataError if it lies outside ``root``.
-
-    An absolute name, a ``..`` component, or a file that resolves (through symbolic links) outside ``root`` is
-    refused unless ``allow_outside_root``.
-    """
+    """The structure file of a row, with or without extension (None if absent); raises DataError if it is an
+    absolute name, has a ``..`` component or resolves (through symbolic links) outside ``root``, unless
+    ``allow_outside_root``."""
     if not allow_outside_root and (PurePath(row.name).is_absolute() or ".." in PurePath(row.name).parts):
         raise _outside_root_error(root, id_prop, row)
-    path = resolve_structure_file(root, row.name)
+    names = [row.name] + [row.name + ext for ext in STRUCTURE_EXTENSIONS] + [f"POSCAR-{row.name}"]
+    path = next((root / name for name in names if (root / name).is_file()), None)
     if path is not None and not allow_outside_root and not path.resolve().is_relative_to(root.resolve()):
         raise _outside_root_error(root, id_prop, row, f" (it resolves to {path.resolve()})")
     return path

@@ -250,10 +250,8 @@ class CrystalDataModule(L.LightningDataModule):
         return cache
 
     def prepare_data(self) -> None:
-        """Build (or validate) the cache once per node, before ``setup`` runs on every rank.
-
-        ``rebuild_cache`` applies once per instance (a later ``trainer.test`` does not rebuild again).
-        """
+        """Build (or validate) the cache once per node, before ``setup`` runs on every rank; ``rebuild_cache``
+        applies once per instance (a later ``trainer.test`` does not rebuild again)."""
         force = self.rebuild_cache and not self._prepared
         if self._store is None or force:
             self._load(rebuild=force)
@@ -295,12 +293,9 @@ class CrystalDataModule(L.LightningDataModule):
         return torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
 
     def _loader(self, dataset: CrystalDataset, batch_size: int, drop_last: bool, **kwargs) -> DataLoader:
-        """A loader of ``dataset`` (in split order unless ``kwargs`` give ``shuffle`` or a ``sampler``).
-
-        Workers, when there are any, live as long as the loader (no restart each epoch) and keep torch's default of
-        two batches each in flight: reading and collating a crystal costs tens of microseconds
-        (``bench/cache_build.py``), so more prefetching would only hold more memory.
-        """
+        """A loader of ``dataset`` (in split order unless ``kwargs`` give ``shuffle`` or a ``sampler``); workers live
+        as long as it. Torch's default prefetch of two batches per worker is kept: a crystal takes tens of
+        microseconds to read and collate (``bench/cache_build.py``), so more would only hold more memory."""
         return ResumableDataLoader(
             dataset,
             batch_size=batch_size,
