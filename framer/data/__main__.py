@@ -19,11 +19,15 @@ from framer.data.sources import (
     TARGETS,
     DataError,
     data_root,
+    download_jarvis,
+    download_moduli,
     jarvis_zip_path,
+    load_jarvis_dataset,
+    load_moduli_pickles,
     moduli_paths,
     raw_dir,
 )
-from framer.data.splits import MODULI_SPLIT_SIZES, PAPER_SPLITS, SPLIT_NAMES, split_fingerprint
+from framer.data.splits import MODULI_SPLIT_SIZES, PAPER_SPLITS, SPLIT_NAMES, paper_split, split_fingerprint
 
 
 def _cache_summary(path: Path) -> dict | None:
@@ -57,8 +61,6 @@ def _expected(split_key: str) -> dict:
 
 def _jarvis_info(dataset: str, root: Path, errors: list[str]) -> dict:
     from framer.data.build import SkipReport, filter_group
-    from framer.data.sources import load_jarvis_dataset
-    from framer.data.splits import paper_split
 
     source = JARVIS_SOURCES[dataset]
     path = jarvis_zip_path(dataset, root)
@@ -102,8 +104,6 @@ def _jarvis_info(dataset: str, root: Path, errors: list[str]) -> dict:
 
 
 def _moduli_info(root: Path, errors: list[str]) -> dict:
-    from framer.data.sources import load_moduli_pickles
-
     info = {}
     for name, sizes in MODULI_SPLIT_SIZES.items():
         prop = name.split("_")[0]
@@ -211,8 +211,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from framer.data.sources import download_jarvis, download_moduli
-
     wanted = ["megnet", "dft_3d_2021", "moduli"] if args.dataset == "all" else [args.dataset]
     for name in wanted:
         if name == "moduli":
