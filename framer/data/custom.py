@@ -159,12 +159,8 @@ def build_custom(
     allow_outside_root: bool = False,
     workers: int = 0,
 ) -> BuildResult:
-    """Records of a custom folder, split at random (seeded) or by a JSON split file of ids.
-
-    Structure files larger than ``max_file_mb`` or with more than ``max_atoms`` atoms are skipped and counted;
-    names outside ``root`` are an error unless ``allow_outside_root``. ``workers`` > 1 parses the files in that many
-    processes (same result).
-    """
+    """Records of a custom folder, split at random (seeded) or by a JSON split file of ids (the arguments are
+    :class:`~framer.data.datamodules.CustomDataModule`'s); ``workers`` > 1 parses in that many processes."""
     root = Path(root)
     id_prop = root / id_prop_file
     timer = PhaseTimer()

@@ -161,7 +161,7 @@ class CrystalDataModule(L.LightningDataModule):
 
     def raw_fingerprint(self) -> object:
         """Content hashes of the raw inputs (raises DataNotFoundError when they are missing); None if none."""
-        return None
+        return {p.name: file_sha256(p) for p in require_files(self.raw_paths())} or None
 
     def build(self) -> BuildResult:
         """Read raw data and produce cache arrays, metadata and a skip report."""
@@ -439,9 +439,6 @@ class _PaperDataModule(CrystalDataModule):
             "split": self._split_spec(),
             "max_atoms": self.max_atoms,
         }
-
-    def raw_fingerprint(self) -> dict:
-        return {p.name: file_sha256(p) for p in require_files(self.raw_paths())}
 
     def build(self) -> BuildResult:
         if self.spec.pickled:

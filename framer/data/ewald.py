@@ -152,15 +152,8 @@ def make_crystal(seed: int, index: int, max_atoms: int = MAX_ATOMS) -> CrystalRe
 
 
 def generate_records(n: int, seed: int = 0, num_workers: int = 0, max_atoms: int = MAX_ATOMS) -> list[CrystalRecord]:
-    """``n`` labelled random ionic crystals, deterministic in ``seed`` (and independent of ``num_workers``).
-
-    Args:
-        n: Number of crystals.
-        seed: Data set seed.
-        num_workers: Worker processes (0 or 1: in this process), forked on Linux (elsewhere the crystals are made
-            in this process; see :func:`framer.data.parallel.map_chunks`).
-        max_atoms: Largest cell (at least 2).
-    """
+    """``n`` labelled random ionic crystals of at most ``max_atoms`` (>= 2) atoms, deterministic in ``seed`` and
+    independent of ``num_workers`` (processes forked on Linux, :func:`framer.data.parallel.map_chunks`)."""
     if max_atoms < 2:
         raise ValueError("max_atoms must be at least 2 (a neutral ionic cell has a cation and an anion)")
     make = functools.partial(_make_crystals, seed, max_atoms)

@@ -194,12 +194,8 @@ def check_jarvis_zip(path: Path, js_tag: str) -> None:
 
 
 def load_jarvis_dataset(dataset: str, data_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Entries of ``megnet`` or ``dft_3d_2021`` in file order, read by jarvis-tools' own loader (offline).
-
-    Raises:
-        DataNotFoundError: the zip is not in ``<data root>/raw``.
-        DataCorruptError: the zip or its JSON cannot be read.
-    """
+    """Entries of ``megnet`` or ``dft_3d_2021`` in file order, read by jarvis-tools' own loader (offline); raises
+    DataNotFoundError if the zip is not in ``<data root>/raw``, DataCorruptError if it or its JSON is unreadable."""
     source = JARVIS_SOURCES[dataset]
     path = jarvis_zip_path(dataset, data_dir)
     require_files([path])

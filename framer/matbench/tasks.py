@@ -184,10 +184,7 @@ def make_benchmark(task: str, frame: pd.DataFrame, validation: Mapping[str, Mapp
 
 def record_fold(bench, task: str, fold: int, predictions: pd.DataFrame, params: dict | None = None) -> dict:
     """``task.record(fold, predictions in the order of the fold's test ids)``; returns matbench's fold scores.
-
-    ``predictions`` has columns ``id`` and ``prediction`` (framer's ``predictions.csv``). Every test id must be
-    predicted.
-    """
+    ``predictions`` (framer's ``predictions.csv``: ``id``, ``prediction``) must cover every test id."""
     mb_task = bench.tasks_map[task]
     test_ids = list(mb_task.validation[mb_task.folds_map[fold]].test)
     by_id = dict(zip(predictions["id"].astype(str), predictions["prediction"].astype(float)))
