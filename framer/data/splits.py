@@ -197,11 +197,8 @@ PAPER_SPLITS: dict[str, PaperSplit] = {
         },
     ),
 }
-# The filter keeps every entry for megnet and the dft_3d_2021 trio, so raw and position fingerprints coincide.
-PAPER_SPLITS["megnet"] = replace(PAPER_SPLITS["megnet"], raw_fingerprints=PAPER_SPLITS["megnet"].fingerprints)
-PAPER_SPLITS["dft_3d_2021"] = replace(
-    PAPER_SPLITS["dft_3d_2021"], raw_fingerprints=PAPER_SPLITS["dft_3d_2021"].fingerprints
-)
+for _key in ("megnet", "dft_3d_2021"):  # the filter keeps every entry: raw and position fingerprints coincide
+    PAPER_SPLITS[_key] = replace(PAPER_SPLITS[_key], raw_fingerprints=PAPER_SPLITS[_key].fingerprints)
 
 # Published (pre-split) moduli pickles: sizes only (docs/data.md, "Split sizes").
 MODULI_SPLIT_SIZES = {"bulk_modulus": (4664, 393, 393), "shear_modulus": (4664, 392, 393)}
