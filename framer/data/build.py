@@ -248,14 +248,12 @@ def build_jarvis_target(
     paper = PAPER_SPLITS[spec.split_key]
     position_fps, raw_fps, matches_paper = paper.compare(splits, kept)
     if not matches_paper:
+        sizes = {k: len(v) for k, v in splits.items()}
+        same = position_fps == dict(paper.fingerprints)
+        note = "; same positions but other entries were filtered out" if same else ""
         log.warning(
-            "%s/%s: split differs from the paper's (N=%d after filtering, published N=%d; sizes %s%s)",
-            spec.dataset,
-            spec.name,
-            n,
-            paper.total_size,
-            {k: len(v) for k, v in splits.items()},
-            "; same positions but other entries were filtered out" if position_fps == dict(paper.fingerprints) else "",
+            f"{spec.dataset}/{spec.name}: split differs from the paper's (N={n} after filtering, published "
+            f"N={paper.total_size}; sizes {sizes}{note})"
         )
 
     def convert(p: int) -> CrystalRecord:

@@ -204,12 +204,9 @@ def build_custom(
         missing_target=missing.to_dict(),
         split_source=str(split_file) if split_file else f"random {tuple(fractions)} seed {split_seed}",
     )
-    result = assemble(splits, convert, meta, workers=workers, timer=timer)
-    report = result.report
-    if report.total:
-        log.warning("%s: skipped %d of %d structures (%s)", root, report.total, len(valid), dict(report.counts))
+    result = assemble(splits, convert, meta, workers=workers, timer=timer)  # the DataModule logs what it skipped
     if len(result.arrays["ids"]) == 0:
-        raise DataError(f"{root}: none of the structures could be read ({dict(report.counts)})")
+        raise DataError(f"{root}: none of the structures could be read ({dict(result.report.counts)})")
     return result
 
 
