@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from framer.io import atomic_file
 from framer.data.structures import CrystalRecord
+from framer.io import atomic_file
 
 log = logging.getLogger("framer.data")
 
@@ -66,6 +66,11 @@ def file_sha256(path: str | os.PathLike) -> str:
                 digest.update(chunk)
         _FILE_HASHES[memo] = digest.hexdigest()
     return _FILE_HASHES[memo]
+
+
+def short_hash(spec: object) -> str:
+    """First 10 hex digits of the sha256 of ``spec``'s JSON (sorted keys), for cache file names."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def cache_key(**parts: Any) -> str:
