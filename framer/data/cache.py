@@ -252,7 +252,9 @@ def records_to_arrays(records: Sequence[CrystalRecord]) -> dict[str, np.ndarray]
     return {  # the leading empty arrays give the shapes when there are no records
         "lattice": np.array([r.lattice for r in records], dtype=np.float64).reshape(-1, 3, 3),
         "frac_coords": np.concatenate([np.zeros((0, 3)), *(r.frac_coords for r in records)]).astype(np.float64),
-        "atomic_numbers": np.concatenate([np.zeros(0, np.uint8), *(r.atomic_numbers for r in records)]).astype(np.uint8),
+        "atomic_numbers": np.concatenate([np.zeros(0, np.uint8), *(r.atomic_numbers for r in records)]).astype(
+            np.uint8
+        ),
         "offsets": offsets,
         "target": np.array([r.target for r in records], dtype=np.float64),
         "ids": np.array([r.id for r in records], dtype=f"<U{width}"),
