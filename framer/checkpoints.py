@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from framer.errors import UserError
+from framer.errors import UserError, causes
 from framer.instantiate import RefusedClassPath, check_config_class_paths, resolve_class
 from framer.io import atomic_file
 
@@ -190,7 +190,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with atomic_file(path, "wb") as handle:
                 torch.save(checkpoint, handle)
         except (OSError, RuntimeError) as err:
-            cause = _os_error_in(err)  # torch's zip writer reports a failed write as a RuntimeError
+            # torch's zip writer reports a failed write as a RuntimeError raised from the OSError
+            cause = next((e for e in causes(err) if isinstance(e, OSError)), None)
             if cause is None:
                 raise
             reason = cause.strerror or str(cause)
@@ -203,15 +204,3 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if map_location is None:
             return super().load_checkpoint(path, weights_only=True)
         return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-
-
-def _os_error_in(err: BaseException) -> OSError | None:
-    """``err`` or the first OSError it was raised from (directly or while handling it)."""
-    seen: list[BaseException] = []
-    current: BaseException | None = err
-    while current is not None and current not in seen:
-        if isinstance(current, OSError):
-            return current
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return None

@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 import yaml
+from filelock import FileLock
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -65,7 +66,7 @@ from framer.errors import DEBUG_ENV, UserError, exit_codes
 from framer.evaluate import print_metrics, run_final_tests, write_results
 from framer.instantiate import allowed_modules, check_config_class_paths, restrict_config_imports
 from framer.module import CrystalRegressor
-from framer.rundir import RunDir, RunLock, RunRoot
+from framer.rundir import RunDir, RunRoot
 from framer.tracking import Tracking, is_launching_process, log_run_start, quiet_lightning_noise, run_dir
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -73,13 +74,7 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 #: user errors (exit code 2) besides framer's own :class:`framer.errors.UserError`s
 USER_ERRORS: tuple[type[BaseException], ...] = (InvalidStructureError, MisconfigurationException, DataError)
 #: trainer settings where an int means batches and a float a fraction (jsonargparse would read ``1`` as ``1.0``)
-BATCH_COUNTS = (
-    "limit_train_batches",
-    "limit_val_batches",
-    "limit_test_batches",
-    "limit_predict_batches",
-    "overfit_batches",
-)
+BATCH_COUNTS = (*(f"limit_{stage}_batches" for stage in ("train", "val", "test", "predict")), "overfit_batches")
 #: (source, parsed YAML, position in the arguments) of the config files and inline values being parsed
 _CONFIGS: contextvars.ContextVar[Sequence[tuple[str, Any, int]]] = contextvars.ContextVar("framer_configs", default=())
 
@@ -120,9 +115,7 @@ class FramerSaveConfigCallback(SaveConfigCallback):
     """Saves ``config.yaml`` in the run directory, then records it and the run's metadata (``run.json``, MLflow)."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        directory = run_dir(trainer)
-        config_path = directory / self.config_filename if directory is not None else None
-        log_run_start(trainer, pl_module, trainer.datamodule, config_path)
+        log_run_start(trainer, pl_module, trainer.datamodule)
 
 
 class FramerArgumentParser(LightningArgumentParser):
@@ -194,7 +187,7 @@ class FramerCLI(LightningCLI):
         self._mlflow_run_id: str | None = None
         self._resume_step: int | None = None  # global step of the checkpoint a fit resumes from
         self._checkpoint_run: RunDir | None = None  # run directory of the checkpoint test/validate/predict evaluate
-        self._run_lock: RunLock | None = None
+        self._run_lock: FileLock | None = None
         self._threads_before: int | None = None  # torch's threads before `threads` set them
         self._parsers: list[LightningArgumentParser] = []  # the main parser and the subcommands'
         self._batch_counts: dict[str, int] = {}  # trainer.limit_*_batches / overfit_batches given as integers
@@ -361,15 +354,13 @@ class FramerCLI(LightningCLI):
             return False  # a smoke run writes no files (Lightning would log nothing either)
         if subcommand != "fit":  # test/validate/predict: a new <run>/<subcommand>/<n>/, CSV files only
             run = self._checkpoint_run or RunDir(Path(tracking.save_dir) / tracking.run_name)
-            if not is_launching_process():
-                return [CSVLogger(save_dir=run.path, name=subcommand)]
-            directory = run.new_evaluation_dir(subcommand)
-            return [CSVLogger(save_dir=run.path, name=subcommand, version=directory.name)]
+            version = run.new_evaluation_dir(subcommand).name if is_launching_process() else None
+            return [CSVLogger(save_dir=run.path, name=subcommand, version=version)]
         loggers = tracking.loggers(mlflow_run_id=self._mlflow_run_id, resume_step=self._resume_step)
         if self.subcommand == "fit" and is_launching_process():
             if self._resume_step is None:  # a new run's CSV writer checks its directory is empty before the lock file
                 _ = loggers[0].experiment  # goes in (a resumed run's writer rewrites metrics.csv: only under the lock)
-            self._run_lock = RunDir(loggers[0].log_dir).lock().acquire()
+            self._run_lock = RunDir(loggers[0].log_dir).lock()
         return loggers
 
     def _check_settings(self, trainer_config: dict) -> None:

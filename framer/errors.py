@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
-EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
 EXIT_SIGTERM = 128 + signal.SIGTERM
@@ -47,6 +46,14 @@ def one_line(err: BaseException) -> str:
     if isinstance(err, FileNotFoundError) and filename and str(filename) not in text:
         text = f"{text}: {filename}"
     return " ".join(text.split())
+
+
+def causes(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling, outermost first."""
+    chain = [err]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    return chain
 
 
 def elapsed(seconds: float) -> str:
@@ -77,7 +84,6 @@ def exit_codes(
     ``<prog>: stopped by SIGTERM: <interrupted(err)>``. Anything else propagates (a bug: its traceback is wanted).
     Ending normally, it prints ``<prog>: finished in <elapsed>``.
     """
-    debug = bool(os.environ.get(DEBUG_ENV))
     started = time.monotonic()
     try:
         yield
@@ -86,11 +92,8 @@ def exit_codes(
         what = interrupted(err) if interrupted is not None else "no checkpoint saved"
         sys.stderr.write(f"{prog}: stopped by SIGTERM: {what}\n")
         raise SystemExit(EXIT_SIGTERM) from None
-    except (UserError, *FILE_ERRORS, *user_errors) as err:
-        if debug:
+    except (UserError, *FILE_ERRORS, *user_errors, NonFiniteError, FloatingPointError) as err:
+        if os.environ.get(DEBUG_ENV):
             raise
-        fail(prog, one_line(err))
-    except (NonFiniteError, FloatingPointError) as err:
-        if debug:
-            raise
-        fail(prog, one_line(err), EXIT_NON_FINITE)
+        user_error = isinstance(err, (UserError, *FILE_ERRORS, *user_errors))
+        fail(prog, one_line(err), EXIT_USER_ERROR if user_error else EXIT_NON_FINITE)

@@ -32,6 +32,7 @@ import re
 import sqlite3
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from framer.errors import UserError
+from framer.errors import UserError, causes
 from framer.io import atomic_file, file_lock, to_plain
 from framer.provenance import git_commit
 from framer.rundir import RunDir, RunRoot
@@ -72,6 +73,7 @@ class TrackingError(UserError, ValueError):
     """A tracking setting that cannot work (for example the MLflow file store)."""
 
 
+@dataclass
 class Tracking:
     """Where runs are recorded: ``<save_dir>/<run_name>/version_<n>/`` on disk, and one MLflow run.
 
@@ -92,27 +94,20 @@ class Tracking:
             only.
     """
 
-    def __init__(
-        self,
-        run_name: str | None = None,
-        save_dir: str = "runs",
-        version: int | str | None = None,
-        mlflow: bool = True,
-        experiment_name: str = "framer",
-        tracking_uri: str | None = None,
-        artifact_location: str | None = None,
-        tags: dict[str, str] | None = None,
-        mlflow_required: bool = True,
-    ) -> None:
-        self.run_name = run_name or "default"
-        self.save_dir = save_dir
-        self.version = version
-        self.mlflow = mlflow
-        self.experiment_name = experiment_name
-        self.tracking_uri = tracking_uri
-        self.artifact_location = artifact_location
-        self.tags = dict(tags or {})
-        self.mlflow_required = mlflow_required
+    run_name: str | None = None
+    save_dir: str = "runs"
+    version: int | str | None = None
+    mlflow: bool = True
+    experiment_name: str = "framer"
+    tracking_uri: str | None = None
+    artifact_location: str | None = None
+    tags: dict[str, str] | None = None
+    mlflow_required: bool = True
+    #: (tracking URI, run id) of the MLflow run :meth:`loggers` created in this process; None for a resumed run
+    created_run: tuple[str, str] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.run_name = self.run_name or "default"
 
     def loggers(self, mlflow_run_id: str | None = None, resume_step: int | None = None) -> list[Logger]:
         """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger.
@@ -152,9 +147,6 @@ class Tracking:
                 )
             )
         return loggers
-
-    #: (tracking URI, run id) of the MLflow run :meth:`loggers` created in this process; None for a resumed run
-    created_run: tuple[str, str] | None = None
 
     def fail_created_run(self) -> None:
         """End the MLflow run :meth:`loggers` created as FAILED: its fit failed before it started (once it runs,
@@ -249,19 +241,14 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(url.database)
 
 
-@contextlib.contextmanager
-def sqlite_lock(tracking_uri: str) -> Iterator[None]:
+def sqlite_lock(tracking_uri: str) -> contextlib.AbstractContextManager:
     """An exclusive file lock next to a SQLite tracking database, ``<db>.lock`` (no-op for other backends).
 
     Creating a client migrates a new database, and two processes creating one experiment at once would both find
     none: whoever touches a shared SQLite database first holds this lock.
     """
     path = sqlite_path(tracking_uri)
-    if path is None:
-        yield
-        return
-    with file_lock(path.with_name(path.name + ".lock")):
-        yield
+    return contextlib.nullcontext() if path is None else file_lock(path.with_name(path.name + ".lock"))
 
 
 def create_run(
@@ -387,10 +374,7 @@ def _check_server(uri: str) -> None:
 
 def _root_cause(err: BaseException) -> str:
     """The innermost exception of a chain (e.g. ``[Errno 111] Connection refused`` under MLflow's and urllib3's)."""
-    seen = [err]
-    while (nxt := seen[-1].__cause__ or seen[-1].__context__) is not None and nxt not in seen and len(seen) < 20:
-        seen.append(nxt)
-    return next((_first_line(e) for e in reversed(seen) if str(e).strip()), _first_line(err))
+    return next((_first_line(e) for e in reversed(causes(err)) if str(e).strip()), _first_line(err))
 
 
 def _first_line(err: BaseException) -> str:
@@ -427,8 +411,6 @@ def run_dir(trainer: Any) -> Path | None:
 def datamodule_info(datamodule: Any) -> dict[str, Any]:
     """Dataset name, target, units and split fingerprints of a datamodule (whatever it exposes)."""
     info: dict[str, Any] = {}
-    if datamodule is None:
-        return info
     for key in ("dataset_name", "target", "target_units"):
         value = getattr(datamodule, key, None)
         if value is not None and not callable(value):
@@ -449,25 +431,20 @@ def datamodule_info(datamodule: Any) -> dict[str, Any]:
     return info
 
 
-def count_parameters(module: Any) -> dict[str, int]:
-    """Parameters of the network (``module.model`` when present; the SWA copy is not counted)."""
-    net = getattr(module, "model", module)
-    params = list(net.parameters())
-    return {
-        "num_params": sum(p.numel() for p in params),
-        "num_trainable_params": sum(p.numel() for p in params if p.requires_grad),
-    }
-
-
-def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str | Path | None) -> dict[str, Any]:
-    """Write ``run.json`` into the run directory and record config, commit, splits, size and torch's CPU threads in
-    MLflow.
+def log_run_start(trainer: Any, module: Any, datamodule: Any) -> dict[str, Any]:
+    """Write ``run.json`` into the run directory and record ``config.yaml``, commit, splits, size and torch's CPU
+    threads in MLflow.
 
     Runs on global rank 0 only, so it must not make collective calls.
     """
+    network = getattr(module, "model", module)  # the SWA copy is not counted
+    info: dict[str, Any] = {
+        **datamodule_info(datamodule),
+        "num_params": sum(p.numel() for p in network.parameters()),
+        "num_trainable_params": sum(p.numel() for p in network.parameters() if p.requires_grad),
+        "threads": torch.get_num_threads(),
+    }
     git = git_commit()
-    info: dict[str, Any] = {**datamodule_info(datamodule), **count_parameters(module)}
-    info["threads"] = torch.get_num_threads()
     if git:
         info.update(git_commit=git["commit"], git_dirty=git["dirty"])
     mlflow_logger = find_logger(trainer.loggers, MLFlowLogger)
@@ -484,15 +461,16 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str |
         for key in ("git_commit", "git_dirty", "dataset_name", "target", "target_units", "run_dir"):
             if info.get(key) is not None:
                 client.set_tag(run_id, key, str(info[key]))
-        params = {k: info[k] for k in ("num_params", "num_trainable_params", "threads") if k in info}
+        params = {k: info[k] for k in ("num_params", "num_trainable_params", "threads")}
         params.update({f"train_stats/{k}": info[k] for k in ("target_mean", "target_std") if k in info})
         for name, fingerprint in (info.get("splits") or {}).items():
             text = fingerprint if isinstance(fingerprint, str) else json.dumps(fingerprint, sort_keys=True)
             params[f"split/{name}"] = text
         _log_params(client, run_id, params)
-        for path in (config_path, run.info if run is not None else None):
-            if path is not None and Path(path).is_file():
-                client.log_artifact(run_id, str(path))
+        if run is not None:
+            for path in (run.config, run.info):
+                if path.is_file():
+                    client.log_artifact(run_id, str(path))
     return info
 
 
