@@ -130,15 +130,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint not found: {shown}")
     source: Any = local if local is not None else io.BytesIO(_read_bytes(shown))
     try:
-        if local is not None:
-            try:
-                checkpoint = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as err:
-                if "mmap" not in str(err):
-                    raise
-                checkpoint = torch.load(local, map_location="cpu", weights_only=True)  # the old (non-zip) format
-        else:
-            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True, mmap=local is not None)
+        except RuntimeError as err:
+            if local is None or "mmap" not in str(err):
+                raise
+            checkpoint = torch.load(local, map_location="cpu", weights_only=True)  # the old (non-zip) format
     except Exception as err:
         if isinstance(source, io.BytesIO):
             source.seek(0)

@@ -1,39 +1,26 @@
 """Command line: ``python -m framer.cli fit|validate|test|predict --config conf/default.yaml [--config ...]``.
 
-A LightningCLI with the model and the data as ``class_path``/``init_args`` subclasses, plus three framer groups:
+A LightningCLI with the model and the data as ``class_path``/``init_args`` subclasses, plus framer's groups:
+``tracking`` (run directory and MLflow, :class:`framer.tracking.Tracking`), ``checkpoint`` (the always-on
+``ModelCheckpoint``: best ``val/mae`` + ``last.ckpt``), ``threads`` (torch's CPU threads, recorded in ``run.json``),
+``test_after_fit`` and ``predictions_csv``.
 
-- ``tracking``: run directory and MLflow (see :class:`framer.tracking.Tracking`);
-- ``checkpoint``: the always-on ``ModelCheckpoint`` (best ``val/mae`` + ``last.ckpt``);
-- ``test_after_fit`` / ``predictions_csv``: what happens after ``fit`` and where ``predict`` writes.
+- ``fit`` refuses settings it cannot work with before anything is written (a learning rate the optimizer rejects,
+  ``swa_epochs`` larger than ``max_epochs``), holds a lock on its run directory while it runs (:mod:`framer.rundir`),
+  then tests on one device (:mod:`framer.evaluate`). ``--ckpt_path last`` resumes the newest run of the same
+  ``tracking.run_name`` in place (same directory and MLflow run, earlier rows of ``metrics.csv`` kept), or starts
+  afresh when there is none. Under ``fast_dev_run`` nothing is written.
+- ``test``, ``validate`` and ``predict`` never change a trained run: they write CSV files only into a new
+  ``<run dir>/<subcommand>/<n>/`` of the checkpoint's run (else of ``<save_dir>/<run_name>``).
+- Without ``tracking.run_name`` a run is named ``<data set>-<target>-<model>`` (:func:`default_run_name`).
+  ``trainer.limit_*_batches`` and ``overfit_batches`` written as integers count batches. Options are never
+  abbreviated; an unknown one is named with the closest known one and the config file it sits in.
 
-After ``fit``, global rank 0 tests on a single device (no padded DistributedSampler) both the SWA model
-(``test/mae``, the paper's number) and the best-``val/mae`` checkpoint (``test_best/mae``), and writes
-``results.json`` and ``predictions.csv`` into the run directory (:mod:`framer.evaluate`). ``fit --ckpt_path last``
-resumes the newest run of the same ``tracking.run_name`` in place (same directory, same MLflow run, the earlier rows
-of ``metrics.csv`` kept) and starts afresh when there is none. A ``fit`` holds a lock on its run directory while it
-runs: a second process resuming the same run is refused (:mod:`framer.rundir`).
-
-``test``, ``validate`` and ``predict`` never change a trained run: they write into a new ``<run dir>/<subcommand>/<n>/``
-of the run the checkpoint belongs to (else of ``<save_dir>/<run_name>``), with CSV files only (no MLflow run). The
-run directory's layout is :mod:`framer.rundir`'s.
-
-Without ``tracking.run_name`` a run is named ``<data set>-<target>-<model>`` (:func:`default_run_name`); ``threads``
-sets torch's CPU threads for the run (recorded in ``run.json``); ``trainer.limit_*_batches`` and ``overfit_batches``
-written as integers count batches. Options are never abbreviated, and an unknown one is named with the closest known
-one and the config file it sits in.
-
-``fit`` refuses settings it cannot work with before anything is written (a learning rate the optimizer rejects,
-``swa_epochs`` larger than ``max_epochs``); under ``fast_dev_run`` nothing is written at all.
-
-User errors (missing config, data or checkpoint file, a bad value) end with one ``framer: error: ...`` line and exit
-code 2 (:mod:`framer.errors`); set ``FRAMER_DEBUG=1`` to see the traceback. Every trainer runs with
-:func:`framer.callbacks.safety_callbacks` and atomic checkpoint writes: a NaN/inf loss or gradient (or an optimizer
-step that overflows) stops training with one line and exit code 3, and SIGTERM saves ``last.ckpt`` and exits with code
-143 (128 + SIGTERM). Config files and checkpoints are checked before jsonargparse or Lightning sees them
-(:mod:`framer.checkpoints`): checkpoints are read with ``weights_only=True`` whatever the path's spelling, and a
-class path outside ``framer``, ``torch``, ``lightning`` and ``$FRAMER_ALLOWED_MODULES`` is refused before it is
-imported (:mod:`framer.instantiate`), so a truncated, corrupt or code-carrying file is one ``framer: error`` line and
-nothing in it runs.
+Exit codes are :mod:`framer.errors`'s (2: one ``framer: error: ...`` line; 3: a non-finite loss or gradient; 143:
+SIGTERM, after saving ``last.ckpt``). Config files and checkpoints are checked before jsonargparse or Lightning sees
+them: checkpoints are read with ``weights_only=True`` whatever the path's spelling (:mod:`framer.checkpoints`) and a
+class path outside the allowed packages is refused before it is imported (:mod:`framer.instantiate`), so nothing in a
+truncated, corrupt or code-carrying file runs.
 """
 
 from __future__ import annotations
@@ -277,16 +264,12 @@ class FramerCLI(LightningCLI):
         if "weights_only" in config:
             config.weights_only = True  # framer's checkpoints are plain data; nothing else is unpickled
         if ckpt == "last" and config.trainer.get("logger") in (None, True):
-            tracking = config.tracking
-            found = RunRoot.of(tracking.save_dir, tracking.run_name).last_checkpoint()
+            root = RunRoot.of(config.tracking.save_dir, config.tracking.run_name)
+            found = root.last_checkpoint()
             if found is None:
                 if subcommand != "fit":
-                    raise UserError(f"no last checkpoint under {Path(tracking.save_dir) / tracking.run_name}")
-                print(
-                    f"framer: no last checkpoint under {Path(tracking.save_dir) / tracking.run_name}; "
-                    "training from scratch",
-                    file=sys.stderr,
-                )
+                    raise UserError(f"no last checkpoint under {root.path}")
+                print(f"framer: no last checkpoint under {root.path}; training from scratch", file=sys.stderr)
                 config.ckpt_path = None
                 return
             path, run = found

@@ -46,11 +46,6 @@ def allowed_modules() -> tuple[str, ...]:
     return BUILTIN_ALLOWED_MODULES + tuple(name for name in extra if name and name not in BUILTIN_ALLOWED_MODULES)
 
 
-def is_allowed(import_path: str) -> bool:
-    """Whether ``import_path`` lies in an allowed package (``framer.models.X`` is in ``framer``; ``framerx`` is not)."""
-    return any(import_path == root or import_path.startswith(root + ".") for root in allowed_modules())
-
-
 def check_allowed(class_path: Any, source: str, place: str = "class_path") -> str:
     """``class_path`` if it is an import path inside an allowed package; :class:`RefusedClassPath` otherwise.
 
@@ -58,7 +53,7 @@ def check_allowed(class_path: Any, source: str, place: str = "class_path") -> st
     """
     if not isinstance(class_path, str) or not _IMPORT_PATH.fullmatch(class_path):
         raise RefusedClassPath(f"{source}: {place} {class_path!r} is not an import path (package.module.Class)")
-    if not is_allowed(class_path):
+    if not any(f"{class_path}.".startswith(f"{root}.") for root in allowed_modules()):  # not framerx.X for framer
         raise RefusedClassPath(
             f"{source}: {place} {class_path!r} was refused and not imported: only classes from "
             f"{', '.join(allowed_modules())} may be named (trusted packages can be added to ${ALLOWED_MODULES_ENV}, "
@@ -133,8 +128,7 @@ _ALLOWED_IN_JSONARGPARSE: set[str] = set()
 def build(config: Mapping[str, Any], base: type = nn.Module, source: str = "config", place: str = "model") -> Any:
     """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}``, a subclass of ``base`` from an allowed
     package (checked before the import; :class:`RefusedClassPath` otherwise)."""
-    cls = resolve_class(config.get("class_path"), base, source, f"{place}.class_path")
-    return cls(**dict(config.get("init_args") or {}))
+    return factory(config, base, source, place)()
 
 
 def factory(config: Mapping[str, Any], base: type, source: str = "config", place: str = "optimizer") -> Any:

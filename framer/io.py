@@ -21,36 +21,26 @@ from typing import IO, Any
 from filelock import FileLock
 
 
-def temp_path(path: Path) -> Path:
-    """A fresh hidden temporary name next to ``path``: ``.<name>.<pid>.<random>.tmp``."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
 def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (best effort: some file systems refuse to fsync directories)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file for writing that replaces ``path`` when the block ends without an exception.
 
-    ``mode`` is "wb" or "w" (text; ``open_kwargs`` such as ``newline`` are passed to ``open``).
+    ``mode`` is "wb" or "w" (text; ``open_kwargs`` such as ``newline`` are passed to ``open``). The temporary file is
+    a fresh hidden name next to ``path``: ``.<name>.<pid>.<random>.tmp``.
     """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_file writes whole files: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, mode.replace("w", "x"), **open_kwargs) as handle:
             yield handle

@@ -264,11 +264,7 @@ def _wait(proc: subprocess.Popen, timeout: float | None, poll: Callable[[], bool
 
 def run(spec: RunSpec, mode: Literal["subprocess", "inprocess"], log: Path | None = None) -> Outcome:
     """``run_subprocess(spec, log)`` or ``run_inprocess(spec)`` (which prints to this process's streams)."""
-    if mode == "subprocess":
-        if log is None:
-            raise ValueError("a subprocess run needs a log file")
-        return run_subprocess(spec, log)
-    return run_inprocess(spec)
+    return run_subprocess(spec, log) if mode == "subprocess" else run_inprocess(spec)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -120,13 +120,8 @@ class RunDir(_Directory):
     def write_results(self, summary: Mapping[str, Any]) -> Path:
         return write_json(self.results, summary)
 
-    def write_predictions(
-        self,
-        rows: Iterable[Iterable[Any]],
-        which: Literal["final", "best"] = "final",
-        header=("id", "target", "prediction"),
-    ) -> Path:
-        return write_csv_rows(self.predictions(which), header, rows)
+    def write_predictions(self, rows: Iterable[Iterable[Any]], which: Literal["final", "best"] = "final") -> Path:
+        return write_csv_rows(self.predictions(which), ("id", "target", "prediction"), rows)
 
     def update_info(self, facts: Mapping[str, Any]) -> Path:
         """Merge ``facts`` into ``run.json`` (later values win)."""
@@ -212,8 +207,7 @@ class RunRoot(_Directory):
         return [run for *_, run in sorted(found, key=lambda item: item[:2])]
 
     def latest(self) -> RunDir | None:
-        versions = self.versions()
-        return versions[-1] if versions else None
+        return next(reversed(self.versions()), None)
 
     def latest_finished(self) -> RunDir | None:
         """The newest version whose results hold a test MAE."""
@@ -236,7 +230,7 @@ class RunRoot(_Directory):
             return "missing"
         if self.finished:
             return "finished"
-        return "failed" if self.failure() is not None else "incomplete"
+        return "failed" if (self.path / FAILED).is_file() else "incomplete"
 
     # ---- the launcher's files
     def mark_failed(self, message: str) -> Path:
@@ -244,13 +238,6 @@ class RunRoot(_Directory):
 
     def clear_failed(self) -> None:
         (self.path / FAILED).unlink(missing_ok=True)
-
-    def failure(self) -> str | None:
-        """The message of the last failed attempt, or None."""
-        try:
-            return (self.path / FAILED).read_text()
-        except OSError:
-            return None
 
     def write_cell(self, cell: Mapping[str, Any]) -> Path:
         return write_json(self.path / CELL, cell)

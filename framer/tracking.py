@@ -2,23 +2,14 @@
 
 MLflow defaults to a SQLite database, ``sqlite:///mlruns/mlflow.db``; ``MLFLOW_TRACKING_URI`` overrides it (for
 example ``http://127.0.0.1:5000`` or ``postgresql+psycopg2://...``). The MLflow file store is never used: it is
-deprecated and MLflow >= 3.13 refuses it. Artifacts of a new experiment go to ``tracking.artifact_location`` if set,
-else next to a SQLite database (``<db dir>/artifacts``), else where the server keeps them (:func:`artifact_location`).
-
-The run directory (:mod:`framer.rundir`) is the ground truth: reports read its files and never depend on MLflow.
-Only global rank 0 writes, and every write is atomic (temporary file + rename).
+deprecated and MLflow >= 3.13 refuses it. Reports read the run directory (:mod:`framer.rundir`), never MLflow.
 
 Several runs may start at once on one ``save_dir`` and one SQLite database: a new run claims its ``version_<n>``
-directory with an atomic ``mkdir`` (two runs of the same name never share a directory), and creates its MLflow run
-with ``MlflowClient`` while holding an exclusive lock file next to the database (:func:`sqlite_lock`; schema
-migrations, experiment and run creation), before Lightning's ``MLFlowLogger`` is given the run's id. Only the
-launching process does this: the other ranks of a multi-process run create nothing.
-
-Before a run starts, :func:`check_tracking_backend` makes sure MLflow can be used, within seconds: an HTTP server is
-asked once with a 5 s timeout and no retries, a SQLite file must be a readable and writable database. A backend that
-cannot be used is one :class:`TrackingError` line, or, with ``tracking.mlflow_required: false``, a warning and a run
-tracked in its CSV files only. A resumed run keeps the rows of ``metrics.csv`` logged before the step it resumes from
-(:class:`ResumableCSVLogger`).
+directory with an atomic ``mkdir``, and creates its MLflow run with ``MlflowClient`` under a lock file next to the
+database (:func:`create_run`) before Lightning's ``MLFlowLogger`` is given the run's id. Only the launching process
+does this: the other ranks of a multi-process run create nothing. Before that, :func:`check_tracking_backend` makes
+sure within seconds that MLflow can be used (else one :class:`TrackingError` line, or, with
+``tracking.mlflow_required: false``, a warning and a run tracked in its CSV files only).
 """
 
 from __future__ import annotations
@@ -112,11 +103,9 @@ class Tracking:
     def loggers(self, mlflow_run_id: str | None = None, resume_step: int | None = None) -> list[Logger]:
         """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger.
 
-        The MLflow backend is checked first (:func:`check_tracking_backend`). Without an explicit ``version``, the
-        launching process (not the other ranks of a multi-process run) claims the next free ``version_<n>``
-        directory at once, and without ``mlflow_run_id`` it creates the MLflow run (:attr:`created_run`).
-        ``mlflow_run_id``: the MLflow run of a resumed run. ``resume_step``: the global step of the checkpoint a
-        resumed run starts from (its earlier rows of ``metrics.csv`` are kept).
+        The MLflow backend is checked first. The launching process claims the next free ``version_<n>`` (unless
+        ``version`` is set) and creates the MLflow run (:attr:`created_run`) unless given the ``mlflow_run_id`` of a
+        resumed run; ``resume_step`` is the global step of the checkpoint a resumed run starts from.
         """
         uri = resolve_tracking_uri(self.tracking_uri) if self.mlflow else None
         if uri is not None:  # before anything is written
@@ -131,7 +120,7 @@ class Tracking:
                 uri = None
         launching = is_launching_process()
         version = self.version
-        if version is None and launching:
+        if version is None and launching:  # claimed at once: concurrent runs of one name never share a directory
             version = RunRoot.of(self.save_dir, self.run_name).claim().name
         loggers: list[Logger] = [
             ResumableCSVLogger(save_dir=self.save_dir, name=self.run_name, version=version, resume_step=resume_step)
@@ -165,14 +154,9 @@ class ResumableCSVLogger(CSVLogger):
     """Lightning's ``CSVLogger``, except that a resumed run keeps the history of its ``metrics.csv``.
 
     Lightning's writer deletes an existing ``metrics.csv`` when it starts. With ``resume_step`` (the global step of
-    the checkpoint the run resumes from), the rows logged before that step are kept and the later ones (logged by
-    the interrupted run after its checkpoint, and about to be logged again) dropped, so the file ends up as the one
-    of an uninterrupted run. The kept rows wait in a hidden file while Lightning's writer starts and are then renamed
-    into place; a crash in between leaves them there for the next resume.
-
-    Args:
-        resume_step: Global step of the checkpoint the run resumes from; None for a new run.
-        **kwargs: Arguments of ``CSVLogger``.
+    the checkpoint the run resumes from; None for a new run), the rows logged before that step are kept and the later
+    ones (about to be logged again) dropped, as in an uninterrupted run. The kept rows wait in a hidden file while
+    Lightning's writer starts and are then renamed into place; a crash in between leaves them there for the next resume.
     """
 
     def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
@@ -199,10 +183,8 @@ class ResumableCSVLogger(CSVLogger):
 
 
 def _park_rows_before(path: Path, parked: Path, step: int) -> list[str]:
-    """Write the rows of ``path`` (or of ``parked``, left by a crash) with a step below ``step`` to ``parked``.
-
-    Returns the CSV header, or [] when there is no history to keep.
-    """
+    """Write the rows of ``path`` (or of ``parked``, left by a crash) with a step below ``step`` to ``parked``;
+    returns the CSV header, or [] when there is no history to keep."""
     source = path if path.is_file() else parked if parked.is_file() else None
     if source is None:
         return []
@@ -312,11 +294,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 def check_tracking_backend(uri: str) -> None:
     """Make sure the MLflow backend at ``uri`` can be used, within seconds; :class:`TrackingError` if not.
 
-    SQLite: the file, when it exists, must be a database (its schema readable) this process may write, in a writable
-    directory.
-    HTTP(S): the server must answer one request within ``SERVER_CHECK_TIMEOUT`` seconds (MLflow's client, with
-    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` set for this request only). Other
-    backends (PostgreSQL, ...) are left to MLflow.
+    SQLite: the file, when it exists, must be a database this process may write, in a writable directory. HTTP(S): the
+    server must answer one request within ``SERVER_CHECK_TIMEOUT`` seconds, with no retries. Other backends
+    (PostgreSQL, ...) are left to MLflow.
     """
     path = sqlite_path(uri)
     if path is not None:
@@ -334,11 +314,8 @@ def _check_sqlite(path: Path) -> None:
     if not os.access(path, os.W_OK):  # file modes, a read-only mount, the immutable flag
         raise TrackingError(f"MLflow tracking database {path} cannot be written (read-only); {hint}")
     try:
-        connection = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=30)
-        try:
+        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=30)) as connection:
             connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            connection.close()
     except sqlite3.Error as err:
         raise TrackingError(f"MLflow tracking database {path} cannot be used ({err}); {hint}") from None
 
@@ -467,10 +444,7 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any) -> dict[str, Any]:
             text = fingerprint if isinstance(fingerprint, str) else json.dumps(fingerprint, sort_keys=True)
             params[f"split/{name}"] = text
         _log_params(client, run_id, params)
-        if run is not None:
-            for path in (run.config, run.info):
-                if path.is_file():
-                    client.log_artifact(run_id, str(path))
+        log_files(client, run_id, (run.config, run.info) if run is not None else ())
     return info
 
 
@@ -479,7 +453,7 @@ def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
         try:
             client.log_param(run_id, param_key(key), str(value)[:MAX_PARAM_VALUE])
         except Exception as err:  # an existing param with another value (a resumed run): keep the first
-            warnings.warn(f"MLflow param {key!r} not logged: {str(err).splitlines()[0]}", stacklevel=2)
+            warnings.warn(f"MLflow param {key!r} not logged: {_first_line(err)}", stacklevel=2)
 
 
 def log_artifacts(loggers: Iterable[Logger], paths: Iterable[str | Path]) -> None:
