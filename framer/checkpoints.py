@@ -2,17 +2,14 @@
 
 Nothing a user receives may run code when it is loaded. Two rules keep checkpoints plain data:
 
-- **Unpickling**: every checkpoint is read with ``torch.load(weights_only=True)`` (tensors and plain containers
-  only), whatever the spelling of its path (local path, ``file://``, any fsspec URL such as ``s3://`` or
-  ``memory://``), also when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set: :func:`read_checkpoint`, and
-  :class:`AtomicCheckpointIO` for the checkpoints a trainer resumes from.
-- **Class paths**: the hyperparameters a module is rebuilt from may name classes only from allowed packages, each
-  a subclass of what its place expects (:func:`check_module_hparams`, with :mod:`framer.instantiate`'s allow-list):
-  ``torch.nn.Module`` for a network, ``torch.optim.Optimizer`` for an optimizer, ``LRScheduler`` for a scheduler,
-  the LightningModule for the module itself.
+- every checkpoint is read with ``torch.load(weights_only=True)`` (tensors and plain containers only), whatever the
+  spelling of its path (local, ``file://``, any fsspec URL), also when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set:
+  :func:`read_checkpoint`, and :class:`AtomicCheckpointIO` for the checkpoints a trainer resumes from;
+- the hyperparameters a module is rebuilt from may name classes only from allowed packages, each a subclass of what
+  its place expects (:func:`check_module_hparams`).
 
 Refusals are :class:`~framer.instantiate.RefusedClassPath` and :class:`CheckpointError`, each one message naming
-the file. Where a run's checkpoints are (``last.ckpt`` of its newest version) is :mod:`framer.rundir`'s.
+the file.
 """
 
 from __future__ import annotations
@@ -110,14 +107,6 @@ def _read_bytes(url: str) -> bytes:
         raise CheckpointError(f"checkpoint {url} cannot be read ({type(err).__name__}: {err})") from None
 
 
-def _unsafe_globals(source: Any) -> list[str]:
-    """The classes and functions a checkpoint would import when unpickled (torch's own scan; zip checkpoints)."""
-    try:
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(source))
-    except Exception:  # not a zip checkpoint (the old format): torch's error says what it refused
-        return []
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a checkpoint with ``weights_only=True`` (local paths memory-mapped); :class:`CheckpointError` if unusable.
 
@@ -139,7 +128,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except Exception as err:
         if isinstance(source, io.BytesIO):
             source.seek(0)
-        unsafe = _unsafe_globals(source)
+        try:  # the classes and functions it would import when unpickled (torch's own scan of a zip checkpoint)
+            unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(source))
+        except Exception:  # not a zip checkpoint (the old format): torch's error says what it refused
+            unsafe = []
         text = " ".join(str(err).split())
         refused = isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text  # old format
         if unsafe or refused:

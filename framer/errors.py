@@ -1,13 +1,9 @@
 """How framer's commands end: exit codes, user errors as one line, and the guard every ``python -m framer.*`` uses.
 
-=====  =================================================================================================
-code   meaning
-=====  =================================================================================================
-0      done
-2      user error: a missing or bad file, setting or checkpoint; one ``<prog>: error: ...`` line on stderr
-3      training stopped on a non-finite loss, gradient or optimizer step (:class:`NonFiniteError`)
-143    stopped by SIGTERM (128 + 15) after saving ``last.ckpt``; the same command resumes
-=====  =================================================================================================
+- 0: done;
+- 2: user error: a missing or bad file, setting or checkpoint; one ``<prog>: error: ...`` line on stderr;
+- 3: training stopped on a non-finite loss, gradient or optimizer step (:class:`NonFiniteError`);
+- 143: stopped by SIGTERM (128 + 15) after saving ``last.ckpt``; the same command resumes.
 
 ``FRAMER_DEBUG=1`` re-raises instead, so the traceback is shown. A command that ends normally says how long it took
 (``<prog>: finished in 1 min 23 s``, one line on stderr).

@@ -1,18 +1,15 @@
 """Objects from ``{"class_path", "init_args"}`` configs and back, importing only classes from allowed packages.
 
-Nothing a user receives may run code when it is loaded. A ``class_path`` (or an import path in the place of a class
-or callable) names code to import and run, so it is accepted only from the packages ``framer``, ``torch`` and
-``lightning`` and from the packages listed in ``$FRAMER_ALLOWED_MODULES`` (comma separated:
-``FRAMER_ALLOWED_MODULES=mypkg,other``); anything else is refused *before* its module is imported
-(:func:`check_allowed`). After the import the class must be a subclass of what its place expects
-(:func:`resolve_class`): ``torch.nn.Module`` for a network, ``torch.optim.Optimizer`` for an optimizer, ...
-
-The other direction, :func:`to_config` and :func:`callable_config`, records how a network, optimizer or scheduler
-built in Python is rebuilt, so checkpoints of modules built in Python load with no extra argument.
+Nothing a user receives may run code when it is loaded. A ``class_path`` names code to import and run, so it is
+accepted only from ``framer``, ``torch``, ``lightning`` and the packages in ``$FRAMER_ALLOWED_MODULES`` (comma
+separated) and refused *before* its module is imported (:func:`check_allowed`); after the import the class must be a
+subclass of what its place expects (:func:`resolve_class`). The other direction, :func:`to_config` and
+:func:`callable_config`, records how a network, optimizer or scheduler built in Python is rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
@@ -170,10 +167,8 @@ def to_config(model: nn.Module) -> dict[str, Any]:
     for attr in ("init_args", "config", "hparams", "_init_args"):
         stored = getattr(model, attr, None)
         if isinstance(stored, dict) and set(stored) <= set(params):
-            try:
+            with contextlib.suppress(TypeError):  # not plain data: recover the arguments from the attributes
                 return {"class_path": path, "init_args": to_plain(dict(stored), strict=True)}
-            except TypeError:
-                pass
     init_args: dict[str, Any] = {}
     for name, p in params.items():
         if hasattr(model, name):

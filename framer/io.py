@@ -1,9 +1,5 @@
 """Files: atomic writes, JSON and CSV, and file locks. Every result, checkpoint and cache file of framer is written
-through :func:`atomic_file`.
-
-The content goes to a fresh temporary file next to the target (same file system), is flushed and fsynced, then
-renamed over the target with ``os.replace``, and the directory is fsynced. A process killed at any moment leaves the
-previous file or none, never a truncated one; a failed write removes its temporary file.
+through :func:`atomic_file`: a process killed at any moment leaves the previous file or none, never a truncated one.
 """
 
 from __future__ import annotations
@@ -35,8 +31,9 @@ def fsync_dir(directory: Path) -> None:
 def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file for writing that replaces ``path`` when the block ends without an exception.
 
-    ``mode`` is "wb" or "w" (text; ``open_kwargs`` such as ``newline`` are passed to ``open``). The temporary file is
-    a fresh hidden name next to ``path``: ``.<name>.<pid>.<random>.tmp``.
+    ``mode`` is "wb" or "w" (text; ``open_kwargs`` such as ``newline`` go to ``open``). The temporary file,
+    ``.<name>.<pid>.<random>.tmp`` next to ``path`` (same file system), is fsynced, renamed over ``path`` with
+    ``os.replace``, and the directory fsynced; a failed write removes it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,14 +106,11 @@ def write_csv_rows(path: str | os.PathLike, header: Iterable[str], rows: Iterabl
 
 # --------------------------------------------------------------------------------------------------------------------
 # locks
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive OS lock on ``path`` (created if needed) for the block; waits for other holders.
+def file_lock(path: str | os.PathLike) -> FileLock:
+    """An exclusive OS lock on ``path`` (created if needed) to hold with ``with``; waits for other holders.
 
     An OS lock (``filelock``, ``flock`` on Unix) ends with its process, also on SIGKILL: a crash never leaves a
     stale lock. Do not nest two locks on one path in one process: the inner one would wait forever.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path):
-        yield
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)

@@ -20,10 +20,9 @@ A run name ``<save_dir>/<run_name>/`` (a :class:`RunRoot`) holds one directory p
             .framer.lock             held by the fit that runs in it
     <runs>/manifest.json             every run a reproduction expects (framer.reproduce)
 
-Readers never search below a version directory: the results of a run are those of its version directory, never
-those of a later ``test/<n>/`` evaluation. A fit holds :meth:`RunDir.lock` on its directory for as long as it runs, so
-a second process resuming the same run is refused; the OS lock (``filelock``) ends with the process, also on
-SIGKILL, so a crashed run never leaves a stale lock (the empty lock file stays).
+The results of a run are those of its version directory, never those of a later ``test/<n>/`` evaluation. A fit
+holds :meth:`RunDir.lock` while it runs, so a second process resuming the same run is refused; the OS lock ends with
+the process, also on SIGKILL, so a crashed run never leaves a stale lock (the empty lock file stays).
 """
 
 from __future__ import annotations

@@ -138,11 +138,17 @@ class Tracking:
         return loggers
 
     def fail_created_run(self) -> None:
-        """End the MLflow run :meth:`loggers` created as FAILED: its fit failed before it started (once it runs,
-        Lightning ends the run itself, FAILED on an exception)."""
-        if self.created_run is not None:
-            end_run(*self.created_run, status="FAILED")
-            self.created_run = None
+        """End the MLflow run :meth:`loggers` created as FAILED, best effort: its fit failed before it started (once
+        it runs, Lightning ends the run itself, FAILED on an exception)."""
+        if self.created_run is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        (uri, run_id), self.created_run = self.created_run, None
+        try:
+            MlflowClient(tracking_uri=uri).set_terminated(run_id, "FAILED")
+        except Exception as err:
+            warnings.warn(f"could not end MLflow run {run_id}: {_first_line(err)}", stacklevel=2)
 
 
 def is_launching_process() -> bool:
@@ -259,16 +265,6 @@ def create_run(
         except Exception as err:  # the backend failed after the check before the run: one line, not a traceback
             raise TrackingError(f"MLflow tracking at {uri} failed: {_first_line(err)}") from err
     return run.info.run_id
-
-
-def end_run(uri: str, run_id: str, status: str = "FAILED") -> None:
-    """Mark an MLflow run ended (e.g. one created for a fit that failed before it started); best effort."""
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient(tracking_uri=uri).set_terminated(run_id, status)
-    except Exception as err:
-        warnings.warn(f"could not end MLflow run {run_id}: {_first_line(err)}", stacklevel=2)
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
