@@ -51,10 +51,9 @@ class CheckpointWriteError(UserError, OSError):
 def check_module_hparams(hparams: Any, module_class: type, source: str) -> None:
     """Check the hyperparameters a LightningModule would be rebuilt from; :class:`RefusedClassPath` if unsafe.
 
-    ``_instantiator`` must be Lightning's own; ``_class_path`` a subclass of ``module_class``; ``model``,
-    ``optimizer`` and ``lr_scheduler`` (class paths, ``{"class_path", "init_args"}`` dicts or None) subclasses of
-    :data:`HPARAM_BASES`; every other ``class_path`` inside must lie in an allowed package. Allowed modules are
-    imported for the subclass checks; nothing else is.
+    ``_instantiator`` must be Lightning's own, ``_class_path`` a subclass of ``module_class``, ``model``,
+    ``optimizer`` and ``lr_scheduler`` subclasses of :data:`HPARAM_BASES`, every other ``class_path`` in an allowed
+    package. Only allowed modules are imported (for the subclass checks).
     """
     if hparams is None:
         return
@@ -148,10 +147,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_checkpoint(path: str | os.PathLike, module_class: type, overridden: Iterable[str] = ()) -> dict[str, Any]:
-    """Read a checkpoint safely and check the hyperparameters ``module_class`` would be rebuilt from; return it.
-
-    ``overridden``: hyperparameters the caller replaces (``load_from_checkpoint(path, model=net)``), not checked.
-    """
+    """Read a checkpoint safely and check the hyperparameters ``module_class`` would be rebuilt from, except the
+    ``overridden`` ones the caller replaces (``load_from_checkpoint(path, model=net)``); return it."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters")
     if isinstance(hparams, Mapping):
@@ -165,11 +162,9 @@ def check_checkpoint(path: str | os.PathLike, module_class: type, overridden: It
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that always loads with ``weights_only=True`` and whose local saves are atomic.
 
-    Lightning's default stages the bytes in a temporary file under ``/tmp`` and moves it into place; on a cluster
-    ``/tmp`` is usually another file system, so the "move" is a copy that a kill can cut short. Here the temporary
-    file sits next to the target (same file system), is fsynced, then renamed with ``os.replace``. A failed write
-    (e.g. a full disk) removes the temporary file, keeps the previous checkpoint and raises
-    :class:`CheckpointWriteError`. Remote paths (``s3://``...) use Lightning's behaviour.
+    Lightning's default stages the bytes under ``/tmp``, on a cluster usually another file system, so its "move" is a
+    copy that a kill can cut short; here they go through :func:`framer.io.atomic_file`. A failed write (e.g. a full
+    disk) keeps the previous checkpoint and raises :class:`CheckpointWriteError`. Remote paths use Lightning's way.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:

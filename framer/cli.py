@@ -69,9 +69,8 @@ _CONFIGS: contextvars.ContextVar[Sequence[tuple[str, Any, int]]] = contextvars.C
 def check_config_files(args: Any) -> list[tuple[str, Any, int]]:
     """Refuse config files that name a class outside the allowed packages, before jsonargparse imports anything.
 
-    Every argument that is an existing ``.yaml``/``.yml``/``.json`` file (``--config FILE`` or an option given a
-    file) and every inline ``{...}``/``[...]`` value is read as plain YAML and its ``class_path`` entries checked
-    (:func:`framer.checkpoints.check_config_class_paths`). Files that do not parse are left to jsonargparse.
+    Every argument that is an existing ``.yaml``/``.yml``/``.json`` file and every inline ``{...}``/``[...]`` value
+    is read as plain YAML and its ``class_path`` entries checked (files that do not parse are left to jsonargparse).
     Returns ``(source, data, position in args)`` of each, in order.
     """
     if not isinstance(args, Sequence) or isinstance(args, str):
@@ -264,7 +263,7 @@ class FramerCLI(LightningCLI):
         if "weights_only" in config:
             config.weights_only = True  # framer's checkpoints are plain data; nothing else is unpickled
         if ckpt == "last" and config.trainer.get("logger") in (None, True):
-            root = RunRoot.of(config.tracking.save_dir, config.tracking.run_name)
+            root = RunRoot(Path(config.tracking.save_dir) / config.tracking.run_name)
             found = root.last_checkpoint()
             if found is None:
                 if subcommand != "fit":
@@ -347,11 +346,8 @@ class FramerCLI(LightningCLI):
         return loggers
 
     def _check_settings(self, trainer_config: dict) -> None:
-        """Refuse settings ``fit`` cannot work with before anything is written.
-
-        The optimizer and scheduler are built once (and dropped), so a learning rate torch rejects is reported now;
-        ``swa_epochs > max_epochs`` is refused: averaging would cover epochs that never run, from the first step.
-        """
+        """Refuse settings ``fit`` cannot work with before anything is written: the optimizer and scheduler are built
+        once (and dropped), so a learning rate torch rejects is reported now, and ``swa_epochs > max_epochs``."""
         if type(self.model).configure_optimizers is CrystalRegressor.configure_optimizers:  # needs no trainer
             self.model.configure_optimizers()
         swa_epochs = getattr(self.model, "swa_epochs", None)

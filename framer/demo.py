@@ -28,13 +28,8 @@ MODELS = {"crystalformer": "Crystalformer (distance only)", "crystalframer": "Cr
 
 
 def configs(model: str) -> list[str]:
-    return [
-        "conf/default.yaml",
-        "conf/data/ewald.yaml",
-        f"conf/model/{model}-small.yaml",
-        "conf/trainer/laptop.yaml",
-        "conf/demo/demo.yaml",
-    ]
+    small = f"conf/model/{model}-small.yaml"
+    return ["conf/default.yaml", "conf/data/ewald.yaml", small, "conf/trainer/laptop.yaml", "conf/demo/demo.yaml"]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -107,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome = run_inprocess(spec)
             if not outcome.ok:  # the run's own exit code: 2 user error, 3 NaN, 143 SIGTERM
                 fail("framer", outcome.message.splitlines()[0].removeprefix("framer.cli "), outcome.code)
-            run = RunRoot.of(save_dir, model).latest()
+            run = RunRoot(Path(save_dir) / model).latest()
             results, info = run.read_results() or {}, run.read_info()
             baseline = baseline_mae(run) if baseline is None else baseline
             rows.append(

@@ -16,7 +16,7 @@ import inspect
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -74,33 +74,25 @@ def resolve_class(class_path: Any, base: type, source: str, place: str = "class_
     return cls
 
 
-def class_paths(data: Any, where: str = "") -> Iterator[tuple[str, Any]]:
-    """(place, value) of every ``class_path`` entry in nested dicts and lists (a YAML config, checkpoint hparams)."""
+def check_config_class_paths(data: Any, source: str, where: str = "") -> None:
+    """Refuse a config (parsed YAML, checkpoint hparams) with a ``class_path`` entry, in nested dicts and lists,
+    outside the allowed packages, before anything is imported."""
     if isinstance(data, Mapping):
         for key, value in data.items():
             place = f"{where}.{key}" if where else str(key)
             if key in ("class_path", "_class_path"):
-                yield place, value
+                check_allowed(value, source, place)
             else:
-                yield from class_paths(value, place)
+                check_config_class_paths(value, source, place)
     elif isinstance(data, (list, tuple)):
         for i, value in enumerate(data):
-            yield from class_paths(value, f"{where}[{i}]")
-
-
-def check_config_class_paths(data: Any, source: str) -> None:
-    """Refuse a config (parsed YAML) that names a class outside the allowed packages, before anything is imported."""
-    for place, value in class_paths(data):
-        check_allowed(value, source, place)
+            check_config_class_paths(value, source, f"{where}[{i}]")
 
 
 def restrict_config_imports() -> None:
-    """Make jsonargparse refuse, before importing, any value that names something outside the allowed packages.
-
-    The command line's second line of defence: :func:`check_config_class_paths` names the file for config files and
-    checkpoints; this also covers values typed on the command line and configs nested in configs. It is a global
-    jsonargparse setting (import path denylist ``*`` plus the allowed packages).
-    """
+    """Make jsonargparse refuse, before importing, any value that names something outside the allowed packages (a
+    global setting). The command line's second line of defence, after :func:`check_config_class_paths`: it also
+    covers values typed on the command line and configs nested in configs."""
     from jsonargparse import set_parsing_settings
 
     allowed = set(allowed_modules())
@@ -152,10 +144,9 @@ def class_path_of(obj_or_cls: Any) -> str:
 def to_config(model: nn.Module) -> dict[str, Any]:
     """``{"class_path", "init_args"}`` that rebuilds ``model`` (used to save modules built in Python).
 
-    The constructor arguments come from an ``init_args``/``config``/``hparams`` mapping on the model if it has
-    one, else from attributes named like the constructor's parameters. Unless the model stores its arguments, the
-    result is checked by rebuilding the model and comparing parameter shapes; ValueError when they cannot be
-    recovered, so no checkpoint is written that would silently rebuild a different network.
+    The arguments come from an ``init_args``/``config``/``hparams`` mapping on the model, else from attributes named
+    like the constructor's parameters, checked by rebuilding the model and comparing parameter shapes: ValueError
+    when they cannot be recovered, so no checkpoint is written that would silently rebuild a different network.
     """
     path = class_path_of(model)
     signature = inspect.signature(type(model).__init__)

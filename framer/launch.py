@@ -114,10 +114,8 @@ class RunSpec:
 
 
 def resolved_config(configs: Sequence[str], overrides: Mapping[str, Any] | None = None) -> str:
-    """The full config of ``fit --config ... <overrides>`` as ``--print_config`` writes it (nothing is built).
-
-    Raises RuntimeError with the CLI's message when the configs do not parse.
-    """
+    """The full config of ``fit --config ... <overrides>`` as ``--print_config`` writes it (nothing is built);
+    RuntimeError with the CLI's message when the configs do not parse."""
     from framer.cli import FramerCLI
 
     args = [*RunSpec(list(configs), dict(overrides or {})).args(), "--print_config"]
@@ -191,10 +189,8 @@ def bare_argv() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------------- running
 def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
-    """Run the CLI in this process (fast for many small runs; one device). A crash becomes an outcome.
-
-    ``callbacks``: Lightning callbacks built by the caller (e.g. Optuna's pruning callback, which holds its trial),
-    added after the configs' callbacks through LightningCLI's ``trainer_defaults``.
+    """Run the CLI in this process (fast for many small runs; one device); a crash becomes an outcome. ``callbacks``
+    (e.g. Optuna's pruning callback, which holds its trial) follow the configs' (LightningCLI's ``trainer_defaults``).
     """
     from framer import cli
 

@@ -185,10 +185,6 @@ class RunRoot(_Directory):
 
     launch_log = _in_dir(LAUNCH_LOG)
 
-    @classmethod
-    def of(cls, save_dir: str | os.PathLike, run_name: str) -> RunRoot:
-        return cls(Path(save_dir) / run_name)
-
     def claim(self) -> RunDir:
         """A new ``version_<n>`` (atomic ``mkdir``: concurrent runs of one name never share a directory)."""
         return RunDir(claim_numbered_dir(self.path, VERSION_PREFIX))

@@ -121,7 +121,7 @@ class Tracking:
         launching = is_launching_process()
         version = self.version
         if version is None and launching:  # claimed at once: concurrent runs of one name never share a directory
-            version = RunRoot.of(self.save_dir, self.run_name).claim().name
+            version = RunRoot(Path(self.save_dir) / self.run_name).claim().name
         loggers: list[Logger] = [
             ResumableCSVLogger(save_dir=self.save_dir, name=self.run_name, version=version, resume_step=resume_step)
         ]
@@ -230,11 +230,8 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def sqlite_lock(tracking_uri: str) -> contextlib.AbstractContextManager:
-    """An exclusive file lock next to a SQLite tracking database, ``<db>.lock`` (no-op for other backends).
-
-    Creating a client migrates a new database, and two processes creating one experiment at once would both find
-    none: whoever touches a shared SQLite database first holds this lock.
-    """
+    """An exclusive file lock next to a SQLite tracking database, ``<db>.lock`` (no-op for other backends): creating a
+    client migrates a new database, and two processes creating one experiment at once would both find none."""
     path = sqlite_path(tracking_uri)
     return contextlib.nullcontext() if path is None else file_lock(path.with_name(path.name + ".lock"))
 
@@ -268,11 +265,9 @@ def create_run(
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The MLflow tracking URI to use: ``$MLFLOW_TRACKING_URI``, else ``uri``, else the SQLite default.
-
-    A relative SQLite path is made absolute (so runs started from other directories share one database) and its
-    directory is created. File stores raise :class:`TrackingError`.
-    """
+    """The MLflow tracking URI to use: ``$MLFLOW_TRACKING_URI``, else ``uri``, else the SQLite default; a relative
+    SQLite path made absolute (runs started elsewhere share one database), its directory created. File stores raise
+    :class:`TrackingError`."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or DEFAULT_TRACKING_URI
     if uri.startswith("file:") or "://" not in uri:
         raise TrackingError(
@@ -406,10 +401,7 @@ def datamodule_info(datamodule: Any) -> dict[str, Any]:
 
 def log_run_start(trainer: Any, module: Any, datamodule: Any) -> dict[str, Any]:
     """Write ``run.json`` into the run directory and record ``config.yaml``, commit, splits, size and torch's CPU
-    threads in MLflow.
-
-    Runs on global rank 0 only, so it must not make collective calls.
-    """
+    threads in MLflow. Runs on global rank 0 only, so it must not make collective calls."""
     network = getattr(module, "model", module)  # the SWA copy is not counted
     info: dict[str, Any] = {
         **datamodule_info(datamodule),
@@ -460,10 +452,8 @@ def log_artifacts(loggers: Iterable[Logger], paths: Iterable[str | Path]) -> Non
 
 
 def log_files(client: Any, run_id: str, paths: Iterable[str | Path], subdir: str | None = None) -> None:
-    """Log the existing files among ``paths`` as artifacts of an MLflow run (into ``subdir``).
-
-    ``client``: an ``MlflowClient``, or a tracking URI to make one for. Best effort: a tracking error only warns.
-    """
+    """Log the existing files among ``paths`` as artifacts of an MLflow run (into ``subdir``), best effort (a tracking
+    error only warns). ``client``: an ``MlflowClient``, or a tracking URI to make one for."""
     try:
         if isinstance(client, str):
             from mlflow.tracking import MlflowClient
