@@ -46,8 +46,7 @@ class CheckpointWriteError(UserError, OSError):
     """Writing a checkpoint failed (e.g. a full disk); the previous checkpoint file is intact."""
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# hyperparameters
+# ---- hyperparameters
 def check_module_hparams(hparams: Any, module_class: type, source: str) -> None:
     """Check the hyperparameters a LightningModule would be rebuilt from; :class:`RefusedClassPath` if unsafe.
 
@@ -77,8 +76,7 @@ def check_module_hparams(hparams: Any, module_class: type, source: str) -> None:
             raise RefusedClassPath(f"{source}: {key} must be a class path or a class_path/init_args mapping")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# reading checkpoints
+# ---- reading checkpoints
 def _local_path(path: str | os.PathLike) -> Path | None:
     """The local file of a plain path or ``file://`` URL; None for other URLs."""
     text = os.fspath(path)
@@ -157,8 +155,7 @@ def check_checkpoint(path: str | os.PathLike, module_class: type, overridden: It
     return checkpoint
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# the trainer's checkpoint files
+# ---- the trainer's checkpoint files
 class AtomicCheckpointIO(TorchCheckpointIO):
     """``TorchCheckpointIO`` that always loads with ``weights_only=True`` and whose local saves are atomic.
 

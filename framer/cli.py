@@ -193,8 +193,7 @@ class FramerCLI(LightningCLI):
         """The part of a parsed config for the subcommand being run (all of it without one: ``run=False``)."""
         return config[self.subcommand] if self.subcommand else config
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # parser
+    # ---- parser
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", [f"framer {_version()} (python -m framer.cli)"])
         parser = super().init_parser(**kwargs)
@@ -301,8 +300,7 @@ class FramerCLI(LightningCLI):
                 raise
             raise UserError(f"invalid configuration: {_constructor_errors(err)}") from err
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # trainer: loggers from `tracking` unless trainer.logger is given
+    # ---- trainer: loggers from `tracking` unless trainer.logger is given
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._section(self.config_init).get("trainer") or {}
         subcommand = self.subcommand or "fit"  # run=False (framer.tune) builds trainers that fit
@@ -361,8 +359,7 @@ class FramerCLI(LightningCLI):
                 f"{max_epochs} (0 disables SWA)"
             )
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # subcommand hooks
+    # ---- subcommand hooks
     def after_fit(self) -> None:
         trainer = self.trainer
         if not self._section(self.config).get("test_after_fit", True) or trainer.interrupted:

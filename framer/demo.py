@@ -69,13 +69,6 @@ def write_folder(folder: Path, n: int) -> Path:
     return folder
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    pairs = [item.split("=", 1) for item in args.set]
-    if any(len(pair) != 2 for pair in pairs):
-        raise UserError(f"--set takes KEY=VALUE, not {next(i for i in args.set if '=' not in i)!r}")
-    return {"threads": args.threads, **dict(pairs)}
-
-
 def baseline_mae(run) -> float:
     """MAE on the test split of always predicting the training mean (``run.json``'s ``target_mean``)."""
     mean = float(run.read_info()["target_mean"])
@@ -88,11 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     with exit_codes("framer"):
         if args.write_folder:
-            print(
-                f"framer demo: wrote {write_folder(Path(args.write_folder), args.num_crystals)}/{{*.cif,id_prop.csv}}"
-            )
+            folder = write_folder(Path(args.write_folder), args.num_crystals)
+            print(f"framer demo: wrote {folder}/{{*.cif,id_prop.csv}}")
             return 0
-        overrides = _overrides(args)
+        bad = [item for item in args.set if "=" not in item]
+        if bad:
+            raise UserError(f"--set takes KEY=VALUE, not {bad[0]!r}")
+        overrides = {"threads": args.threads, **dict(item.split("=", 1) for item in args.set)}
         rows, baseline, load = [], None, os.getloadavg()[0]
         for model in args.models:
             spec = RunSpec(configs(model), {**overrides, "tracking.run_name": model}, quiet=not args.progress)

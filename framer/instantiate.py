@@ -35,8 +35,7 @@ class RefusedClassPath(UserError, ValueError):
     """A config or checkpoint names a class outside the allowed packages, or of the wrong kind."""
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# the allow-list
+# ---- the allow-list
 def allowed_modules() -> tuple[str, ...]:
     """``framer``, ``torch``, ``lightning`` and the packages of ``$FRAMER_ALLOWED_MODULES``."""
     extra = [name.strip() for name in os.environ.get(ALLOWED_MODULES_ENV, "").split(",")]
@@ -112,8 +111,7 @@ def follow_allowed_modules() -> None:
 _ALLOWED_IN_JSONARGPARSE: set[str] = set()
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# configs -> objects
+# ---- configs -> objects
 def build(config: Mapping[str, Any], base: type = nn.Module, source: str = "config", place: str = "model") -> Any:
     """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}``, a subclass of ``base`` from an allowed
     package (checked before the import; :class:`RefusedClassPath` otherwise)."""
@@ -127,8 +125,7 @@ def factory(config: Mapping[str, Any], base: type, source: str = "config", place
     return functools.partial(cls, **dict(config.get("init_args") or {}))
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# objects -> configs
+# ---- objects -> configs
 def class_path_of(obj_or_cls: Any) -> str:
     """The import path of a class (or of an object's class) in its public spelling: the shortest already imported
     parent package that exports it (``framer.CrystalFramer``, ``torch.optim.AdamW``)."""

@@ -57,8 +57,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# JSON
+# ---- JSON
 def to_plain(value: Any, strict: bool = False) -> Any:
     """``value`` as JSON/YAML-safe plain data (dicts with string keys, lists, str, int, float, bool, None).
 
@@ -92,8 +91,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# CSV
+# ---- CSV
 def write_csv_rows(path: str | os.PathLike, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> Path:
     """A CSV with ``header`` and ``rows`` (floats at full precision, ``repr``), atomically; returns the path."""
     buffer = io.StringIO()
@@ -104,8 +102,7 @@ def write_csv_rows(path: str | os.PathLike, header: Iterable[str], rows: Iterabl
     return atomic_write_text(path, buffer.getvalue())
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# locks
+# ---- locks
 def file_lock(path: str | os.PathLike) -> FileLock:
     """An exclusive OS lock on ``path`` (created if needed) to hold with ``with``; waits for other holders.
 

@@ -34,7 +34,7 @@ from framer.errors import EXIT_SIGTERM
 REPO = Path(__file__).resolve().parent.parent
 LOG_TAIL = 3000  # characters of a run's output kept in its outcome's message
 STOP_GRACE = 30  # seconds a stopped subprocess gets to save last.ckpt before it is killed
-POLL_INTERVAL = 0.5  # seconds between the calls of a subprocess run's ``poll`` hook
+POLL_INTERVAL = 0.5  # seconds between a subprocess run's checks of its timeout and ``poll`` hook
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -243,13 +243,12 @@ def run_subprocess(
 
 
 def _wait(proc: subprocess.Popen, timeout: float | None, poll: Callable[[], bool] | None) -> str | None:
-    """Wait for ``proc`` to end (None), or return why to stop it first: ``"timeout"`` or ``"poll"``."""
+    """Wait for ``proc`` to end (None), or return why to stop it first: ``"timeout"`` or ``"poll"`` (both looked at
+    every ``POLL_INTERVAL`` seconds)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        step = left if poll is None else POLL_INTERVAL if left is None else min(left, POLL_INTERVAL)
         try:
-            proc.wait(timeout=step)
+            proc.wait(timeout=POLL_INTERVAL)
             return None
         except subprocess.TimeoutExpired:
             if deadline is not None and time.monotonic() >= deadline:

@@ -70,7 +70,7 @@ class Tracking:
 
     Args:
         run_name: Name of the run directory under ``save_dir`` and of the MLflow run. Default (CLI):
-            ``<data set>-<target>-<model>``, e.g. ``mp-e_form-crystalframer`` (:func:`framer.cli.default_run_name`).
+            ``<data set>-<target>-<model>``, e.g. ``mp-e_form-crystalframer``.
         save_dir: Root directory of the CSV logs, configs, checkpoints and result files.
         version: Version (sub-directory) to write to; default: the next free ``version_<n>``.
         mlflow: Also log to MLflow.
@@ -81,8 +81,7 @@ class Tracking:
             database (``mlruns/artifacts`` with the default URI); for a server, the server's own location.
         tags: Extra MLflow tags.
         mlflow_required: If the MLflow backend cannot be used when the run starts (server unreachable, database
-            corrupt or read-only): true stops with one error line; false warns and tracks the run in its CSV files
-            only.
+            corrupt or read-only): true stops with one error line; false warns and tracks in CSV files only.
     """
 
     run_name: str | None = None
@@ -291,24 +290,31 @@ def check_tracking_backend(uri: str) -> None:
     """
     path = sqlite_path(uri)
     if path is not None:
-        _check_sqlite(path)
+        hint = "use another MLFLOW_TRACKING_URI, or --tracking.mlflow false"
+        if not os.access(path.parent, os.W_OK):
+            raise TrackingError(f"MLflow tracking database {path}: its directory is not writable; {hint}")
+        if not path.exists():
+            return
+        if not os.access(path, os.W_OK):  # file modes, a read-only mount, the immutable flag
+            raise TrackingError(f"MLflow tracking database {path} cannot be written (read-only); {hint}")
+        try:
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=30)) as connection:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as err:
+            raise TrackingError(f"MLflow tracking database {path} cannot be used ({err}); {hint}") from None
     elif uri.startswith(("http://", "https://")):
-        _check_server(uri)
+        from mlflow.tracking import MlflowClient
 
-
-def _check_sqlite(path: Path) -> None:
-    hint = "use another MLFLOW_TRACKING_URI, or --tracking.mlflow false"
-    if not os.access(path.parent, os.W_OK):
-        raise TrackingError(f"MLflow tracking database {path}: its directory is not writable; {hint}")
-    if not path.exists():
-        return
-    if not os.access(path, os.W_OK):  # file modes, a read-only mount, the immutable flag
-        raise TrackingError(f"MLflow tracking database {path} cannot be written (read-only); {hint}")
-    try:
-        with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=30)) as connection:
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.Error as err:
-        raise TrackingError(f"MLflow tracking database {path} cannot be used ({err}); {hint}") from None
+        limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+        try:
+            with _environment(**limits):
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as err:
+            raise TrackingError(
+                f"MLflow tracking server {uri} cannot be reached ({_root_cause(err)[:300]}); start it, set "
+                "MLFLOW_TRACKING_URI to a server that runs, or use --tracking.mlflow false "
+                "(--tracking.mlflow_required false: warn and track in CSV files only)"
+            ) from None
 
 
 @contextlib.contextmanager
@@ -323,21 +329,6 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _check_server(uri: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    try:
-        with _environment(**limits):
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as err:
-        raise TrackingError(
-            f"MLflow tracking server {uri} cannot be reached ({_root_cause(err)[:300]}); start it, set "
-            "MLFLOW_TRACKING_URI to a server that runs, or use --tracking.mlflow false "
-            "(--tracking.mlflow_required false: warn and track in CSV files only)"
-        ) from None
 
 
 def _root_cause(err: BaseException) -> str:
@@ -374,8 +365,7 @@ def run_dir(trainer: Any) -> Path | None:
     return Path(logger.log_dir) if logger is not None else None
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# run metadata
+# ---- run metadata
 def datamodule_info(datamodule: Any) -> dict[str, Any]:
     """Dataset name, target, units and split fingerprints of a datamodule (whatever it exposes)."""
     info: dict[str, Any] = {}
@@ -431,17 +421,13 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any) -> dict[str, Any]:
         for name, fingerprint in (info.get("splits") or {}).items():
             text = fingerprint if isinstance(fingerprint, str) else json.dumps(fingerprint, sort_keys=True)
             params[f"split/{name}"] = text
-        _log_params(client, run_id, params)
+        for key, value in params.items():
+            try:
+                client.log_param(run_id, param_key(key), str(value)[:MAX_PARAM_VALUE])
+            except Exception as err:  # an existing param with another value (a resumed run): keep the first
+                warnings.warn(f"MLflow param {key!r} not logged: {_first_line(err)}", stacklevel=2)
         log_files(client, run_id, (run.config, run.info) if run is not None else ())
     return info
-
-
-def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
-    for key, value in params.items():
-        try:
-            client.log_param(run_id, param_key(key), str(value)[:MAX_PARAM_VALUE])
-        except Exception as err:  # an existing param with another value (a resumed run): keep the first
-            warnings.warn(f"MLflow param {key!r} not logged: {_first_line(err)}", stacklevel=2)
 
 
 def log_artifacts(loggers: Iterable[Logger], paths: Iterable[str | Path]) -> None:
