@@ -105,11 +105,8 @@ def _read_bytes(url: str) -> bytes:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (local paths memory-mapped); :class:`CheckpointError` if unusable.
-
-    A missing file, a truncated or corrupt one and one carrying pickled Python objects (anything beyond tensors and
-    plain containers) are each refused with one message naming the file.
-    """
+    """Read a checkpoint with ``weights_only=True`` (local paths memory-mapped); a missing, truncated or corrupt one,
+    or one carrying pickled Python objects, is a :class:`CheckpointError` naming the file."""
     local = _local_path(path)
     shown = os.fspath(path)
     if local is not None and not local.is_file():

@@ -467,10 +467,8 @@ def _stopped(err: BaseException) -> str:
 
 
 def main(args: Any = None, **cli_kwargs: Any) -> None:
-    """Entry point of ``python -m framer.cli`` and the ``framer`` script (exit codes: :mod:`framer.errors`).
-
-    ``cli_kwargs`` go to :class:`FramerCLI` (e.g. ``trainer_defaults`` from :func:`framer.launch.run_inprocess`).
-    """
+    """Entry point of ``python -m framer.cli`` and the ``framer`` script (exit codes: :mod:`framer.errors`);
+    ``cli_kwargs`` go to :class:`FramerCLI` (e.g. ``trainer_defaults`` from :func:`framer.launch.run_inprocess`)."""
     with exit_codes("framer", USER_ERRORS, interruptions=(SIGTERMException,), interrupted=_stopped):
         FramerCLI(args=args, **cli_kwargs)
 

@@ -73,13 +73,10 @@ def exit_codes(
     interruptions: tuple[type[BaseException], ...] = (),
     interrupted: Callable[[BaseException], str] | None = None,
 ) -> Iterator[None]:
-    """Turn the exceptions that end a command into its exit code and one line on stderr.
-
-    :class:`UserError`, :data:`FILE_ERRORS` and ``user_errors`` exit with 2; :class:`NonFiniteError` and
-    ``FloatingPointError`` with 3; ``interruptions`` (e.g. Lightning's ``SIGTERMException``) with 143 and the line
-    ``<prog>: stopped by SIGTERM: <interrupted(err)>``. Anything else propagates (a bug: its traceback is wanted).
-    Ending normally, it prints ``<prog>: finished in <elapsed>``.
-    """
+    """Turn the exceptions that end a command into its exit code and one line on stderr: 2 for :class:`UserError`,
+    :data:`FILE_ERRORS` and ``user_errors``; 3 for :class:`NonFiniteError` and ``FloatingPointError``; 143 for
+    ``interruptions`` (e.g. Lightning's ``SIGTERMException``), with ``<prog>: stopped by SIGTERM: <interrupted(err)>``.
+    Anything else propagates (a bug: its traceback is wanted)."""
     started = time.monotonic()
     try:
         yield

@@ -43,10 +43,8 @@ def allowed_modules() -> tuple[str, ...]:
 
 
 def check_allowed(class_path: Any, source: str, place: str = "class_path") -> str:
-    """``class_path`` if it is an import path inside an allowed package; :class:`RefusedClassPath` otherwise.
-
-    Nothing is imported. ``source`` names the file (or object) the path came from, ``place`` where in it.
-    """
+    """``class_path`` if it is an import path inside an allowed package, else :class:`RefusedClassPath` naming the
+    ``source`` file (or object) and the ``place`` in it. Nothing is imported."""
     if not isinstance(class_path, str) or not _IMPORT_PATH.fullmatch(class_path):
         raise RefusedClassPath(f"{source}: {place} {class_path!r} is not an import path (package.module.Class)")
     if not any(f"{class_path}.".startswith(f"{root}.") for root in allowed_modules()):  # not framerx.X for framer

@@ -59,11 +59,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 # ---- JSON
 def to_plain(value: Any, strict: bool = False) -> Any:
-    """``value`` as JSON/YAML-safe plain data (dicts with string keys, lists, str, int, float, bool, None).
-
-    Lenient (default): numpy and torch scalars become numbers (``.item()``), anything else its ``str``.
-    ``strict``: TypeError for anything that is not plain already (tuples become lists).
-    """
+    """``value`` as JSON/YAML-safe plain data (dicts with string keys, lists, str, int, float, bool, None): numpy and
+    torch scalars become numbers, anything else its ``str``; ``strict``: TypeError for anything not plain already."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Mapping):

@@ -5,9 +5,8 @@ process or as a subprocess, and say how it ended.
     outcome = run(spec, "subprocess", log=Path("runs/x/launch.log"))
     outcome.ok, outcome.interrupted, outcome.code, outcome.message
 
-Used by :mod:`framer.reproduce`, :mod:`framer.matbench`, :mod:`framer.tune` and :mod:`framer.demo`. Exit codes are
-the CLI's: 0 done, 2 user error, 3 non-finite loss, 143 stopped by SIGTERM (``last.ckpt`` saved; the caller should
-stop too, as a pre-empted job does), anything else a crash.
+Exit codes are the CLI's (:mod:`framer.errors`); 143, stopped by SIGTERM with ``last.ckpt`` saved, tells the caller to
+stop too, as a pre-empted job does.
 """
 
 from __future__ import annotations
@@ -42,9 +41,8 @@ def config_path(path: str | Path) -> str:
     """A config path as given if it exists from here, else relative to the repository (so sweep files and
     manifests naming ``conf/...`` work from any directory)."""
     p = Path(path)
-    if p.is_absolute() or p.exists() or not (REPO / p).exists():
-        return str(p)
-    return str(REPO / p)
+    in_repo = not p.is_absolute() and not p.exists() and (REPO / p).exists()
+    return str(REPO / p if in_repo else p)
 
 
 def cli_value(value: Any) -> str:

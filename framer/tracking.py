@@ -121,20 +121,15 @@ class Tracking:
         version = self.version
         if version is None and launching:  # claimed at once: concurrent runs of one name never share a directory
             version = RunRoot(Path(self.save_dir) / self.run_name).claim().name
-        loggers: list[Logger] = [
-            ResumableCSVLogger(save_dir=self.save_dir, name=self.run_name, version=version, resume_step=resume_step)
-        ]
-        if uri is not None:
-            if mlflow_run_id is None and launching:
-                location = artifact_location(uri, self.artifact_location)
-                mlflow_run_id = create_run(uri, self.experiment_name, self.run_name, self.tags, location)
-                self.created_run = (uri, mlflow_run_id)
-            loggers.append(
-                MLFlowLogger(
-                    experiment_name=self.experiment_name, tracking_uri=uri, run_id=mlflow_run_id, log_model=False
-                )
-            )
-        return loggers
+        csv_logger = ResumableCSVLogger(self.save_dir, self.run_name, version, resume_step=resume_step)
+        if uri is None:
+            return [csv_logger]
+        if mlflow_run_id is None and launching:
+            location = artifact_location(uri, self.artifact_location)
+            mlflow_run_id = create_run(uri, self.experiment_name, self.run_name, self.tags, location)
+            self.created_run = (uri, mlflow_run_id)
+        mlflow_logger = MLFlowLogger(self.experiment_name, tracking_uri=uri, run_id=mlflow_run_id, log_model=False)
+        return [csv_logger, mlflow_logger]
 
     def fail_created_run(self) -> None:
         """End the MLflow run :meth:`loggers` created as FAILED, best effort: its fit failed before it started (once
@@ -275,7 +270,7 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
         )
     path = sqlite_path(uri)
     if path is not None:
-        absolute = path if path.is_absolute() else Path.cwd() / path
+        absolute = Path.cwd() / path  # ``path`` itself when absolute
         absolute.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{absolute}"
     return uri
@@ -368,11 +363,8 @@ def run_dir(trainer: Any) -> Path | None:
 # ---- run metadata
 def datamodule_info(datamodule: Any) -> dict[str, Any]:
     """Dataset name, target, units and split fingerprints of a datamodule (whatever it exposes)."""
-    info: dict[str, Any] = {}
-    for key in ("dataset_name", "target", "target_units"):
-        value = getattr(datamodule, key, None)
-        if value is not None and not callable(value):
-            info[key] = value
+    facts = {key: getattr(datamodule, key, None) for key in ("dataset_name", "target", "target_units")}
+    info: dict[str, Any] = {key: value for key, value in facts.items() if value is not None and not callable(value)}
     fingerprints = getattr(datamodule, "split_fingerprints", None)
     if callable(fingerprints):
         try:
