@@ -48,12 +48,9 @@ class CheckpointWriteError(UserError, OSError):
 
 # ---- hyperparameters
 def check_module_hparams(hparams: Any, module_class: type, source: str) -> None:
-    """Check the hyperparameters a LightningModule would be rebuilt from; :class:`RefusedClassPath` if unsafe.
-
-    ``_instantiator`` must be Lightning's own, ``_class_path`` a subclass of ``module_class``, ``model``,
-    ``optimizer`` and ``lr_scheduler`` subclasses of :data:`HPARAM_BASES`, every other ``class_path`` in an allowed
-    package. Only allowed modules are imported (for the subclass checks).
-    """
+    """Check the hyperparameters a LightningModule would be rebuilt from (:class:`RefusedClassPath` if unsafe):
+    ``_instantiator`` must be Lightning's own, ``_class_path`` a subclass of ``module_class``, the places of
+    :data:`HPARAM_BASES` subclasses of their base, every other ``class_path`` in an allowed package."""
     if hparams is None:
         return
     if not isinstance(hparams, Mapping):
@@ -154,11 +151,9 @@ def check_checkpoint(path: str | os.PathLike, module_class: type, overridden: It
 
 # ---- the trainer's checkpoint files
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` that always loads with ``weights_only=True`` and whose local saves are atomic.
-
-    Lightning's default stages the bytes under ``/tmp``, on a cluster usually another file system, so its "move" is a
-    copy that a kill can cut short; here they go through :func:`framer.io.atomic_file`. A failed write (e.g. a full
-    disk) keeps the previous checkpoint and raises :class:`CheckpointWriteError`. Remote paths use Lightning's way.
+    """``TorchCheckpointIO`` that always loads with ``weights_only=True`` and saves local files with
+    :func:`framer.io.atomic_file` (Lightning stages them under ``/tmp``, on a cluster usually another file system, so
+    its "move" is a copy a kill can cut short); a failed write keeps the previous file (:class:`CheckpointWriteError`).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
@@ -179,6 +174,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from err
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        if map_location is None:
-            return super().load_checkpoint(path, weights_only=True)
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        location = {} if map_location is None else {"map_location": map_location}  # None: Lightning's default
+        return super().load_checkpoint(path, weights_only=True, **location)

@@ -16,11 +16,8 @@ A LightningCLI with the model and the data as ``class_path``/``init_args`` subcl
   ``trainer.limit_*_batches`` and ``overfit_batches`` written as integers count batches. Options are never
   abbreviated; an unknown one is named with the closest known one and the config file it sits in.
 
-Exit codes are :mod:`framer.errors`'s (2: one ``framer: error: ...`` line; 3: a non-finite loss or gradient; 143:
-SIGTERM, after saving ``last.ckpt``). Config files and checkpoints are checked before jsonargparse or Lightning sees
-them: checkpoints are read with ``weights_only=True`` whatever the path's spelling (:mod:`framer.checkpoints`) and a
-class path outside the allowed packages is refused before it is imported (:mod:`framer.instantiate`), so nothing in a
-truncated, corrupt or code-carrying file runs.
+Exit codes are :mod:`framer.errors`'s. Config files and checkpoints are checked before jsonargparse or Lightning
+sees them (:mod:`framer.checkpoints`, :mod:`framer.instantiate`): nothing in a corrupt or code-carrying file runs.
 """
 
 from __future__ import annotations
@@ -67,12 +64,9 @@ _CONFIGS: contextvars.ContextVar[Sequence[tuple[str, Any, int]]] = contextvars.C
 
 
 def check_config_files(args: Any) -> list[tuple[str, Any, int]]:
-    """Refuse config files that name a class outside the allowed packages, before jsonargparse imports anything.
-
-    Every argument that is an existing ``.yaml``/``.yml``/``.json`` file and every inline ``{...}``/``[...]`` value
-    is read as plain YAML and its ``class_path`` entries checked (files that do not parse are left to jsonargparse).
-    Returns ``(source, data, position in args)`` of each, in order.
-    """
+    """Refuse config files and inline ``{...}``/``[...]`` values that name a class outside the allowed packages,
+    before jsonargparse imports anything (files that do not parse are left to jsonargparse); returns ``(source, data,
+    position in args)`` of each, in order."""
     if not isinstance(args, Sequence) or isinstance(args, str):
         if isinstance(args, dict):
             check_config_class_paths(args, "the configuration")
@@ -105,9 +99,8 @@ class FramerSaveConfigCallback(SaveConfigCallback):
 
 
 class FramerArgumentParser(LightningArgumentParser):
-    """Parser whose errors are one line (plus a pointer to ``--help``) instead of the full usage text. Options are
-    never abbreviated (``--trainer.max_epoch`` is a typo, not ``max_epochs``); an unknown option gets the closest
-    known one suggested and, when it sits in a config file, the file named."""
+    """Parser whose errors are one line (plus a pointer to ``--help``), with an unknown option's closest known one
+    and config file named. Options are never abbreviated (``--trainer.max_epoch`` is a typo, not ``max_epochs``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -134,9 +127,8 @@ def _has_key(data: Any, path: list[str]) -> bool:
     """Whether the dotted key ``path`` appears anywhere in nested mappings (``angle_basiz`` at any depth)."""
     if not isinstance(data, Mapping):
         return False
-    if path[0] in data and (len(path) == 1 or _has_key(data[path[0]], path[1:])):
-        return True
-    return any(_has_key(value, path) for value in data.values())
+    here = path[0] in data and (len(path) == 1 or _has_key(data[path[0]], path[1:]))
+    return here or any(_has_key(value, path) for value in data.values())
 
 
 def _parser_error_text(message: str) -> str:

@@ -137,19 +137,12 @@ def class_path_of(obj_or_cls: Any) -> str:
 
 
 def to_config(model: nn.Module) -> dict[str, Any]:
-    """``{"class_path", "init_args"}`` that rebuilds ``model`` (used to save modules built in Python).
-
-    The arguments come from an ``init_args``/``config``/``hparams`` mapping on the model, else from attributes named
-    like the constructor's parameters, checked by rebuilding the model and comparing parameter shapes: ValueError
-    when they cannot be recovered, so no checkpoint is written that would silently rebuild a different network.
-    """
+    """``{"class_path", "init_args"}`` that rebuilds ``model``: from an ``init_args``/``config``/``hparams`` mapping on
+    it, else from attributes named like the constructor's parameters, checked by rebuilding the model (ValueError when
+    they cannot be recovered: no checkpoint may silently rebuild a different network)."""
     path = class_path_of(model)
-    signature = inspect.signature(type(model).__init__)
-    params = {
-        name: p
-        for name, p in signature.parameters.items()
-        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    parameters = inspect.signature(type(model).__init__).parameters.items()
+    params = {name: p for name, p in parameters if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     for attr in ("init_args", "config", "hparams", "_init_args"):
         stored = getattr(model, attr, None)
         if isinstance(stored, dict) and set(stored) <= set(params):

@@ -29,12 +29,9 @@ def fsync_dir(directory: Path) -> None:
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file for writing that replaces ``path`` when the block ends without an exception.
-
-    ``mode`` is "wb" or "w" (text; ``open_kwargs`` such as ``newline`` go to ``open``). The temporary file,
-    ``.<name>.<pid>.<random>.tmp`` next to ``path`` (same file system), is fsynced, renamed over ``path`` with
-    ``os.replace``, and the directory fsynced; a failed write removes it.
-    """
+    """Open a temporary file (mode "wb" or "w") that replaces ``path`` when the block ends without an exception:
+    ``.<name>.<pid>.<random>.tmp`` next to ``path`` (same file system), fsynced, renamed over ``path`` with
+    ``os.replace``, and the directory fsynced; a failed write removes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
@@ -101,10 +98,7 @@ def write_csv_rows(path: str | os.PathLike, header: Iterable[str], rows: Iterabl
 
 # ---- locks
 def file_lock(path: str | os.PathLike) -> FileLock:
-    """An exclusive OS lock on ``path`` (created if needed) to hold with ``with``; waits for other holders.
-
-    An OS lock (``filelock``, ``flock`` on Unix) ends with its process, also on SIGKILL: a crash never leaves a
-    stale lock. Do not nest two locks on one path in one process: the inner one would wait forever.
-    """
+    """An exclusive OS lock on ``path`` to hold with ``with`` (waits for other holders); it ends with its process,
+    also on SIGKILL. Do not nest two locks on one path in one process: the inner one would wait forever."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return FileLock(path)

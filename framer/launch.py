@@ -214,10 +214,9 @@ def run_subprocess(
     python: str = sys.executable,
     poll: Callable[[], bool] | None = None,
 ) -> Outcome:
-    """Run ``python -m framer.cli`` in its own process group (with its DDP ranks, if any), output appended to
-    ``log``. After ``timeout`` seconds, when ``poll()`` (called every ``POLL_INTERVAL`` seconds while the run lasts)
-    returns True, or when this process is interrupted, the group gets SIGTERM (the run saves ``last.ckpt``), then
-    SIGKILL after a grace period. A SIGTERM sent to this process is passed on the same way."""
+    """Run ``python -m framer.cli`` in its own process group (with its DDP ranks, if any), output appended to ``log``.
+    After ``timeout`` seconds, when ``poll()`` returns True, or when this process is interrupted or gets SIGTERM, the
+    group gets SIGTERM (the run saves ``last.ckpt``), then SIGKILL after a grace period."""
     cmd = [python, "-m", "framer.cli", *spec.args()]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:

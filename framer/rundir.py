@@ -132,10 +132,8 @@ class RunDir(_Directory):
 
     def read_results(self) -> dict[str, Any] | None:
         """``results.json`` (``metrics.json`` in runs made before it was renamed); None when absent or unreadable."""
-        for name in (RESULTS, OLD_RESULTS):
-            if (self.path / name).is_file():
-                return read_json(self.path / name) or None
-        return None
+        found = [self.path / name for name in (RESULTS, OLD_RESULTS) if (self.path / name).is_file()]
+        return (read_json(found[0]) or None) if found else None
 
     def metric(self, name: str, results: Mapping[str, Any] | None = None) -> float:
         """A final test metric (e.g. ``test/mae``) from the results; NaN when absent or not a number."""

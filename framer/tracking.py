@@ -100,12 +100,9 @@ class Tracking:
         self.run_name = self.run_name or "default"
 
     def loggers(self, mlflow_run_id: str | None = None, resume_step: int | None = None) -> list[Logger]:
-        """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger.
-
-        The MLflow backend is checked first. The launching process claims the next free ``version_<n>`` (unless
-        ``version`` is set) and creates the MLflow run (:attr:`created_run`) unless given the ``mlflow_run_id`` of a
-        resumed run; ``resume_step`` is the global step of the checkpoint a resumed run starts from.
-        """
+        """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger. The
+        launching process claims the next free ``version_<n>`` (unless ``version`` is set) and creates the MLflow run
+        (:attr:`created_run`) unless given the ``mlflow_run_id`` of a resumed run (which starts at ``resume_step``)."""
         uri = resolve_tracking_uri(self.tracking_uri) if self.mlflow else None
         if uri is not None:  # before anything is written
             try:
@@ -154,20 +151,18 @@ class ResumableCSVLogger(CSVLogger):
     """Lightning's ``CSVLogger``, except that a resumed run keeps the history of its ``metrics.csv``.
 
     Lightning's writer deletes an existing ``metrics.csv`` when it starts. With ``resume_step`` (the global step of
-    the checkpoint the run resumes from; None for a new run), the rows logged before that step are kept and the later
-    ones (about to be logged again) dropped, as in an uninterrupted run. The kept rows wait in a hidden file while
-    Lightning's writer starts and are then renamed into place; a crash in between leaves them there for the next resume.
+    the checkpoint the run resumes from), the rows before that step are kept, as in an uninterrupted run: they wait in a
+    hidden file while Lightning's writer starts, then are renamed into place (a crash in between leaves them there).
     """
 
     def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.resume_step = resume_step
-        self._history_restored = False
+        self.resume_step = resume_step  # None once the history is restored
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._history_restored or self.resume_step is None:
+        if self.resume_step is None:
             return super().experiment
         path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
         parked = path.with_name(f".{path.name}.resumed")
@@ -178,7 +173,7 @@ class ResumableCSVLogger(CSVLogger):
         if header:
             os.replace(parked, path)
             writer.metrics_keys = header
-        self._history_restored = True
+        self.resume_step = None
         return writer
 
 
@@ -277,12 +272,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 
 def check_tracking_backend(uri: str) -> None:
-    """Make sure the MLflow backend at ``uri`` can be used, within seconds; :class:`TrackingError` if not.
-
-    SQLite: the file, when it exists, must be a database this process may write, in a writable directory. HTTP(S): the
-    server must answer one request within ``SERVER_CHECK_TIMEOUT`` seconds, with no retries. Other backends
-    (PostgreSQL, ...) are left to MLflow.
-    """
+    """Make sure the MLflow backend at ``uri`` can be used, within seconds; :class:`TrackingError` if not. A SQLite
+    file must be a writable database in a writable directory, a server answer one request within
+    ``SERVER_CHECK_TIMEOUT`` seconds; other backends (PostgreSQL, ...) are left to MLflow."""
     path = sqlite_path(uri)
     if path is not None:
         hint = "use another MLFLOW_TRACKING_URI, or --tracking.mlflow false"
@@ -304,9 +296,10 @@ def check_tracking_backend(uri: str) -> None:
         try:
             with _environment(**limits):
                 MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-        except Exception as err:
+        except Exception as err:  # named by its innermost cause, e.g. "[Errno 111] Connection refused" under urllib3's
+            cause = next((_first_line(e) for e in reversed(causes(err)) if str(e).strip()), _first_line(err))
             raise TrackingError(
-                f"MLflow tracking server {uri} cannot be reached ({_root_cause(err)[:300]}); start it, set "
+                f"MLflow tracking server {uri} cannot be reached ({cause[:300]}); start it, set "
                 "MLFLOW_TRACKING_URI to a server that runs, or use --tracking.mlflow false "
                 "(--tracking.mlflow_required false: warn and track in CSV files only)"
             ) from None
@@ -324,11 +317,6 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _root_cause(err: BaseException) -> str:
-    """The innermost exception of a chain (e.g. ``[Errno 111] Connection refused`` under MLflow's and urllib3's)."""
-    return next((_first_line(e) for e in reversed(causes(err)) if str(e).strip()), _first_line(err))
 
 
 def _first_line(err: BaseException) -> str:
