@@ -56,9 +56,8 @@ def one_device_trainer(trainer: Trainer, logger: list[Logger] | bool = False) ->
 def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: LightningDataModule | None) -> dict:
     """Test the final module and the best-val checkpoint on one device; write ``results.json``, predictions and figures.
 
-    Returns ``test/mae``, and with a best checkpoint ``test_best/mae`` and ``best_val/mae``. The best checkpoint is
-    tested without the run's loggers (its rebuilt hyperparameters must not be logged over the run's), then its metrics
-    logged to them."""
+    Returns ``test/mae``, and with a best checkpoint ``test_best/mae`` and ``best_val/mae``, whose test runs without
+    the run's loggers (its rebuilt hyperparameters must not be logged over the run's)."""
     # under fast_dev_run Lightning swaps the loggers for a stand-in that writes nothing: so do the tests
     loggers = [] if trainer.fast_dev_run else list(trainer.loggers)
     tester = one_device_trainer(trainer, loggers or False)

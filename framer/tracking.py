@@ -7,9 +7,8 @@ deprecated and MLflow >= 3.13 refuses it. Reports read the run directory (:mod:`
 Several runs may start at once on one ``save_dir`` and one SQLite database: a new run claims its ``version_<n>``
 directory with an atomic ``mkdir``, and creates its MLflow run with ``MlflowClient`` under a lock file next to the
 database (:func:`create_run`) before Lightning's ``MLFlowLogger`` is given the run's id. Only the launching process
-does this: the other ranks of a multi-process run create nothing. Before that, :func:`check_tracking_backend` makes
-sure within seconds that MLflow can be used (else one :class:`TrackingError` line, or, with
-``tracking.mlflow_required: false``, a warning and a run tracked in its CSV files only).
+does this: the other ranks of a multi-process run create nothing. An unusable backend (:func:`check_tracking_backend`)
+is one :class:`TrackingError` line, or, with ``tracking.mlflow_required: false``, a warning and CSV tracking only.
 """
 
 from __future__ import annotations
@@ -254,9 +253,8 @@ def create_run(
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The MLflow tracking URI to use: ``$MLFLOW_TRACKING_URI``, else ``uri``, else the SQLite default; a relative
-    SQLite path made absolute (runs started elsewhere share one database), its directory created. File stores raise
-    :class:`TrackingError`."""
+    """``$MLFLOW_TRACKING_URI``, else ``uri``, else the SQLite default, with a relative SQLite path made absolute (runs
+    started elsewhere share one database) and its directory created; file stores raise :class:`TrackingError`."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or DEFAULT_TRACKING_URI
     if uri.startswith("file:") or "://" not in uri:
         raise TrackingError(
