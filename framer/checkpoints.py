@@ -2,17 +2,14 @@
 
 Nothing a user receives may run code when it is loaded. Two rules keep checkpoints plain data:
 
-- **Unpickling**: every checkpoint is read with ``torch.load(weights_only=True)`` (tensors and plain containers
-  only), whatever the spelling of its path (local path, ``file://``, any fsspec URL such as ``s3://`` or
-  ``memory://``), also when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set: :func:`read_checkpoint`, and
-  :class:`AtomicCheckpointIO` for the checkpoints a trainer resumes from.
-- **Class paths**: the hyperparameters a module is rebuilt from may name classes only from allowed packages, each
-  a subclass of what its place expects (:func:`check_module_hparams`, with :mod:`framer.instantiate`'s allow-list):
-  ``torch.nn.Module`` for a network, ``torch.optim.Optimizer`` for an optimizer, ``LRScheduler`` for a scheduler,
-  the LightningModule for the module itself.
+- every checkpoint is read with ``torch.load(weights_only=True)`` (tensors and plain containers only), whatever the
+  spelling of its path (local, ``file://``, any fsspec URL), also when ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set:
+  :func:`read_checkpoint`, and :class:`AtomicCheckpointIO` for the checkpoints a trainer resumes from;
+- the hyperparameters a module is rebuilt from may name classes only from allowed packages, each a subclass of what
+  its place expects (:func:`check_module_hparams`).
 
 Refusals are :class:`~framer.instantiate.RefusedClassPath` and :class:`CheckpointError`, each one message naming
-the file. Where a run's checkpoints are (``last.ckpt`` of its newest version) is :mod:`framer.rundir`'s.
+the file.
 """
 
 from __future__ import annotations
@@ -27,7 +24,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from framer.errors import UserError
+from framer.errors import UserError, causes
 from framer.instantiate import RefusedClassPath, check_config_class_paths, resolve_class
 from framer.io import atomic_file
 
@@ -49,16 +46,11 @@ class CheckpointWriteError(UserError, OSError):
     """Writing a checkpoint failed (e.g. a full disk); the previous checkpoint file is intact."""
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# hyperparameters
+# ---- hyperparameters
 def check_module_hparams(hparams: Any, module_class: type, source: str) -> None:
-    """Check the hyperparameters a LightningModule would be rebuilt from; :class:`RefusedClassPath` if unsafe.
-
-    ``_instantiator`` must be Lightning's own; ``_class_path`` a subclass of ``module_class``; ``model``,
-    ``optimizer`` and ``lr_scheduler`` (class paths, ``{"class_path", "init_args"}`` dicts or None) subclasses of
-    :data:`HPARAM_BASES`; every other ``class_path`` inside must lie in an allowed package. Allowed modules are
-    imported for the subclass checks; nothing else is.
-    """
+    """Check the hyperparameters a LightningModule would be rebuilt from (:class:`RefusedClassPath` if unsafe):
+    ``_instantiator`` must be Lightning's own, ``_class_path`` a subclass of ``module_class``, the places of
+    :data:`HPARAM_BASES` subclasses of their base, every other ``class_path`` in an allowed package."""
     if hparams is None:
         return
     if not isinstance(hparams, Mapping):
@@ -81,8 +73,7 @@ def check_module_hparams(hparams: Any, module_class: type, source: str) -> None:
             raise RefusedClassPath(f"{source}: {key} must be a class path or a class_path/init_args mapping")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# reading checkpoints
+# ---- reading checkpoints
 def _local_path(path: str | os.PathLike) -> Path | None:
     """The local file of a plain path or ``file://`` URL; None for other URLs."""
     text = os.fspath(path)
@@ -110,39 +101,28 @@ def _read_bytes(url: str) -> bytes:
         raise CheckpointError(f"checkpoint {url} cannot be read ({type(err).__name__}: {err})") from None
 
 
-def _unsafe_globals(source: Any) -> list[str]:
-    """The classes and functions a checkpoint would import when unpickled (torch's own scan; zip checkpoints)."""
-    try:
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(source))
-    except Exception:  # not a zip checkpoint (the old format): torch's error says what it refused
-        return []
-
-
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True`` (local paths memory-mapped); :class:`CheckpointError` if unusable.
-
-    A missing file, a truncated or corrupt one and one carrying pickled Python objects (anything beyond tensors and
-    plain containers) are each refused with one message naming the file.
-    """
+    """Read a checkpoint with ``weights_only=True`` (local paths memory-mapped); a missing, truncated or corrupt one,
+    or one carrying pickled Python objects, is a :class:`CheckpointError` naming the file."""
     local = _local_path(path)
     shown = os.fspath(path)
     if local is not None and not local.is_file():
         raise CheckpointError(f"checkpoint not found: {shown}")
     source: Any = local if local is not None else io.BytesIO(_read_bytes(shown))
     try:
-        if local is not None:
-            try:
-                checkpoint = torch.load(local, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as err:
-                if "mmap" not in str(err):
-                    raise
-                checkpoint = torch.load(local, map_location="cpu", weights_only=True)  # the old (non-zip) format
-        else:
-            checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(source, map_location="cpu", weights_only=True, mmap=local is not None)
+        except RuntimeError as err:
+            if local is None or "mmap" not in str(err):
+                raise
+            checkpoint = torch.load(local, map_location="cpu", weights_only=True)  # the old (non-zip) format
     except Exception as err:
         if isinstance(source, io.BytesIO):
             source.seek(0)
-        unsafe = _unsafe_globals(source)
+        try:  # the classes and functions it would import when unpickled (torch's own scan of a zip checkpoint)
+            unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(source))
+        except Exception:  # not a zip checkpoint (the old format): torch's error says what it refused
+            unsafe = []
         text = " ".join(str(err).split())
         refused = isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in text  # old format
         if unsafe or refused:
@@ -159,10 +139,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def check_checkpoint(path: str | os.PathLike, module_class: type, overridden: Iterable[str] = ()) -> dict[str, Any]:
-    """Read a checkpoint safely and check the hyperparameters ``module_class`` would be rebuilt from; return it.
-
-    ``overridden``: hyperparameters the caller replaces (``load_from_checkpoint(path, model=net)``), not checked.
-    """
+    """Read a checkpoint safely and check the hyperparameters ``module_class`` would be rebuilt from, except the
+    ``overridden`` ones the caller replaces (``load_from_checkpoint(path, model=net)``); return it."""
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters")
     if isinstance(hparams, Mapping):
@@ -171,16 +149,11 @@ def check_checkpoint(path: str | os.PathLike, module_class: type, overridden: It
     return checkpoint
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# the trainer's checkpoint files
+# ---- the trainer's checkpoint files
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """``TorchCheckpointIO`` that always loads with ``weights_only=True`` and whose local saves are atomic.
-
-    Lightning's default stages the bytes in a temporary file under ``/tmp`` and moves it into place; on a cluster
-    ``/tmp`` is usually another file system, so the "move" is a copy that a kill can cut short. Here the temporary
-    file sits next to the target (same file system), is fsynced, then renamed with ``os.replace``. A failed write
-    (e.g. a full disk) removes the temporary file, keeps the previous checkpoint and raises
-    :class:`CheckpointWriteError`. Remote paths (``s3://``...) use Lightning's behaviour.
+    """``TorchCheckpointIO`` that always loads with ``weights_only=True`` and saves local files with
+    :func:`framer.io.atomic_file` (Lightning stages them under ``/tmp``, on a cluster usually another file system, so
+    its "move" is a copy a kill can cut short); a failed write keeps the previous file (:class:`CheckpointWriteError`).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
@@ -190,7 +163,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with atomic_file(path, "wb") as handle:
                 torch.save(checkpoint, handle)
         except (OSError, RuntimeError) as err:
-            cause = _os_error_in(err)  # torch's zip writer reports a failed write as a RuntimeError
+            # torch's zip writer reports a failed write as a RuntimeError raised from the OSError
+            cause = next((e for e in causes(err) if isinstance(e, OSError)), None)
             if cause is None:
                 raise
             reason = cause.strerror or str(cause)
@@ -200,18 +174,5 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             ) from err
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict:
-        if map_location is None:
-            return super().load_checkpoint(path, weights_only=True)
-        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-
-
-def _os_error_in(err: BaseException) -> OSError | None:
-    """``err`` or the first OSError it was raised from (directly or while handling it)."""
-    seen: list[BaseException] = []
-    current: BaseException | None = err
-    while current is not None and current not in seen:
-        if isinstance(current, OSError):
-            return current
-        seen.append(current)
-        current = current.__cause__ or current.__context__
-    return None
+        location = {} if map_location is None else {"map_location": map_location}  # None: Lightning's default
+        return super().load_checkpoint(path, weights_only=True, **location)

@@ -1,39 +1,23 @@
 """Command line: ``python -m framer.cli fit|validate|test|predict --config conf/default.yaml [--config ...]``.
 
-A LightningCLI with the model and the data as ``class_path``/``init_args`` subclasses, plus three framer groups:
+A LightningCLI with the model and the data as ``class_path``/``init_args`` subclasses, plus framer's groups:
+``tracking`` (run directory and MLflow, :class:`framer.tracking.Tracking`), ``checkpoint`` (the always-on
+``ModelCheckpoint``: best ``val/mae`` + ``last.ckpt``), ``threads`` (torch's CPU threads, recorded in ``run.json``),
+``test_after_fit`` and ``predictions_csv``.
 
-- ``tracking``: run directory and MLflow (see :class:`framer.tracking.Tracking`);
-- ``checkpoint``: the always-on ``ModelCheckpoint`` (best ``val/mae`` + ``last.ckpt``);
-- ``test_after_fit`` / ``predictions_csv``: what happens after ``fit`` and where ``predict`` writes.
+- ``fit`` refuses settings it cannot work with before anything is written (a learning rate the optimizer rejects,
+  ``swa_epochs`` larger than ``max_epochs``), holds a lock on its run directory while it runs (:mod:`framer.rundir`),
+  then tests on one device (:mod:`framer.evaluate`). ``--ckpt_path last`` resumes the newest run of the same
+  ``tracking.run_name`` in place (same directory and MLflow run, earlier rows of ``metrics.csv`` kept), or starts
+  afresh when there is none. Under ``fast_dev_run`` nothing is written.
+- ``test``, ``validate`` and ``predict`` never change a trained run: they write CSV files only into a new
+  ``<run dir>/<subcommand>/<n>/`` of the checkpoint's run (else of ``<save_dir>/<run_name>``).
+- Without ``tracking.run_name`` a run is named ``<data set>-<target>-<model>`` (:func:`default_run_name`).
+  ``trainer.limit_*_batches`` and ``overfit_batches`` written as integers count batches. Options are never
+  abbreviated; an unknown one is named with the closest known one and the config file it sits in.
 
-After ``fit``, global rank 0 tests on a single device (no padded DistributedSampler) both the SWA model
-(``test/mae``, the paper's number) and the best-``val/mae`` checkpoint (``test_best/mae``), and writes
-``results.json`` and ``predictions.csv`` into the run directory (:mod:`framer.evaluate`). ``fit --ckpt_path last``
-resumes the newest run of the same ``tracking.run_name`` in place (same directory, same MLflow run, the earlier rows
-of ``metrics.csv`` kept) and starts afresh when there is none. A ``fit`` holds a lock on its run directory while it
-runs: a second process resuming the same run is refused (:mod:`framer.rundir`).
-
-``test``, ``validate`` and ``predict`` never change a trained run: they write into a new ``<run dir>/<subcommand>/<n>/``
-of the run the checkpoint belongs to (else of ``<save_dir>/<run_name>``), with CSV files only (no MLflow run). The
-run directory's layout is :mod:`framer.rundir`'s.
-
-Without ``tracking.run_name`` a run is named ``<data set>-<target>-<model>`` (:func:`default_run_name`); ``threads``
-sets torch's CPU threads for the run (recorded in ``run.json``); ``trainer.limit_*_batches`` and ``overfit_batches``
-written as integers count batches. Options are never abbreviated, and an unknown one is named with the closest known
-one and the config file it sits in.
-
-``fit`` refuses settings it cannot work with before anything is written (a learning rate the optimizer rejects,
-``swa_epochs`` larger than ``max_epochs``); under ``fast_dev_run`` nothing is written at all.
-
-User errors (missing config, data or checkpoint file, a bad value) end with one ``framer: error: ...`` line and exit
-code 2 (:mod:`framer.errors`); set ``FRAMER_DEBUG=1`` to see the traceback. Every trainer runs with
-:func:`framer.callbacks.safety_callbacks` and atomic checkpoint writes: a NaN/inf loss or gradient (or an optimizer
-step that overflows) stops training with one line and exit code 3, and SIGTERM saves ``last.ckpt`` and exits with code
-143 (128 + SIGTERM). Config files and checkpoints are checked before jsonargparse or Lightning sees them
-(:mod:`framer.checkpoints`): checkpoints are read with ``weights_only=True`` whatever the path's spelling, and a
-class path outside ``framer``, ``torch``, ``lightning`` and ``$FRAMER_ALLOWED_MODULES`` is refused before it is
-imported (:mod:`framer.instantiate`), so a truncated, corrupt or code-carrying file is one ``framer: error`` line and
-nothing in it runs.
+Exit codes are :mod:`framer.errors`'s. Config files and checkpoints are checked before jsonargparse or Lightning
+sees them (:mod:`framer.checkpoints`, :mod:`framer.instantiate`): nothing in a corrupt or code-carrying file runs.
 """
 
 from __future__ import annotations
@@ -50,6 +34,7 @@ from typing import Any
 
 import torch
 import yaml
+from filelock import FileLock
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -65,7 +50,7 @@ from framer.errors import DEBUG_ENV, UserError, exit_codes
 from framer.evaluate import print_metrics, run_final_tests, write_results
 from framer.instantiate import allowed_modules, check_config_class_paths, restrict_config_imports
 from framer.module import CrystalRegressor
-from framer.rundir import RunDir, RunLock, RunRoot
+from framer.rundir import RunDir, RunRoot
 from framer.tracking import Tracking, is_launching_process, log_run_start, quiet_lightning_noise, run_dir
 
 SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
@@ -73,25 +58,15 @@ CONFIG_SUFFIXES = (".yaml", ".yml", ".json")
 #: user errors (exit code 2) besides framer's own :class:`framer.errors.UserError`s
 USER_ERRORS: tuple[type[BaseException], ...] = (InvalidStructureError, MisconfigurationException, DataError)
 #: trainer settings where an int means batches and a float a fraction (jsonargparse would read ``1`` as ``1.0``)
-BATCH_COUNTS = (
-    "limit_train_batches",
-    "limit_val_batches",
-    "limit_test_batches",
-    "limit_predict_batches",
-    "overfit_batches",
-)
+BATCH_COUNTS = (*(f"limit_{stage}_batches" for stage in ("train", "val", "test", "predict")), "overfit_batches")
 #: (source, parsed YAML, position in the arguments) of the config files and inline values being parsed
 _CONFIGS: contextvars.ContextVar[Sequence[tuple[str, Any, int]]] = contextvars.ContextVar("framer_configs", default=())
 
 
 def check_config_files(args: Any) -> list[tuple[str, Any, int]]:
-    """Refuse config files that name a class outside the allowed packages, before jsonargparse imports anything.
-
-    Every argument that is an existing ``.yaml``/``.yml``/``.json`` file (``--config FILE`` or an option given a
-    file) and every inline ``{...}``/``[...]`` value is read as plain YAML and its ``class_path`` entries checked
-    (:func:`framer.checkpoints.check_config_class_paths`). Files that do not parse are left to jsonargparse.
-    Returns ``(source, data, position in args)`` of each, in order.
-    """
+    """Refuse config files and inline ``{...}``/``[...]`` values that name a class outside the allowed packages,
+    before jsonargparse imports anything (files that do not parse are left to jsonargparse); returns ``(source, data,
+    position in args)`` of each, in order."""
     if not isinstance(args, Sequence) or isinstance(args, str):
         if isinstance(args, dict):
             check_config_class_paths(args, "the configuration")
@@ -120,15 +95,12 @@ class FramerSaveConfigCallback(SaveConfigCallback):
     """Saves ``config.yaml`` in the run directory, then records it and the run's metadata (``run.json``, MLflow)."""
 
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        directory = run_dir(trainer)
-        config_path = directory / self.config_filename if directory is not None else None
-        log_run_start(trainer, pl_module, trainer.datamodule, config_path)
+        log_run_start(trainer, pl_module, trainer.datamodule)
 
 
 class FramerArgumentParser(LightningArgumentParser):
-    """Parser whose errors are one line (plus a pointer to ``--help``) instead of the full usage text. Options are
-    never abbreviated (``--trainer.max_epoch`` is a typo, not ``max_epochs``); an unknown option gets the closest
-    known one suggested and, when it sits in a config file, the file named."""
+    """Parser whose errors are one line (plus a pointer to ``--help``), with an unknown option's closest known one
+    and config file named. Options are never abbreviated (``--trainer.max_epoch`` is a typo, not ``max_epochs``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
@@ -155,9 +127,8 @@ def _has_key(data: Any, path: list[str]) -> bool:
     """Whether the dotted key ``path`` appears anywhere in nested mappings (``angle_basiz`` at any depth)."""
     if not isinstance(data, Mapping):
         return False
-    if path[0] in data and (len(path) == 1 or _has_key(data[path[0]], path[1:])):
-        return True
-    return any(_has_key(value, path) for value in data.values())
+    here = path[0] in data and (len(path) == 1 or _has_key(data[path[0]], path[1:]))
+    return here or any(_has_key(value, path) for value in data.values())
 
 
 def _parser_error_text(message: str) -> str:
@@ -194,7 +165,7 @@ class FramerCLI(LightningCLI):
         self._mlflow_run_id: str | None = None
         self._resume_step: int | None = None  # global step of the checkpoint a fit resumes from
         self._checkpoint_run: RunDir | None = None  # run directory of the checkpoint test/validate/predict evaluate
-        self._run_lock: RunLock | None = None
+        self._run_lock: FileLock | None = None
         self._threads_before: int | None = None  # torch's threads before `threads` set them
         self._parsers: list[LightningArgumentParser] = []  # the main parser and the subcommands'
         self._batch_counts: dict[str, int] = {}  # trainer.limit_*_batches / overfit_batches given as integers
@@ -214,8 +185,7 @@ class FramerCLI(LightningCLI):
         """The part of a parsed config for the subcommand being run (all of it without one: ``run=False``)."""
         return config[self.subcommand] if self.subcommand else config
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # parser
+    # ---- parser
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", [f"framer {_version()} (python -m framer.cli)"])
         parser = super().init_parser(**kwargs)
@@ -284,16 +254,12 @@ class FramerCLI(LightningCLI):
         if "weights_only" in config:
             config.weights_only = True  # framer's checkpoints are plain data; nothing else is unpickled
         if ckpt == "last" and config.trainer.get("logger") in (None, True):
-            tracking = config.tracking
-            found = RunRoot.of(tracking.save_dir, tracking.run_name).last_checkpoint()
+            root = RunRoot(Path(config.tracking.save_dir) / config.tracking.run_name)
+            found = root.last_checkpoint()
             if found is None:
                 if subcommand != "fit":
-                    raise UserError(f"no last checkpoint under {Path(tracking.save_dir) / tracking.run_name}")
-                print(
-                    f"framer: no last checkpoint under {Path(tracking.save_dir) / tracking.run_name}; "
-                    "training from scratch",
-                    file=sys.stderr,
-                )
+                    raise UserError(f"no last checkpoint under {root.path}")
+                print(f"framer: no last checkpoint under {root.path}; training from scratch", file=sys.stderr)
                 config.ckpt_path = None
                 return
             path, run = found
@@ -326,8 +292,7 @@ class FramerCLI(LightningCLI):
                 raise
             raise UserError(f"invalid configuration: {_constructor_errors(err)}") from err
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # trainer: loggers from `tracking` unless trainer.logger is given
+    # ---- trainer: loggers from `tracking` unless trainer.logger is given
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer_config = self._section(self.config_init).get("trainer") or {}
         subcommand = self.subcommand or "fit"  # run=False (framer.tune) builds trainers that fit
@@ -361,23 +326,18 @@ class FramerCLI(LightningCLI):
             return False  # a smoke run writes no files (Lightning would log nothing either)
         if subcommand != "fit":  # test/validate/predict: a new <run>/<subcommand>/<n>/, CSV files only
             run = self._checkpoint_run or RunDir(Path(tracking.save_dir) / tracking.run_name)
-            if not is_launching_process():
-                return [CSVLogger(save_dir=run.path, name=subcommand)]
-            directory = run.new_evaluation_dir(subcommand)
-            return [CSVLogger(save_dir=run.path, name=subcommand, version=directory.name)]
+            version = run.new_evaluation_dir(subcommand).name if is_launching_process() else None
+            return [CSVLogger(save_dir=run.path, name=subcommand, version=version)]
         loggers = tracking.loggers(mlflow_run_id=self._mlflow_run_id, resume_step=self._resume_step)
         if self.subcommand == "fit" and is_launching_process():
             if self._resume_step is None:  # a new run's CSV writer checks its directory is empty before the lock file
                 _ = loggers[0].experiment  # goes in (a resumed run's writer rewrites metrics.csv: only under the lock)
-            self._run_lock = RunDir(loggers[0].log_dir).lock().acquire()
+            self._run_lock = RunDir(loggers[0].log_dir).lock()
         return loggers
 
     def _check_settings(self, trainer_config: dict) -> None:
-        """Refuse settings ``fit`` cannot work with before anything is written.
-
-        The optimizer and scheduler are built once (and dropped), so a learning rate torch rejects is reported now;
-        ``swa_epochs > max_epochs`` is refused: averaging would cover epochs that never run, from the first step.
-        """
+        """Refuse settings ``fit`` cannot work with before anything is written: the optimizer and scheduler are built
+        once (and dropped), so a learning rate torch rejects is reported now, and ``swa_epochs > max_epochs``."""
         if type(self.model).configure_optimizers is CrystalRegressor.configure_optimizers:  # needs no trainer
             self.model.configure_optimizers()
         swa_epochs = getattr(self.model, "swa_epochs", None)
@@ -391,8 +351,7 @@ class FramerCLI(LightningCLI):
                 f"{max_epochs} (0 disables SWA)"
             )
 
-    # ----------------------------------------------------------------------------------------------------------------
-    # subcommand hooks
+    # ---- subcommand hooks
     def after_fit(self) -> None:
         trainer = self.trainer
         if not self._section(self.config).get("test_after_fit", True) or trainer.interrupted:
@@ -500,10 +459,8 @@ def _stopped(err: BaseException) -> str:
 
 
 def main(args: Any = None, **cli_kwargs: Any) -> None:
-    """Entry point of ``python -m framer.cli`` and the ``framer`` script (exit codes: :mod:`framer.errors`).
-
-    ``cli_kwargs`` go to :class:`FramerCLI` (e.g. ``trainer_defaults`` from :func:`framer.launch.run_inprocess`).
-    """
+    """Entry point of ``python -m framer.cli`` and the ``framer`` script (exit codes: :mod:`framer.errors`);
+    ``cli_kwargs`` go to :class:`FramerCLI` (e.g. ``trainer_defaults`` from :func:`framer.launch.run_inprocess`)."""
     with exit_codes("framer", USER_ERRORS, interruptions=(SIGTERMException,), interrupted=_stopped):
         FramerCLI(args=args, **cli_kwargs)
 

@@ -28,13 +28,8 @@ MODELS = {"crystalformer": "Crystalformer (distance only)", "crystalframer": "Cr
 
 
 def configs(model: str) -> list[str]:
-    return [
-        "conf/default.yaml",
-        "conf/data/ewald.yaml",
-        f"conf/model/{model}-small.yaml",
-        "conf/trainer/laptop.yaml",
-        "conf/demo/demo.yaml",
-    ]
+    small = f"conf/model/{model}-small.yaml"
+    return ["conf/default.yaml", "conf/data/ewald.yaml", small, "conf/trainer/laptop.yaml", "conf/demo/demo.yaml"]
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -74,13 +69,6 @@ def write_folder(folder: Path, n: int) -> Path:
     return folder
 
 
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    pairs = [item.split("=", 1) for item in args.set]
-    if any(len(pair) != 2 for pair in pairs):
-        raise UserError(f"--set takes KEY=VALUE, not {next(i for i in args.set if '=' not in i)!r}")
-    return {"threads": args.threads, **dict(pairs)}
-
-
 def baseline_mae(run) -> float:
     """MAE on the test split of always predicting the training mean (``run.json``'s ``target_mean``)."""
     mean = float(run.read_info()["target_mean"])
@@ -93,11 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     with exit_codes("framer"):
         if args.write_folder:
-            print(
-                f"framer demo: wrote {write_folder(Path(args.write_folder), args.num_crystals)}/{{*.cif,id_prop.csv}}"
-            )
+            folder = write_folder(Path(args.write_folder), args.num_crystals)
+            print(f"framer demo: wrote {folder}/{{*.cif,id_prop.csv}}")
             return 0
-        overrides = _overrides(args)
+        bad = [item for item in args.set if "=" not in item]
+        if bad:
+            raise UserError(f"--set takes KEY=VALUE, not {bad[0]!r}")
+        overrides = {"threads": args.threads, **dict(item.split("=", 1) for item in args.set)}
         rows, baseline, load = [], None, os.getloadavg()[0]
         for model in args.models:
             spec = RunSpec(configs(model), {**overrides, "tracking.run_name": model}, quiet=not args.progress)
@@ -107,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome = run_inprocess(spec)
             if not outcome.ok:  # the run's own exit code: 2 user error, 3 NaN, 143 SIGTERM
                 fail("framer", outcome.message.splitlines()[0].removeprefix("framer.cli "), outcome.code)
-            run = RunRoot.of(save_dir, model).latest()
+            run = RunRoot(Path(save_dir) / model).latest()
             results, info = run.read_results() or {}, run.read_info()
             baseline = baseline_mae(run) if baseline is None else baseline
             rows.append(

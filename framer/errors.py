@@ -1,13 +1,9 @@
 """How framer's commands end: exit codes, user errors as one line, and the guard every ``python -m framer.*`` uses.
 
-=====  =================================================================================================
-code   meaning
-=====  =================================================================================================
-0      done
-2      user error: a missing or bad file, setting or checkpoint; one ``<prog>: error: ...`` line on stderr
-3      training stopped on a non-finite loss, gradient or optimizer step (:class:`NonFiniteError`)
-143    stopped by SIGTERM (128 + 15) after saving ``last.ckpt``; the same command resumes
-=====  =================================================================================================
+- 0: done;
+- 2: user error: a missing or bad file, setting or checkpoint; one ``<prog>: error: ...`` line on stderr;
+- 3: training stopped on a non-finite loss, gradient or optimizer step (:class:`NonFiniteError`);
+- 143: stopped by SIGTERM (128 + 15) after saving ``last.ckpt``; the same command resumes.
 
 ``FRAMER_DEBUG=1`` re-raises instead, so the traceback is shown. A command that ends normally says how long it took
 (``<prog>: finished in 1 min 23 s``, one line on stderr).
@@ -23,7 +19,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import NoReturn
 
-EXIT_OK = 0
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
 EXIT_SIGTERM = 128 + signal.SIGTERM
@@ -49,6 +44,14 @@ def one_line(err: BaseException) -> str:
     return " ".join(text.split())
 
 
+def causes(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling, outermost first."""
+    chain = [err]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    return chain
+
+
 def elapsed(seconds: float) -> str:
     """``42.0 s``, ``3 min 05 s``, ``2 h 01 min``."""
     minutes, secs = divmod(round(seconds), 60)
@@ -70,14 +73,10 @@ def exit_codes(
     interruptions: tuple[type[BaseException], ...] = (),
     interrupted: Callable[[BaseException], str] | None = None,
 ) -> Iterator[None]:
-    """Turn the exceptions that end a command into its exit code and one line on stderr.
-
-    :class:`UserError`, :data:`FILE_ERRORS` and ``user_errors`` exit with 2; :class:`NonFiniteError` and
-    ``FloatingPointError`` with 3; ``interruptions`` (e.g. Lightning's ``SIGTERMException``) with 143 and the line
-    ``<prog>: stopped by SIGTERM: <interrupted(err)>``. Anything else propagates (a bug: its traceback is wanted).
-    Ending normally, it prints ``<prog>: finished in <elapsed>``.
-    """
-    debug = bool(os.environ.get(DEBUG_ENV))
+    """Turn the exceptions that end a command into its exit code and one line on stderr: 2 for :class:`UserError`,
+    :data:`FILE_ERRORS` and ``user_errors``; 3 for :class:`NonFiniteError` and ``FloatingPointError``; 143 for
+    ``interruptions`` (e.g. Lightning's ``SIGTERMException``), with ``<prog>: stopped by SIGTERM: <interrupted(err)>``.
+    Anything else propagates (a bug: its traceback is wanted)."""
     started = time.monotonic()
     try:
         yield
@@ -86,11 +85,8 @@ def exit_codes(
         what = interrupted(err) if interrupted is not None else "no checkpoint saved"
         sys.stderr.write(f"{prog}: stopped by SIGTERM: {what}\n")
         raise SystemExit(EXIT_SIGTERM) from None
-    except (UserError, *FILE_ERRORS, *user_errors) as err:
-        if debug:
+    except (UserError, *FILE_ERRORS, *user_errors, NonFiniteError, FloatingPointError) as err:
+        if os.environ.get(DEBUG_ENV):
             raise
-        fail(prog, one_line(err))
-    except (NonFiniteError, FloatingPointError) as err:
-        if debug:
-            raise
-        fail(prog, one_line(err), EXIT_NON_FINITE)
+        user_error = isinstance(err, (UserError, *FILE_ERRORS, *user_errors))
+        fail(prog, one_line(err), EXIT_USER_ERROR if user_error else EXIT_NON_FINITE)

@@ -1,17 +1,16 @@
 """The final evaluation of a run: after ``fit``, test on one device and write the run's results.
 
-Global rank 0 tests both the final module (its SWA average when it has one: ``test/mae``, the paper's number) and the
-best-``val/mae`` checkpoint (``test_best/mae``) on a single device, so no sample of the test split is padded or
-dropped as a DistributedSampler would. The run's directory then gets ``results.json`` (metrics and facts of the run),
-the test predictions of both (:mod:`framer.rundir`) and ``figures/`` (parity plot, error histogram, learning curves:
-:func:`framer.plots.figures_of_run`), and the run's loggers (CSV, MLflow) the metrics and files.
+Global rank 0 tests the final module (its SWA average when it has one: ``test/mae``, the paper's number) and the
+best-``val/mae`` checkpoint (``test_best/mae``) on a single device, so no test sample is padded or dropped as a
+DistributedSampler would. The run directory gets ``results.json``, the test predictions of both and ``figures/``; the
+run's loggers (CSV, MLflow) get the metrics and files.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +56,8 @@ def one_device_trainer(trainer: Trainer, logger: list[Logger] | bool = False) ->
 def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: LightningDataModule | None) -> dict:
     """Test the final module and the best-val checkpoint on one device; write ``results.json``, predictions and figures.
 
-    Returns the metrics: ``test/mae``, and with a best checkpoint ``test_best/mae`` and ``best_val/mae``. The final
-    module is tested with the run's loggers; the best checkpoint without (its rebuilt hyperparameters must not be
-    logged over the run's), and its metrics are logged to the run's loggers afterwards.
-    """
+    Returns ``test/mae``, and with a best checkpoint ``test_best/mae`` and ``best_val/mae``, whose test runs without
+    the run's loggers (its rebuilt hyperparameters must not be logged over the run's)."""
     # under fast_dev_run Lightning swaps the loggers for a stand-in that writes nothing: so do the tests
     loggers = [] if trainer.fast_dev_run else list(trainer.loggers)
     tester = one_device_trainer(trainer, loggers or False)
@@ -77,8 +74,10 @@ def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: Ligh
         best.eval_weights = "raw"
         best.test_prefix = "test_best"
         results = one_device_trainer(trainer).test(best, datamodule=datamodule, verbose=False)
-        best_metrics = dict(results[0]) if results else {}
-        log_metrics(loggers, {**best_metrics, "epoch": tester.current_epoch}, step=tester.global_step)
+        best_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        for logger in loggers:
+            logger.log_metrics({**best_metrics, "epoch": float(tester.current_epoch)}, step=tester.global_step)
+            logger.save()
         metrics.update(best_metrics)
         modules["best"] = best
         metrics["best_val/mae"] = float(callback.best_model_score)
@@ -94,14 +93,6 @@ def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: Ligh
         plots.figures_of_run(run, title=f"{run.path.parent.name} {run.name}")
     print_metrics(metrics, run)
     return metrics
-
-
-def log_metrics(loggers: Iterable[Logger], metrics: Mapping[str, Any], step: int | None = None) -> None:
-    """Log the numeric entries of ``metrics`` to every logger."""
-    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    for logger in loggers:
-        logger.log_metrics(numeric, step=step)
-        logger.save()
 
 
 def write_results(

@@ -1,25 +1,22 @@
 """Objects from ``{"class_path", "init_args"}`` configs and back, importing only classes from allowed packages.
 
-Nothing a user receives may run code when it is loaded. A ``class_path`` (or an import path in the place of a class
-or callable) names code to import and run, so it is accepted only from the packages ``framer``, ``torch`` and
-``lightning`` and from the packages listed in ``$FRAMER_ALLOWED_MODULES`` (comma separated:
-``FRAMER_ALLOWED_MODULES=mypkg,other``); anything else is refused *before* its module is imported
-(:func:`check_allowed`). After the import the class must be a subclass of what its place expects
-(:func:`resolve_class`): ``torch.nn.Module`` for a network, ``torch.optim.Optimizer`` for an optimizer, ...
-
-The other direction, :func:`to_config` and :func:`callable_config`, records how a network, optimizer or scheduler
-built in Python is rebuilt, so checkpoints of modules built in Python load with no extra argument.
+Nothing a user receives may run code when it is loaded. A ``class_path`` names code to import and run, so it is
+accepted only from ``framer``, ``torch``, ``lightning`` and the packages in ``$FRAMER_ALLOWED_MODULES`` (comma
+separated) and refused *before* its module is imported (:func:`check_allowed`); after the import the class must be a
+subclass of what its place expects (:func:`resolve_class`). The other direction, :func:`to_config` and
+:func:`callable_config`, records how a network, optimizer or scheduler built in Python is rebuilt.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
@@ -38,27 +35,19 @@ class RefusedClassPath(UserError, ValueError):
     """A config or checkpoint names a class outside the allowed packages, or of the wrong kind."""
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# the allow-list
+# ---- the allow-list
 def allowed_modules() -> tuple[str, ...]:
     """``framer``, ``torch``, ``lightning`` and the packages of ``$FRAMER_ALLOWED_MODULES``."""
     extra = [name.strip() for name in os.environ.get(ALLOWED_MODULES_ENV, "").split(",")]
     return BUILTIN_ALLOWED_MODULES + tuple(name for name in extra if name and name not in BUILTIN_ALLOWED_MODULES)
 
 
-def is_allowed(import_path: str) -> bool:
-    """Whether ``import_path`` lies in an allowed package (``framer.models.X`` is in ``framer``; ``framerx`` is not)."""
-    return any(import_path == root or import_path.startswith(root + ".") for root in allowed_modules())
-
-
 def check_allowed(class_path: Any, source: str, place: str = "class_path") -> str:
-    """``class_path`` if it is an import path inside an allowed package; :class:`RefusedClassPath` otherwise.
-
-    Nothing is imported. ``source`` names the file (or object) the path came from, ``place`` where in it.
-    """
+    """``class_path`` if it is an import path inside an allowed package, else :class:`RefusedClassPath` naming the
+    ``source`` file (or object) and the ``place`` in it. Nothing is imported."""
     if not isinstance(class_path, str) or not _IMPORT_PATH.fullmatch(class_path):
         raise RefusedClassPath(f"{source}: {place} {class_path!r} is not an import path (package.module.Class)")
-    if not is_allowed(class_path):
+    if not any(f"{class_path}.".startswith(f"{root}.") for root in allowed_modules()):  # not framerx.X for framer
         raise RefusedClassPath(
             f"{source}: {place} {class_path!r} was refused and not imported: only classes from "
             f"{', '.join(allowed_modules())} may be named (trusted packages can be added to ${ALLOWED_MODULES_ENV}, "
@@ -82,33 +71,25 @@ def resolve_class(class_path: Any, base: type, source: str, place: str = "class_
     return cls
 
 
-def class_paths(data: Any, where: str = "") -> Iterator[tuple[str, Any]]:
-    """(place, value) of every ``class_path`` entry in nested dicts and lists (a YAML config, checkpoint hparams)."""
+def check_config_class_paths(data: Any, source: str, where: str = "") -> None:
+    """Refuse a config (parsed YAML, checkpoint hparams) with a ``class_path`` entry, in nested dicts and lists,
+    outside the allowed packages, before anything is imported."""
     if isinstance(data, Mapping):
         for key, value in data.items():
             place = f"{where}.{key}" if where else str(key)
             if key in ("class_path", "_class_path"):
-                yield place, value
+                check_allowed(value, source, place)
             else:
-                yield from class_paths(value, place)
+                check_config_class_paths(value, source, place)
     elif isinstance(data, (list, tuple)):
         for i, value in enumerate(data):
-            yield from class_paths(value, f"{where}[{i}]")
-
-
-def check_config_class_paths(data: Any, source: str) -> None:
-    """Refuse a config (parsed YAML) that names a class outside the allowed packages, before anything is imported."""
-    for place, value in class_paths(data):
-        check_allowed(value, source, place)
+            check_config_class_paths(value, source, f"{where}[{i}]")
 
 
 def restrict_config_imports() -> None:
-    """Make jsonargparse refuse, before importing, any value that names something outside the allowed packages.
-
-    The command line's second line of defence: :func:`check_config_class_paths` names the file for config files and
-    checkpoints; this also covers values typed on the command line and configs nested in configs. It is a global
-    jsonargparse setting (import path denylist ``*`` plus the allowed packages).
-    """
+    """Make jsonargparse refuse, before importing, any value that names something outside the allowed packages (a
+    global setting). The command line's second line of defence, after :func:`check_config_class_paths`: it also
+    covers values typed on the command line and configs nested in configs."""
     from jsonargparse import set_parsing_settings
 
     allowed = set(allowed_modules())
@@ -128,13 +109,11 @@ def follow_allowed_modules() -> None:
 _ALLOWED_IN_JSONARGPARSE: set[str] = set()
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# configs -> objects
+# ---- configs -> objects
 def build(config: Mapping[str, Any], base: type = nn.Module, source: str = "config", place: str = "model") -> Any:
     """Instantiate ``{"class_path": "pkg.mod.Class", "init_args": {...}}``, a subclass of ``base`` from an allowed
     package (checked before the import; :class:`RefusedClassPath` otherwise)."""
-    cls = resolve_class(config.get("class_path"), base, source, f"{place}.class_path")
-    return cls(**dict(config.get("init_args") or {}))
+    return factory(config, base, source, place)()
 
 
 def factory(config: Mapping[str, Any], base: type, source: str = "config", place: str = "optimizer") -> Any:
@@ -144,8 +123,7 @@ def factory(config: Mapping[str, Any], base: type, source: str = "config", place
     return functools.partial(cls, **dict(config.get("init_args") or {}))
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# objects -> configs
+# ---- objects -> configs
 def class_path_of(obj_or_cls: Any) -> str:
     """The import path of a class (or of an object's class) in its public spelling: the shortest already imported
     parent package that exports it (``framer.CrystalFramer``, ``torch.optim.AdamW``)."""
@@ -159,27 +137,17 @@ def class_path_of(obj_or_cls: Any) -> str:
 
 
 def to_config(model: nn.Module) -> dict[str, Any]:
-    """``{"class_path", "init_args"}`` that rebuilds ``model`` (used to save modules built in Python).
-
-    The constructor arguments come from an ``init_args``/``config``/``hparams`` mapping on the model if it has
-    one, else from attributes named like the constructor's parameters. Unless the model stores its arguments, the
-    result is checked by rebuilding the model and comparing parameter shapes; ValueError when they cannot be
-    recovered, so no checkpoint is written that would silently rebuild a different network.
-    """
+    """``{"class_path", "init_args"}`` that rebuilds ``model``: from an ``init_args``/``config``/``hparams`` mapping on
+    it, else from attributes named like the constructor's parameters, checked by rebuilding the model (ValueError when
+    they cannot be recovered: no checkpoint may silently rebuild a different network)."""
     path = class_path_of(model)
-    signature = inspect.signature(type(model).__init__)
-    params = {
-        name: p
-        for name, p in signature.parameters.items()
-        if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
+    parameters = inspect.signature(type(model).__init__).parameters.items()
+    params = {name: p for name, p in parameters if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
     for attr in ("init_args", "config", "hparams", "_init_args"):
         stored = getattr(model, attr, None)
         if isinstance(stored, dict) and set(stored) <= set(params):
-            try:
+            with contextlib.suppress(TypeError):  # not plain data: recover the arguments from the attributes
                 return {"class_path": path, "init_args": to_plain(dict(stored), strict=True)}
-            except TypeError:
-                pass
     init_args: dict[str, Any] = {}
     for name, p in params.items():
         if hasattr(model, name):

@@ -1,9 +1,5 @@
 """Files: atomic writes, JSON and CSV, and file locks. Every result, checkpoint and cache file of framer is written
-through :func:`atomic_file`.
-
-The content goes to a fresh temporary file next to the target (same file system), is flushed and fsynced, then
-renamed over the target with ``os.replace``, and the directory is fsynced. A process killed at any moment leaves the
-previous file or none, never a truncated one; a failed write removes its temporary file.
+through :func:`atomic_file`: a process killed at any moment leaves the previous file or none, never a truncated one.
 """
 
 from __future__ import annotations
@@ -21,36 +17,24 @@ from typing import IO, Any
 from filelock import FileLock
 
 
-def temp_path(path: Path) -> Path:
-    """A fresh hidden temporary name next to ``path``: ``.<name>.<pid>.<random>.tmp``."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
 def fsync_dir(directory: Path) -> None:
     """Make a rename in ``directory`` durable (best effort: some file systems refuse to fsync directories)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
-    """Open a temporary file for writing that replaces ``path`` when the block ends without an exception.
-
-    ``mode`` is "wb" or "w" (text; ``open_kwargs`` such as ``newline`` are passed to ``open``).
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_file writes whole files: mode 'w' or 'wb', not {mode!r}")
+    """Open a temporary file (mode "wb" or "w") that replaces ``path`` when the block ends without an exception:
+    ``.<name>.<pid>.<random>.tmp`` next to ``path`` (same file system), fsynced, renamed over ``path`` with
+    ``os.replace``, and the directory fsynced; a failed write removes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         with open(tmp, mode.replace("w", "x"), **open_kwargs) as handle:
             yield handle
@@ -70,14 +54,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# JSON
+# ---- JSON
 def to_plain(value: Any, strict: bool = False) -> Any:
-    """``value`` as JSON/YAML-safe plain data (dicts with string keys, lists, str, int, float, bool, None).
-
-    Lenient (default): numpy and torch scalars become numbers (``.item()``), anything else its ``str``.
-    ``strict``: TypeError for anything that is not plain already (tuples become lists).
-    """
+    """``value`` as JSON/YAML-safe plain data (dicts with string keys, lists, str, int, float, bool, None): numpy and
+    torch scalars become numbers, anything else its ``str``; ``strict``: TypeError for anything not plain already."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Mapping):
@@ -105,8 +85,7 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# CSV
+# ---- CSV
 def write_csv_rows(path: str | os.PathLike, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> Path:
     """A CSV with ``header`` and ``rows`` (floats at full precision, ``repr``), atomically; returns the path."""
     buffer = io.StringIO()
@@ -117,16 +96,9 @@ def write_csv_rows(path: str | os.PathLike, header: Iterable[str], rows: Iterabl
     return atomic_write_text(path, buffer.getvalue())
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# locks
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive OS lock on ``path`` (created if needed) for the block; waits for other holders.
-
-    An OS lock (``filelock``, ``flock`` on Unix) ends with its process, also on SIGKILL: a crash never leaves a
-    stale lock. Do not nest two locks on one path in one process: the inner one would wait forever.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path):
-        yield
+# ---- locks
+def file_lock(path: str | os.PathLike) -> FileLock:
+    """An exclusive OS lock on ``path`` to hold with ``with`` (waits for other holders); it ends with its process,
+    also on SIGKILL. Do not nest two locks on one path in one process: the inner one would wait forever."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(path)

@@ -5,9 +5,8 @@ process or as a subprocess, and say how it ended.
     outcome = run(spec, "subprocess", log=Path("runs/x/launch.log"))
     outcome.ok, outcome.interrupted, outcome.code, outcome.message
 
-Used by :mod:`framer.reproduce`, :mod:`framer.matbench`, :mod:`framer.tune` and :mod:`framer.demo`. Exit codes are
-the CLI's: 0 done, 2 user error, 3 non-finite loss, 143 stopped by SIGTERM (``last.ckpt`` saved; the caller should
-stop too, as a pre-empted job does), anything else a crash.
+Exit codes are the CLI's (:mod:`framer.errors`); 143, stopped by SIGTERM with ``last.ckpt`` saved, tells the caller to
+stop too, as a pre-empted job does.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from framer.errors import EXIT_SIGTERM
 REPO = Path(__file__).resolve().parent.parent
 LOG_TAIL = 3000  # characters of a run's output kept in its outcome's message
 STOP_GRACE = 30  # seconds a stopped subprocess gets to save last.ckpt before it is killed
-POLL_INTERVAL = 0.5  # seconds between the calls of a subprocess run's ``poll`` hook
+POLL_INTERVAL = 0.5  # seconds between a subprocess run's checks of its timeout and ``poll`` hook
 
 
 # ---------------------------------------------------------------------------------------------------- arguments
@@ -42,9 +41,8 @@ def config_path(path: str | Path) -> str:
     """A config path as given if it exists from here, else relative to the repository (so sweep files and
     manifests naming ``conf/...`` work from any directory)."""
     p = Path(path)
-    if p.is_absolute() or p.exists() or not (REPO / p).exists():
-        return str(p)
-    return str(REPO / p)
+    in_repo = not p.is_absolute() and not p.exists() and (REPO / p).exists()
+    return str(REPO / p if in_repo else p)
 
 
 def cli_value(value: Any) -> str:
@@ -114,10 +112,8 @@ class RunSpec:
 
 
 def resolved_config(configs: Sequence[str], overrides: Mapping[str, Any] | None = None) -> str:
-    """The full config of ``fit --config ... <overrides>`` as ``--print_config`` writes it (nothing is built).
-
-    Raises RuntimeError with the CLI's message when the configs do not parse.
-    """
+    """The full config of ``fit --config ... <overrides>`` as ``--print_config`` writes it (nothing is built);
+    RuntimeError with the CLI's message when the configs do not parse."""
     from framer.cli import FramerCLI
 
     args = [*RunSpec(list(configs), dict(overrides or {})).args(), "--print_config"]
@@ -191,10 +187,8 @@ def bare_argv() -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------------- running
 def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
-    """Run the CLI in this process (fast for many small runs; one device). A crash becomes an outcome.
-
-    ``callbacks``: Lightning callbacks built by the caller (e.g. Optuna's pruning callback, which holds its trial),
-    added after the configs' callbacks through LightningCLI's ``trainer_defaults``.
+    """Run the CLI in this process (fast for many small runs; one device); a crash becomes an outcome. ``callbacks``
+    (e.g. Optuna's pruning callback, which holds its trial) follow the configs' (LightningCLI's ``trainer_defaults``).
     """
     from framer import cli
 
@@ -220,10 +214,9 @@ def run_subprocess(
     python: str = sys.executable,
     poll: Callable[[], bool] | None = None,
 ) -> Outcome:
-    """Run ``python -m framer.cli`` in its own process group (with its DDP ranks, if any), output appended to
-    ``log``. After ``timeout`` seconds, when ``poll()`` (called every ``POLL_INTERVAL`` seconds while the run lasts)
-    returns True, or when this process is interrupted, the group gets SIGTERM (the run saves ``last.ckpt``), then
-    SIGKILL after a grace period. A SIGTERM sent to this process is passed on the same way."""
+    """Run ``python -m framer.cli`` in its own process group (with its DDP ranks, if any), output appended to ``log``.
+    After ``timeout`` seconds, when ``poll()`` returns True, or when this process is interrupted or gets SIGTERM, the
+    group gets SIGTERM (the run saves ``last.ckpt``), then SIGKILL after a grace period."""
     cmd = [python, "-m", "framer.cli", *spec.args()]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
@@ -247,13 +240,12 @@ def run_subprocess(
 
 
 def _wait(proc: subprocess.Popen, timeout: float | None, poll: Callable[[], bool] | None) -> str | None:
-    """Wait for ``proc`` to end (None), or return why to stop it first: ``"timeout"`` or ``"poll"``."""
+    """Wait for ``proc`` to end (None), or return why to stop it first: ``"timeout"`` or ``"poll"`` (both looked at
+    every ``POLL_INTERVAL`` seconds)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        step = left if poll is None else POLL_INTERVAL if left is None else min(left, POLL_INTERVAL)
         try:
-            proc.wait(timeout=step)
+            proc.wait(timeout=POLL_INTERVAL)
             return None
         except subprocess.TimeoutExpired:
             if deadline is not None and time.monotonic() >= deadline:
@@ -264,11 +256,7 @@ def _wait(proc: subprocess.Popen, timeout: float | None, poll: Callable[[], bool
 
 def run(spec: RunSpec, mode: Literal["subprocess", "inprocess"], log: Path | None = None) -> Outcome:
     """``run_subprocess(spec, log)`` or ``run_inprocess(spec)`` (which prints to this process's streams)."""
-    if mode == "subprocess":
-        if log is None:
-            raise ValueError("a subprocess run needs a log file")
-        return run_subprocess(spec, log)
-    return run_inprocess(spec)
+    return run_subprocess(spec, log) if mode == "subprocess" else run_inprocess(spec)
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -6,17 +6,14 @@ Usage::
     python -m framer.predict --model m1 m2 m3 --inputs my_structures/ --out predictions.csv   # + std column
 
 ``--model`` is a model folder (``python -m framer.export``), an ensemble folder, a checkpoint (a local path or an
-fsspec URL) or a run directory (its ``last.ckpt``); several make an ensemble (``--ckpt``: one of them). Directories of
-inputs are searched recursively for ``*.cif``, ``*.vasp``, ``*.poscar``, ``POSCAR*`` and ``CONTCAR*``. Files that
-cannot be read or are not usable crystals are reported by name on stderr and skipped. The CSV has one row per usable
-file: ``id`` (the path relative to its input directory, without the extension) and ``prediction`` in the target's
-physical units; for an ensemble the members' mean, and ``std``, their standard deviation. By default a checkpoint's
-SWA weights are used when it has them (what the paper reports).
+fsspec URL) or a run directory (its ``last.ckpt``); several make an ensemble (``--ckpt``: one of them). Input
+directories are searched recursively for ``*.cif``, ``*.vasp``, ``*.poscar``, ``POSCAR*`` and ``CONTCAR*``; unusable
+files are named on stderr and skipped. The CSV has ``id`` (the path relative to its input directory, without the
+extension) and ``prediction`` in the target's units (for an ensemble the members' mean, and their ``std``); SWA
+weights are used when the checkpoint has them (what the paper reports).
 
-This is the command-line face of :mod:`framer.predictor` (``framer.load(path).predict(...)`` in Python). The
-checkpoint is read with ``weights_only=True`` and the classes it names are checked before anything is imported: a
-missing, corrupt or code-carrying checkpoint or model folder is one ``framer: error:`` line and exit code 2, and
-nothing in it runs.
+The command-line face of :mod:`framer.predictor` (``framer.load(path).predict(...)`` in Python): a missing, corrupt or
+code-carrying checkpoint or model folder is one ``framer: error:`` line and exit code 2, and nothing in it runs.
 """
 
 from __future__ import annotations
@@ -27,10 +24,6 @@ from collections.abc import Sequence
 
 from framer.errors import UserError, exit_codes
 from framer.io import write_csv_rows
-
-
-class PredictError(UserError):
-    """A problem with the command's inputs (reported as one line)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -54,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         files = collect_inputs(args.inputs)
         if not files:
-            raise PredictError(f"no CIF/POSCAR files in {' '.join(args.inputs)}")
+            raise UserError(f"no CIF/POSCAR files in {' '.join(args.inputs)}")
         models = args.model if args.model and len(args.model) > 1 else (args.model or [args.ckpt])[0]
         predictor = load(models, args.device, args.weights, args.batch_size)
 
@@ -63,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         rows, skipped = predictor.predict_files(files, on_skip=report)
         if not rows:
-            raise PredictError(f"none of the {len(files)} input files could be used")
+            raise UserError(f"none of the {len(files)} input files could be used")
         write_csv_rows(args.out, ("id", *predictor.columns), rows)
     info = predictor.target
     what = f" of {info['target']}" if info.get("target") else ""

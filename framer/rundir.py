@@ -20,10 +20,9 @@ A run name ``<save_dir>/<run_name>/`` (a :class:`RunRoot`) holds one directory p
             .framer.lock             held by the fit that runs in it
     <runs>/manifest.json             every run a reproduction expects (framer.reproduce)
 
-Readers never search below a version directory: the results of a run are those of its version directory, never
-those of a later ``test/<n>/`` evaluation. A fit holds :class:`RunLock` on its directory for as long as it runs, so
-a second process resuming the same run is refused; the OS lock (``filelock``) ends with the process, also on
-SIGKILL, so a crashed run never leaves a stale lock (the empty lock file stays).
+The results of a run are those of its version directory, never those of a later ``test/<n>/`` evaluation. A fit
+holds :meth:`RunDir.lock` while it runs, so a second process resuming the same run is refused; the OS lock ends with
+the process, also on SIGKILL, so a crashed run never leaves a stale lock (the empty lock file stays).
 """
 
 from __future__ import annotations
@@ -81,10 +80,13 @@ def claim_numbered_dir(root: str | os.PathLike, prefix: str = "") -> Path:
             n += 1
 
 
-@dataclass(frozen=True)
-class RunDir:
-    """One ``fit``'s directory, ``<save_dir>/<run_name>/version_<n>/`` (or an evaluation's ``<run>/test/<n>/``)."""
+def _in_dir(*parts: str) -> property:
+    """A read-only attribute: the path ``parts`` inside the directory."""
+    return property(lambda self: self.path.joinpath(*parts))
 
+
+@dataclass(frozen=True)
+class _Directory:
     path: Path
 
     def __post_init__(self) -> None:
@@ -94,33 +96,17 @@ class RunDir:
     def name(self) -> str:
         return self.path.name
 
-    @property
-    def config(self) -> Path:
-        return self.path / CONFIG
 
-    @property
-    def curves(self) -> Path:
-        return self.path / CURVES
+class RunDir(_Directory):
+    """One ``fit``'s directory, ``<save_dir>/<run_name>/version_<n>/`` (or an evaluation's ``<run>/test/<n>/``)."""
 
-    @property
-    def info(self) -> Path:
-        return self.path / INFO
-
-    @property
-    def results(self) -> Path:
-        return self.path / RESULTS
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / LAST
-
-    @property
-    def figures(self) -> Path:
-        return self.path / FIGURES
+    config = _in_dir(CONFIG)
+    curves = _in_dir(CURVES)
+    info = _in_dir(INFO)
+    results = _in_dir(RESULTS)
+    checkpoints = _in_dir(CHECKPOINTS)
+    last_checkpoint = _in_dir(CHECKPOINTS, LAST)
+    figures = _in_dir(FIGURES)
 
     def predictions(self, which: Literal["final", "best"] = "final") -> Path:
         return self.path / PREDICTIONS[which]
@@ -133,13 +119,8 @@ class RunDir:
     def write_results(self, summary: Mapping[str, Any]) -> Path:
         return write_json(self.results, summary)
 
-    def write_predictions(
-        self,
-        rows: Iterable[Iterable[Any]],
-        which: Literal["final", "best"] = "final",
-        header=("id", "target", "prediction"),
-    ) -> Path:
-        return write_csv_rows(self.predictions(which), header, rows)
+    def write_predictions(self, rows: Iterable[Iterable[Any]], which: Literal["final", "best"] = "final") -> Path:
+        return write_csv_rows(self.predictions(which), ("id", "target", "prediction"), rows)
 
     def update_info(self, facts: Mapping[str, Any]) -> Path:
         """Merge ``facts`` into ``run.json`` (later values win)."""
@@ -151,10 +132,8 @@ class RunDir:
 
     def read_results(self) -> dict[str, Any] | None:
         """``results.json`` (``metrics.json`` in runs made before it was renamed); None when absent or unreadable."""
-        for name in (RESULTS, OLD_RESULTS):
-            if (self.path / name).is_file():
-                return read_json(self.path / name) or None
-        return None
+        found = [self.path / name for name in (RESULTS, OLD_RESULTS) if (self.path / name).is_file()]
+        return (read_json(found[0]) or None) if found else None
 
     def metric(self, name: str, results: Mapping[str, Any] | None = None) -> float:
         """A final test metric (e.g. ``test/mae``) from the results; NaN when absent or not a number."""
@@ -173,8 +152,20 @@ class RunDir:
         """A new ``<run>/<subcommand>/<n>/`` for the outputs of ``test``, ``validate`` or ``predict``."""
         return claim_numbered_dir(self.path / subcommand)
 
-    def lock(self) -> RunLock:
-        return RunLock(self.path)
+    def lock(self) -> FileLock:
+        """The run's exclusive lock (``.framer.lock``), taken at once and held until released or the process ends;
+        :class:`RunDirectoryBusy` when another process holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        path = self.path / LOCK_FILE
+        lock = FileLock(path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise RunDirectoryBusy(
+                f"run directory {self.path} is in use by another running process (it holds {path}); "
+                "wait for it to end or stop it before resuming this run"
+            ) from None
+        return lock
 
     @classmethod
     def of_checkpoint(cls, ckpt: str | os.PathLike) -> RunDir | None:
@@ -187,18 +178,10 @@ class RunDir:
         return run if path.parent.name == CHECKPOINTS and any((run.path / n).is_file() for n in RUN_MARKERS) else None
 
 
-@dataclass(frozen=True)
-class RunRoot:
+class RunRoot(_Directory):
     """``<save_dir>/<run_name>/``: the versions of one run name and the files of the launcher that started it."""
 
-    path: Path
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path", Path(self.path))
-
-    @classmethod
-    def of(cls, save_dir: str | os.PathLike, run_name: str) -> RunRoot:
-        return cls(Path(save_dir) / run_name)
+    launch_log = _in_dir(LAUNCH_LOG)
 
     def claim(self) -> RunDir:
         """A new ``version_<n>`` (atomic ``mkdir``: concurrent runs of one name never share a directory)."""
@@ -217,8 +200,7 @@ class RunRoot:
         return [run for *_, run in sorted(found, key=lambda item: item[:2])]
 
     def latest(self) -> RunDir | None:
-        versions = self.versions()
-        return versions[-1] if versions else None
+        return next(reversed(self.versions()), None)
 
     def latest_finished(self) -> RunDir | None:
         """The newest version whose results hold a test MAE."""
@@ -241,25 +223,14 @@ class RunRoot:
             return "missing"
         if self.finished:
             return "finished"
-        return "failed" if self.failure() is not None else "incomplete"
+        return "failed" if (self.path / FAILED).is_file() else "incomplete"
 
     # ---- the launcher's files
-    @property
-    def launch_log(self) -> Path:
-        return self.path / LAUNCH_LOG
-
     def mark_failed(self, message: str) -> Path:
         return atomic_write_text(self.path / FAILED, message.rstrip("\n") + "\n")
 
     def clear_failed(self) -> None:
         (self.path / FAILED).unlink(missing_ok=True)
-
-    def failure(self) -> str | None:
-        """The message of the last failed attempt, or None."""
-        try:
-            return (self.path / FAILED).read_text()
-        except OSError:
-            return None
 
     def write_cell(self, cell: Mapping[str, Any]) -> Path:
         return write_json(self.path / CELL, cell)
@@ -295,42 +266,3 @@ def resolve(path: str | os.PathLike) -> RunDir | None:
     if run.is_run():
         return run
     return RunRoot(Path(path)).latest()
-
-
-class RunLock:
-    """An exclusive lock on a run directory, held from :meth:`acquire` to :meth:`release` (or the process's end).
-
-    Args:
-        directory: The run directory (the lock file ``.framer.lock`` is created in it).
-    """
-
-    def __init__(self, directory: str | os.PathLike) -> None:
-        self.directory = Path(directory)
-        self.path = self.directory / LOCK_FILE
-        self._lock = FileLock(self.path)
-
-    def acquire(self) -> RunLock:
-        """Take the lock at once or raise :class:`RunDirectoryBusy`."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            raise RunDirectoryBusy(
-                f"run directory {self.directory} is in use by another running process (it holds {self.path}); "
-                "wait for it to end or stop it before resuming this run"
-            ) from None
-        return self
-
-    def release(self) -> None:
-        if self._lock.is_locked:
-            self._lock.release(force=True)
-
-    @property
-    def is_locked(self) -> bool:
-        return self._lock.is_locked
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

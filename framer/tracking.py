@@ -2,23 +2,13 @@
 
 MLflow defaults to a SQLite database, ``sqlite:///mlruns/mlflow.db``; ``MLFLOW_TRACKING_URI`` overrides it (for
 example ``http://127.0.0.1:5000`` or ``postgresql+psycopg2://...``). The MLflow file store is never used: it is
-deprecated and MLflow >= 3.13 refuses it. Artifacts of a new experiment go to ``tracking.artifact_location`` if set,
-else next to a SQLite database (``<db dir>/artifacts``), else where the server keeps them (:func:`artifact_location`).
-
-The run directory (:mod:`framer.rundir`) is the ground truth: reports read its files and never depend on MLflow.
-Only global rank 0 writes, and every write is atomic (temporary file + rename).
+deprecated and MLflow >= 3.13 refuses it. Reports read the run directory (:mod:`framer.rundir`), never MLflow.
 
 Several runs may start at once on one ``save_dir`` and one SQLite database: a new run claims its ``version_<n>``
-directory with an atomic ``mkdir`` (two runs of the same name never share a directory), and creates its MLflow run
-with ``MlflowClient`` while holding an exclusive lock file next to the database (:func:`sqlite_lock`; schema
-migrations, experiment and run creation), before Lightning's ``MLFlowLogger`` is given the run's id. Only the
-launching process does this: the other ranks of a multi-process run create nothing.
-
-Before a run starts, :func:`check_tracking_backend` makes sure MLflow can be used, within seconds: an HTTP server is
-asked once with a 5 s timeout and no retries, a SQLite file must be a readable and writable database. A backend that
-cannot be used is one :class:`TrackingError` line, or, with ``tracking.mlflow_required: false``, a warning and a run
-tracked in its CSV files only. A resumed run keeps the rows of ``metrics.csv`` logged before the step it resumes from
-(:class:`ResumableCSVLogger`).
+directory with an atomic ``mkdir``, and creates its MLflow run with ``MlflowClient`` under a lock file next to the
+database (:func:`create_run`) before Lightning's ``MLFlowLogger`` is given the run's id. Only the launching process
+does this: the other ranks of a multi-process run create nothing. An unusable backend (:func:`check_tracking_backend`)
+is one :class:`TrackingError` line, or, with ``tracking.mlflow_required: false``, a warning and CSV tracking only.
 """
 
 from __future__ import annotations
@@ -32,6 +22,7 @@ import re
 import sqlite3
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +31,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from framer.errors import UserError
+from framer.errors import UserError, causes
 from framer.io import atomic_file, file_lock, to_plain
 from framer.provenance import git_commit
 from framer.rundir import RunDir, RunRoot
@@ -72,12 +63,13 @@ class TrackingError(UserError, ValueError):
     """A tracking setting that cannot work (for example the MLflow file store)."""
 
 
+@dataclass
 class Tracking:
     """Where runs are recorded: ``<save_dir>/<run_name>/version_<n>/`` on disk, and one MLflow run.
 
     Args:
         run_name: Name of the run directory under ``save_dir`` and of the MLflow run. Default (CLI):
-            ``<data set>-<target>-<model>``, e.g. ``mp-e_form-crystalframer`` (:func:`framer.cli.default_run_name`).
+            ``<data set>-<target>-<model>``, e.g. ``mp-e_form-crystalframer``.
         save_dir: Root directory of the CSV logs, configs, checkpoints and result files.
         version: Version (sub-directory) to write to; default: the next free ``version_<n>``.
         mlflow: Also log to MLflow.
@@ -88,41 +80,28 @@ class Tracking:
             database (``mlruns/artifacts`` with the default URI); for a server, the server's own location.
         tags: Extra MLflow tags.
         mlflow_required: If the MLflow backend cannot be used when the run starts (server unreachable, database
-            corrupt or read-only): true stops with one error line; false warns and tracks the run in its CSV files
-            only.
+            corrupt or read-only): true stops with one error line; false warns and tracks in CSV files only.
     """
 
-    def __init__(
-        self,
-        run_name: str | None = None,
-        save_dir: str = "runs",
-        version: int | str | None = None,
-        mlflow: bool = True,
-        experiment_name: str = "framer",
-        tracking_uri: str | None = None,
-        artifact_location: str | None = None,
-        tags: dict[str, str] | None = None,
-        mlflow_required: bool = True,
-    ) -> None:
-        self.run_name = run_name or "default"
-        self.save_dir = save_dir
-        self.version = version
-        self.mlflow = mlflow
-        self.experiment_name = experiment_name
-        self.tracking_uri = tracking_uri
-        self.artifact_location = artifact_location
-        self.tags = dict(tags or {})
-        self.mlflow_required = mlflow_required
+    run_name: str | None = None
+    save_dir: str = "runs"
+    version: int | str | None = None
+    mlflow: bool = True
+    experiment_name: str = "framer"
+    tracking_uri: str | None = None
+    artifact_location: str | None = None
+    tags: dict[str, str] | None = None
+    mlflow_required: bool = True
+    #: (tracking URI, run id) of the MLflow run :meth:`loggers` created in this process; None for a resumed run
+    created_run: tuple[str, str] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.run_name = self.run_name or "default"
 
     def loggers(self, mlflow_run_id: str | None = None, resume_step: int | None = None) -> list[Logger]:
-        """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger.
-
-        The MLflow backend is checked first (:func:`check_tracking_backend`). Without an explicit ``version``, the
-        launching process (not the other ranks of a multi-process run) claims the next free ``version_<n>``
-        directory at once, and without ``mlflow_run_id`` it creates the MLflow run (:attr:`created_run`).
-        ``mlflow_run_id``: the MLflow run of a resumed run. ``resume_step``: the global step of the checkpoint a
-        resumed run starts from (its earlier rows of ``metrics.csv`` are kept).
-        """
+        """A CSVLogger (first, so ``trainer.log_dir`` is the run directory) and, if enabled, an MLFlowLogger. The
+        launching process claims the next free ``version_<n>`` (unless ``version`` is set) and creates the MLflow run
+        (:attr:`created_run`) unless given the ``mlflow_run_id`` of a resumed run (which starts at ``resume_step``)."""
         uri = resolve_tracking_uri(self.tracking_uri) if self.mlflow else None
         if uri is not None:  # before anything is written
             try:
@@ -136,32 +115,30 @@ class Tracking:
                 uri = None
         launching = is_launching_process()
         version = self.version
-        if version is None and launching:
-            version = RunRoot.of(self.save_dir, self.run_name).claim().name
-        loggers: list[Logger] = [
-            ResumableCSVLogger(save_dir=self.save_dir, name=self.run_name, version=version, resume_step=resume_step)
-        ]
-        if uri is not None:
-            if mlflow_run_id is None and launching:
-                location = artifact_location(uri, self.artifact_location)
-                mlflow_run_id = create_run(uri, self.experiment_name, self.run_name, self.tags, location)
-                self.created_run = (uri, mlflow_run_id)
-            loggers.append(
-                MLFlowLogger(
-                    experiment_name=self.experiment_name, tracking_uri=uri, run_id=mlflow_run_id, log_model=False
-                )
-            )
-        return loggers
-
-    #: (tracking URI, run id) of the MLflow run :meth:`loggers` created in this process; None for a resumed run
-    created_run: tuple[str, str] | None = None
+        if version is None and launching:  # claimed at once: concurrent runs of one name never share a directory
+            version = RunRoot(Path(self.save_dir) / self.run_name).claim().name
+        csv_logger = ResumableCSVLogger(self.save_dir, self.run_name, version, resume_step=resume_step)
+        if uri is None:
+            return [csv_logger]
+        if mlflow_run_id is None and launching:
+            location = artifact_location(uri, self.artifact_location)
+            mlflow_run_id = create_run(uri, self.experiment_name, self.run_name, self.tags, location)
+            self.created_run = (uri, mlflow_run_id)
+        mlflow_logger = MLFlowLogger(self.experiment_name, tracking_uri=uri, run_id=mlflow_run_id, log_model=False)
+        return [csv_logger, mlflow_logger]
 
     def fail_created_run(self) -> None:
-        """End the MLflow run :meth:`loggers` created as FAILED: its fit failed before it started (once it runs,
-        Lightning ends the run itself, FAILED on an exception)."""
-        if self.created_run is not None:
-            end_run(*self.created_run, status="FAILED")
-            self.created_run = None
+        """End the MLflow run :meth:`loggers` created as FAILED, best effort: its fit failed before it started (once
+        it runs, Lightning ends the run itself, FAILED on an exception)."""
+        if self.created_run is None:
+            return
+        from mlflow.tracking import MlflowClient
+
+        (uri, run_id), self.created_run = self.created_run, None
+        try:
+            MlflowClient(tracking_uri=uri).set_terminated(run_id, "FAILED")
+        except Exception as err:
+            warnings.warn(f"could not end MLflow run {run_id}: {_first_line(err)}", stacklevel=2)
 
 
 def is_launching_process() -> bool:
@@ -173,25 +150,18 @@ class ResumableCSVLogger(CSVLogger):
     """Lightning's ``CSVLogger``, except that a resumed run keeps the history of its ``metrics.csv``.
 
     Lightning's writer deletes an existing ``metrics.csv`` when it starts. With ``resume_step`` (the global step of
-    the checkpoint the run resumes from), the rows logged before that step are kept and the later ones (logged by
-    the interrupted run after its checkpoint, and about to be logged again) dropped, so the file ends up as the one
-    of an uninterrupted run. The kept rows wait in a hidden file while Lightning's writer starts and are then renamed
-    into place; a crash in between leaves them there for the next resume.
-
-    Args:
-        resume_step: Global step of the checkpoint the run resumes from; None for a new run.
-        **kwargs: Arguments of ``CSVLogger``.
+    the checkpoint the run resumes from), the rows before that step are kept, as in an uninterrupted run: they wait in a
+    hidden file while Lightning's writer starts, then are renamed into place (a crash in between leaves them there).
     """
 
     def __init__(self, *args: Any, resume_step: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.resume_step = resume_step
-        self._history_restored = False
+        self.resume_step = resume_step  # None once the history is restored
 
     @property
     @rank_zero_experiment
     def experiment(self) -> ExperimentWriter:
-        if self._history_restored or self.resume_step is None:
+        if self.resume_step is None:
             return super().experiment
         path = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
         parked = path.with_name(f".{path.name}.resumed")
@@ -202,15 +172,13 @@ class ResumableCSVLogger(CSVLogger):
         if header:
             os.replace(parked, path)
             writer.metrics_keys = header
-        self._history_restored = True
+        self.resume_step = None
         return writer
 
 
 def _park_rows_before(path: Path, parked: Path, step: int) -> list[str]:
-    """Write the rows of ``path`` (or of ``parked``, left by a crash) with a step below ``step`` to ``parked``.
-
-    Returns the CSV header, or [] when there is no history to keep.
-    """
+    """Write the rows of ``path`` (or of ``parked``, left by a crash) with a step below ``step`` to ``parked``;
+    returns the CSV header, or [] when there is no history to keep."""
     source = path if path.is_file() else parked if parked.is_file() else None
     if source is None:
         return []
@@ -249,19 +217,11 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(url.database)
 
 
-@contextlib.contextmanager
-def sqlite_lock(tracking_uri: str) -> Iterator[None]:
-    """An exclusive file lock next to a SQLite tracking database, ``<db>.lock`` (no-op for other backends).
-
-    Creating a client migrates a new database, and two processes creating one experiment at once would both find
-    none: whoever touches a shared SQLite database first holds this lock.
-    """
+def sqlite_lock(tracking_uri: str) -> contextlib.AbstractContextManager:
+    """An exclusive file lock next to a SQLite tracking database, ``<db>.lock`` (no-op for other backends): creating a
+    client migrates a new database, and two processes creating one experiment at once would both find none."""
     path = sqlite_path(tracking_uri)
-    if path is None:
-        yield
-        return
-    with file_lock(path.with_name(path.name + ".lock")):
-        yield
+    return contextlib.nullcontext() if path is None else file_lock(path.with_name(path.name + ".lock"))
 
 
 def create_run(
@@ -292,22 +252,9 @@ def create_run(
     return run.info.run_id
 
 
-def end_run(uri: str, run_id: str, status: str = "FAILED") -> None:
-    """Mark an MLflow run ended (e.g. one created for a fit that failed before it started); best effort."""
-    from mlflow.tracking import MlflowClient
-
-    try:
-        MlflowClient(tracking_uri=uri).set_terminated(run_id, status)
-    except Exception as err:
-        warnings.warn(f"could not end MLflow run {run_id}: {_first_line(err)}", stacklevel=2)
-
-
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The MLflow tracking URI to use: ``$MLFLOW_TRACKING_URI``, else ``uri``, else the SQLite default.
-
-    A relative SQLite path is made absolute (so runs started from other directories share one database) and its
-    directory is created. File stores raise :class:`TrackingError`.
-    """
+    """``$MLFLOW_TRACKING_URI``, else ``uri``, else the SQLite default, with a relative SQLite path made absolute (runs
+    started elsewhere share one database) and its directory created; file stores raise :class:`TrackingError`."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or uri or DEFAULT_TRACKING_URI
     if uri.startswith("file:") or "://" not in uri:
         raise TrackingError(
@@ -316,44 +263,44 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
         )
     path = sqlite_path(uri)
     if path is not None:
-        absolute = path if path.is_absolute() else Path.cwd() / path
+        absolute = Path.cwd() / path  # ``path`` itself when absolute
         absolute.parent.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{absolute}"
     return uri
 
 
 def check_tracking_backend(uri: str) -> None:
-    """Make sure the MLflow backend at ``uri`` can be used, within seconds; :class:`TrackingError` if not.
-
-    SQLite: the file, when it exists, must be a database (its schema readable) this process may write, in a writable
-    directory.
-    HTTP(S): the server must answer one request within ``SERVER_CHECK_TIMEOUT`` seconds (MLflow's client, with
-    ``MLFLOW_HTTP_REQUEST_TIMEOUT`` and ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` set for this request only). Other
-    backends (PostgreSQL, ...) are left to MLflow.
-    """
+    """Make sure the MLflow backend at ``uri`` can be used, within seconds; :class:`TrackingError` if not. A SQLite
+    file must be a writable database in a writable directory, a server answer one request within
+    ``SERVER_CHECK_TIMEOUT`` seconds; other backends (PostgreSQL, ...) are left to MLflow."""
     path = sqlite_path(uri)
     if path is not None:
-        _check_sqlite(path)
-    elif uri.startswith(("http://", "https://")):
-        _check_server(uri)
-
-
-def _check_sqlite(path: Path) -> None:
-    hint = "use another MLFLOW_TRACKING_URI, or --tracking.mlflow false"
-    if not os.access(path.parent, os.W_OK):
-        raise TrackingError(f"MLflow tracking database {path}: its directory is not writable; {hint}")
-    if not path.exists():
-        return
-    if not os.access(path, os.W_OK):  # file modes, a read-only mount, the immutable flag
-        raise TrackingError(f"MLflow tracking database {path} cannot be written (read-only); {hint}")
-    try:
-        connection = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=30)
+        hint = "use another MLFLOW_TRACKING_URI, or --tracking.mlflow false"
+        if not os.access(path.parent, os.W_OK):
+            raise TrackingError(f"MLflow tracking database {path}: its directory is not writable; {hint}")
+        if not path.exists():
+            return
+        if not os.access(path, os.W_OK):  # file modes, a read-only mount, the immutable flag
+            raise TrackingError(f"MLflow tracking database {path} cannot be written (read-only); {hint}")
         try:
-            connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            connection.close()
-    except sqlite3.Error as err:
-        raise TrackingError(f"MLflow tracking database {path} cannot be used ({err}); {hint}") from None
+            with contextlib.closing(sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=30)) as connection:
+                connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as err:
+            raise TrackingError(f"MLflow tracking database {path} cannot be used ({err}); {hint}") from None
+    elif uri.startswith(("http://", "https://")):
+        from mlflow.tracking import MlflowClient
+
+        limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+        try:
+            with _environment(**limits):
+                MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        except Exception as err:  # named by its innermost cause, e.g. "[Errno 111] Connection refused" under urllib3's
+            cause = next((_first_line(e) for e in reversed(causes(err)) if str(e).strip()), _first_line(err))
+            raise TrackingError(
+                f"MLflow tracking server {uri} cannot be reached ({cause[:300]}); start it, set "
+                "MLFLOW_TRACKING_URI to a server that runs, or use --tracking.mlflow false "
+                "(--tracking.mlflow_required false: warn and track in CSV files only)"
+            ) from None
 
 
 @contextlib.contextmanager
@@ -368,29 +315,6 @@ def _environment(**values: str) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def _check_server(uri: str) -> None:
-    from mlflow.tracking import MlflowClient
-
-    limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    try:
-        with _environment(**limits):
-            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
-    except Exception as err:
-        raise TrackingError(
-            f"MLflow tracking server {uri} cannot be reached ({_root_cause(err)[:300]}); start it, set "
-            "MLFLOW_TRACKING_URI to a server that runs, or use --tracking.mlflow false "
-            "(--tracking.mlflow_required false: warn and track in CSV files only)"
-        ) from None
-
-
-def _root_cause(err: BaseException) -> str:
-    """The innermost exception of a chain (e.g. ``[Errno 111] Connection refused`` under MLflow's and urllib3's)."""
-    seen = [err]
-    while (nxt := seen[-1].__cause__ or seen[-1].__context__) is not None and nxt not in seen and len(seen) < 20:
-        seen.append(nxt)
-    return next((_first_line(e) for e in reversed(seen) if str(e).strip()), _first_line(err))
 
 
 def _first_line(err: BaseException) -> str:
@@ -422,17 +346,11 @@ def run_dir(trainer: Any) -> Path | None:
     return Path(logger.log_dir) if logger is not None else None
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# run metadata
+# ---- run metadata
 def datamodule_info(datamodule: Any) -> dict[str, Any]:
     """Dataset name, target, units and split fingerprints of a datamodule (whatever it exposes)."""
-    info: dict[str, Any] = {}
-    if datamodule is None:
-        return info
-    for key in ("dataset_name", "target", "target_units"):
-        value = getattr(datamodule, key, None)
-        if value is not None and not callable(value):
-            info[key] = value
+    facts = {key: getattr(datamodule, key, None) for key in ("dataset_name", "target", "target_units")}
+    info: dict[str, Any] = {key: value for key, value in facts.items() if value is not None and not callable(value)}
     fingerprints = getattr(datamodule, "split_fingerprints", None)
     if callable(fingerprints):
         try:
@@ -449,25 +367,17 @@ def datamodule_info(datamodule: Any) -> dict[str, Any]:
     return info
 
 
-def count_parameters(module: Any) -> dict[str, int]:
-    """Parameters of the network (``module.model`` when present; the SWA copy is not counted)."""
-    net = getattr(module, "model", module)
-    params = list(net.parameters())
-    return {
-        "num_params": sum(p.numel() for p in params),
-        "num_trainable_params": sum(p.numel() for p in params if p.requires_grad),
+def log_run_start(trainer: Any, module: Any, datamodule: Any) -> dict[str, Any]:
+    """Write ``run.json`` into the run directory and record ``config.yaml``, commit, splits, size and torch's CPU
+    threads in MLflow. Runs on global rank 0 only, so it must not make collective calls."""
+    network = getattr(module, "model", module)  # the SWA copy is not counted
+    info: dict[str, Any] = {
+        **datamodule_info(datamodule),
+        "num_params": sum(p.numel() for p in network.parameters()),
+        "num_trainable_params": sum(p.numel() for p in network.parameters() if p.requires_grad),
+        "threads": torch.get_num_threads(),
     }
-
-
-def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str | Path | None) -> dict[str, Any]:
-    """Write ``run.json`` into the run directory and record config, commit, splits, size and torch's CPU threads in
-    MLflow.
-
-    Runs on global rank 0 only, so it must not make collective calls.
-    """
     git = git_commit()
-    info: dict[str, Any] = {**datamodule_info(datamodule), **count_parameters(module)}
-    info["threads"] = torch.get_num_threads()
     if git:
         info.update(git_commit=git["commit"], git_dirty=git["dirty"])
     mlflow_logger = find_logger(trainer.loggers, MLFlowLogger)
@@ -484,24 +394,18 @@ def log_run_start(trainer: Any, module: Any, datamodule: Any, config_path: str |
         for key in ("git_commit", "git_dirty", "dataset_name", "target", "target_units", "run_dir"):
             if info.get(key) is not None:
                 client.set_tag(run_id, key, str(info[key]))
-        params = {k: info[k] for k in ("num_params", "num_trainable_params", "threads") if k in info}
+        params = {k: info[k] for k in ("num_params", "num_trainable_params", "threads")}
         params.update({f"train_stats/{k}": info[k] for k in ("target_mean", "target_std") if k in info})
         for name, fingerprint in (info.get("splits") or {}).items():
             text = fingerprint if isinstance(fingerprint, str) else json.dumps(fingerprint, sort_keys=True)
             params[f"split/{name}"] = text
-        _log_params(client, run_id, params)
-        for path in (config_path, run.info if run is not None else None):
-            if path is not None and Path(path).is_file():
-                client.log_artifact(run_id, str(path))
+        for key, value in params.items():
+            try:
+                client.log_param(run_id, param_key(key), str(value)[:MAX_PARAM_VALUE])
+            except Exception as err:  # an existing param with another value (a resumed run): keep the first
+                warnings.warn(f"MLflow param {key!r} not logged: {_first_line(err)}", stacklevel=2)
+        log_files(client, run_id, (run.config, run.info) if run is not None else ())
     return info
-
-
-def _log_params(client: Any, run_id: str, params: Mapping[str, Any]) -> None:
-    for key, value in params.items():
-        try:
-            client.log_param(run_id, param_key(key), str(value)[:MAX_PARAM_VALUE])
-        except Exception as err:  # an existing param with another value (a resumed run): keep the first
-            warnings.warn(f"MLflow param {key!r} not logged: {str(err).splitlines()[0]}", stacklevel=2)
 
 
 def log_artifacts(loggers: Iterable[Logger], paths: Iterable[str | Path]) -> None:
@@ -512,10 +416,8 @@ def log_artifacts(loggers: Iterable[Logger], paths: Iterable[str | Path]) -> Non
 
 
 def log_files(client: Any, run_id: str, paths: Iterable[str | Path], subdir: str | None = None) -> None:
-    """Log the existing files among ``paths`` as artifacts of an MLflow run (into ``subdir``).
-
-    ``client``: an ``MlflowClient``, or a tracking URI to make one for. Best effort: a tracking error only warns.
-    """
+    """Log the existing files among ``paths`` as artifacts of an MLflow run (into ``subdir``), best effort (a tracking
+    error only warns). ``client``: an ``MlflowClient``, or a tracking URI to make one for."""
     try:
         if isinstance(client, str):
             from mlflow.tracking import MlflowClient
