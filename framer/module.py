@@ -49,9 +49,6 @@ from framer.checkpoints import check_checkpoint, check_module_hparams
 from framer.errors import UserError
 from framer.instantiate import RefusedClassPath, build, callable_config, factory, follow_allowed_modules, to_config
 
-DEFAULT_LR = 5e-4
-DEFAULT_BETAS = (0.9, 0.98)
-DEFAULT_WEIGHT_DECAY = 1e-5
 DEFAULT_DECAY_STEPS = 4000
 TARGET_INFO_KEY = "framer_target"  # checkpoint entry with the dataset name, target and units
 
@@ -92,7 +89,7 @@ class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     """AdamW with the paper's settings (lr 5e-4, betas (0.9, 0.98), weight decay 1e-5)."""
-    return torch.optim.AdamW(params, lr=DEFAULT_LR, betas=DEFAULT_BETAS, weight_decay=DEFAULT_WEIGHT_DECAY)
+    return torch.optim.AdamW(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5)
 
 
 def default_lr_scheduler(optimizer: torch.optim.Optimizer) -> InverseSqrtLR:
@@ -125,12 +122,9 @@ def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
     for module_name, module in model.named_modules():
         is_norm = "norm" in type(module).__name__.lower() or "norm" in module_name.lower()
         for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            if is_norm or "bias" in name.lower() or "norm" in name.lower():
-                no_decay.append(param)
-            else:
-                decay.append(param)
+            if param.requires_grad:
+                plain = not (is_norm or "bias" in name.lower() or "norm" in name.lower())
+                (decay if plain else no_decay).append(param)
     groups = [{"params": decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -354,12 +348,8 @@ class CrystalRegressor(pl.LightningModule):
     # forward passes
     def forward(self, batch, weights: Literal["raw", "swa"] = "raw") -> torch.Tensor:
         """Predictions in physical units, shape (B,)."""
-        return self.destandardise(self._net(weights)(batch).reshape(-1))
-
-    def _net(self, weights: str) -> nn.Module:
-        if weights == "swa" and self.has_swa:
-            return self.swa_model
-        return self.model
+        net = self.swa_model if weights == "swa" and self.has_swa else self.model
+        return self.destandardise(net(batch).reshape(-1))
 
     @property
     def swa_steps(self) -> int:
@@ -410,8 +400,7 @@ class CrystalRegressor(pl.LightningModule):
         return loss
 
     def on_fit_start(self) -> None:
-        start = self.swa_start_epoch
-        if start == 0 and not self.trainer.fast_dev_run:
+        if self.swa_start_epoch == 0 and not self.trainer.fast_dev_run:
             warnings.warn(
                 f"swa_epochs ({self.swa_epochs}) >= max_epochs ({self.trainer.max_epochs}): weights are averaged from"
                 " the first step with the learning rate frozen; lower swa_epochs for short runs",
@@ -488,12 +477,8 @@ class CrystalRegressor(pl.LightningModule):
         return start is not None and self.current_epoch >= start
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
-        if self.in_swa_phase:
-            return  # the learning rate stays frozen while averaging
-        if metric is None:
-            scheduler.step()
-        else:
-            scheduler.step(metric)
+        if not self.in_swa_phase:  # the learning rate stays frozen while averaging
+            super().lr_scheduler_step(scheduler, metric)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         try:
