@@ -24,6 +24,7 @@ import numpy as np
 from framer.errors import exit_codes
 from framer.export import export
 from framer.io import atomic_write_text, write_csv_rows
+from framer.plots import save_figure
 from framer.provenance import git_commit
 from framer.rundir import RunDir, find_roots
 
@@ -112,10 +113,7 @@ def pooled(cells: Sequence[CellEnsemble]) -> tuple[np.ndarray, np.ndarray]:
 
 def calibration_figure(cells: Sequence[CellEnsemble], path: Path, bins: int = 5) -> Path:
     """Mean |error| against mean predicted std in quantile bins of the std, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # with the Agg backend framer.plots chose
 
     fig, ax = plt.subplots(figsize=(5, 4))
     top = 0.0
@@ -130,11 +128,7 @@ def calibration_figure(cells: Sequence[CellEnsemble], path: Path, bins: int = 5)
     ax.set_xlabel("predicted std (spread over members)")
     ax.set_ylabel("mean |error| of the ensemble")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_summary(cells: Sequence[CellEnsemble], notes: Sequence[str], runs_dir: Path, out: Path) -> Path:

@@ -132,12 +132,14 @@ def data_coverage(run: RunDir) -> dict[str, Any]:
 
 def model_card(meta: Mapping[str, Any]) -> str:
     """``README.md`` of a model folder."""
+    from pymatgen.core import Element
+
     target, data = meta["target"], meta.get("data") or {}
     units = target.get("units") or "target units"
     mae = meta.get("test_mae")
     metric = f"{mae:.4g} {units}" if isinstance(mae, float) else "not recorded for these weights"
     elements = data.get("train_elements")
-    symbols = ", ".join(_symbol(z) for z in elements) if elements else "not recorded"
+    symbols = ", ".join(Element.from_Z(z).symbol for z in elements) if elements else "not recorded"
     cls = meta["model"]["class_path"]
     commit = (meta.get("git_commit") or "unknown")[:12]
     return f"""# {target.get("name") or "framer model"} ({target.get("dataset") or "unknown data set"})
@@ -234,12 +236,6 @@ def _framer_version() -> str:
         return importlib.metadata.version("framer")
     except importlib.metadata.PackageNotFoundError:  # a checkout on the path, not installed
         return "0+unknown"
-
-
-def _symbol(z: int) -> str:
-    from pymatgen.core import Element
-
-    return Element.from_Z(z).symbol
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -129,8 +129,8 @@ class Predictor:
     def predict(self, structures: Iterable[Any]) -> np.ndarray:
         """Predictions for pymatgen Structures, ASE Atoms, :class:`~framer.data.CrystalRecord`\\ s or CIF/POSCAR
         paths, in order. An input that is not a usable crystal raises :class:`~framer.data.InvalidStructureError`."""
-        records = to_records(structures)
-        return np.asarray([v for chunk in _chunks(records, self.batch_size) for v in self._forward(chunk)], float)
+        records, n = to_records(structures), self.batch_size
+        return np.asarray([v for i in range(0, len(records), n) for v in self._forward(records[i : i + n])], float)
 
     def predict_files(
         self, files: Iterable[tuple[str, Path]], on_skip: Callable[[str, str], None] | None = None
@@ -310,8 +310,3 @@ def _record(item: Any, default_id: str) -> CrystalRecord:
 
         item = AseAtomsAdaptor.get_structure(item)
     return record_from_structure(item, id=default_id)
-
-
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

@@ -139,30 +139,16 @@ class InProcessObjective(Objective):
 
 
 class SubprocessObjective(Objective):
-    """Runs each trial as ``python -m framer.cli fit`` with Lightning DDP over ``devices`` devices.
-
-    Args:
-        devices: Devices (processes) per trial.
-        ddp_config: Trainer config added after the base configs (default ``conf/trainer/ddp.yaml`` if present).
-        python: Interpreter for the subprocess.
-        timeout: Seconds after which a trial's processes are killed and the trial fails (None: no limit).
-    """
+    """Runs each trial as ``python -m framer.cli fit`` with Lightning DDP over ``devices`` devices (with
+    ``conf/trainer/ddp.yaml`` after the base configs, if present); ``timeout``: seconds after which a trial's
+    processes are killed and the trial fails (None: no limit)."""
 
     def __init__(
-        self,
-        sweep: Sweep,
-        study_dir: Path,
-        tracking_uri: str | None,
-        devices: int,
-        ddp_config: Path | None = None,
-        python: str = sys.executable,
-        timeout: float | None = None,
+        self, sweep: Sweep, study_dir: Path, tracking_uri: str | None, devices: int, timeout: float | None = None
     ) -> None:
         super().__init__(sweep, study_dir, tracking_uri)
         self.devices = devices
         self.timeout = timeout
-        self.ddp_config = ddp_config if ddp_config is not None else DDP_TRAINER_CONFIG
-        self.python = python
 
     def spec(self, trial: optuna.Trial, trial_yaml: Path, progress: Path) -> RunSpec:
         """The trial's ``fit``: base configs, the DDP trainer config, the trial's values, rank 0's progress file."""
@@ -173,7 +159,7 @@ class SubprocessObjective(Objective):
         overrides = self.plumbing(trial.study, trial.number)
         overrides.update({"trainer.devices": self.devices, "trainer.strategy": "ddp"})
         overrides["trainer.callbacks+"] = json.dumps(writer)  # appended to the configs' callbacks
-        ddp = [str(self.ddp_config)] if self.ddp_config.is_file() else []
+        ddp = [str(DDP_TRAINER_CONFIG)] if DDP_TRAINER_CONFIG.is_file() else []
         return RunSpec([*self.sweep.configs, *ddp, str(trial_yaml)], overrides, quiet=True)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -189,7 +175,7 @@ class SubprocessObjective(Objective):
         log_file.unlink(missing_ok=True)
         reporter = Reporter(self, trial, progress)
         spec = self.spec(trial, trial_yaml, progress)
-        outcome = run_subprocess(spec, log_file, timeout=self.timeout, python=self.python, poll=reporter.poll)
+        outcome = run_subprocess(spec, log_file, timeout=self.timeout, poll=reporter.poll)
         reporter.poll()  # the lines written after the last poll
         if reporter.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned at epoch {reporter.pruned_at}; its processes were stopped")

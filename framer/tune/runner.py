@@ -166,11 +166,10 @@ def write_outputs(
 
 def study_figures(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
     """``history.png`` and, once two completed trials differ, ``importance.png``; a figure that fails is skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
+
+    from framer.plots import save_figure  # also selects matplotlib's Agg backend
 
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     plots = {"history": ovm.plot_optimization_history}
@@ -183,12 +182,7 @@ def study_figures(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
                 warnings.simplefilter("ignore")  # ExperimentalWarning from optuna.visualization.matplotlib
                 fig = np.ravel(plot(study))[0].figure
                 fig.set_size_inches(7, 4.5)
-                fig.tight_layout()
-                path = Path(out_dir) / f"{name}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fig.savefig(path, dpi=120)
-                plt.close(fig)
-                paths[name] = path
+                paths[name] = save_figure(fig, Path(out_dir) / f"{name}.png")
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             print(f"framer.tune: no study {name} figure: {err}", file=sys.stderr)
     return paths

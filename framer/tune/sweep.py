@@ -198,19 +198,15 @@ class Sweep:
             trial.study.sampler = self.make_sampler(trial.number)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        return make_pruner(self.pruner)
-
-
-def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
-    """``{type: median|percentile|hyperband|successive_halving|threshold|none, **kwargs}`` -> a pruner."""
-    spec = dict(spec or {"type": "none"})
-    kind = spec.pop("type", "median")
-    if kind not in PRUNERS:
-        raise SweepError(f"pruner type must be one of {sorted(PRUNERS)}, got {kind!r}")
-    try:
-        return getattr(optuna.pruners, PRUNERS[kind])(**spec)
-    except TypeError as err:
-        raise SweepError(f"pruner {kind}: {err}") from err
+        """``{type: median|percentile|hyperband|successive_halving|threshold|none, **kwargs}`` -> a pruner."""
+        spec = dict(self.pruner or {"type": "none"})
+        kind = spec.pop("type", "median")
+        if kind not in PRUNERS:
+            raise SweepError(f"pruner type must be one of {sorted(PRUNERS)}, got {kind!r}")
+        try:
+            return getattr(optuna.pruners, PRUNERS[kind])(**spec)
+        except TypeError as err:
+            raise SweepError(f"pruner {kind}: {err}") from err
 
 
 def parse_param(path: str, spec: Any, where: str = "sweep") -> Param:
