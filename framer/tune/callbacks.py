@@ -1,6 +1,7 @@
 """What a trial's trainer tells the tuner, which never sees the trainer itself: :class:`TrialRun` for one-device
 trials in this process, :class:`TrialProgress` (a JSON-lines file the tuner reads while the trial runs,
-:class:`ProgressFile`) for DDP trials in a ``framer.cli`` subprocess, which needs no Optuna and no study storage.
+:class:`framer.tune.objective.Reporter`) for DDP trials in a ``framer.cli`` subprocess, which needs no Optuna and no
+study storage.
 """
 
 from __future__ import annotations
@@ -77,21 +78,3 @@ class TrialProgress(Callback):
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:  # one write per line; the reader takes complete lines only
             handle.write(json.dumps(record) + "\n")
-
-
-class ProgressFile:
-    """Reads the lines :class:`TrialProgress` appends to ``path``, each complete line once."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.offset = 0
-
-    def new(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        with self.path.open("rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read()
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
-        self.offset += end
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]

@@ -29,7 +29,7 @@ import yaml
 
 from framer.launch import EXIT_SIGTERM, LOG_TAIL, REPO, Outcome, RunSpec, run_inprocess, run_subprocess
 from framer.rundir import RunDir
-from framer.tune.callbacks import ProgressFile, TrialRun
+from framer.tune.callbacks import TrialRun
 from framer.tune.mlflow_runs import RUN_ATTR, StudyTracker
 from framer.tune.storage import WORKER_ATTR, worker_id
 from framer.tune.sweep import Sweep, nested
@@ -190,13 +190,24 @@ class Reporter:
 
     def __init__(self, objective: Objective, trial: optuna.Trial, progress: Path) -> None:
         self.objective, self.trial = objective, trial
-        self.file = ProgressFile(progress)
+        self.progress, self.offset = progress, 0  # the bytes of the file read so far
         self.values: dict[int, float] = {}
         self.pruned_at: int | None = None
 
+    def new_lines(self) -> list[dict[str, Any]]:
+        """The progress file's complete lines not read before (a line still being written waits for the next call)."""
+        if not self.progress.is_file():
+            return []
+        with self.progress.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+
     def poll(self) -> bool:
         """Take the new lines; True once the trial should stop (pruned)."""
-        for record in self.file.new():
+        for record in self.new_lines():
             if self.pruned_at is not None:
                 break
             if "run_dir" in record:
