@@ -7,23 +7,15 @@ Training recipe (the paper's; README "Training", ``conf/default.yaml``):
 - AdamW (lr 5e-4, betas 0.9/0.98, weight decay 1e-5 on every trainable non-bias, non-norm weight).
 - ``lr · sqrt(T / (T + step))`` with T = 4000 steps, stepped after every optimizer step (:class:`InverseSqrtLR`).
 - Gradient-norm clipping at 1.0 (``trainer.gradient_clip_val``, set in ``conf/default.yaml``).
-- Stochastic weight averaging over every optimizer step of the last ``swa_epochs`` epochs, with the learning rate
-  frozen at its value when averaging starts. The average is torch's ``AveragedModel`` in ``swa_model`` (parameters
-  averaged, buffers kept equal to the trained network's; part of the state dict, so ``fit --ckpt_path last``
-  resumes it) and is what ``test`` and ``predict`` use by default, as in the paper. Checkpoints written before it
-  was an ``AveragedModel`` (``swa_model.<name>``, ``swa_n``) are read with their keys renamed.
-- Short runs: ``decay_steps`` and ``swa_epochs`` in (0, 1) are fractions of the run's total steps (:func:`run_steps`:
-  from ``max_epochs``/``max_steps``, or estimated from ``max_time`` when that ends the run sooner). A fit whose SWA
-  window never came warns in one line; its test then uses the raw weights.
+- Stochastic weight averaging over every optimizer step of the last ``swa_epochs`` epochs (or fraction of the run),
+  with the learning rate frozen. The average is torch's ``AveragedModel`` in ``swa_model`` (parameters averaged,
+  buffers kept equal to the trained network's; in the state dict, so ``fit --ckpt_path last`` resumes it) and is what
+  ``test`` and ``predict`` use by default, as in the paper. A fit whose SWA window never came warns in one line; its
+  test then uses the raw weights.
 
-Metrics are torchmetrics objects, one per stage, in physical units: ``train/mae``, ``val/mae``, ``test/mae``
-(plus ``train/loss``, the standardised L1, and ``val_swa/mae`` while averaging). The running ``train/mae`` of the
-current epoch is part of the state dict, so a run resumed in the middle of an epoch logs the same epoch value.
-
-Networks, optimizers and schedulers named by class path (from Python, configs or checkpoints) are checked by
-:mod:`framer.instantiate` before anything is imported; ``load_from_checkpoint`` reads with ``weights_only=True``
-(:mod:`framer.checkpoints`). A module built in Python records its network, optimizer and scheduler as
-``{"class_path", "init_args"}`` hyperparameters, so its checkpoints load (and train on) with no extra argument.
+Metrics (torchmetrics, physical units): ``train/mae``, ``val/mae``, ``test/mae``, ``train/loss`` (the standardised
+L1) and ``val_swa/mae`` while averaging. The running ``train/mae`` of the current epoch is in the state dict, so a run
+resumed in the middle of an epoch logs the same epoch value. Loading is safe: see :meth:`load_from_checkpoint`.
 """
 
 from __future__ import annotations
@@ -60,12 +52,8 @@ class ConfigurationError(UserError, ValueError):
 class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
     """Inverse square-root decay without warm-up: ``lr_t = lr · sqrt(T / (T + t))``, t counted in scheduler steps.
 
-    Args:
-        optimizer: The wrapped optimizer.
-        decay_steps: T, the number of steps after which the learning rate has fallen by a factor sqrt(2); a value in
-            (0, 1) is a fraction of the run's total steps, :attr:`run_steps`, which :class:`CrystalRegressor` sets
-            before every step (see :func:`run_steps`; until it is known the rate stays at its base value).
-        last_epoch: Index of the last step taken (-1 to start from scratch).
+    ``decay_steps`` (T) in (0, 1) is a fraction of the run's total steps, :attr:`run_steps`, which
+    :class:`CrystalRegressor` sets before every step (:func:`run_steps`; until then the rate stays at its base value).
     """
 
     def __init__(
@@ -139,12 +127,10 @@ class CrystalRegressor(pl.LightningModule):
             crystal, shape (B,). From Python, a ``{"class_path", "init_args"}`` dict also works (and is what
             checkpoints store, so ``load_from_checkpoint(path)`` rebuilds it).
         optimizer: Builds the optimizer from parameter groups (weight-decayed weights, then biases without decay).
-            Default: AdamW(lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5). From Python, a ``{"class_path",
-            "init_args"}`` dict also works.
+            Default: AdamW(lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5). From Python, a config dict also works.
         lr_scheduler: Builds a scheduler that is stepped after every optimizer step. Default: InverseSqrtLR with
-            decay_steps=4000 (a value in (0, 1): that fraction of the run's steps). Set
-            ``torch.optim.lr_scheduler.ConstantLR`` with ``factor: 1.0`` for a constant rate. From Python, a
-            ``{"class_path", "init_args"}`` dict also works.
+            decay_steps=4000. ``torch.optim.lr_scheduler.ConstantLR`` with ``factor: 1.0`` gives a constant rate.
+            From Python, a config dict also works.
         swa_epochs: Average the weights after every optimizer step of the last ``swa_epochs`` epochs of
             ``trainer.max_epochs``, with the learning rate frozen (0 disables SWA). A value in (0, 1) is a fraction of
             the run: averaging starts at the first step past ``(1 - swa_epochs)`` of :func:`run_steps`, so it also
@@ -194,10 +180,7 @@ class CrystalRegressor(pl.LightningModule):
         self.register_buffer("target_mean", torch.tensor(0.0 if target_mean is None else float(target_mean)))
         self.register_buffer("target_std", torch.tensor(1.0 if target_std is None else float(target_std)))
         # The SWA average: a frozen copy of the network and the number of averaged steps, both in the state dict.
-        self.swa_model: AveragedModel | None = None
-        if swa_epochs > 0:
-            self.swa_model = AveragedModel(model, use_buffers=False)
-            self.swa_model.requires_grad_(False)
+        self.swa_model = AveragedModel(model, use_buffers=False).requires_grad_(False) if swa_epochs > 0 else None
         # first epoch of the phase the average covers: a resumed run with more epochs starts a fresh average
         self.register_buffer("swa_epoch", torch.tensor(-1, dtype=torch.long))
         self.train_mae = MeanAbsoluteError()

@@ -96,14 +96,9 @@ def checkpoint_of(path: str | os.PathLike) -> str | Path:
 
 
 class Predictor:
-    """Predicts a trained module's target for crystals, in the target's physical units.
-
-    Args:
-        module: The trained :class:`~framer.module.CrystalRegressor` (put in eval mode on ``device``).
-        device: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto`` (CUDA when available).
-        weights: ``swa`` (the average, when the module has one) or ``raw``; default: the module's ``eval_weights``.
-        batch_size: Crystals per forward pass.
-    """
+    """Predicts a trained module's target for crystals, in the target's physical units, ``batch_size`` crystals per
+    forward pass. ``device``: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto`` (CUDA when available); ``weights``:
+    ``swa`` (the average, when the module has one) or ``raw`` (default: the module's ``eval_weights``)."""
 
     columns = ("prediction",)
 
@@ -164,12 +159,8 @@ class Predictor:
 
 
 class Ensemble(Predictor):
-    """Several trained models of one target: the mean of their predictions and the spread (population standard
-    deviation over members) as an uncertainty.
-
-    Args:
-        members: One :class:`Predictor` per model.
-    """
+    """Several trained models of one target (one :class:`Predictor` each): the mean of their predictions and the
+    spread (population standard deviation over members) as an uncertainty."""
 
     columns = ("prediction", "std")
 

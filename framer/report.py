@@ -330,26 +330,21 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def runs_frame(results: list[RunResult], paper: PaperTable) -> pd.DataFrame:
     """``runs.csv``: one row per expected run with its status and numbers."""
-    rows, units = [], {c.key: c.unit for c in paper.columns}
-    for r in results:
-        rows.append(
-            {
-                "model": r.key.model,
-                "dataset": r.key.column.split("/")[0],
-                "target": r.key.column.split("/")[-1],
-                "units": units.get(r.key.column, ""),
-                "seed": r.key.seed,
-                "status": r.status,
-                "test_mae": r.test_mae,
-                "test_mae_best": r.test_mae_best,
-                "val_mae": r.val_mae,
-                "epochs": r.epochs,
-                "n_test": r.n_test,
-                "git_sha": r.git_sha,
-                "splits": r.splits,
-                "run_dir": str(r.run_dir) if r.run_dir else "",
-            }
-        )
+    units = {c.key: c.unit for c in paper.columns}
+    numbers = ("test_mae", "test_mae_best", "val_mae", "epochs", "n_test", "git_sha", "splits")
+    rows = [
+        {
+            "model": r.key.model,
+            "dataset": r.key.column.split("/")[0],
+            "target": r.key.column.split("/")[-1],
+            "units": units.get(r.key.column, ""),
+            "seed": r.key.seed,
+            "status": r.status,
+            **{name: getattr(r, name) for name in numbers},
+            "run_dir": str(r.run_dir) if r.run_dir else "",
+        }
+        for r in results
+    ]
     return pd.DataFrame(rows)
 
 

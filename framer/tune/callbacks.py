@@ -26,13 +26,9 @@ def run_of(trainer: pl.Trainer) -> tuple[Path | None, str | None]:
 
 
 class TrialRun(Callback):
-    """The run of an in-process trial, as the objective needs it after :func:`framer.launch.run_inprocess`.
-
-    Args:
-        monitor: The sweep's metric (also the monitor of the run's ``ModelCheckpoint``).
-        started: Called with the run directory and MLflow run id as fit starts (so a worker killed mid-trial leaves
-            them on the trial).
-    """
+    """The run of an in-process trial, as the objective needs it after :func:`framer.launch.run_inprocess`: the best
+    value of ``monitor`` (the sweep's metric, which the run's ``ModelCheckpoint`` monitors) and the exception. Calls
+    ``started(run directory, MLflow run id)`` as fit starts, so a worker killed mid-trial leaves them on the trial."""
 
     def __init__(self, monitor: str, started: Callable[[Path | None, str | None], None]) -> None:
         self.monitor = monitor
@@ -53,12 +49,8 @@ class TrialRun(Callback):
 
 
 class TrialProgress(Callback):
-    """Rank 0 of a DDP trial appends its run and each epoch's ``monitor`` value to ``path`` (JSON lines).
-
-    Args:
-        path: The progress file (the tuner reads it while the trial runs).
-        monitor: Metric to write after each validation (non-finite values are left out).
-    """
+    """Rank 0 of a DDP trial appends its run and each validation's finite ``monitor`` value to ``path`` (JSON lines,
+    which the tuner reads while the trial runs)."""
 
     def __init__(self, path: str, monitor: str = "val/mae") -> None:
         self.path = path

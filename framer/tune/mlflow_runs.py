@@ -26,12 +26,8 @@ STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialSta
 
 
 class StudyTracker:
-    """MLflow bookkeeping of one study (every call is best effort: tracking never fails a trial).
-
-    Args:
-        tracking_uri: MLflow backend (``sqlite:///...``, ``http://...``, ``postgresql+psycopg2://...``).
-        study_name: Experiment name.
-    """
+    """MLflow bookkeeping of one study in the experiment ``study_name`` (every call is best effort: tracking never
+    fails a trial)."""
 
     def __init__(self, tracking_uri: str, study_name: str) -> None:
         from mlflow.tracking import MlflowClient

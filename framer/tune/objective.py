@@ -47,13 +47,8 @@ def trial_name(number: int) -> str:
 
 
 class Objective:
-    """Shared set-up: the sweep, where trials write, and MLflow.
-
-    Args:
-        sweep: The parsed sweep file.
-        study_dir: Directory of the study (trial run dirs go to ``<study_dir>/trials``).
-        tracking_uri: MLflow backend, or None to disable MLflow.
-    """
+    """Shared set-up: the sweep, where trials write (``<study_dir>/trials``), and MLflow (none without
+    ``tracking_uri``)."""
 
     def __init__(self, sweep: Sweep, study_dir: Path, tracking_uri: str | None) -> None:
         self.sweep = sweep

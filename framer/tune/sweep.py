@@ -247,9 +247,7 @@ def suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistr
         return trial.suggest_categorical(name, dist.choices)
     if isinstance(dist, optuna.distributions.FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
-    if isinstance(dist, optuna.distributions.IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
-    raise SweepError(f"unsupported distribution {dist!r}")
+    return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)  # IntDistribution
 
 
 def nested(values: Mapping[str, Any]) -> dict[str, Any]:
