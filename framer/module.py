@@ -352,16 +352,13 @@ class CrystalRegressor(pl.LightningModule):
         except RuntimeError:
             return None
 
-    @property
-    def _fractions_of_run(self) -> bool:
-        scheduler = self.lr_schedulers()
-        return 0 < self.swa_epochs < 1 or (isinstance(scheduler, InverseSqrtLR) and scheduler.decay_steps < 1)
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if not self._fractions_of_run:
-            return
-        steps, scheduler = run_steps(self.trainer), self.lr_schedulers()
-        if isinstance(scheduler, InverseSqrtLR):
+        scheduler = self.lr_schedulers()
+        decays_by_fraction = isinstance(scheduler, InverseSqrtLR) and scheduler.decay_steps < 1
+        if not (0 < self.swa_epochs < 1 or decays_by_fraction):
+            return  # nothing depends on the run's length
+        steps = run_steps(self.trainer)
+        if decays_by_fraction:
             scheduler.run_steps = steps
         self._in_swa_fraction = 0 < self.swa_epochs < 1 and self.global_step >= (1 - self.swa_epochs) * steps
 

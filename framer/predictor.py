@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -73,12 +74,11 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, Path]
             found.append((path.stem if path.suffix.lower() in STRUCTURE_SUFFIXES else path.name, path))
         else:
             raise FileNotFoundError(f"input not found: {path}")
-    seen: dict[str, int] = {}
+    seen: Counter[str] = Counter()
     unique = []
     for id_, file in found:  # make ids unique without losing the file they came from
-        count = seen.get(id_, 0)
-        seen[id_] = count + 1
-        unique.append((id_ if count == 0 else f"{id_}#{count}", file))
+        unique.append((f"{id_}#{seen[id_]}" if seen[id_] else id_, file))
+        seen[id_] += 1
     return unique
 
 
