@@ -52,8 +52,7 @@ class Objective:
 
     def __init__(self, sweep: Sweep, study_dir: Path, tracking_uri: str | None) -> None:
         self.sweep = sweep
-        self.study_dir = Path(study_dir)
-        self.trials_dir = self.study_dir / "trials"
+        self.trials_dir = Path(study_dir) / "trials"
         self.tracking_uri = tracking_uri
         self.tracker = StudyTracker(tracking_uri, sweep.name) if tracking_uri else None
 
