@@ -185,19 +185,18 @@ def report_figures(results: Sequence[Any], summary: pd.DataFrame, paper: Any, ou
         figs = {kind: _grid(len(paper.columns)) for kind in ("parity", "errors", "curves")}
         for i, col in enumerate(paper.columns):
             runs = sorted((r for r in done if r.key.column == col.key), key=lambda r: r.key.seed)
-            name = col.name
             frames = [read_predictions(p) for r in runs if (p := r.run.predictions()).is_file()]
             preds = pd.concat(frames) if frames else pd.DataFrame({"target": [], "prediction": []})
-            _parity_ax(figs["parity"][1][i], preds, name, col.unit)
-            _hist_ax(figs["errors"][1][i], preds, name, col.unit)
+            _parity_ax(figs["parity"][1][i], preds, col.name, col.unit)
+            _hist_ax(figs["errors"][1][i], preds, col.name, col.unit)
             curves = runs[0].run.curves if runs else None
             if curves is not None and curves.is_file():
                 try:
-                    _curves_ax(figs["curves"][1][i], read_curves(curves), name)
+                    _curves_ax(figs["curves"][1][i], read_curves(curves), col.name)
                 except (ValueError, KeyError, pd.errors.EmptyDataError):
-                    figs["curves"][1][i].set_title(f"{name}: no curves", fontsize=9)
+                    figs["curves"][1][i].set_title(f"{col.name}: no curves", fontsize=9)
             else:
-                figs["curves"][1][i].set_title(f"{name}: missing", fontsize=9)
+                figs["curves"][1][i].set_title(f"{col.name}: missing", fontsize=9)
         for kind, (fig, _) in figs.items():
             fig.suptitle(f"{label}: {kind}", fontsize=11)
             paths[f"{kind}_{model}"] = save_figure(fig, out / f"{kind}_{model}.png", tight=False)

@@ -181,8 +181,6 @@ class Ensemble(Predictor):
         return (values.mean(0), values.std(0)) if return_std else values.mean(0)
 
     def _rows(self, records: list[CrystalRecord]) -> list[tuple]:
-        if not records:
-            return []
         mean, std = self.predict(records, return_std=True)
         return [(r.id, float(m), float(s)) for r, m, s in zip(records, mean, std)]
 
