@@ -66,7 +66,6 @@ class PaperTable:
     columns: list[Column]
     models: dict[str, str]  # preset -> row label, in the paper's order
     mae: dict[str, dict[str, float]]  # preset -> column key -> paper MAE
-    datasets: dict[str, str] = field(default_factory=dict)
     frames: dict[str, str] = field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     #: row (model or baseline) -> column key -> the number of decimals the paper prints
@@ -76,7 +75,7 @@ class PaperTable:
     def load(cls, path: str | Path = PAPER_RESULTS) -> PaperTable:
         text = Path(path).read_text()
         raw, printed = yaml.safe_load(text), yaml.load(text, Loader=yaml.BaseLoader)  # BaseLoader: values as written
-        columns = [Column(c["dataset"], c["target"], c["label"], c["unit"]) for c in raw["columns"]]
+        columns = [Column(**c) for c in raw["columns"]]
         keys = [c.key for c in columns]
 
         def by_column(values: Sequence[Any], what: str, kind: type = float) -> dict[str, Any]:
@@ -92,7 +91,7 @@ class PaperTable:
         baselines = {name: by_column(v, name) for name, v in (raw.get("baselines") or {}).items()}
         rows = {**{n: spec["mae"] for n, spec in printed["models"].items()}, **(printed.get("baselines") or {})}
         decimals = {name: by_column(values, name, places) for name, values in rows.items()}
-        return cls(columns, models, mae, raw.get("datasets", {}), raw.get("frames", {}), baselines, decimals)
+        return cls(columns, models, mae, raw.get("frames", {}), baselines, decimals)
 
     def column(self, key: str) -> Column:
         for c in self.columns:

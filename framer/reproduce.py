@@ -130,27 +130,21 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
         if key.column not in index:
             raise ManifestError(f"unknown column {key.column!r}; known: {list(index)}")
         col = paper.column(key.column)
-        context = {
-            "dataset": col.dataset,
-            "target": col.target,
-            "model": key.model,
-            "seed": key.seed,
-            "column_index": index[key.column],
-        }
+        context = dict(
+            dataset=col.dataset, target=col.target, model=key.model, seed=key.seed, column_index=index[key.column]
+        )
         configs = [config_path(str(fill(c, context))) for c in manifest.configs]
         missing = [c for c in configs if not Path(c).is_file()]
         if missing:
             raise ManifestError(f"{key.model} / {key.column}: config {missing[0]} not found")
-        overrides = {k: fill(v, context) for k, v in manifest.overrides.items()}
-        overrides.update(
-            {
-                "seed_everything": key.seed,
-                "tracking.save_dir": str(manifest.runs_dir),
-                "tracking.run_name": key.dirname,
-                "tracking.experiment_name": manifest.experiment_name,
-                "tracking.tags": {"model": key.model, "column": key.column, "seed": str(key.seed)},
-            }
-        )
+        overrides = {
+            **{k: fill(v, context) for k, v in manifest.overrides.items()},
+            "seed_everything": key.seed,
+            "tracking.save_dir": str(manifest.runs_dir),
+            "tracking.run_name": key.dirname,
+            "tracking.experiment_name": manifest.experiment_name,
+            "tracking.tags": {"model": key.model, "column": key.column, "seed": str(key.seed)},
+        }
         spec = RunSpec(configs, overrides, quiet=manifest.quiet)
         runs.append(Run(key, RunRoot(manifest.runs_dir / key.dirname), spec))
     return runs

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from framer.io import atomic_write_text
 from framer.launch import resolved_config
 from framer.rundir import FIGURES
+from framer.tracking import resolve_tracking_uri
 from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective
 from framer.tune.storage import best_trial, open_storage, recover_dead_trials, retry_of, storage_spec
 from framer.tune.sweep import Sweep
@@ -90,23 +91,17 @@ def tune(
     if recovered:
         print(f"framer.tune: requeued trials {recovered} of workers that died", file=sys.stderr)
 
-    uri = None
-    if mlflow:
-        from framer.tracking import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(tracking_uri)
-    objective: Objective
+    uri = resolve_tracking_uri(tracking_uri) if mlflow else None
     if devices_per_trial > 1:
-        objective = SubprocessObjective(sweep, directory, uri, devices_per_trial, timeout=trial_timeout)
+        objective: Objective = SubprocessObjective(sweep, directory, uri, devices_per_trial, timeout=trial_timeout)
     else:
         objective = InProcessObjective(sweep, directory, uri)
     if objective.tracker is not None:  # the MLflow runs of trials whose worker died are FAILED, not RUNNING forever
         for number in recovered:
             objective.tracker.finish_trial(study, study.trials[number], sweep.metric)
     budget = TrialBudget(sweep.n_trials)
-    left = budget.remaining(study)
     print(f"framer.tune: study {sweep.name!r} in {spec}: {budget.used(study)}/{sweep.n_trials} trials used")
-    if left > 0 and (n_trials is None or n_trials > 0):
+    if budget.remaining(study) > 0 and (n_trials is None or n_trials > 0):
         study.optimize(
             objective,
             n_trials=n_trials,
