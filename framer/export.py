@@ -184,10 +184,8 @@ def ensemble_files(sources: Sequence[str | os.PathLike], best: bool = False) -> 
 
 
 def write_folder(out: str | os.PathLike, files: Mapping[str, bytes], force: bool = False) -> Path:
-    """Write ``files`` (relative path -> content) as the folder ``out``, atomically (temporary folder + rename).
-
-    ExportError for a non-empty ``out`` unless ``force`` (which replaces it).
-    """
+    """Write ``files`` (relative path -> content) as the folder ``out``, atomically (temporary folder + rename);
+    ExportError for a non-empty ``out`` unless ``force`` (which replaces it)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out} exists and is not empty (use --force to replace it)")

@@ -57,11 +57,9 @@ def is_structure_file(path: Path) -> bool:
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
-    """(id, path) of every structure file named or found (recursively) in the given directories, in order.
-
-    The id is the path relative to its input directory, without the extension; ids are made unique (``x#1``).
-    FileNotFoundError for an input that does not exist.
-    """
+    """(id, path) of every structure file named or found (recursively) in the given directories, in order. The id
+    is the path relative to its input directory, without the extension, made unique (``x#1``). FileNotFoundError for
+    an input that does not exist."""
     found: list[tuple[str, Path]] = []
     for item in inputs:
         path = Path(item)
@@ -191,10 +189,8 @@ def load(
     weights: Literal["swa", "raw"] | None = None,
     batch_size: int = 16,
 ) -> Predictor:
-    """A :class:`Predictor` (an :class:`Ensemble` for a list or an ensemble folder); see the module docstring.
-
-    ``weights`` applies to checkpoints and run directories (a model folder holds one set of weights).
-    """
+    """A :class:`Predictor` (an :class:`Ensemble` for a list or an ensemble folder; see the module docstring).
+    ``weights`` applies to checkpoints and run directories (a model folder holds one set of weights)."""
     if not isinstance(path, (str, os.PathLike)):
         return Ensemble([load(p, device, weights, batch_size) for p in path])
     folder = Path(path)

@@ -75,7 +75,7 @@ class PaperTable:
     def load(cls, path: str | Path = PAPER_RESULTS) -> PaperTable:
         text = Path(path).read_text()
         raw, printed = yaml.safe_load(text), yaml.load(text, Loader=yaml.BaseLoader)  # BaseLoader: values as written
-        columns = [Column(**c) for c in raw["columns"]]
+        columns = [Column(c["dataset"], c["target"], c["label"], c["unit"]) for c in raw["columns"]]
         keys = [c.key for c in columns]
 
         def by_column(values: Sequence[Any], what: str, kind: type = float) -> dict[str, Any]:

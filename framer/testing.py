@@ -145,10 +145,8 @@ def assert_invariant(
     atol: float | None = None,
     cutoff: float | None = None,
 ) -> float:
-    """Check model(transform(record)) == model(record) within ``atol``; returns the absolute difference.
-
-    The default tolerance is 1e-6 in float64 and 1e-4 in float32 (relative to max(1, |output|)).
-    """
+    """Check model(transform(record)) == model(record) within ``atol`` (default 1e-6 in float64, 1e-4 in float32,
+    relative to max(1, |output|)); returns the absolute difference."""
     dtype = next(model.parameters()).dtype
     atol = FLOAT_TOLERANCE[dtype] if atol is None else atol
     out = predict(model, [record, transform(record)], cutoff=cutoff)

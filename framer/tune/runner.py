@@ -75,9 +75,7 @@ def tune(
     trial_timeout: float | None = None,
 ) -> optuna.Study:
     """Run trials of the sweep until its total budget is used (or ``n_trials`` in this worker), then write outputs.
-
-    Re-running resumes: finished trials are kept, trials of dead workers on this host are failed and requeued.
-    """
+    Re-running resumes: finished trials are kept, trials of dead workers on this host are failed and requeued."""
     sweep = Sweep.load(sweep_path)
     if sweep.sampler.get("type") == "grid" and sweep.n_trials > sweep.grid_size():
         sweep.n_trials = sweep.grid_size()

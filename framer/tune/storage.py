@@ -70,12 +70,10 @@ def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStora
     if (path := sqlite_path(spec)) is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {}
-    if heartbeat:
-        kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": GRACE_PERIOD,
-            "heartbeat_stale_trial_callback": requeue,
-        }
+    if heartbeat:  # a trial without a heartbeat for GRACE_PERIOD is failed and requeued by the next worker
+        kwargs = dict(
+            heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, heartbeat_stale_trial_callback=requeue
+        )
     engine = {"pool_pre_ping": True} if spec.startswith("postgresql") else None
     from sqlalchemy.exc import SQLAlchemyError
 
