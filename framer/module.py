@@ -137,9 +137,8 @@ class CrystalRegressor(pl.LightningModule):
             works for runs bounded by ``max_steps`` or ``max_time``.
         eval_weights: Weights used by ``test`` and ``predict``: ``swa`` (the average, when one exists; what the
             paper reports) or ``raw`` (the trained weights). Validation always uses the raw weights.
-        target_mean: Mean used to standardise targets. Default: the train split's, from the datamodule's
-            ``target_stats()`` at the start of ``fit``.
-        target_std: Population standard deviation used to standardise targets (same default as ``target_mean``).
+        target_mean, target_std: Mean and population standard deviation used to standardise targets. Default: the
+            train split's, from the datamodule's ``target_stats()`` at the start of ``fit``.
     """
 
     def __init__(
@@ -201,10 +200,8 @@ class CrystalRegressor(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------------------------
     # hyperparameters: checkpoints must rebuild the module with no extra argument
     def _record_as_configs(self, model: Any, optimizer: Any, lr_scheduler: Any) -> None:
-        """Replace arguments given as Python objects in the recorded hyperparameters by their configs.
-
-        Under LightningCLI (and when loading a checkpoint) they are configs already and are kept as recorded.
-        """
+        """Replace arguments given as Python objects in the recorded hyperparameters by their configs (under
+        LightningCLI and when loading a checkpoint they are configs already and are kept as recorded)."""
         hparams = dict(self.hparams)
         if isinstance(model, nn.Module) and not isinstance(hparams.get("model"), Mapping):
             try:
