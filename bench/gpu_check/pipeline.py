@@ -106,7 +106,7 @@ def _cpu_model() -> str:
 # --- the data pipeline ---------------------------------------------------------------------------------------------
 def _synthetic_datamodule_class():
     """A CrystalDataModule over in-memory synthetic records (a lazy import: framer.data.datamodules needs Lightning)."""
-    from framer.data.build import BuildResult, SkipReport, assemble
+    from framer.data.build import assemble
     from framer.data.datamodules import CrystalDataModule
 
     class SyntheticDataModule(CrystalDataModule):
@@ -126,9 +126,7 @@ def _synthetic_datamodule_class():
 
         def build(self):
             positions = {"train": np.arange(len(self.records)), "val": np.zeros(0), "test": np.zeros(0)}
-            report = SkipReport()
-            arrays, meta = assemble(positions, lambda p: self.records[p], report)
-            return BuildResult(arrays, meta, report)
+            return assemble(positions, lambda p: self.records[p])
 
     return SyntheticDataModule
 

@@ -10,29 +10,16 @@ from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {
-    "CrystalBatch": "framer.data.batch",
-    "collate_records": "framer.data.batch",
-    "collate_structures": "framer.data.batch",
-    "CrystalDataModule": "framer.data.datamodules",
-    "CrystalDataset": "framer.data.datamodules",
-    "CustomDataModule": "framer.data.datamodules",
-    "EwaldDataModule": "framer.data.datamodules",
-    "JarvisDataModule": "framer.data.datamodules",
-    "MPDataModule": "framer.data.datamodules",
-    "DataCorruptError": "framer.data.sources",
-    "DataError": "framer.data.sources",
-    "DataNotFoundError": "framer.data.sources",
-    "data_root": "framer.data.sources",
-    "paper_split": "framer.data.splits",
-    "split_fingerprint": "framer.data.splits",
-    "CrystalRecord": "framer.data.structures",
-    "InvalidStructureError": "framer.data.structures",
-    "record_from_file": "framer.data.structures",
-    "record_from_jarvis_atoms": "framer.data.structures",
-    "record_from_structure": "framer.data.structures",
+_MODULES = {
+    "framer.data.batch": "CrystalBatch collate_records collate_structures",
+    "framer.data.datamodules": "CrystalDataModule CrystalDataset CustomDataModule EwaldDataModule JarvisDataModule "
+    "MPDataModule",
+    "framer.data.sources": "DataCorruptError DataError DataNotFoundError data_root",
+    "framer.data.splits": "paper_split split_fingerprint",
+    "framer.data.structures": "CrystalRecord InvalidStructureError record_from_file record_from_jarvis_atoms "
+    "record_from_structure",
 }
-
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names.split()}
 __all__ = sorted(_EXPORTS)
 
 
@@ -46,4 +33,3 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
-

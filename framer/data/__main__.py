@@ -19,11 +19,15 @@ from framer.data.sources import (
     TARGETS,
     DataError,
     data_root,
+    download_jarvis,
+    download_moduli,
     jarvis_zip_path,
+    load_jarvis_dataset,
+    load_moduli_pickles,
     moduli_paths,
     raw_dir,
 )
-from framer.data.splits import MODULI_SPLIT_SIZES, PAPER_SPLITS, SPLIT_NAMES, split_fingerprint
+from framer.data.splits import MODULI_SPLIT_SIZES, PAPER_SPLITS, SPLIT_NAMES, paper_split, split_fingerprint
 
 
 def _cache_summary(path: Path) -> dict | None:
@@ -55,15 +59,12 @@ def _expected(split_key: str) -> dict:
     return out
 
 
-def _jarvis_info(dataset: str, root: Path) -> tuple[dict, list[str]]:
+def _jarvis_info(dataset: str, root: Path, errors: list[str]) -> dict:
     from framer.data.build import SkipReport, filter_group
-    from framer.data.sources import load_jarvis_dataset
-    from framer.data.splits import paper_split
 
     source = JARVIS_SOURCES[dataset]
     path = jarvis_zip_path(dataset, root)
     info: dict = {"raw_file": str(path), "present": path.is_file(), "published_entries": source.entries, "targets": {}}
-    errors: list[str] = []
     entries = None
     if info["present"]:
         print(f"reading {path} ...", file=sys.stderr)
@@ -83,31 +84,27 @@ def _jarvis_info(dataset: str, root: Path) -> tuple[dict, list[str]]:
         else:
             kept = filter_group(entries, spec.group, source.id_field, SkipReport())
             target["filtered_entries"] = len(kept)
-            counts = (60000, 5000, 4239) if dataset == "megnet" else (None, None, None)
             try:
-                splits = paper_split(len(kept), *counts)
+                splits = paper_split(len(kept), *paper.counts)
             except ValueError as err:
                 target["split_error"] = str(err)
             else:
-                fps = {k: split_fingerprint(v) for k, v in splits.items()}
-                raw = {k: split_fingerprint(kept[v]) for k, v in splits.items()}
+                fps, raw, matches = paper.compare(splits, kept)
                 target.update(
                     sizes={k: len(v) for k, v in splits.items()},
                     split_fingerprints=fps,
                     raw_split_fingerprints=raw,
-                    matches_paper_split=fps == dict(paper.fingerprints) and raw == dict(paper.raw_fingerprints),
+                    matches_paper_split=matches,
                 )
         cache = _cache_summary(root / "processed" / dataset / f"{name}.cache")
         if cache:
             target["cache"] = cache
         info["targets"][name] = target
-    return info, errors
+    return info
 
 
-def _moduli_info(root: Path) -> tuple[dict, list[str]]:
-    from framer.data.sources import load_moduli_pickles
-
-    info, errors = {}, []
+def _moduli_info(root: Path, errors: list[str]) -> dict:
+    info = {}
     for name, sizes in MODULI_SPLIT_SIZES.items():
         prop = name.split("_")[0]
         paths = moduli_paths(prop, root)
@@ -128,27 +125,17 @@ def _moduli_info(root: Path) -> tuple[dict, list[str]]:
         if cache:
             entry["cache"] = cache
         info[name] = entry
-    return info, errors
+    return info
 
 
 def collect_info(data_dir: str | None = None) -> tuple[dict, list[str]]:
     """Everything ``info`` prints, as a dict, plus the errors met (corrupt files)."""
-    root = data_root(data_dir)
-    report: dict = {"data_root": str(root), "raw_dir": str(raw_dir(root)), "datasets": {}}
-    errors: list[str] = []
-    for dataset in JARVIS_SOURCES:
-        info, errs = _jarvis_info(dataset, root)
-        report["datasets"][dataset] = info
-        errors += errs
-    moduli, errs = _moduli_info(root)
-    report["datasets"]["megnet_moduli"] = moduli
-    errors += errs
-    ewald_dir = root / "processed" / "ewald"
-    report["datasets"]["ewald"] = {
-        "embedded": True,
-        "caches": [_cache_summary(p) for p in sorted(ewald_dir.glob("*.cache"))] if ewald_dir.is_dir() else [],
-    }
-    return report, errors
+    root, errors = data_root(data_dir), []
+    datasets = {dataset: _jarvis_info(dataset, root, errors) for dataset in JARVIS_SOURCES}
+    datasets["megnet_moduli"] = _moduli_info(root, errors)
+    ewald_caches = sorted((root / "processed" / "ewald").glob("*.cache"))  # none when the folder is absent
+    datasets["ewald"] = {"embedded": True, "caches": [_cache_summary(p) for p in ewald_caches]}
+    return {"data_root": str(root), "raw_dir": str(raw_dir(root)), "datasets": datasets}, errors
 
 
 def _print_text(report: dict) -> None:
@@ -224,8 +211,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from framer.data.sources import download_jarvis, download_moduli
-
     wanted = ["megnet", "dft_3d_2021", "moduli"] if args.dataset == "all" else [args.dataset]
     for name in wanted:
         if name == "moduli":

@@ -69,10 +69,7 @@ class SkipReport:
 
 
 class PhaseTimer:
-    """Wall and CPU seconds (of this process) of the named phases of a build, for logs and benchmarks.
-
-    Timings never enter a cache: its bytes must not depend on the machine or the number of processes.
-    """
+    """Wall and CPU seconds (this process) of a build's named phases, for logs and benchmarks (never in a cache)."""
 
     def __init__(self) -> None:
         self.phases: dict[str, dict[str, float]] = {}
@@ -133,20 +130,20 @@ def _convert_positions(convert: Callable[[int], CrystalRecord], positions: Seque
 def assemble(
     split_positions: Mapping[str, np.ndarray],
     convert: Callable[[int], CrystalRecord],
-    report: SkipReport,
+    meta: dict | None = None,
     raw_index: Callable[[int], int] | None = None,
     fingerprint: str = "positions",
     workers: int = 0,
     timer: PhaseTimer | None = None,
-) -> tuple[dict[str, np.ndarray], dict]:
-    """Convert every split position with ``convert(position)``; skipped entries are added to ``report``.
+) -> BuildResult:
+    """Convert every split position with ``convert(position)``; entries it rejects go to the skip report.
 
     ``workers`` > 1 converts in that many forked processes (``convert`` is inherited, not pickled), each turning its
     share into columns; the columns are concatenated in split order, so the result does not depend on ``workers``.
-    Returns the cache arrays (records in split order: train, val, test) with per-record ``position``,
-    ``raw_index`` and ``split`` columns, and meta with split sizes and fingerprints of the kept records.
+    The arrays hold the records in split order (train, val, test) with per-record ``position``, ``raw_index`` and
+    ``split`` columns; the metadata adds split sizes and fingerprints of the kept records to ``meta``.
     """
-    timer = timer or PhaseTimer()
+    timer, report = timer or PhaseTimer(), SkipReport()
     positions = np.concatenate([np.asarray(split_positions[name], dtype=np.int64) for name in SPLIT_NAMES])
     codes = np.repeat(
         np.array([SPLIT_CODES[name] for name in SPLIT_NAMES], dtype=np.int8),
@@ -166,9 +163,8 @@ def assemble(
             [raw_index(p) if raw_index else p for p in arrays["position"].tolist()], dtype=np.int64
         )
         arrays["split"] = codes[kept]
-        meta = _split_meta(arrays, {name: len(split_positions[name]) for name in SPLIT_NAMES}, fingerprint)
-    meta["skipped"] = report.to_dict()
-    return arrays, meta
+        split_meta = _split_meta(arrays, {name: len(split_positions[name]) for name in SPLIT_NAMES}, fingerprint)
+    return BuildResult(arrays, {**split_meta, "skipped": report.to_dict(), **(meta or {})}, report, timer.phases)
 
 
 def _split_meta(arrays: dict[str, np.ndarray], requested: dict[str, int], fingerprint: str) -> dict:
@@ -225,23 +221,17 @@ def filter_group(entries: Sequence[object], group: Sequence[str], id_field: str,
 def build_jarvis_target(
     spec: TargetSpec,
     data_dir: str | os.PathLike | None,
-    n_train: int | None,
-    n_val: int | None,
-    n_test: int | None,
+    counts: tuple[int | None, int | None, int | None],
     split_seed: int,
-    entries: list[dict] | None = None,
     max_atoms: int = DEFAULT_MAX_ATOMS,
     workers: int = 0,
 ) -> BuildResult:
-    """Records of one megnet/dft_3d_2021 target with the paper's split (see the module docstring).
-
-    ``workers`` > 1 converts the structures in that many processes (same result).
-    """
+    """Records of one megnet/dft_3d_2021 target with the paper's split of ``counts`` = (n_train, n_val, n_test)
+    (see the module docstring); ``workers`` > 1 converts the structures in that many processes (same result)."""
     source = JARVIS_SOURCES[spec.dataset]
     timer = PhaseTimer()
-    if entries is None:
-        with timer("read"):
-            entries = load_jarvis_dataset(spec.dataset, data_dir)
+    with timer("read"):
+        entries = load_jarvis_dataset(spec.dataset, data_dir)
     with timer("filter_split"):
         filtered_report = SkipReport()
         kept = filter_group(entries, spec.group, source.id_field, filtered_report)
@@ -249,26 +239,21 @@ def build_jarvis_target(
         if n == 0:
             raise DataError(f"{source.filename}: no entry has valid values for {', '.join(spec.group)}")
         try:
-            splits = paper_split(n, n_train, n_val, n_test, split_seed=split_seed)
+            splits = paper_split(n, *counts, split_seed=split_seed)
         except ValueError as err:
             hint = "at least 10 are needed for an 80/10/10 split"
-            if (n_train, n_val, n_test) != (None, None, None):
+            if counts != (None, None, None):
                 hint = "for a subset of the published file, set n_train/n_val/n_test to null to use 80/10/10 fractions"
             raise DataError(f"{source.filename} has {n} entries with valid {spec.field!r}: {err}; {hint}") from None
     paper = PAPER_SPLITS[spec.split_key]
-    position_fps = {name: split_fingerprint(idx) for name, idx in splits.items()}
-    raw_fps = {name: split_fingerprint(kept[idx]) for name, idx in splits.items()}
-    # Raw-index fingerprints also pin down *which* entries the filter dropped (CrystalFramer's shipped files).
-    matches_paper = position_fps == dict(paper.fingerprints) and raw_fps == dict(paper.raw_fingerprints)
+    position_fps, raw_fps, matches_paper = paper.compare(splits, kept)
     if not matches_paper:
+        sizes = {k: len(v) for k, v in splits.items()}
+        same = position_fps == dict(paper.fingerprints)
+        note = "; same positions but other entries were filtered out" if same else ""
         log.warning(
-            "%s/%s: split differs from the paper's (N=%d after filtering, published N=%d; sizes %s%s)",
-            spec.dataset,
-            spec.name,
-            n,
-            paper.total_size,
-            {k: len(v) for k, v in splits.items()},
-            "; same positions but other entries were filtered out" if position_fps == dict(paper.fingerprints) else "",
+            f"{spec.dataset}/{spec.name}: split differs from the paper's (N={n} after filtering, published "
+            f"N={paper.total_size}; sizes {sizes}{note})"
         )
 
     def convert(p: int) -> CrystalRecord:
@@ -276,9 +261,7 @@ def build_jarvis_target(
         entry = entries[raw_i]
         return _convert_entry(entry, _entry_id(entry, source.id_field, raw_i), float(entry[spec.field]), max_atoms)
 
-    report = SkipReport()
-    arrays, meta = assemble(splits, convert, report, raw_index=lambda p: int(kept[p]), workers=workers, timer=timer)
-    meta.update(
+    meta = dict(
         dataset=spec.dataset,
         target=spec.name,
         field=spec.field,
@@ -291,7 +274,7 @@ def build_jarvis_target(
         paper_raw_split_fingerprints=raw_fps,
         matches_paper_split=matches_paper,
     )
-    return BuildResult(arrays, meta, report, timer.phases)
+    return assemble(splits, convert, meta, raw_index=lambda p: int(kept[p]), workers=workers, timer=timer)
 
 
 def build_moduli_target(
@@ -305,7 +288,6 @@ def build_moduli_target(
     flat = [item for part in lists for item in part]
     starts = np.cumsum([0] + [len(part) for part in lists])
     splits = {name: np.arange(starts[k], starts[k + 1]) for k, name in enumerate(SPLIT_NAMES)}
-    report = SkipReport()
 
     def convert(p: int) -> CrystalRecord:
         item = flat[p]
@@ -323,16 +305,7 @@ def build_moduli_target(
         return _convert_entry(item, id, value, max_atoms)
 
     split_of = np.repeat(np.arange(3), [len(part) for part in lists])
-    arrays, meta = assemble(
-        splits,
-        convert,
-        report,
-        raw_index=lambda p: int(p - starts[split_of[p]]),
-        fingerprint="ids",
-        workers=workers,
-        timer=timer,
-    )
-    meta.update(
+    meta = dict(
         dataset=spec.dataset,
         target=spec.name,
         field=spec.field,
@@ -341,4 +314,8 @@ def build_moduli_target(
         filtered_entries=len(flat),
         file_sizes={name: len(part) for name, part in zip(SPLIT_NAMES, lists)},
     )
-    return BuildResult(arrays, meta, report, timer.phases)
+
+    def raw_index(p: int) -> int:  # the position in its own pickle
+        return int(p - starts[split_of[p]])
+
+    return assemble(splits, convert, meta, raw_index, fingerprint="ids", workers=workers, timer=timer)

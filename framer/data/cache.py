@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from framer.io import atomic_file
 from framer.data.structures import CrystalRecord
+from framer.io import atomic_file
 
 log = logging.getLogger("framer.data")
 
@@ -66,6 +66,11 @@ def file_sha256(path: str | os.PathLike) -> str:
                 digest.update(chunk)
         _FILE_HASHES[memo] = digest.hexdigest()
     return _FILE_HASHES[memo]
+
+
+def short_hash(spec: object) -> str:
+    """First 10 hex digits of the sha256 of ``spec``'s JSON (sorted keys), for cache file names."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def cache_key(**parts: Any) -> str:
@@ -247,7 +252,9 @@ def records_to_arrays(records: Sequence[CrystalRecord]) -> dict[str, np.ndarray]
     return {  # the leading empty arrays give the shapes when there are no records
         "lattice": np.array([r.lattice for r in records], dtype=np.float64).reshape(-1, 3, 3),
         "frac_coords": np.concatenate([np.zeros((0, 3)), *(r.frac_coords for r in records)]).astype(np.float64),
-        "atomic_numbers": np.concatenate([np.zeros(0, np.uint8), *(r.atomic_numbers for r in records)]).astype(np.uint8),
+        "atomic_numbers": np.concatenate([np.zeros(0, np.uint8), *(r.atomic_numbers for r in records)]).astype(
+            np.uint8
+        ),
         "offsets": offsets,
         "target": np.array([r.target for r in records], dtype=np.float64),
         "ids": np.array([r.id for r in records], dtype=f"<U{width}"),

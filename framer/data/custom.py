@@ -51,15 +51,6 @@ def strip_extension(name: str) -> str:
     return name
 
 
-def resolve_structure_file(root: Path, name: str) -> Path | None:
-    """The file a name in id_prop.csv refers to, with or without extension; None if there is none."""
-    candidates = [root / name] + [root / (name + ext) for ext in STRUCTURE_EXTENSIONS] + [root / f"POSCAR-{name}"]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 @dataclass(frozen=True)
 class IdPropRow:
     line: int
@@ -69,14 +60,13 @@ class IdPropRow:
 
 
 def locate_structure_file(root: Path, id_prop: Path, row: IdPropRow, allow_outside_root: bool = False) -> Path | None:
-    """The structure file of a row (None if absent); raises DataError if it lies outside ``root``.
-
-    An absolute name, a ``..`` component, or a file that resolves (through symbolic links) outside ``root`` is
-    refused unless ``allow_outside_root``.
-    """
+    """The structure file of a row, with or without extension (None if absent); raises DataError if it is an
+    absolute name, has a ``..`` component or resolves (through symbolic links) outside ``root``, unless
+    ``allow_outside_root``."""
     if not allow_outside_root and (PurePath(row.name).is_absolute() or ".." in PurePath(row.name).parts):
         raise _outside_root_error(root, id_prop, row)
-    path = resolve_structure_file(root, row.name)
+    names = [row.name] + [row.name + ext for ext in STRUCTURE_EXTENSIONS] + [f"POSCAR-{row.name}"]
+    path = next((root / name for name in names if (root / name).is_file()), None)
     if path is not None and not allow_outside_root and not path.resolve().is_relative_to(root.resolve()):
         raise _outside_root_error(root, id_prop, row, f" (it resolves to {path.resolve()})")
     return path
@@ -169,12 +159,8 @@ def build_custom(
     allow_outside_root: bool = False,
     workers: int = 0,
 ) -> BuildResult:
-    """Records of a custom folder, split at random (seeded) or by a JSON split file of ids.
-
-    Structure files larger than ``max_file_mb`` or with more than ``max_atoms`` atoms are skipped and counted;
-    names outside ``root`` are an error unless ``allow_outside_root``. ``workers`` > 1 parses the files in that many
-    processes (same result).
-    """
+    """Records of a custom folder, split at random (seeded) or by a JSON split file of ids (the arguments are
+    :class:`~framer.data.datamodules.CustomDataModule`'s); ``workers`` > 1 parses in that many processes."""
     root = Path(root)
     id_prop = root / id_prop_file
     timer = PhaseTimer()
@@ -210,13 +196,7 @@ def build_custom(
         err.record_id = row.id
         raise err
 
-    report = SkipReport()
-    arrays, meta = assemble(splits, convert, report, fingerprint="positions", workers=workers, timer=timer)
-    if report.total:
-        log.warning("%s: skipped %d of %d structures (%s)", root, report.total, len(valid), dict(report.counts))
-    if len(arrays["ids"]) == 0:
-        raise DataError(f"{root}: none of the structures could be read ({dict(report.counts)})")
-    meta.update(
+    meta = dict(
         dataset="custom",
         root=str(root),
         raw_entries=len(rows),
@@ -224,7 +204,10 @@ def build_custom(
         missing_target=missing.to_dict(),
         split_source=str(split_file) if split_file else f"random {tuple(fractions)} seed {split_seed}",
     )
-    return BuildResult(arrays, meta, report, timer.phases)
+    result = assemble(splits, convert, meta, workers=workers, timer=timer)  # the DataModule logs what it skipped
+    if len(result.arrays["ids"]) == 0:
+        raise DataError(f"{root}: none of the structures could be read ({dict(result.report.counts)})")
+    return result
 
 
 def _splits_from_file(path: Path, rows: list[IdPropRow], valid: list[IdPropRow], missing: SkipReport):

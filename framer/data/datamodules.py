@@ -25,7 +25,6 @@ from framer.data.build import (
     SPLIT_CODES,
     BuildResult,
     PhaseTimer,
-    SkipReport,
     assemble,
     build_jarvis_target,
     build_moduli_target,
@@ -37,7 +36,9 @@ from framer.data.cache import (
     file_sha256,
     load_or_build,
     read_cache,
+    short_hash,
 )
+from framer.data.custom import build_custom, folder_fingerprint, read_id_prop
 from framer.data.parallel import resolve_workers
 from framer.data.resumable import EpochShuffleSampler, ResumableDataLoader, shuffle_seed
 from framer.data.sources import (
@@ -49,7 +50,7 @@ from framer.data.sources import (
     require_files,
     target_spec,
 )
-from framer.data.splits import PAPER_SPLIT_SEED, SPLIT_NAMES, random_split
+from framer.data.splits import PAPER_SPLIT_SEED, PAPER_SPLITS, SPLIT_NAMES, random_split
 from framer.data.structures import DEFAULT_MAX_ATOMS, DEFAULT_MAX_FILE_MB, CrystalRecord
 from framer.io import write_json
 
@@ -160,7 +161,7 @@ class CrystalDataModule(L.LightningDataModule):
 
     def raw_fingerprint(self) -> object:
         """Content hashes of the raw inputs (raises DataNotFoundError when they are missing); None if none."""
-        return None
+        return {p.name: file_sha256(p) for p in require_files(self.raw_paths())} or None
 
     def build(self) -> BuildResult:
         """Read raw data and produce cache arrays, metadata and a skip report."""
@@ -225,7 +226,8 @@ class CrystalDataModule(L.LightningDataModule):
         self._meta = cache.meta
         split = np.asarray(cache.array("split"))
         self._split_indices = {name: np.flatnonzero(split == code) for name, code in SPLIT_CODES.items()}
-        self._check_usable()
+        if len(self._split_indices["train"]) == 0:
+            raise DataError(f"{description}: the train split is empty (sizes {self.split_sizes()})")
 
     def _log_build(self, description: str, records: int) -> None:
         phases = {name: phase["wall_s"] for name, phase in self.build_timings.items()}
@@ -247,16 +249,9 @@ class CrystalDataModule(L.LightningDataModule):
         log.warning("%s not found; using the cache built from it earlier (%s)", missing, path)
         return cache
 
-    def _check_usable(self) -> None:
-        sizes = {name: len(idx) for name, idx in self._split_indices.items()}
-        if sizes["train"] == 0:
-            raise DataError(f"{self.dataset_name}/{self.target}: the train split is empty (sizes {sizes})")
-
     def prepare_data(self) -> None:
-        """Build (or validate) the cache once per node, before ``setup`` runs on every rank.
-
-        ``rebuild_cache`` applies once per instance (a later ``trainer.test`` does not rebuild again).
-        """
+        """Build (or validate) the cache once per node, before ``setup`` runs on every rank; ``rebuild_cache``
+        applies once per instance (a later ``trainer.test`` does not rebuild again)."""
         force = self.rebuild_cache and not self._prepared
         if self._store is None or force:
             self._load(rebuild=force)
@@ -269,15 +264,11 @@ class CrystalDataModule(L.LightningDataModule):
         force = self.rebuild_cache and not self._prepared and self.trainer is None
         self._load(rebuild=force)
 
-    def _ensure_setup(self) -> None:
-        if self._store is None:
-            self.setup()
-
     # ----------------------------------------------------------------------------------------- datasets/loaders
 
     def dataset(self, split: str) -> CrystalDataset:
         """Records of ``train``, ``val``, ``test`` or ``all`` (in split order)."""
-        self._ensure_setup()
+        self.setup()
         if split == "all":
             return CrystalDataset(self._store, np.arange(len(self._store)))
         if split not in self._split_indices:
@@ -302,12 +293,9 @@ class CrystalDataModule(L.LightningDataModule):
         return torch.cuda.is_available() if self.pin_memory is None else bool(self.pin_memory)
 
     def _loader(self, dataset: CrystalDataset, batch_size: int, drop_last: bool, **kwargs) -> DataLoader:
-        """A loader of ``dataset`` (in split order unless ``kwargs`` give ``shuffle`` or a ``sampler``).
-
-        Workers, when there are any, live as long as the loader (no restart each epoch) and keep torch's default of
-        two batches each in flight: reading and collating a crystal costs tens of microseconds
-        (``bench/cache_build.py``), so more prefetching would only hold more memory.
-        """
+        """A loader of ``dataset`` (in split order unless ``kwargs`` give ``shuffle`` or a ``sampler``); workers live
+        as long as it. Torch's default prefetch of two batches per worker is kept: a crystal takes tens of
+        microseconds to read and collate (``bench/cache_build.py``), so more would only hold more memory."""
         return ResumableDataLoader(
             dataset,
             batch_size=batch_size,
@@ -365,11 +353,11 @@ class CrystalDataModule(L.LightningDataModule):
 
         With ``raw=True``: of their indices in the unfiltered raw file (CrystalFramer's shipped index files).
         """
-        self._ensure_setup()
+        self.setup()
         return dict(self._meta["raw_split_fingerprints" if raw else "split_fingerprints"])
 
     def split_sizes(self) -> dict[str, int]:
-        self._ensure_setup()
+        self.setup()
         return {name: len(idx) for name, idx in self._split_indices.items()}
 
     def split_ids(self) -> dict[str, list[str]]:
@@ -378,7 +366,7 @@ class CrystalDataModule(L.LightningDataModule):
 
     def summary(self) -> dict:
         """Data set, target, units, split sizes/fingerprints, cache path/status and skipped counts, for run logs."""
-        self._ensure_setup()
+        self.setup()
         return {
             "dataset": self.dataset_name,
             "target": self.target,
@@ -410,8 +398,6 @@ class _PaperDataModule(CrystalDataModule):
         max_atoms: Crystals with more atoms are skipped and counted in the skip report.
     """
 
-    _default_counts: tuple[int | None, int | None, int | None] = (None, None, None)  # the papers' n_train/val/test
-
     def __init__(
         self,
         target: str,
@@ -426,26 +412,19 @@ class _PaperDataModule(CrystalDataModule):
         self.spec: TargetSpec = target_spec(self.dataset_name, target)
         super().__init__(target, **kwargs)
         self.target_units = self.spec.units
-        self.n_train, self.n_val, self.n_test, self.split_seed = n_train, n_val, n_test, split_seed
+        self.counts, self.split_seed = (n_train, n_val, n_test), split_seed
         self.max_atoms = _positive("max_atoms", max_atoms)
 
     def _split_spec(self) -> dict:
         if self.spec.pickled:
             return {"kind": "pickled"}
-        return {"kind": "paper", "counts": [self.n_train, self.n_val, self.n_test], "seed": self.split_seed}
-
-    def _default_split(self) -> bool:
-        return self.spec.pickled or self._split_spec() == {
-            "kind": "paper",
-            "counts": list(self._default_counts),
-            "seed": PAPER_SPLIT_SEED,
-        }
+        return {"kind": "paper", "counts": list(self.counts), "seed": self.split_seed}
 
     def cache_path(self) -> Path:
         name = self.target
-        if not self._default_split():
-            digest = hashlib.sha256(json.dumps(self._split_spec(), sort_keys=True).encode()).hexdigest()[:10]
-            name += f"-split-{digest}"
+        paper = PAPER_SPLITS.get(self.spec.split_key)  # None for the pre-split moduli
+        if paper is not None and (self.counts, self.split_seed) != (paper.counts, PAPER_SPLIT_SEED):
+            name += f"-split-{short_hash(self._split_spec())}"
         return self.data_dir / "processed" / self.dataset_name / f"{name}.cache"
 
     def raw_paths(self) -> list[Path]:
@@ -461,21 +440,11 @@ class _PaperDataModule(CrystalDataModule):
             "max_atoms": self.max_atoms,
         }
 
-    def raw_fingerprint(self) -> dict:
-        return {p.name: file_sha256(p) for p in require_files(self.raw_paths())}
-
     def build(self) -> BuildResult:
         if self.spec.pickled:
             return build_moduli_target(self.spec, self.data_dir, self.max_atoms, workers=self.build_processes)
         return build_jarvis_target(
-            self.spec,
-            self.data_dir,
-            self.n_train,
-            self.n_val,
-            self.n_test,
-            self.split_seed,
-            max_atoms=self.max_atoms,
-            workers=self.build_processes,
+            self.spec, self.data_dir, self.counts, self.split_seed, self.max_atoms, self.build_processes
         )
 
 
@@ -494,7 +463,6 @@ class MPDataModule(_PaperDataModule):
     """
 
     dataset_name = "megnet"
-    _default_counts = (60000, 5000, 4239)
 
     def __init__(
         self,
@@ -612,8 +580,6 @@ class CustomDataModule(CrystalDataModule):
         }
 
     def raw_fingerprint(self) -> dict:
-        from framer.data.custom import folder_fingerprint, read_id_prop
-
         id_prop = self.root / self.id_prop_file
         raw = {"folder": folder_fingerprint(self.root, read_id_prop(id_prop), id_prop, self.allow_outside_root)}
         if self.split_file:
@@ -623,8 +589,6 @@ class CustomDataModule(CrystalDataModule):
         return raw
 
     def build(self) -> BuildResult:
-        from framer.data.custom import build_custom
-
         return build_custom(
             self.root,
             self.id_prop_file,
@@ -698,7 +662,5 @@ class EwaldDataModule(CrystalDataModule):
         with timer("generate"):
             records = ewald_mod.generate_records(self.num_crystals, self.seed, self.build_processes, self.max_atoms)
         splits = random_split(len(records), (0.8, 0.1, 0.1), self.split_seed)
-        report = SkipReport()
-        arrays, meta = assemble(splits, lambda p: records[p], report, timer=timer)
-        meta.update(dataset="ewald", target=self.target, units=self.target_units, raw_entries=len(records))
-        return BuildResult(arrays, meta, report, timer.phases)
+        meta = dict(dataset="ewald", target=self.target, units=self.target_units, raw_entries=len(records))
+        return assemble(splits, lambda p: records[p], meta, timer=timer)

@@ -131,36 +131,29 @@ def random_ionic_crystal(seed: int, index: int, max_atoms: int = MAX_ATOMS):
         volume *= 1.15
 
 
-def ewald_energy_per_atom(lattice: np.ndarray, frac: np.ndarray, symbols: list[str], charges: list[int]) -> float:
-    """pymatgen's Ewald total energy (eV) of the oxidation-state-decorated structure, divided by the atom count."""
+def ionic_structure(seed: int, index: int, max_atoms: int = MAX_ATOMS):
+    """The ``index``-th crystal of ``seed`` as an oxidation-state-decorated pymatgen Structure, labelled
+    ``structure.properties["ewald"]``: pymatgen's Ewald total energy (eV) divided by the atom count."""
     from pymatgen.analysis.ewald import EwaldSummation
     from pymatgen.core import Species, Structure
 
-    species = [Species(s, q) for s, q in zip(symbols, charges)]
-    structure = Structure(lattice, species, frac)
-    return float(EwaldSummation(structure, acc_factor=EWALD_ACCURACY).total_energy) / len(structure)
+    lattice, frac, symbols, charges = random_ionic_crystal(seed, index, max_atoms)
+    structure = Structure(lattice, [Species(s, q) for s, q in zip(symbols, charges)], frac)
+    energy = float(EwaldSummation(structure, acc_factor=EWALD_ACCURACY).total_energy) / len(structure)
+    structure.properties["ewald"] = energy
+    return structure
 
 
 def make_crystal(seed: int, index: int, max_atoms: int = MAX_ATOMS) -> CrystalRecord:
     """One labelled crystal as a :class:`CrystalRecord` (id ``ewald-<seed>-<index>``)."""
-    from framer.data.structures import atomic_number
-
-    lattice, frac, symbols, charges = random_ionic_crystal(seed, index, max_atoms)
-    energy = ewald_energy_per_atom(lattice, frac, symbols, charges)
-    numbers = [atomic_number(s) for s in symbols]
+    s = ionic_structure(seed, index, max_atoms)
+    lattice, frac, numbers, energy = s.lattice.matrix, s.frac_coords, s.atomic_numbers, s.properties["ewald"]
     return make_record(f"ewald-{seed}-{index:05d}", lattice, frac, numbers, energy, max_atoms=max_atoms)
 
 
 def generate_records(n: int, seed: int = 0, num_workers: int = 0, max_atoms: int = MAX_ATOMS) -> list[CrystalRecord]:
-    """``n`` labelled random ionic crystals, deterministic in ``seed`` (and independent of ``num_workers``).
-
-    Args:
-        n: Number of crystals.
-        seed: Data set seed.
-        num_workers: Worker processes (0 or 1: in this process), forked on Linux (elsewhere the crystals are made
-            in this process; see :func:`framer.data.parallel.map_chunks`).
-        max_atoms: Largest cell (at least 2).
-    """
+    """``n`` labelled random ionic crystals of at most ``max_atoms`` (>= 2) atoms, deterministic in ``seed`` and
+    independent of ``num_workers`` (processes forked on Linux, :func:`framer.data.parallel.map_chunks`)."""
     if max_atoms < 2:
         raise ValueError("max_atoms must be at least 2 (a neutral ionic cell has a cation and an anion)")
     make = functools.partial(_make_crystals, seed, max_atoms)
@@ -173,13 +166,5 @@ def _make_crystals(seed: int, max_atoms: int, indices: range) -> list[CrystalRec
 
 
 def generate_structures(n: int, seed: int = 0, max_atoms: int = MAX_ATOMS) -> list:
-    """The same crystals as oxidation-state-decorated pymatgen Structures (``structure.properties['ewald']``)."""
-    from pymatgen.core import Species, Structure
-
-    out = []
-    for i in range(n):
-        lattice, frac, symbols, charges = random_ionic_crystal(seed, i, max_atoms)
-        structure = Structure(lattice, [Species(s, q) for s, q in zip(symbols, charges)], frac)
-        structure.properties["ewald"] = ewald_energy_per_atom(lattice, frac, symbols, charges)
-        out.append(structure)
-    return out
+    """The same crystals as :func:`ionic_structure` gives them."""
+    return [ionic_structure(seed, i, max_atoms) for i in range(n)]

@@ -22,12 +22,7 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class EpochShuffleSampler(Sampler[int]):
-    """Indices ``0..n-1`` in the order ``default_rng([seed, epoch]).permutation(n)``.
-
-    Args:
-        n: Number of samples.
-        seed: Non-negative seed of every epoch's permutation.
-    """
+    """Indices ``0..n-1`` in the order ``default_rng([seed, epoch]).permutation(n)`` (``seed`` non-negative)."""
 
     def __init__(self, n: int, seed: int) -> None:
         self.n = int(n)

@@ -79,6 +79,7 @@ JARVIS_SOURCES = {
     ),
 }
 
+MODULI_URL = "https://figshare.com/ndownloader/files/"
 MODULI_FILES = {  # Matformer/GATGNN pickles: (property, split) -> figshare file number
     ("bulk", "train"): 40258705,
     ("bulk", "val"): 40258675,
@@ -153,31 +154,21 @@ def is_valid_number(value: object) -> bool:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def _missing_message(path: Path, origin: str) -> str:
-    return f"{path} not found; put it there (data root: ${DATA_DIR_ENV} or ./data) — it comes from {origin}"
-
-
 def missing_raw_error(path: Path) -> DataNotFoundError:
     """The one-line error for a missing raw file: which file, where it goes and where it comes from."""
-    for dataset, source in JARVIS_SOURCES.items():
-        if path.name == source.filename:
-            return DataNotFoundError(
-                _missing_message(
-                    path,
-                    f"jarvis-tools figshare key {source.key!r} ({source.url}); on a machine with internet run "
-                    f"`python -m framer.data download --dataset {dataset}`",
-                )
-            )
+    origins = {
+        source.filename: (f"jarvis-tools figshare key {source.key!r} ({source.url})", dataset)
+        for dataset, source in JARVIS_SOURCES.items()
+    }
     for (prop, split), number in MODULI_FILES.items():
-        if path.name == moduli_filename(prop, split):
-            return DataNotFoundError(
-                _missing_message(
-                    path,
-                    f"Matformer's figshare file https://figshare.com/ndownloader/files/{number}; on a machine with "
-                    "internet run `python -m framer.data download --dataset moduli`",
-                )
-            )
-    return DataNotFoundError(f"{path} not found")
+        origins[moduli_filename(prop, split)] = (f"Matformer's figshare file {MODULI_URL}{number}", "moduli")
+    if path.name not in origins:
+        return DataNotFoundError(f"{path} not found")
+    origin, dataset = origins[path.name]
+    return DataNotFoundError(
+        f"{path} not found; put it there (data root: ${DATA_DIR_ENV} or ./data) — it comes from {origin}; on a "
+        f"machine with internet run `python -m framer.data download --dataset {dataset}`"
+    )
 
 
 def require_files(paths: list[Path]) -> list[Path]:
@@ -203,12 +194,8 @@ def check_jarvis_zip(path: Path, js_tag: str) -> None:
 
 
 def load_jarvis_dataset(dataset: str, data_dir: str | os.PathLike | None = None) -> list[dict]:
-    """Entries of ``megnet`` or ``dft_3d_2021`` in file order, read by jarvis-tools' own loader (offline).
-
-    Raises:
-        DataNotFoundError: the zip is not in ``<data root>/raw``.
-        DataCorruptError: the zip or its JSON cannot be read.
-    """
+    """Entries of ``megnet`` or ``dft_3d_2021`` in file order, read by jarvis-tools' own loader (offline); raises
+    DataNotFoundError if the zip is not in ``<data root>/raw``, DataCorruptError if it or its JSON is unreadable."""
     source = JARVIS_SOURCES[dataset]
     path = jarvis_zip_path(dataset, data_dir)
     require_files([path])
@@ -298,7 +285,7 @@ def download_moduli(data_dir: str | os.PathLike | None = None, timeout: float = 
         target = raw_dir(data_dir) / moduli_filename(prop, split)
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
-            url = f"https://figshare.com/ndownloader/files/{number}"
+            url = f"{MODULI_URL}{number}"
             try:
                 response = requests.get(url, timeout=timeout)
                 response.raise_for_status()

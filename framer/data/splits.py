@@ -42,21 +42,10 @@ def paper_split(
     test_ratio: float = 0.1,
     split_seed: int = PAPER_SPLIT_SEED,
 ) -> dict[str, np.ndarray]:
-    """Positions of the train/val/test entries, exactly as ALIGNN/Matformer/Crystalformer compute them.
-
-    Args:
-        total_size: Length N of the (filtered) list.
-        n_train: Train count; None (or 0, as in the original) means ``int(train_ratio * N)``.
-        n_val: Validation count; None means ``int(val_ratio * N)``.
-        n_test: Test count; None means ``int(test_ratio * N)``.
-        train_ratio: Defaults to ``1 - val_ratio - test_ratio``.
-        val_ratio: Fraction for validation.
-        test_ratio: Fraction for test.
-        split_seed: Seed of CPython's global ``random`` used for the shuffle (the papers use 123).
-
-    Returns:
-        ``{"train", "val", "test"}`` -> int64 arrays of positions in split order.
-    """
+    """Positions (int64 arrays, in split order) of the train/val/test entries among ``total_size``, exactly as
+    ALIGNN/Matformer/Crystalformer compute them: a count that is None (or 0, as in the original) is
+    ``int(ratio * total_size)``, ``train_ratio`` defaults to ``1 - val_ratio - test_ratio``, and ``split_seed`` seeds
+    CPython's global ``random`` for the shuffle (the papers use 123)."""
     if train_ratio is None:
         train_ratio = 1 - val_ratio - test_ratio
     n_train = n_train or int(train_ratio * total_size)
@@ -72,18 +61,13 @@ def paper_split(
             f"the {total_size} available entries"
         )
     ids = list(np.arange(total_size))
-    # The original reseeds the *global* generator; keep callers' random state intact around it.
-    state = random.getstate()
+    state = random.getstate()  # the original reseeds the *global* generator; callers keep their random state
     try:
         random.seed(split_seed)
         random.shuffle(ids)
     finally:
         random.setstate(state)
-    parts = {
-        "train": ids[:n_train],
-        "val": ids[-(n_val + n_test) : -n_test],
-        "test": ids[-n_test:],
-    }
+    parts = {"train": ids[:n_train], "val": ids[-(n_val + n_test) : -n_test], "test": ids[-n_test:]}
     return {name: np.asarray(part, dtype=np.int64) for name, part in parts.items()}
 
 
@@ -151,8 +135,14 @@ class PaperSplit:
     raw_fingerprints: Mapping[str, str] = field(default_factory=dict)  # raw indices into the unfiltered file
 
     def generate(self) -> dict[str, np.ndarray]:
-        n_train, n_val, n_test = self.counts
-        return paper_split(self.total_size, n_train, n_val, n_test)
+        return paper_split(self.total_size, *self.counts)
+
+    def compare(self, splits: Mapping[str, np.ndarray], kept: np.ndarray) -> tuple[dict, dict, bool]:
+        """Fingerprints of ``splits`` (positions) and of ``kept[splits]`` (raw indices: they also pin down *which*
+        entries the filter dropped), and whether both equal the published ones."""
+        fps = {name: split_fingerprint(idx) for name, idx in splits.items()}
+        raw = {name: split_fingerprint(kept[idx]) for name, idx in splits.items()}
+        return fps, raw, fps == dict(self.fingerprints) and raw == dict(self.raw_fingerprints)
 
 
 PAPER_SPLITS: dict[str, PaperSplit] = {
@@ -207,11 +197,8 @@ PAPER_SPLITS: dict[str, PaperSplit] = {
         },
     ),
 }
-# The filter keeps every entry for megnet and the dft_3d_2021 trio, so raw and position fingerprints coincide.
-PAPER_SPLITS["megnet"] = replace(PAPER_SPLITS["megnet"], raw_fingerprints=PAPER_SPLITS["megnet"].fingerprints)
-PAPER_SPLITS["dft_3d_2021"] = replace(
-    PAPER_SPLITS["dft_3d_2021"], raw_fingerprints=PAPER_SPLITS["dft_3d_2021"].fingerprints
-)
+for _key in ("megnet", "dft_3d_2021"):  # the filter keeps every entry: raw and position fingerprints coincide
+    PAPER_SPLITS[_key] = replace(PAPER_SPLITS[_key], raw_fingerprints=PAPER_SPLITS[_key].fingerprints)
 
 # Published (pre-split) moduli pickles: sizes only (docs/data.md, "Split sizes").
 MODULI_SPLIT_SIZES = {"bulk_modulus": (4664, 393, 393), "shear_modulus": (4664, 392, 393)}

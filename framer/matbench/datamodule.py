@@ -11,13 +11,12 @@ file's sha256, the fold's ids, ``val_fraction`` and ``split_seed``.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 
-from framer.data.build import BuildResult, SkipReport, assemble
-from framer.data.cache import file_sha256
+from framer.data.build import BuildResult, assemble
+from framer.data.cache import file_sha256, short_hash
 from framer.data.datamodules import CrystalDataModule
 from framer.data.structures import CrystalRecord, InvalidStructureError, record_from_structure
 from framer.matbench import tasks
@@ -62,7 +61,6 @@ class MatbenchDataModule(CrystalDataModule):
         self.dataset_name = task
         self.target_units = str(meta.get("unit", ""))
 
-    # ------------------------------------------------------------------------------------------------------------
     def fold_ids(self) -> dict[str, list[str]]:
         """The fold's ``train`` and ``test`` ids (before the inner validation draw)."""
         folds = tasks.load_validation(self.task, self.validation_file)
@@ -75,7 +73,7 @@ class MatbenchDataModule(CrystalDataModule):
         return [tasks.data_file(self.task, self.data_home)]
 
     def cache_path(self) -> Path:
-        tag = hashlib.sha256(json.dumps(self._split_spec(), sort_keys=True).encode()).hexdigest()[:10]
+        tag = short_hash(self._split_spec())
         return self.data_dir / "processed" / "matbench" / f"{self.task}-fold{self.fold}-{tag}.cache"
 
     def _split_spec(self) -> dict:
@@ -84,11 +82,9 @@ class MatbenchDataModule(CrystalDataModule):
         return {"fold": self.fold, "fold_ids": digest, "val_fraction": self.val_fraction, "seed": self.split_seed}
 
     def cache_settings(self) -> dict:
-        """Everything the cache depends on except the raw file: task, target, fold ids, inner split."""
         return {"dataset": "matbench", "task": self.task, "target": self.target, "split": self._split_spec()}
 
     def raw_fingerprint(self) -> dict:
-        """sha256 of the matminer file (raises when it is missing)."""
         path = self.raw_paths()[0]
         if not path.is_file():
             raise tasks.MatbenchDataError(f"{path} not found: place matminer's {self.task}.json.gz there")
@@ -119,13 +115,7 @@ class MatbenchDataModule(CrystalDataModule):
             name: np.array([position[i] for i in part])
             for name, part in (("train", train), ("val", val), ("test", ids["test"]))
         }
-        report = SkipReport()
-        arrays, meta = assemble(splits, convert, report, fingerprint="ids")
-        meta.update(dataset=self.task, target=self.target, units=self.target_units, raw_entries=len(frame))
-        meta["matbench"] = {
-            "task": self.task,
-            "fold": self.fold,
-            "n_fold_train": len(ids["train"]),
-            "n_test": len(ids["test"]),
-        }
-        return BuildResult(arrays, meta, report)
+        fold = {"task": self.task, "fold": self.fold, "n_fold_train": len(ids["train"]), "n_test": len(ids["test"])}
+        meta = dict(dataset=self.task, target=self.target, units=self.target_units, raw_entries=len(frame))
+        meta["matbench"] = fold
+        return assemble(splits, convert, meta, fingerprint="ids")

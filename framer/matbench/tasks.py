@@ -27,7 +27,6 @@ import pandas as pd
 
 from framer.io import atomic_file
 
-BENCHMARK = "matbench_v0.1"
 N_FOLDS = 5
 FOLD_SEED = 18012019
 STRUCTURE_TASKS_REGRESSION = (
@@ -148,8 +147,6 @@ def write_validation(path: str | os.PathLike, splits: Mapping[str, Mapping[str, 
 
 def inner_split(train_ids: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Validation ids drawn (seeded) from the fold's training ids only; returns (train, val) in fold order."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     n = len(train_ids)
     n_val = max(1, round(val_fraction * n))
     if n_val >= n:
@@ -187,10 +184,7 @@ def make_benchmark(task: str, frame: pd.DataFrame, validation: Mapping[str, Mapp
 
 def record_fold(bench, task: str, fold: int, predictions: pd.DataFrame, params: dict | None = None) -> dict:
     """``task.record(fold, predictions in the order of the fold's test ids)``; returns matbench's fold scores.
-
-    ``predictions`` has columns ``id`` and ``prediction`` (framer's ``predictions.csv``). Every test id must be
-    predicted.
-    """
+    ``predictions`` (framer's ``predictions.csv``: ``id``, ``prediction``) must cover every test id."""
     mb_task = bench.tasks_map[task]
     test_ids = list(mb_task.validation[mb_task.folds_map[fold]].test)
     by_id = dict(zip(predictions["id"].astype(str), predictions["prediction"].astype(float)))
