@@ -21,23 +21,15 @@ import importlib
 import importlib.metadata
 from typing import TYPE_CHECKING
 
-_EXPORTS = {
-    "CrystalFramer": "framer.models",
-    "CrystalBatch": "framer.data.batch",
-    "collate_records": "framer.data.batch",
-    "collate_structures": "framer.data.batch",
-    "CrystalRecord": "framer.data.structures",
-    "record_from_file": "framer.data.structures",
-    "record_from_structure": "framer.data.structures",
-    "CrystalDataModule": "framer.data.datamodules",
-    "CustomDataModule": "framer.data.datamodules",
-    "EwaldDataModule": "framer.data.datamodules",
-    "JarvisDataModule": "framer.data.datamodules",
-    "MPDataModule": "framer.data.datamodules",
-    "CrystalRegressor": "framer.module",
-    "Predictor": "framer.predictor",
-    "load": "framer.predictor",
+_MODULES = {  # module -> the public names it defines
+    "framer.models": "CrystalFramer",
+    "framer.data.batch": "CrystalBatch collate_records collate_structures",
+    "framer.data.structures": "CrystalRecord record_from_file record_from_structure",
+    "framer.data.datamodules": "CrystalDataModule CustomDataModule EwaldDataModule JarvisDataModule MPDataModule",
+    "framer.module": "CrystalRegressor",
+    "framer.predictor": "Predictor load",
 }
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names.split()}
 
 __all__ = [
     "CrystalBatch",
@@ -59,16 +51,12 @@ __all__ = [
 ]
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("framer")
-    except importlib.metadata.PackageNotFoundError:  # a checkout on the path, not installed
-        return "0+unknown"
-
-
 def __getattr__(name: str):
     if name == "__version__":
-        value = _version()
+        try:
+            value = importlib.metadata.version("framer")
+        except importlib.metadata.PackageNotFoundError:  # a checkout on the path, not installed
+            value = "0+unknown"
     elif name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     else:

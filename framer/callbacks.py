@@ -1,18 +1,7 @@
-"""Callbacks and plugins used by the CLI: prediction CSVs, and the safety net every ``fit`` runs with.
+"""Callbacks of the CLI: prediction CSVs, and the safety net every ``fit`` runs with (:func:`safety_callbacks`).
 
-The safety net (added by :class:`framer.cli.FramerCLI` to every trainer):
-
-- :class:`FiniteGuard`: a NaN or infinite training loss or gradient stops training *before* the optimizer step with
-  a :class:`NonFiniteLossError` naming the global step, the batch and the last good checkpoint; no step is skipped
-  silently and no checkpoint with non-finite weights is ever written.
-- :class:`SigtermCheckpoint`: on SIGTERM (pre-emption, ``scancel``, ``kill``) Lightning stops at the end of the
-  current batch; this callback then writes ``last.ckpt`` so ``fit --ckpt_path last`` continues from that batch.
-- :class:`LastCheckpointAtEnd`: a finished ``fit`` leaves ``last.ckpt`` at its final step (also with step checkpoints).
-- :class:`RandomState`: checkpoints carry the torch/numpy/Python random states, so a resumed run draws the same
-  random numbers (dropout, augmentation) as an uninterrupted one.
-
-(Checkpoint files themselves are written atomically and read with ``weights_only=True`` by
-:class:`framer.checkpoints.AtomicCheckpointIO`.) Under ``fast_dev_run`` nothing writes checkpoints, as in Lightning.
+Checkpoint files themselves are written atomically and read with ``weights_only=True`` by
+:class:`framer.checkpoints.AtomicCheckpointIO`. Under ``fast_dev_run`` nothing writes checkpoints, as in Lightning.
 """
 
 from __future__ import annotations
@@ -33,18 +22,12 @@ from framer.io import write_csv_rows
 
 
 class PredictionWriter(BasePredictionWriter):
-    """Writes ``predict`` outputs (``{"ids", "prediction"}`` per batch) to a CSV of id and prediction.
-
-    Under several processes each rank writes ``<stem>.rank<k>.csv`` (its share of the data).
-
-    Args:
-        path: The CSV file to write.
-    """
+    """Writes ``predict`` outputs (``{"ids", "prediction"}`` per batch) to the CSV ``path`` (id, prediction); under
+    several processes each rank writes its share to ``<stem>.rank<k>.csv``."""
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(write_interval="epoch")
         self.path = Path(path)
-        self.written: Path | None = None
 
     def write_on_epoch_end(
         self, trainer: Trainer, pl_module: LightningModule, predictions: Any, batch_indices: Any
@@ -52,15 +35,11 @@ class PredictionWriter(BasePredictionWriter):
         batches = predictions
         if batches and isinstance(batches[0], list):  # several predict dataloaders
             batches = [b for loader in batches for b in loader]
-        rows = []
-        for out in batches:
-            values = out["prediction"]
-            values = values.tolist() if isinstance(values, torch.Tensor) else list(values)
-            rows.extend(zip(out["ids"], values))
+        rows = [row for out in batches for row in zip(out["ids"], out["prediction"].tolist())]
         path = self.path
         if trainer.world_size > 1:
             path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        self.written = write_csv_rows(path, ("id", "prediction"), rows)
+        write_csv_rows(path, ("id", "prediction"), rows)
         print(f"framer: wrote {len(rows)} predictions to {path}")
 
 
@@ -119,21 +98,16 @@ class FiniteGuard(Callback):
         )
 
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
-        if self._scaled(trainer):
-            return
-        if not bool(torch.isfinite(loss.detach()).all()):
+        if not self._scaled(trainer) and not bool(torch.isfinite(loss.detach()).all()):
             self._stop(trainer, f"training loss is {loss.detach().float().cpu().flatten()[0].item()}")
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if self._scaled(trainer):
             return
-        grads = [(n, p.grad) for n, p in pl_module.named_parameters() if p.grad is not None]
-        if not grads:
-            return
-        if bool(torch.stack([torch.isfinite(g).all() for _, g in grads]).all()):
-            return
-        name = next(n for n, g in grads if not bool(torch.isfinite(g).all()))
-        self._stop(trainer, f"the gradient of {name} is not finite")
+        grads = {n: p.grad for n, p in pl_module.named_parameters() if p.grad is not None}
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads.values()]).all()):
+            name = next(n for n, g in grads.items() if not bool(torch.isfinite(g).all()))
+            self._stop(trainer, f"the gradient of {name} is not finite")
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict") or {}
@@ -156,11 +130,6 @@ class SigtermCheckpoint(Callback):
     last periodic checkpoint instead.) Nothing is saved during the sanity check, when no training state exists yet.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        #: the checkpoint written on SIGTERM, if any
-        self.saved: Path | None = None
-
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.sanity_checking or trainer.fast_dev_run:
             return
@@ -171,7 +140,6 @@ class SigtermCheckpoint(Callback):
             rank_zero_info("framer: SIGTERM received; no ModelCheckpoint, so no checkpoint was written")
             return
         trainer.save_checkpoint(path, weights_only=False)  # a full checkpoint: resumable
-        self.saved = path
         exception.framer_checkpoint = str(path)  # for the CLI's exit message
         exception.framer_global_step = trainer.global_step
         rank_zero_info(f"framer: SIGTERM received: saved {path} at global step {trainer.global_step}")
@@ -244,5 +212,6 @@ class RandomState(Callback):
 
 
 def safety_callbacks() -> list[Callback]:
-    """The callbacks every CLI trainer gets (see the module docstring)."""
+    """The callbacks every CLI trainer gets: stop at a non-finite loss or gradient, ``last.ckpt`` on SIGTERM and at
+    the end of fit, random states in checkpoints."""
     return [FiniteGuard(), SigtermCheckpoint(), LastCheckpointAtEnd(), RandomState()]

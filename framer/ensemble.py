@@ -24,6 +24,7 @@ import numpy as np
 from framer.errors import exit_codes
 from framer.export import export
 from framer.io import atomic_write_text, write_csv_rows
+from framer.plots import save_figure
 from framer.provenance import git_commit
 from framer.rundir import RunDir, find_roots
 
@@ -52,14 +53,6 @@ class CellEnsemble:
     @property
     def std(self) -> np.ndarray:
         return self.predictions.std(0)
-
-    @property
-    def single_maes(self) -> np.ndarray:
-        return np.abs(self.predictions - self.targets).mean(1)
-
-    @property
-    def spearman(self) -> float:
-        return spearman(self.std, self.errors)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float:
@@ -112,10 +105,7 @@ def pooled(cells: Sequence[CellEnsemble]) -> tuple[np.ndarray, np.ndarray]:
 
 def calibration_figure(cells: Sequence[CellEnsemble], path: Path, bins: int = 5) -> Path:
     """Mean |error| against mean predicted std in quantile bins of the std, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # with the Agg backend framer.plots chose
 
     fig, ax = plt.subplots(figsize=(5, 4))
     top = 0.0
@@ -130,20 +120,16 @@ def calibration_figure(cells: Sequence[CellEnsemble], path: Path, bins: int = 5)
     ax.set_xlabel("predicted std (spread over members)")
     ax.set_ylabel("mean |error| of the ensemble")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_summary(cells: Sequence[CellEnsemble], notes: Sequence[str], runs_dir: Path, out: Path) -> Path:
     """``ensembles.csv``, ``ensembles.md`` and the calibration figure in ``out``."""
     rows = []
     for c in cells:
-        single = c.single_maes
+        single, rho = np.abs(c.predictions - c.targets).mean(1), spearman(c.std, c.errors)  # each member's MAE
         rows.append([c.column, c.model, len(c.seeds), len(c.targets), float(single.mean()), float(single.min()),
-                     float(single.max()), float(c.errors.mean()), c.spearman, str(c.folder)])  # fmt: skip
+                     float(single.max()), float(c.errors.mean()), rho, str(c.folder)])  # fmt: skip
     header = ["column", "model", "members", "n_test", "single_mae_mean", "single_mae_min", "single_mae_max",
               "ensemble_mae", "spearman_std_abs_error", "folder"]  # fmt: skip
     write_csv_rows(out / "ensembles.csv", header, rows)

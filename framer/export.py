@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import sys
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ import yaml
 
 from framer.errors import UserError, exit_codes
 from framer.instantiate import build, to_config
-from framer.io import fsync_dir, to_plain
+from framer.io import fsync_dir, temp_path, to_plain
 from framer.module import CrystalRegressor
 from framer.predictor import (
     CARD_FILE,
@@ -71,9 +70,9 @@ def model_files(
     use_swa = not is_best and module.has_swa and module.eval_weights == "swa"
     network = module.swa_model.module if use_swa else module.model
     which = "best-val" if is_best else "swa" if use_swa else "last"
-    tested = "raw" if is_best else results.get("test_weights")
     metric = (results.get("metrics") or {}).get("test_best/mae" if is_best else "test/mae")
-    known = is_best or (_same_file(ckpt, results.get("last_checkpoint")) and tested == ("swa" if use_swa else "raw"))
+    tested = results.get("test_weights") == ("swa" if use_swa else "raw")  # the weights the run's test used
+    known = is_best or (_same_file(ckpt, results.get("last_checkpoint")) and tested)
     try:
         config = to_config(network)  # class path and constructor arguments, checked to rebuild the same shapes
     except ValueError as err:
@@ -132,12 +131,14 @@ def data_coverage(run: RunDir) -> dict[str, Any]:
 
 def model_card(meta: Mapping[str, Any]) -> str:
     """``README.md`` of a model folder."""
+    from pymatgen.core import Element
+
     target, data = meta["target"], meta.get("data") or {}
     units = target.get("units") or "target units"
     mae = meta.get("test_mae")
     metric = f"{mae:.4g} {units}" if isinstance(mae, float) else "not recorded for these weights"
     elements = data.get("train_elements")
-    symbols = ", ".join(_symbol(z) for z in elements) if elements else "not recorded"
+    symbols = ", ".join(Element.from_Z(z).symbol for z in elements) if elements else "not recorded"
     cls = meta["model"]["class_path"]
     commit = (meta.get("git_commit") or "unknown")[:12]
     return f"""# {target.get("name") or "framer model"} ({target.get("dataset") or "unknown data set"})
@@ -183,15 +184,13 @@ def ensemble_files(sources: Sequence[str | os.PathLike], best: bool = False) -> 
 
 
 def write_folder(out: str | os.PathLike, files: Mapping[str, bytes], force: bool = False) -> Path:
-    """Write ``files`` (relative path -> content) as the folder ``out``, atomically (temporary folder + rename).
-
-    ExportError for a non-empty ``out`` unless ``force`` (which replaces it).
-    """
+    """Write ``files`` (relative path -> content) as the folder ``out``, atomically (temporary folder + rename);
+    ExportError for a non-empty ``out`` unless ``force`` (which replaces it)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
         raise ExportError(f"{out} exists and is not empty (use --force to replace it)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_path(out)
     old = tmp.with_suffix(".old")
     try:
         for name, data in files.items():
@@ -234,12 +233,6 @@ def _framer_version() -> str:
         return importlib.metadata.version("framer")
     except importlib.metadata.PackageNotFoundError:  # a checkout on the path, not installed
         return "0+unknown"
-
-
-def _symbol(z: int) -> str:
-    from pymatgen.core import Element
-
-    return Element.from_Z(z).symbol
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,23 +7,15 @@ Training recipe (the paper's; README "Training", ``conf/default.yaml``):
 - AdamW (lr 5e-4, betas 0.9/0.98, weight decay 1e-5 on every trainable non-bias, non-norm weight).
 - ``lr · sqrt(T / (T + step))`` with T = 4000 steps, stepped after every optimizer step (:class:`InverseSqrtLR`).
 - Gradient-norm clipping at 1.0 (``trainer.gradient_clip_val``, set in ``conf/default.yaml``).
-- Stochastic weight averaging over every optimizer step of the last ``swa_epochs`` epochs, with the learning rate
-  frozen at its value when averaging starts. The average is torch's ``AveragedModel`` in ``swa_model`` (parameters
-  averaged, buffers kept equal to the trained network's; part of the state dict, so ``fit --ckpt_path last``
-  resumes it) and is what ``test`` and ``predict`` use by default, as in the paper. Checkpoints written before it
-  was an ``AveragedModel`` (``swa_model.<name>``, ``swa_n``) are read with their keys renamed.
-- Short runs: ``decay_steps`` and ``swa_epochs`` in (0, 1) are fractions of the run's total steps (:func:`run_steps`:
-  from ``max_epochs``/``max_steps``, or estimated from ``max_time`` when that ends the run sooner). A fit whose SWA
-  window never came warns in one line; its test then uses the raw weights.
+- Stochastic weight averaging over every optimizer step of the last ``swa_epochs`` epochs (or fraction of the run),
+  with the learning rate frozen. The average is torch's ``AveragedModel`` in ``swa_model`` (parameters averaged,
+  buffers kept equal to the trained network's; in the state dict, so ``fit --ckpt_path last`` resumes it) and is what
+  ``test`` and ``predict`` use by default, as in the paper. A fit whose SWA window never came warns in one line; its
+  test then uses the raw weights.
 
-Metrics are torchmetrics objects, one per stage, in physical units: ``train/mae``, ``val/mae``, ``test/mae``
-(plus ``train/loss``, the standardised L1, and ``val_swa/mae`` while averaging). The running ``train/mae`` of the
-current epoch is part of the state dict, so a run resumed in the middle of an epoch logs the same epoch value.
-
-Networks, optimizers and schedulers named by class path (from Python, configs or checkpoints) are checked by
-:mod:`framer.instantiate` before anything is imported; ``load_from_checkpoint`` reads with ``weights_only=True``
-(:mod:`framer.checkpoints`). A module built in Python records its network, optimizer and scheduler as
-``{"class_path", "init_args"}`` hyperparameters, so its checkpoints load (and train on) with no extra argument.
+Metrics (torchmetrics, physical units): ``train/mae``, ``val/mae``, ``test/mae``, ``train/loss`` (the standardised
+L1) and ``val_swa/mae`` while averaging. The running ``train/mae`` of the current epoch is in the state dict, so a run
+resumed in the middle of an epoch logs the same epoch value. Loading is safe: see :meth:`load_from_checkpoint`.
 """
 
 from __future__ import annotations
@@ -49,9 +41,6 @@ from framer.checkpoints import check_checkpoint, check_module_hparams
 from framer.errors import UserError
 from framer.instantiate import RefusedClassPath, build, callable_config, factory, follow_allowed_modules, to_config
 
-DEFAULT_LR = 5e-4
-DEFAULT_BETAS = (0.9, 0.98)
-DEFAULT_WEIGHT_DECAY = 1e-5
 DEFAULT_DECAY_STEPS = 4000
 TARGET_INFO_KEY = "framer_target"  # checkpoint entry with the dataset name, target and units
 
@@ -63,12 +52,8 @@ class ConfigurationError(UserError, ValueError):
 class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
     """Inverse square-root decay without warm-up: ``lr_t = lr · sqrt(T / (T + t))``, t counted in scheduler steps.
 
-    Args:
-        optimizer: The wrapped optimizer.
-        decay_steps: T, the number of steps after which the learning rate has fallen by a factor sqrt(2); a value in
-            (0, 1) is a fraction of the run's total steps, :attr:`run_steps`, which :class:`CrystalRegressor` sets
-            before every step (see :func:`run_steps`; until it is known the rate stays at its base value).
-        last_epoch: Index of the last step taken (-1 to start from scratch).
+    ``decay_steps`` (T) in (0, 1) is a fraction of the run's total steps, :attr:`run_steps`, which
+    :class:`CrystalRegressor` sets before every step (:func:`run_steps`; until then the rate stays at its base value).
     """
 
     def __init__(
@@ -92,7 +77,7 @@ class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     """AdamW with the paper's settings (lr 5e-4, betas (0.9, 0.98), weight decay 1e-5)."""
-    return torch.optim.AdamW(params, lr=DEFAULT_LR, betas=DEFAULT_BETAS, weight_decay=DEFAULT_WEIGHT_DECAY)
+    return torch.optim.AdamW(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5)
 
 
 def default_lr_scheduler(optimizer: torch.optim.Optimizer) -> InverseSqrtLR:
@@ -125,12 +110,9 @@ def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
     for module_name, module in model.named_modules():
         is_norm = "norm" in type(module).__name__.lower() or "norm" in module_name.lower()
         for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            if is_norm or "bias" in name.lower() or "norm" in name.lower():
-                no_decay.append(param)
-            else:
-                decay.append(param)
+            if param.requires_grad:
+                plain = not (is_norm or "bias" in name.lower() or "norm" in name.lower())
+                (decay if plain else no_decay).append(param)
     groups = [{"params": decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
@@ -145,21 +127,18 @@ class CrystalRegressor(pl.LightningModule):
             crystal, shape (B,). From Python, a ``{"class_path", "init_args"}`` dict also works (and is what
             checkpoints store, so ``load_from_checkpoint(path)`` rebuilds it).
         optimizer: Builds the optimizer from parameter groups (weight-decayed weights, then biases without decay).
-            Default: AdamW(lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5). From Python, a ``{"class_path",
-            "init_args"}`` dict also works.
+            Default: AdamW(lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5). From Python, a config dict also works.
         lr_scheduler: Builds a scheduler that is stepped after every optimizer step. Default: InverseSqrtLR with
-            decay_steps=4000 (a value in (0, 1): that fraction of the run's steps). Set
-            ``torch.optim.lr_scheduler.ConstantLR`` with ``factor: 1.0`` for a constant rate. From Python, a
-            ``{"class_path", "init_args"}`` dict also works.
+            decay_steps=4000. ``torch.optim.lr_scheduler.ConstantLR`` with ``factor: 1.0`` gives a constant rate.
+            From Python, a config dict also works.
         swa_epochs: Average the weights after every optimizer step of the last ``swa_epochs`` epochs of
             ``trainer.max_epochs``, with the learning rate frozen (0 disables SWA). A value in (0, 1) is a fraction of
             the run: averaging starts at the first step past ``(1 - swa_epochs)`` of :func:`run_steps`, so it also
             works for runs bounded by ``max_steps`` or ``max_time``.
         eval_weights: Weights used by ``test`` and ``predict``: ``swa`` (the average, when one exists; what the
             paper reports) or ``raw`` (the trained weights). Validation always uses the raw weights.
-        target_mean: Mean used to standardise targets. Default: the train split's, from the datamodule's
-            ``target_stats()`` at the start of ``fit``.
-        target_std: Population standard deviation used to standardise targets (same default as ``target_mean``).
+        target_mean, target_std: Mean and population standard deviation used to standardise targets. Default: the
+            train split's, from the datamodule's ``target_stats()`` at the start of ``fit``.
     """
 
     def __init__(
@@ -200,10 +179,7 @@ class CrystalRegressor(pl.LightningModule):
         self.register_buffer("target_mean", torch.tensor(0.0 if target_mean is None else float(target_mean)))
         self.register_buffer("target_std", torch.tensor(1.0 if target_std is None else float(target_std)))
         # The SWA average: a frozen copy of the network and the number of averaged steps, both in the state dict.
-        self.swa_model: AveragedModel | None = None
-        if swa_epochs > 0:
-            self.swa_model = AveragedModel(model, use_buffers=False)
-            self.swa_model.requires_grad_(False)
+        self.swa_model = AveragedModel(model, use_buffers=False).requires_grad_(False) if swa_epochs > 0 else None
         # first epoch of the phase the average covers: a resumed run with more epochs starts a fresh average
         self.register_buffer("swa_epoch", torch.tensor(-1, dtype=torch.long))
         self.train_mae = MeanAbsoluteError()
@@ -224,10 +200,8 @@ class CrystalRegressor(pl.LightningModule):
     # ----------------------------------------------------------------------------------------------------------------
     # hyperparameters: checkpoints must rebuild the module with no extra argument
     def _record_as_configs(self, model: Any, optimizer: Any, lr_scheduler: Any) -> None:
-        """Replace arguments given as Python objects in the recorded hyperparameters by their configs.
-
-        Under LightningCLI (and when loading a checkpoint) they are configs already and are kept as recorded.
-        """
+        """Replace arguments given as Python objects in the recorded hyperparameters by their configs (under
+        LightningCLI and when loading a checkpoint they are configs already and are kept as recorded)."""
         hparams = dict(self.hparams)
         if isinstance(model, nn.Module) and not isinstance(hparams.get("model"), Mapping):
             try:
@@ -354,12 +328,8 @@ class CrystalRegressor(pl.LightningModule):
     # forward passes
     def forward(self, batch, weights: Literal["raw", "swa"] = "raw") -> torch.Tensor:
         """Predictions in physical units, shape (B,)."""
-        return self.destandardise(self._net(weights)(batch).reshape(-1))
-
-    def _net(self, weights: str) -> nn.Module:
-        if weights == "swa" and self.has_swa:
-            return self.swa_model
-        return self.model
+        net = self.swa_model if weights == "swa" and self.has_swa else self.model
+        return self.destandardise(net(batch).reshape(-1))
 
     @property
     def swa_steps(self) -> int:
@@ -379,16 +349,13 @@ class CrystalRegressor(pl.LightningModule):
         except RuntimeError:
             return None
 
-    @property
-    def _fractions_of_run(self) -> bool:
-        scheduler = self.lr_schedulers()
-        return 0 < self.swa_epochs < 1 or (isinstance(scheduler, InverseSqrtLR) and scheduler.decay_steps < 1)
-
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if not self._fractions_of_run:
-            return
-        steps, scheduler = run_steps(self.trainer), self.lr_schedulers()
-        if isinstance(scheduler, InverseSqrtLR):
+        scheduler = self.lr_schedulers()
+        decays_by_fraction = isinstance(scheduler, InverseSqrtLR) and scheduler.decay_steps < 1
+        if not (0 < self.swa_epochs < 1 or decays_by_fraction):
+            return  # nothing depends on the run's length
+        steps = run_steps(self.trainer)
+        if decays_by_fraction:
             scheduler.run_steps = steps
         self._in_swa_fraction = 0 < self.swa_epochs < 1 and self.global_step >= (1 - self.swa_epochs) * steps
 
@@ -410,8 +377,7 @@ class CrystalRegressor(pl.LightningModule):
         return loss
 
     def on_fit_start(self) -> None:
-        start = self.swa_start_epoch
-        if start == 0 and not self.trainer.fast_dev_run:
+        if self.swa_start_epoch == 0 and not self.trainer.fast_dev_run:
             warnings.warn(
                 f"swa_epochs ({self.swa_epochs}) >= max_epochs ({self.trainer.max_epochs}): weights are averaged from"
                 " the first step with the learning rate frozen; lower swa_epochs for short runs",
@@ -488,12 +454,8 @@ class CrystalRegressor(pl.LightningModule):
         return start is not None and self.current_epoch >= start
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
-        if self.in_swa_phase:
-            return  # the learning rate stays frozen while averaging
-        if metric is None:
-            scheduler.step()
-        else:
-            scheduler.step(metric)
+        if not self.in_swa_phase:  # the learning rate stays frozen while averaging
+            super().lr_scheduler_step(scheduler, metric)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         try:

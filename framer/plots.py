@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,8 @@ def _curves_ax(ax: Any, curves: pd.DataFrame, title: str) -> None:
         ax.legend(fontsize=7)
 
 
-def _save(fig: Any, path: Path, tight: bool = True) -> Path:
+def save_figure(fig: Any, path: Path, tight: bool = True) -> Path:
+    """Save ``fig`` as a PNG (creating its directory) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if tight:
         fig.tight_layout()
@@ -116,40 +117,27 @@ def _save(fig: Any, path: Path, tight: bool = True) -> Path:
     return path
 
 
-def parity_plot(predictions: str | Path, out: str | Path, title: str = "parity", unit: str = "") -> Path:
-    """Predicted against true values with the y = x line."""
-    fig, ax = plt.subplots(figsize=(4.2, 4.2))
-    _parity_ax(ax, read_predictions(predictions), title, unit)
-    return _save(fig, Path(out))
-
-
-def error_histogram(predictions: str | Path, out: str | Path, title: str = "errors", unit: str = "") -> Path:
-    """Histogram of prediction − target."""
-    fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    _hist_ax(ax, read_predictions(predictions), title, unit)
-    return _save(fig, Path(out))
-
-
-def learning_curves(metrics_csv: str | Path, out: str | Path, title: str = "learning curves") -> Path:
-    """Training loss and validation MAE per epoch from Lightning's CSV log."""
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    _curves_ax(ax, read_curves(metrics_csv), title)
-    return _save(fig, Path(out))
+def _figure(draw: Callable[..., None], size: tuple[float, float], out: Path, *args: Any) -> Path:
+    """One panel drawn by ``draw(ax, *args)``, saved to ``out``."""
+    fig, ax = plt.subplots(figsize=size)
+    draw(ax, *args)
+    return save_figure(fig, out)
 
 
 def run_figures(run: RunDir, out_dir: str | Path | None = None, title: str = "") -> dict[str, Path]:
-    """Parity, error histogram and learning curves of one run (whichever inputs exist) into ``out_dir`` (default:
-    the run's ``figures/``)."""
+    """Parity plot, error histogram and learning curves of one run (whichever inputs exist) into ``out_dir``
+    (default: the run's ``figures/``)."""
     out = Path(out_dir) if out_dir else run.figures
     title = title or run.name
     paths: dict[str, Path] = {}
-    predictions = run.predictions()
-    if predictions.is_file():
-        paths["parity"] = parity_plot(predictions, out / "parity.png", f"{title}: test parity")
-        paths["errors"] = error_histogram(predictions, out / "errors.png", f"{title}: test errors")
+    if run.predictions().is_file():
+        preds = read_predictions(run.predictions())
+        paths["parity"] = _figure(_parity_ax, (4.2, 4.2), out / "parity.png", preds, f"{title}: test parity")
+        paths["errors"] = _figure(_hist_ax, (4.8, 3.4), out / "errors.png", preds, f"{title}: test errors")
     if run.curves.is_file():
         try:
-            paths["curves"] = learning_curves(run.curves, out / "learning_curves.png", f"{title}: learning curves")
+            curves, name = read_curves(run.curves), f"{title}: learning curves"
+            paths["curves"] = _figure(_curves_ax, (5.2, 3.6), out / "learning_curves.png", curves, name)
         except (ValueError, KeyError, pd.errors.EmptyDataError) as err:
             log.warning("no learning curves for %s: %s", run.path, err)
     return paths
@@ -197,22 +185,21 @@ def report_figures(results: Sequence[Any], summary: pd.DataFrame, paper: Any, ou
         figs = {kind: _grid(len(paper.columns)) for kind in ("parity", "errors", "curves")}
         for i, col in enumerate(paper.columns):
             runs = sorted((r for r in done if r.key.column == col.key), key=lambda r: r.key.seed)
-            name = col.name
             frames = [read_predictions(p) for r in runs if (p := r.run.predictions()).is_file()]
             preds = pd.concat(frames) if frames else pd.DataFrame({"target": [], "prediction": []})
-            _parity_ax(figs["parity"][1][i], preds, name, col.unit)
-            _hist_ax(figs["errors"][1][i], preds, name, col.unit)
+            _parity_ax(figs["parity"][1][i], preds, col.name, col.unit)
+            _hist_ax(figs["errors"][1][i], preds, col.name, col.unit)
             curves = runs[0].run.curves if runs else None
             if curves is not None and curves.is_file():
                 try:
-                    _curves_ax(figs["curves"][1][i], read_curves(curves), name)
+                    _curves_ax(figs["curves"][1][i], read_curves(curves), col.name)
                 except (ValueError, KeyError, pd.errors.EmptyDataError):
-                    figs["curves"][1][i].set_title(f"{name}: no curves", fontsize=9)
+                    figs["curves"][1][i].set_title(f"{col.name}: no curves", fontsize=9)
             else:
-                figs["curves"][1][i].set_title(f"{name}: missing", fontsize=9)
+                figs["curves"][1][i].set_title(f"{col.name}: missing", fontsize=9)
         for kind, (fig, _) in figs.items():
             fig.suptitle(f"{label}: {kind}", fontsize=11)
-            paths[f"{kind}_{model}"] = _save(fig, out / f"{kind}_{model}.png", tight=False)
+            paths[f"{kind}_{model}"] = save_figure(fig, out / f"{kind}_{model}.png", tight=False)
     if not summary.empty:
         paths["frames"] = frame_comparison(summary, paper, out / "frames.png")
     return paths
@@ -244,7 +231,7 @@ def frame_comparison(summary: pd.DataFrame, paper: Any, out: str | Path, baselin
     ax.set_ylabel(f"test MAE / {paper.models.get(baseline, baseline)} MAE")
     ax.set_title("Frame types: ours (bars) vs paper (black ticks); lower is better", fontsize=10)
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
-    return _save(fig, Path(out))
+    return save_figure(fig, Path(out))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

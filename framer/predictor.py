@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -56,11 +57,9 @@ def is_structure_file(path: Path) -> bool:
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, Path]]:
-    """(id, path) of every structure file named or found (recursively) in the given directories, in order.
-
-    The id is the path relative to its input directory, without the extension; ids are made unique (``x#1``).
-    FileNotFoundError for an input that does not exist.
-    """
+    """(id, path) of every structure file named or found (recursively) in the given directories, in order. The id
+    is the path relative to its input directory, without the extension, made unique (``x#1``). FileNotFoundError for
+    an input that does not exist."""
     found: list[tuple[str, Path]] = []
     for item in inputs:
         path = Path(item)
@@ -73,12 +72,11 @@ def collect_inputs(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, Path]
             found.append((path.stem if path.suffix.lower() in STRUCTURE_SUFFIXES else path.name, path))
         else:
             raise FileNotFoundError(f"input not found: {path}")
-    seen: dict[str, int] = {}
+    seen: Counter[str] = Counter()
     unique = []
     for id_, file in found:  # make ids unique without losing the file they came from
-        count = seen.get(id_, 0)
-        seen[id_] = count + 1
-        unique.append((id_ if count == 0 else f"{id_}#{count}", file))
+        unique.append((f"{id_}#{seen[id_]}" if seen[id_] else id_, file))
+        seen[id_] += 1
     return unique
 
 
@@ -96,14 +94,9 @@ def checkpoint_of(path: str | os.PathLike) -> str | Path:
 
 
 class Predictor:
-    """Predicts a trained module's target for crystals, in the target's physical units.
-
-    Args:
-        module: The trained :class:`~framer.module.CrystalRegressor` (put in eval mode on ``device``).
-        device: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto`` (CUDA when available).
-        weights: ``swa`` (the average, when the module has one) or ``raw``; default: the module's ``eval_weights``.
-        batch_size: Crystals per forward pass.
-    """
+    """Predicts a trained module's target for crystals, in the target's physical units, ``batch_size`` crystals per
+    forward pass. ``device``: ``cpu``, ``cuda``, ``cuda:1``, ... or ``auto`` (CUDA when available); ``weights``:
+    ``swa`` (the average, when the module has one) or ``raw`` (default: the module's ``eval_weights``)."""
 
     columns = ("prediction",)
 
@@ -129,8 +122,8 @@ class Predictor:
     def predict(self, structures: Iterable[Any]) -> np.ndarray:
         """Predictions for pymatgen Structures, ASE Atoms, :class:`~framer.data.CrystalRecord`\\ s or CIF/POSCAR
         paths, in order. An input that is not a usable crystal raises :class:`~framer.data.InvalidStructureError`."""
-        records = to_records(structures)
-        return np.asarray([v for chunk in _chunks(records, self.batch_size) for v in self._forward(chunk)], float)
+        records, n = to_records(structures), self.batch_size
+        return np.asarray([v for i in range(0, len(records), n) for v in self._forward(records[i : i + n])], float)
 
     def predict_files(
         self, files: Iterable[tuple[str, Path]], on_skip: Callable[[str, str], None] | None = None
@@ -164,12 +157,8 @@ class Predictor:
 
 
 class Ensemble(Predictor):
-    """Several trained models of one target: the mean of their predictions and the spread (population standard
-    deviation over members) as an uncertainty.
-
-    Args:
-        members: One :class:`Predictor` per model.
-    """
+    """Several trained models of one target (one :class:`Predictor` each): the mean of their predictions and the
+    spread (population standard deviation over members) as an uncertainty."""
 
     columns = ("prediction", "std")
 
@@ -190,8 +179,6 @@ class Ensemble(Predictor):
         return (values.mean(0), values.std(0)) if return_std else values.mean(0)
 
     def _rows(self, records: list[CrystalRecord]) -> list[tuple]:
-        if not records:
-            return []
         mean, std = self.predict(records, return_std=True)
         return [(r.id, float(m), float(s)) for r, m, s in zip(records, mean, std)]
 
@@ -202,10 +189,8 @@ def load(
     weights: Literal["swa", "raw"] | None = None,
     batch_size: int = 16,
 ) -> Predictor:
-    """A :class:`Predictor` (an :class:`Ensemble` for a list or an ensemble folder); see the module docstring.
-
-    ``weights`` applies to checkpoints and run directories (a model folder holds one set of weights).
-    """
+    """A :class:`Predictor` (an :class:`Ensemble` for a list or an ensemble folder; see the module docstring).
+    ``weights`` applies to checkpoints and run directories (a model folder holds one set of weights)."""
     if not isinstance(path, (str, os.PathLike)):
         return Ensemble([load(p, device, weights, batch_size) for p in path])
     folder = Path(path)
@@ -310,8 +295,3 @@ def _record(item: Any, default_id: str) -> CrystalRecord:
 
         item = AseAtomsAdaptor.get_structure(item)
     return record_from_structure(item, id=default_id)
-
-
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]

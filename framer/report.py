@@ -66,7 +66,6 @@ class PaperTable:
     columns: list[Column]
     models: dict[str, str]  # preset -> row label, in the paper's order
     mae: dict[str, dict[str, float]]  # preset -> column key -> paper MAE
-    datasets: dict[str, str] = field(default_factory=dict)
     frames: dict[str, str] = field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     #: row (model or baseline) -> column key -> the number of decimals the paper prints
@@ -92,7 +91,7 @@ class PaperTable:
         baselines = {name: by_column(v, name) for name, v in (raw.get("baselines") or {}).items()}
         rows = {**{n: spec["mae"] for n, spec in printed["models"].items()}, **(printed.get("baselines") or {})}
         decimals = {name: by_column(values, name, places) for name, values in rows.items()}
-        return cls(columns, models, mae, raw.get("datasets", {}), raw.get("frames", {}), baselines, decimals)
+        return cls(columns, models, mae, raw.get("frames", {}), baselines, decimals)
 
     def column(self, key: str) -> Column:
         for c in self.columns:
@@ -135,15 +134,11 @@ class RunResult:
 
 def load_run(key: RunKey, root: Path) -> RunResult:
     """Read one run (its newest finished version) into a :class:`RunResult`."""
-    status = RunRoot(root).status()
-    run = RunRoot(root).latest_finished() if status == "finished" else None
+    run = RunRoot(root).latest_finished()
     if run is None:
+        status = RunRoot(root).status()
         return RunResult(key, root if status != "missing" else None, status)
     results = run.read_results() or {}
-    n_test = results.get("n_test")
-    if not isinstance(n_test, int):
-        n_test = _count_rows(run.predictions())
-    epochs = results.get("epochs")
     return RunResult(
         key,
         root,
@@ -151,20 +146,12 @@ def load_run(key: RunKey, root: Path) -> RunResult:
         test_mae=run.metric("test/mae", results),
         test_mae_best=run.metric("test_best/mae", results),
         val_mae=run.metric("best_val/mae", results),
-        epochs=float(epochs) if isinstance(epochs, (int, float)) else math.nan,
-        n_test=n_test,
+        epochs=float(results.get("epochs", math.nan)),
+        n_test=results.get("n_test", 0),
         git_sha=str(results.get("git_commit", ""))[:12],
         splits=split_tag(run),
         run=run,
     )
-
-
-def _count_rows(csv_path: Path) -> int:
-    try:
-        with csv_path.open() as f:
-            return max(sum(1 for _ in f) - 1, 0)
-    except OSError:
-        return 0
 
 
 def split_tag(run: RunDir) -> str:
@@ -184,31 +171,23 @@ def split_mismatches(results: list[RunResult]) -> dict[str, set[str]]:
     return {column: tags for column, tags in by_column.items() if len(tags) > 1}
 
 
-def expected_keys(runs_dir: Path, paper: PaperTable) -> list[RunKey]:
-    """Runs the manifest asks for; without a manifest, every (model, column) with the seeds found on disk."""
-    manifest = read_manifest(runs_dir)
-    if manifest.get("runs"):
-        return [RunKey(r["model"], r["column"], int(r["seed"])) for r in manifest["runs"]]
-    found = discover(runs_dir)
-    seeds = sorted({k.seed for k in found}) or [0]
-    keys = [RunKey(m, c.key, s) for m in paper.models for c in paper.columns for s in seeds]
-    return keys + [k for k in found if k not in set(keys)]
-
-
-def discover(runs_dir: Path) -> dict[RunKey, Path]:
-    """Every run below ``runs_dir`` that has a ``cell.json``."""
-    out: dict[RunKey, Path] = {}
+def collect(runs_dir: str | Path, paper: PaperTable) -> list[RunResult]:
+    """One :class:`RunResult` per expected run (missing ones included). Expected are the runs the manifest asks for;
+    without a manifest, every (model, column) with the seeds found on disk, plus any other run found."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    found = {}  # every run below runs_dir that has a cell.json
     for root in find_roots(runs_dir):
         cell = root.read_cell()
-        out[RunKey(cell["model"], cell["column"], int(cell["seed"]))] = root.path
-    return out
-
-
-def collect(runs_dir: str | Path, paper: PaperTable) -> list[RunResult]:
-    """One :class:`RunResult` per expected run (missing ones included) plus any extra runs found."""
-    runs_dir = Path(runs_dir)
-    found = discover(runs_dir) if runs_dir.is_dir() else {}
-    keys = expected_keys(runs_dir, paper) if runs_dir.is_dir() else []
+        found[RunKey(cell["model"], cell["column"], int(cell["seed"]))] = root.path
+    manifest = read_manifest(runs_dir)
+    if manifest.get("runs"):
+        keys = [RunKey(r["model"], r["column"], int(r["seed"])) for r in manifest["runs"]]
+    else:
+        seeds = sorted({k.seed for k in found}) or [0]
+        keys = [RunKey(m, c.key, s) for m in paper.models for c in paper.columns for s in seeds]
+        keys += [k for k in found if k not in set(keys)]
     return [load_run(k, found.get(k, runs_dir / k.dirname)) for k in keys]
 
 
@@ -350,27 +329,21 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
 
 def runs_frame(results: list[RunResult], paper: PaperTable) -> pd.DataFrame:
     """``runs.csv``: one row per expected run with its status and numbers."""
-    rows = []
-    for r in results:
-        col = paper.column(r.key.column) if r.key.column in {c.key for c in paper.columns} else None
-        rows.append(
-            {
-                "model": r.key.model,
-                "dataset": col.dataset if col else r.key.column.split("/")[0],
-                "target": col.target if col else r.key.column.split("/")[-1],
-                "units": col.unit if col else "",
-                "seed": r.key.seed,
-                "status": r.status,
-                "test_mae": r.test_mae,
-                "test_mae_best": r.test_mae_best,
-                "val_mae": r.val_mae,
-                "epochs": r.epochs,
-                "n_test": r.n_test,
-                "git_sha": r.git_sha,
-                "splits": r.splits,
-                "run_dir": str(r.run_dir) if r.run_dir else "",
-            }
-        )
+    units = {c.key: c.unit for c in paper.columns}
+    numbers = ("test_mae", "test_mae_best", "val_mae", "epochs", "n_test", "git_sha", "splits")
+    rows = [
+        {
+            "model": r.key.model,
+            "dataset": r.key.column.split("/")[0],
+            "target": r.key.column.split("/")[-1],
+            "units": units.get(r.key.column, ""),
+            "seed": r.key.seed,
+            "status": r.status,
+            **{name: getattr(r, name) for name in numbers},
+            "run_dir": str(r.run_dir) if r.run_dir else "",
+        }
+        for r in results
+    ]
     return pd.DataFrame(rows)
 
 

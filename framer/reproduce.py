@@ -6,11 +6,10 @@
 
 Each run is ``python -m framer.cli fit --config <configs with {dataset}, {target}, {model} filled in> <overrides>``
 with its run directory at ``<runs_dir>/<dataset>_<target>__<model>__seed<k>/`` (``cell.json`` there, the CLI's
-``version_<n>/`` below it; see :mod:`framer.rundir`). A run whose results hold a test MAE is skipped (also one made
-before ``results.json`` was named so, with ``metrics.json``); an interrupted run is resumed
-with ``--ckpt_path last`` when it left a ``last.ckpt``; a failed run leaves ``FAILED`` (the message) and the others
-go on. A run stopped by SIGTERM (pre-emption) stops the whole command with exit code 143; run it again to resume.
-``<runs_dir>/manifest.json`` lists every expected run, so the report shows missing ones.
+``version_<n>/`` below it; see :mod:`framer.rundir`). A run whose results hold a test MAE is skipped; an interrupted
+run is resumed with ``--ckpt_path last`` when it left a ``last.ckpt``; a failed run leaves ``FAILED`` (the message)
+and the others go on. A run stopped by SIGTERM (pre-emption) stops the whole command with exit code 143; run it
+again to resume. ``<runs_dir>/manifest.json`` lists every expected run, so the report shows missing ones.
 
 Manifest keys (``conf/reproduce/*.yaml``): ``title``, ``smoke``, ``runs_dir``, ``seeds``, ``configs``, ``overrides``
 (every run; string values may use ``{dataset} {target} {model} {seed} {column_index}`` and are then read as YAML),
@@ -41,7 +40,6 @@ from framer.rundir import RunRoot
 
 MANIFESTS = {name: launch.REPO / "conf" / "reproduce" / f"{name}.yaml" for name in ("paper", "smoke")}
 LAUNCHERS = ("subprocess", "inprocess")
-Runner = Callable[..., Outcome]  # launch.run's signature: (spec, mode, log) -> Outcome
 
 
 class ManifestError(UserError, ValueError):
@@ -132,27 +130,21 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
         if key.column not in index:
             raise ManifestError(f"unknown column {key.column!r}; known: {list(index)}")
         col = paper.column(key.column)
-        context = {
-            "dataset": col.dataset,
-            "target": col.target,
-            "model": key.model,
-            "seed": key.seed,
-            "column_index": index[key.column],
-        }
+        context = dict(
+            dataset=col.dataset, target=col.target, model=key.model, seed=key.seed, column_index=index[key.column]
+        )
         configs = [config_path(str(fill(c, context))) for c in manifest.configs]
         missing = [c for c in configs if not Path(c).is_file()]
         if missing:
             raise ManifestError(f"{key.model} / {key.column}: config {missing[0]} not found")
-        overrides = {k: fill(v, context) for k, v in manifest.overrides.items()}
-        overrides.update(
-            {
-                "seed_everything": key.seed,
-                "tracking.save_dir": str(manifest.runs_dir),
-                "tracking.run_name": key.dirname,
-                "tracking.experiment_name": manifest.experiment_name,
-                "tracking.tags": {"model": key.model, "column": key.column, "seed": str(key.seed)},
-            }
-        )
+        overrides = {
+            **{k: fill(v, context) for k, v in manifest.overrides.items()},
+            "seed_everything": key.seed,
+            "tracking.save_dir": str(manifest.runs_dir),
+            "tracking.run_name": key.dirname,
+            "tracking.experiment_name": manifest.experiment_name,
+            "tracking.tags": {"model": key.model, "column": key.column, "seed": str(key.seed)},
+        }
         spec = RunSpec(configs, overrides, quiet=manifest.quiet)
         runs.append(Run(key, RunRoot(manifest.runs_dir / key.dirname), spec))
     return runs
@@ -176,7 +168,7 @@ def execute(
     launcher: str,
     shard: tuple[int, int] = (0, 1),
     max_runs: int | None = None,
-    runner: Runner = launch.run,
+    runner: Callable[..., Outcome] = launch.run,  # launch.run's signature: (spec, mode, log) -> Outcome
 ) -> dict[str, int]:
     """Run what is not finished yet (this shard's share) with ``runner``; returns counts of
     finished/skipped/failed/resumed/interrupted runs. A run stopped by SIGTERM stops the loop."""

@@ -133,10 +133,9 @@ def make_batch(
 
 def predict(model: torch.nn.Module, records: Sequence[CrystalRecord], cutoff: float | None = None) -> torch.Tensor:
     """Model outputs (B,) in the model's dtype, without gradients."""
-    dtype = next(model.parameters()).dtype
-    device = next(model.parameters()).device
+    param = next(model.parameters())
     with torch.no_grad():
-        return model(make_batch(records, dtype=dtype, cutoff=cutoff).to(device))
+        return model(make_batch(records, dtype=param.dtype, cutoff=cutoff).to(param.device))
 
 
 def assert_invariant(
@@ -146,10 +145,8 @@ def assert_invariant(
     atol: float | None = None,
     cutoff: float | None = None,
 ) -> float:
-    """Check model(transform(record)) == model(record) within ``atol``; returns the absolute difference.
-
-    The default tolerance is 1e-6 in float64 and 1e-4 in float32 (relative to max(1, |output|)).
-    """
+    """Check model(transform(record)) == model(record) within ``atol`` (default 1e-6 in float64, 1e-4 in float32,
+    relative to max(1, |output|)); returns the absolute difference."""
     dtype = next(model.parameters()).dtype
     atol = FLOAT_TOLERANCE[dtype] if atol is None else atol
     out = predict(model, [record, transform(record)], cutoff=cutoff)
@@ -162,12 +159,8 @@ def assert_invariant(
 class PooledMLP(nn.Module):
     """A stand-in network for fast tests of training, checkpoints and resuming (not a crystal model).
 
-    Mean-pooled element embeddings and the volume per atom, then an MLP (with dropout, so that resuming exactly
-    needs the random state).
-
-    Args:
-        hidden: Width of the embedding and the MLP.
-        dropout: Dropout probability after the first layer.
+    Mean-pooled element embeddings (width ``hidden``) and the volume per atom, then an MLP (with ``dropout`` after its
+    first layer, so that resuming exactly needs the random state).
     """
 
     def __init__(self, hidden: int = 16, dropout: float = 0.0) -> None:

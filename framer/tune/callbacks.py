@@ -1,6 +1,7 @@
 """What a trial's trainer tells the tuner, which never sees the trainer itself: :class:`TrialRun` for one-device
 trials in this process, :class:`TrialProgress` (a JSON-lines file the tuner reads while the trial runs,
-:class:`ProgressFile`) for DDP trials in a ``framer.cli`` subprocess, which needs no Optuna and no study storage.
+:class:`framer.tune.objective.Reporter`) for DDP trials in a ``framer.cli`` subprocess, which needs no Optuna and no
+study storage.
 """
 
 from __future__ import annotations
@@ -25,13 +26,9 @@ def run_of(trainer: pl.Trainer) -> tuple[Path | None, str | None]:
 
 
 class TrialRun(Callback):
-    """The run of an in-process trial, as the objective needs it after :func:`framer.launch.run_inprocess`.
-
-    Args:
-        monitor: The sweep's metric (also the monitor of the run's ``ModelCheckpoint``).
-        started: Called with the run directory and MLflow run id as fit starts (so a worker killed mid-trial leaves
-            them on the trial).
-    """
+    """The run of an in-process trial, as the objective needs it after :func:`framer.launch.run_inprocess`: the best
+    value of ``monitor`` (the sweep's metric, which the run's ``ModelCheckpoint`` monitors) and the exception. Calls
+    ``started(run directory, MLflow run id)`` as fit starts, so a worker killed mid-trial leaves them on the trial."""
 
     def __init__(self, monitor: str, started: Callable[[Path | None, str | None], None]) -> None:
         self.monitor = monitor
@@ -52,12 +49,8 @@ class TrialRun(Callback):
 
 
 class TrialProgress(Callback):
-    """Rank 0 of a DDP trial appends its run and each epoch's ``monitor`` value to ``path`` (JSON lines).
-
-    Args:
-        path: The progress file (the tuner reads it while the trial runs).
-        monitor: Metric to write after each validation (non-finite values are left out).
-    """
+    """Rank 0 of a DDP trial appends its run and each validation's finite ``monitor`` value to ``path`` (JSON lines,
+    which the tuner reads while the trial runs)."""
 
     def __init__(self, path: str, monitor: str = "val/mae") -> None:
         self.path = path
@@ -77,21 +70,3 @@ class TrialProgress(Callback):
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as handle:  # one write per line; the reader takes complete lines only
             handle.write(json.dumps(record) + "\n")
-
-
-class ProgressFile:
-    """Reads the lines :class:`TrialProgress` appends to ``path``, each complete line once."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.offset = 0
-
-    def new(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        with self.path.open("rb") as handle:
-            handle.seek(self.offset)
-            data = handle.read()
-        end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
-        self.offset += end
-        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]

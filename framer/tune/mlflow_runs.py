@@ -26,25 +26,18 @@ STATUS = {TrialState.COMPLETE: "FINISHED", TrialState.PRUNED: "KILLED", TrialSta
 
 
 class StudyTracker:
-    """MLflow bookkeeping of one study (every call is best effort: tracking never fails a trial).
-
-    Args:
-        tracking_uri: MLflow backend (``sqlite:///...``, ``http://...``, ``postgresql+psycopg2://...``).
-        study_name: Experiment name.
-    """
+    """MLflow bookkeeping of one study in the experiment ``study_name`` (every call is best effort: tracking never
+    fails a trial)."""
 
     def __init__(self, tracking_uri: str, study_name: str) -> None:
         from mlflow.tracking import MlflowClient
 
-        self.tracking_uri = tracking_uri
-        self.study_name = study_name
         root = artifact_location(tracking_uri)
-        self.artifact_location = f"{root}/{study_name}" if root else None
         with sqlite_lock(tracking_uri):  # workers starting together must not migrate a new database twice
             self.client = MlflowClient(tracking_uri=tracking_uri)
             experiment = self.client.get_experiment_by_name(study_name)
             if experiment is None:
-                self.experiment_id = self.client.create_experiment(study_name, self.artifact_location)
+                self.experiment_id = self.client.create_experiment(study_name, f"{root}/{study_name}" if root else None)
             else:
                 self.experiment_id = experiment.experiment_id
 

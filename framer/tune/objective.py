@@ -29,7 +29,7 @@ import yaml
 
 from framer.launch import EXIT_SIGTERM, LOG_TAIL, REPO, Outcome, RunSpec, run_inprocess, run_subprocess
 from framer.rundir import RunDir
-from framer.tune.callbacks import ProgressFile, TrialRun
+from framer.tune.callbacks import TrialRun
 from framer.tune.mlflow_runs import RUN_ATTR, StudyTracker
 from framer.tune.storage import WORKER_ATTR, worker_id
 from framer.tune.sweep import Sweep, nested
@@ -47,18 +47,12 @@ def trial_name(number: int) -> str:
 
 
 class Objective:
-    """Shared set-up: the sweep, where trials write, and MLflow.
-
-    Args:
-        sweep: The parsed sweep file.
-        study_dir: Directory of the study (trial run dirs go to ``<study_dir>/trials``).
-        tracking_uri: MLflow backend, or None to disable MLflow.
-    """
+    """Shared set-up: the sweep, where trials write (``<study_dir>/trials``), and MLflow (none without
+    ``tracking_uri``)."""
 
     def __init__(self, sweep: Sweep, study_dir: Path, tracking_uri: str | None) -> None:
         self.sweep = sweep
-        self.study_dir = Path(study_dir)
-        self.trials_dir = self.study_dir / "trials"
+        self.trials_dir = Path(study_dir) / "trials"
         self.tracking_uri = tracking_uri
         self.tracker = StudyTracker(tracking_uri, sweep.name) if tracking_uri else None
 
@@ -139,30 +133,16 @@ class InProcessObjective(Objective):
 
 
 class SubprocessObjective(Objective):
-    """Runs each trial as ``python -m framer.cli fit`` with Lightning DDP over ``devices`` devices.
-
-    Args:
-        devices: Devices (processes) per trial.
-        ddp_config: Trainer config added after the base configs (default ``conf/trainer/ddp.yaml`` if present).
-        python: Interpreter for the subprocess.
-        timeout: Seconds after which a trial's processes are killed and the trial fails (None: no limit).
-    """
+    """Runs each trial as ``python -m framer.cli fit`` with Lightning DDP over ``devices`` devices (with
+    ``conf/trainer/ddp.yaml`` after the base configs, if present); ``timeout``: seconds after which a trial's
+    processes are killed and the trial fails (None: no limit)."""
 
     def __init__(
-        self,
-        sweep: Sweep,
-        study_dir: Path,
-        tracking_uri: str | None,
-        devices: int,
-        ddp_config: Path | None = None,
-        python: str = sys.executable,
-        timeout: float | None = None,
+        self, sweep: Sweep, study_dir: Path, tracking_uri: str | None, devices: int, timeout: float | None = None
     ) -> None:
         super().__init__(sweep, study_dir, tracking_uri)
         self.devices = devices
         self.timeout = timeout
-        self.ddp_config = ddp_config if ddp_config is not None else DDP_TRAINER_CONFIG
-        self.python = python
 
     def spec(self, trial: optuna.Trial, trial_yaml: Path, progress: Path) -> RunSpec:
         """The trial's ``fit``: base configs, the DDP trainer config, the trial's values, rank 0's progress file."""
@@ -173,7 +153,7 @@ class SubprocessObjective(Objective):
         overrides = self.plumbing(trial.study, trial.number)
         overrides.update({"trainer.devices": self.devices, "trainer.strategy": "ddp"})
         overrides["trainer.callbacks+"] = json.dumps(writer)  # appended to the configs' callbacks
-        ddp = [str(self.ddp_config)] if self.ddp_config.is_file() else []
+        ddp = [str(DDP_TRAINER_CONFIG)] if DDP_TRAINER_CONFIG.is_file() else []
         return RunSpec([*self.sweep.configs, *ddp, str(trial_yaml)], overrides, quiet=True)
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -189,7 +169,7 @@ class SubprocessObjective(Objective):
         log_file.unlink(missing_ok=True)
         reporter = Reporter(self, trial, progress)
         spec = self.spec(trial, trial_yaml, progress)
-        outcome = run_subprocess(spec, log_file, timeout=self.timeout, python=self.python, poll=reporter.poll)
+        outcome = run_subprocess(spec, log_file, timeout=self.timeout, poll=reporter.poll)
         reporter.poll()  # the lines written after the last poll
         if reporter.pruned_at is not None:
             raise optuna.TrialPruned(f"pruned at epoch {reporter.pruned_at}; its processes were stopped")
@@ -204,13 +184,24 @@ class Reporter:
 
     def __init__(self, objective: Objective, trial: optuna.Trial, progress: Path) -> None:
         self.objective, self.trial = objective, trial
-        self.file = ProgressFile(progress)
+        self.progress, self.offset = progress, 0  # the bytes of the file read so far
         self.values: dict[int, float] = {}
         self.pruned_at: int | None = None
 
+    def new_lines(self) -> list[dict[str, Any]]:
+        """The progress file's complete lines not read before (a line still being written waits for the next call)."""
+        if not self.progress.is_file():
+            return []
+        with self.progress.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+
     def poll(self) -> bool:
         """Take the new lines; True once the trial should stop (pruned)."""
-        for record in self.file.new():
+        for record in self.new_lines():
             if self.pruned_at is not None:
                 break
             if "run_dir" in record:

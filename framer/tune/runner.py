@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from framer.io import atomic_write_text
 from framer.launch import resolved_config
 from framer.rundir import FIGURES
+from framer.tracking import resolve_tracking_uri
 from framer.tune.objective import InProcessObjective, Objective, SubprocessObjective
 from framer.tune.storage import best_trial, open_storage, recover_dead_trials, retry_of, storage_spec
 from framer.tune.sweep import Sweep
@@ -74,9 +75,7 @@ def tune(
     trial_timeout: float | None = None,
 ) -> optuna.Study:
     """Run trials of the sweep until its total budget is used (or ``n_trials`` in this worker), then write outputs.
-
-    Re-running resumes: finished trials are kept, trials of dead workers on this host are failed and requeued.
-    """
+    Re-running resumes: finished trials are kept, trials of dead workers on this host are failed and requeued."""
     sweep = Sweep.load(sweep_path)
     if sweep.sampler.get("type") == "grid" and sweep.n_trials > sweep.grid_size():
         sweep.n_trials = sweep.grid_size()
@@ -90,23 +89,17 @@ def tune(
     if recovered:
         print(f"framer.tune: requeued trials {recovered} of workers that died", file=sys.stderr)
 
-    uri = None
-    if mlflow:
-        from framer.tracking import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(tracking_uri)
-    objective: Objective
+    uri = resolve_tracking_uri(tracking_uri) if mlflow else None
     if devices_per_trial > 1:
-        objective = SubprocessObjective(sweep, directory, uri, devices_per_trial, timeout=trial_timeout)
+        objective: Objective = SubprocessObjective(sweep, directory, uri, devices_per_trial, timeout=trial_timeout)
     else:
         objective = InProcessObjective(sweep, directory, uri)
     if objective.tracker is not None:  # the MLflow runs of trials whose worker died are FAILED, not RUNNING forever
         for number in recovered:
             objective.tracker.finish_trial(study, study.trials[number], sweep.metric)
     budget = TrialBudget(sweep.n_trials)
-    left = budget.remaining(study)
     print(f"framer.tune: study {sweep.name!r} in {spec}: {budget.used(study)}/{sweep.n_trials} trials used")
-    if left > 0 and (n_trials is None or n_trials > 0):
+    if budget.remaining(study) > 0 and (n_trials is None or n_trials > 0):
         study.optimize(
             objective,
             n_trials=n_trials,
@@ -166,11 +159,10 @@ def write_outputs(
 
 def study_figures(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
     """``history.png`` and, once two completed trials differ, ``importance.png``; a figure that fails is skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
+
+    from framer.plots import save_figure  # also selects matplotlib's Agg backend
 
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
     plots = {"history": ovm.plot_optimization_history}
@@ -183,12 +175,7 @@ def study_figures(study: optuna.Study, out_dir: str | Path) -> dict[str, Path]:
                 warnings.simplefilter("ignore")  # ExperimentalWarning from optuna.visualization.matplotlib
                 fig = np.ravel(plot(study))[0].figure
                 fig.set_size_inches(7, 4.5)
-                fig.tight_layout()
-                path = Path(out_dir) / f"{name}.png"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fig.savefig(path, dpi=120)
-                plt.close(fig)
-                paths[name] = path
+                paths[name] = save_figure(fig, Path(out_dir) / f"{name}.png")
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             print(f"framer.tune: no study {name} figure: {err}", file=sys.stderr)
     return paths

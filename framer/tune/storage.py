@@ -52,10 +52,8 @@ def storage_spec(url: str | None, study_dir: str | Path) -> str:
     """A string that reopens the same storage in another process (another worker)."""
     if not url:
         return f"journal:{(Path(study_dir) / 'journal.log').resolve()}"
-    if url.startswith("journal:"):
-        return f"journal:{Path(url[len('journal:') :]).resolve()}"
-    if "://" not in url and url.endswith(".log"):
-        return f"journal:{Path(url).resolve()}"
+    if url.startswith("journal:") or ("://" not in url and url.endswith(".log")):
+        return f"journal:{Path(url.removeprefix('journal:')).resolve()}"
     path = sqlite_path(url)
     return f"sqlite:///{path.absolute()}" if path is not None else storage_url(url)
 
@@ -63,7 +61,7 @@ def storage_spec(url: str | None, study_dir: str | Path) -> str:
 def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStorage:
     """Open the storage named by :func:`storage_spec` (creating a journal file's directory)."""
     if spec.startswith("journal:"):
-        path = Path(spec[len("journal:") :])
+        path = Path(spec.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         dropped = repair_journal(path)
         if dropped:
@@ -72,23 +70,19 @@ def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStora
     if (path := sqlite_path(spec)) is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     kwargs = {}
-    if heartbeat:
-        kwargs = {
-            "heartbeat_interval": HEARTBEAT_INTERVAL,
-            "grace_period": GRACE_PERIOD,
-            "heartbeat_stale_trial_callback": requeue,
-        }
+    if heartbeat:  # a trial without a heartbeat for GRACE_PERIOD is failed and requeued by the next worker
+        kwargs = dict(
+            heartbeat_interval=HEARTBEAT_INTERVAL, grace_period=GRACE_PERIOD, heartbeat_stale_trial_callback=requeue
+        )
     engine = {"pool_pre_ping": True} if spec.startswith("postgresql") else None
     from sqlalchemy.exc import SQLAlchemyError
 
-    for attempt in range(5):  # workers starting together on a new database race to create its tables
+    for attempt in range(4):  # workers starting together on a new database race to create its tables
         try:
             return RDBStorage(spec, engine_kwargs=engine, **kwargs)
         except SQLAlchemyError:
-            if attempt == 4:
-                raise
             time.sleep(1.0 + random.random() * (attempt + 1))
-    raise AssertionError("unreachable")
+    return RDBStorage(spec, engine_kwargs=engine, **kwargs)  # the fifth try raises its error
 
 
 def repair_journal(path: str | Path) -> int:

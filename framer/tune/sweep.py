@@ -198,19 +198,15 @@ class Sweep:
             trial.study.sampler = self.make_sampler(trial.number)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        return make_pruner(self.pruner)
-
-
-def make_pruner(spec: Mapping[str, Any] | None) -> optuna.pruners.BasePruner:
-    """``{type: median|percentile|hyperband|successive_halving|threshold|none, **kwargs}`` -> a pruner."""
-    spec = dict(spec or {"type": "none"})
-    kind = spec.pop("type", "median")
-    if kind not in PRUNERS:
-        raise SweepError(f"pruner type must be one of {sorted(PRUNERS)}, got {kind!r}")
-    try:
-        return getattr(optuna.pruners, PRUNERS[kind])(**spec)
-    except TypeError as err:
-        raise SweepError(f"pruner {kind}: {err}") from err
+        """``{type: median|percentile|hyperband|successive_halving|threshold|none, **kwargs}`` -> a pruner."""
+        spec = dict(self.pruner or {"type": "none"})
+        kind = spec.pop("type", "median")
+        if kind not in PRUNERS:
+            raise SweepError(f"pruner type must be one of {sorted(PRUNERS)}, got {kind!r}")
+        try:
+            return getattr(optuna.pruners, PRUNERS[kind])(**spec)
+        except TypeError as err:
+            raise SweepError(f"pruner {kind}: {err}") from err
 
 
 def parse_param(path: str, spec: Any, where: str = "sweep") -> Param:
@@ -251,9 +247,7 @@ def suggest(trial: optuna.Trial, name: str, dist: optuna.distributions.BaseDistr
         return trial.suggest_categorical(name, dist.choices)
     if isinstance(dist, optuna.distributions.FloatDistribution):
         return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
-    if isinstance(dist, optuna.distributions.IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
-    raise SweepError(f"unsupported distribution {dist!r}")
+    return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)  # IntDistribution
 
 
 def nested(values: Mapping[str, Any]) -> dict[str, Any]:
