@@ -18,7 +18,6 @@ so ``import framer`` loads no torch.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 from typing import TYPE_CHECKING
 
 _MODULES = {  # module -> the public names it defines
@@ -53,10 +52,7 @@ __all__ = [
 
 def __getattr__(name: str):
     if name == "__version__":
-        try:
-            value = importlib.metadata.version("framer")
-        except importlib.metadata.PackageNotFoundError:  # a checkout on the path, not installed
-            value = "0+unknown"
+        value = importlib.import_module("framer.provenance").framer_version()
     elif name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
     else:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextvars
 import difflib
-import importlib.metadata
 import os
 import re
 import sys
@@ -50,6 +49,7 @@ from framer.errors import DEBUG_ENV, UserError, exit_codes
 from framer.evaluate import print_metrics, run_final_tests, write_results
 from framer.instantiate import allowed_modules, check_config_class_paths, restrict_config_imports
 from framer.module import CrystalRegressor
+from framer.provenance import framer_version
 from framer.rundir import RunDir, RunRoot
 from framer.tracking import Tracking, is_launching_process, log_run_start, quiet_lightning_noise, run_dir
 
@@ -187,7 +187,7 @@ class FramerCLI(LightningCLI):
 
     # ---- parser
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
-        kwargs.setdefault("dump_header", [f"framer {_version()} (python -m framer.cli)"])
+        kwargs.setdefault("dump_header", [f"framer {framer_version()} (python -m framer.cli)"])
         parser = super().init_parser(**kwargs)
         self._parsers.append(parser)
         parser.framer_parsers = self._parsers  # where an unknown option's error looks for the closest known one
@@ -436,13 +436,6 @@ def model_label(network: Any) -> str:
         name = f"crystalframer-{frame}"
     size = (args.get("num_layers", 4), args.get("model_dim", 128))
     return name + ("" if size == (4, 128) else "-small" if size == (2, 32) else f"-{size[0]}x{size[1]}")
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("framer")
-    except importlib.metadata.PackageNotFoundError:  # run from a checkout that is not installed
-        return "(not installed)"
 
 
 def _constructor_errors(err: BaseException) -> str:

@@ -21,7 +21,6 @@ next to its final place and renamed into it, so an error leaves nothing half-wri
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ from framer.predictor import (
     WEIGHTS_FILE,
     checkpoint_of,
 )
+from framer.provenance import framer_version
 from framer.rundir import RunDir, resolve
 
 
@@ -81,7 +81,7 @@ def model_files(
     meta = {
         "format": MODEL_FORMAT,
         "format_version": FORMAT_VERSION,
-        "framer_version": _framer_version(),
+        "framer_version": framer_version(),
         "torch_version": torch.__version__,
         "git_commit": info.get("git_commit"),  # of the code that trained the model (run.json)
         "model": config,
@@ -226,13 +226,6 @@ def export(
 
 def _same_file(path: str | Path, other: Any) -> bool:
     return isinstance(other, str) and bool(other) and Path(other).resolve() == Path(path).resolve()
-
-
-def _framer_version() -> str:
-    try:
-        return importlib.metadata.version("framer")
-    except importlib.metadata.PackageNotFoundError:  # a checkout on the path, not installed
-        return "0+unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,14 +27,19 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def temp_path(path: Path) -> Path:
+    """A fresh hidden temporary name next to ``path``: ``.<name>.<pid>.<random>.tmp``."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary file (mode "wb" or "w") that replaces ``path`` when the block ends without an exception:
-    ``.<name>.<pid>.<random>.tmp`` next to ``path`` (same file system), fsynced, renamed over ``path`` with
-    ``os.replace``, and the directory fsynced; a failed write removes it."""
+    :func:`temp_path` (same file system), fsynced, renamed over ``path`` with ``os.replace``, and the directory
+    fsynced; a failed write removes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    tmp = temp_path(path)
     try:
         with open(tmp, mode.replace("w", "x"), **open_kwargs) as handle:
             yield handle

@@ -1,4 +1,4 @@
-"""Where results come from: the git commit of the framer checkout that produced them.
+"""Where results come from: framer's version and the git commit of the checkout that produced them.
 
 The commit is read from the repository holding this package, never from the current directory, so a run started
 from elsewhere still records the code it ran.
@@ -6,6 +6,7 @@ from elsewhere still records the code it ran.
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 from pathlib import Path
 
@@ -31,3 +32,11 @@ def git_commit(short: bool = False) -> dict[str, str | bool]:
     if not commit or status is None:
         return {}
     return {"commit": commit, "dirty": bool(status)}
+
+
+def framer_version() -> str:
+    """The installed framer's version; ``0+unknown`` for a checkout on the path that is not installed."""
+    try:
+        return importlib.metadata.version("framer")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"

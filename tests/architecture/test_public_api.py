@@ -3,6 +3,7 @@ regressor and loading a trained model; everything else is implementation."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,22 @@ def test_import_framer_loads_no_torch_and_no_training_framework():
     assert done.returncode == 0, done.stderr[-2000:]
     heavy, version = done.stdout.strip().rsplit(" ", 1)
     assert heavy == "[]" and version
+
+
+def test_one_owner_answers_framer_version(monkeypatch):
+    """cli's config header, export's model.json and ``framer.__version__`` once gave different answers for an
+    uninstalled checkout ("(not installed)" vs "0+unknown"): the lookup lives in framer.provenance only."""
+    from framer import provenance
+
+    owners = [
+        str(path.relative_to(REPO))
+        for path in sorted((REPO / "framer").rglob("*.py"))
+        if 'metadata.version("framer")' in path.read_text()
+    ]
+    assert owners == ["framer/provenance.py"]
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    assert provenance.framer_version() == "0+unknown"
