@@ -28,6 +28,7 @@ from framer.models.frames import max_frames, weighted_pca_frames
 from framer.models.max_frames import ENVIRONMENT, LayerAttention, first_axis
 from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
 from framer.models.precision import full_precision
+from framer.models.ties import segment_reduce
 
 FrameType = Literal["none", "max", "static", "weighted_pca", "pca", "lattice"]
 DYNAMIC_FRAMES = ("max", "static", "weighted_pca")  # built inside each layer from its own attention
@@ -37,9 +38,7 @@ RECOMPUTE_ABOVE = 2**25  # stored image-feature elements per layer above which c
 
 def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
     """Softmax of ``logits`` (E, H) over the rows that share a segment ``index`` (E,)."""
-    expanded = index.unsqueeze(1).expand_as(logits)
-    peak = logits.new_full((num_segments, logits.shape[1]), -torch.inf)
-    peak = peak.scatter_reduce(0, expanded, logits.detach(), "amax", include_self=True)
+    peak = segment_reduce(logits.detach(), index, num_segments, "amax", -torch.inf)
     weights = torch.exp(logits - peak[index])
     total = weights.new_zeros(num_segments, logits.shape[1]).index_add(0, index, weights)
     return weights / total.index_select(0, index)

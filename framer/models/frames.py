@@ -12,9 +12,8 @@ import torch
 from torch import Tensor
 
 from framer.geometry import image_offsets
-from framer.models.encodings import exp_
 from framer.models.max_frames import complete_frame, least_aligned_axis, max_frames, normalize
-from framer.models.moments import PCA, principal_frames
+from framer.models.moments import PCA, attention_moments, principal_frames
 from framer.models.periodic import ImageChunks, PeriodicGraph, group_by_box
 from framer.models.ties import tie_tolerance
 
@@ -40,16 +39,7 @@ def weighted_pca_frames(
         alpha: (E, H) attention weights.
         logits: (E, H) q_i k_j / sqrt(d) (for the fallback frames).
     """
-    src = graph.src
-    heads = a.shape[1]
-    total = a.new_zeros(graph.num_atoms, heads, PCA.size)
-    for chunk in chunks:
-        chunk_src = src[chunk.edges]
-        logp = a[chunk_src].unsqueeze(-1) * chunk.dist2.unsqueeze(1) - z[chunk.edges].unsqueeze(-1)
-        weight = exp_(logp).mul_(alpha[chunk.edges].unsqueeze(-1))  # (C, H, M)
-        weight.masked_fill_(~chunk.valid.unsqueeze(1), 0.0)
-        total.index_add_(0, chunk_src, torch.bmm(weight, PCA(chunk.vectors)))
-    frames, degenerate = principal_frames(total)
+    frames, degenerate = principal_frames(attention_moments(graph, chunks, PCA, a, z, alpha))
     if degenerate.any():
         fallback = max_frames(graph, chunks, a, logits, attention=(z, alpha))
         frames = torch.where(degenerate.unsqueeze(-1).unsqueeze(-1), fallback, frames)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from framer.geometry import R0, RHO_LOWER_BOUND, image_offsets
 from framer.models.precision import full_precision
-from framer.models.ties import tie_tolerance
+from framer.models.ties import segment_reduce, tie_tolerance
 
 MAX_EXPONENT_MAGNITUDE = 0.5 / R0**2  # |a| = rho / (2 R0²) with rho > RHO_LOWER_BOUND: this times RHO_LOWER_BOUND
 DEFAULT_IMAGE_TOLERANCE = 1e-9
@@ -109,10 +109,6 @@ class ImageChunk:
     def label(self) -> Tensor:
         """(C, m) lattice-index order of each image within its edge's box (for tie-breaking)."""
         return self.packed_labels[self.packed]
-
-    def row_labels(self, rows: tuple[Tensor, ...]) -> Tensor:
-        """(R, m) labels of the images of the edges ``rows[0]`` (further indices, e.g. heads, are ignored)."""
-        return self.packed_labels[self.packed[rows[0]]]
 
     @cached_property
     def unit(self) -> Tensor:
@@ -255,8 +251,7 @@ class PeriodicGraph:
 
     def _keep_atom_spheres(self, cut: float) -> None:
         """Drop the packed images beyond the source atom's sphere: d² > (atom's nearest non-self image)² + cut."""
-        nearest = torch.full((self.num_atoms,), torch.inf, dtype=self.reference.dtype, device=self.reference.device)
-        nearest = nearest.scatter_reduce(0, self.src, self.reference, "amin", include_self=True)
+        nearest = segment_reduce(self.reference, self.src, self.num_atoms, "amin", torch.inf)
         self.prune_reference = nearest[self.src]
         keep = self.image_dist2 <= (self.prune_reference + cut)[self.image_edge]
         kept_before = torch.cumsum(keep, 0) - keep.long()  # packed position after filtering (edges stay contiguous)
@@ -288,20 +283,28 @@ class PeriodicGraph:
         sorted_counts = counts[order].tolist()
         chunks, start = [], 0
         while start < len(sorted_counts):
-            m = max(1, sorted_counts[start])  # the largest count of this chunk
-            stop = min(len(sorted_counts), start + max(1, self.chunk_size // (m * self.width)))
-            chunks.append(self.edge_chunk(order[start:stop], counts, m))
-            start = stop
+            m = max(1, sorted_counts[start])  # the largest count of this chunk: the padded width
+            edges = order[start : start + max(1, self.chunk_size // (m * self.width))]
+            columns = torch.arange(m, device=counts.device)
+            valid = columns < counts[edges].unsqueeze(1)
+            packed = torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0)
+            chunks.append(self.packed_chunk(edges, packed, valid))
+            start += len(edges)
         return chunks
 
-    def edge_chunk(self, edges: Tensor, counts: Tensor, width: int | None = None) -> ImageChunk:
-        """One padded chunk of the given edges, each with its first ``counts`` (E,) images, padded to ``width``
-        images (default: the largest count of the edges, read from the device)."""
-        if width is None:
-            width = max(1, int(counts[edges].max())) if len(edges) else 1
-        columns = torch.arange(width, device=counts.device)
-        valid = columns < counts[edges].unsqueeze(1)
-        return self.packed_chunk(edges, torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0), valid)
+    def leading_images(self, first: Tensor, count: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
+        """(R, w) packed positions of the first images of R rows (``count`` (R,) images of an edge from the packed
+        position ``first`` (R,)) and the mask of those with d² <= ``limit`` (R,). Images are sorted by length, so
+        the mask is a prefix of each row; w doubles from 8 until no row's mask reaches its last column."""
+        window = 8
+        while True:
+            columns = torch.arange(window, device=first.device)
+            inside = columns < count.unsqueeze(1)
+            position = torch.where(inside, first.unsqueeze(1) + columns, 0)
+            near = inside & (self.image_dist2[position] <= limit.unsqueeze(1))
+            if not bool(near[:, -1].any()):
+                return position, near
+            window *= 2
 
     def packed_chunk(self, edges: Tensor, packed: Tensor, valid: Tensor) -> ImageChunk:
         """The chunk of ``edges`` (C,) whose images are at the packed positions ``packed`` (C, m) where ``valid``."""
@@ -345,17 +348,8 @@ class PeriodicGraph:
         tolerance = tie_tolerance(self.image_dist2.dtype)
         limit = self.reference + self.reference.clamp_min(1.0) * tolerance  # inf for edges without non-self images
         first = self.image_start + (self.src == self.dst).long()  # the self image comes first in its edge's list
-        available = self.image_count - (self.src == self.dst).long()
-        window = 8
-        while True:  # images are sorted by length: the tied ones are the first few of each edge
-            columns = torch.arange(window, device=first.device)
-            inside = columns < available.unsqueeze(1)
-            position = torch.where(inside, first.unsqueeze(1) + columns, 0)
-            near = inside & (self.image_dist2[position] <= limit.unsqueeze(1))
-            count = near.sum(1)
-            if not bool((count == window).any()):
-                break
-            window *= 2
+        position, near = self.leading_images(first, self.image_count - (self.src == self.dst).long(), limit)
+        count = near.sum(1)
         big = torch.iinfo(self.image_label.dtype).max
         pick = torch.where(near, self.image_label[position], big).argmin(dim=1)
         index = position.gather(1, pick.unsqueeze(1)).squeeze(1)
