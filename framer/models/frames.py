@@ -14,7 +14,7 @@ from torch import Tensor
 from framer.geometry import image_offsets
 from framer.models.max_frames import complete_frame, least_aligned_axis, max_frames, normalize
 from framer.models.moments import PCA, attention_moments, principal_frames
-from framer.models.periodic import ImageChunks, PeriodicGraph, group_by_box
+from framer.models.periodic import ImageChunks, PeriodicGraph, group_by_box, segment_ids
 from framer.models.ties import tie_tolerance
 
 __all__ = ["lattice_frames", "max_frames", "pca_frames", "weighted_pca_frames"]
@@ -53,8 +53,7 @@ def pca_frames(pos: Tensor, sizes: Tensor, lattice: Tensor, image_box: Tensor) -
     Where the eigenvalues are (near-)degenerate (one- and two-atom cells, cubic arrangements) the frame is the
     crystal's lattice frame, orthonormalised (f2 by Gram-Schmidt, f3 = f1 x f2).
     """
-    crystals = torch.arange(len(sizes), device=pos.device)
-    crystal = torch.repeat_interleave(crystals, sizes.to(pos.device), output_size=pos.shape[0])
+    crystal = segment_ids(sizes.to(pos.device), pos.shape[0])
     counts = sizes.to(pos.device, pos.dtype).unsqueeze(1)
     mean = pos.new_zeros(len(sizes), 3).index_add_(0, crystal, pos) / counts
     moments = PCA(pos - mean[crystal])

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from framer.models.moments import Monomials, attention_moments
-from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
+from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph, segment_ids
 from framer.models.ties import lexicographic_choice, near_max, segment_argmax, tie_tolerance
 
 COLLINEAR_COS = 0.9999  # second-axis candidates must satisfy |cos(r, f1)| < this
@@ -279,7 +279,7 @@ def _first_axis_candidates(graph: PeriodicGraph, score: Tensor, tied_edges: Tens
     """The f1 candidates of the ``tied_edges`` (E, H): every image tied with the edge's nearest one."""
     edge, head = torch.nonzero(tied_edges & (near_count > 0).unsqueeze(1), as_tuple=True)
     count = near_count[edge]
-    repeat = torch.repeat_interleave(torch.arange(len(edge), device=edge.device), count)
+    repeat = segment_ids(count)
     offset = torch.arange(len(repeat), device=edge.device) - (torch.cumsum(count, 0) - count)[repeat]
     first_near = graph.image_start + (graph.src == graph.dst).long()  # the self image comes first in its list
     edge, head = edge[repeat], head[repeat]

@@ -30,15 +30,12 @@ class Monomials:
     def __init__(self, degrees: tuple[int, ...]):
         self.degrees = degrees
         self.combos = [c for k in degrees for c in itertools.combinations_with_replacement(range(3), k)]
+        self.size = len(self.combos)
         position = {c: i for i, c in enumerate(self.combos)}
         self._full_index = {
             k: torch.tensor([position[tuple(sorted(m))] for m in itertools.product(range(3), repeat=k)])
             for k in degrees
         }
-
-    @property
-    def size(self) -> int:
-        return len(self.combos)
 
     def __call__(self, vectors: Tensor) -> Tensor:
         """(..., 3) -> (..., size): every monomial of each vector."""

@@ -47,6 +47,12 @@ def default_chunk_size(device: torch.device | str) -> int:
     return min(high, max(low, 1 << ((total // CUDA_CHUNK_BYTES_PER_ELEMENT).bit_length() - 1)))
 
 
+def segment_ids(sizes: Tensor, total: int | None = None) -> Tensor:
+    """(total,) each i in 0..len(sizes)-1 repeated sizes[i] times, e.g. the crystal of each atom (with ``total``
+    given, a CUDA device is not waited for)."""
+    return torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes, output_size=total)
+
+
 def prune_distance2(image_tolerance: float, exponent_magnitude: float | Tensor) -> float | Tensor:
     """Extra squared distance (Å²) beyond which an image's weight exp(-|a| d²) drops below the tolerance."""
     if image_tolerance <= 0:
@@ -76,11 +82,7 @@ def group_by_box(
         per_box[tuple(box)] += count
     crystal_key = (image_box * torch.tensor([base * base, base, 1], device=image_box.device)).sum(1)
     grouped = torch.argsort(crystal_key[item_crystal], stable=True)  # items by box, ascending within a box
-    groups, start = [], 0
-    for box in distinct:
-        groups.append((box, grouped[start : start + per_box[box]]))
-        start += per_box[box]
-    return groups
+    return list(zip(distinct, torch.split(grouped, [per_box[box] for box in distinct])))
 
 
 @dataclass
@@ -173,10 +175,10 @@ class PeriodicGraph:
         self.chunk_size = int(chunk_size) if chunk_size is not None else default_chunk_size(pos.device)
         self.width = max(1, int(width))
         self.num_atoms = int(pos.shape[0])
-        self.num_crystals = int(sizes.shape[0])
         device = pos.device
         with torch.no_grad(), full_precision(device):
             sizes, image_box = sizes.to(device), image_box.to(device)
+            self.image_box = image_box
             # the host reads the batch's metadata once
             host = torch.cat([sizes.unsqueeze(1), image_box.to(sizes.dtype)], dim=1).tolist()
             host_sizes = [row[0] for row in host]
@@ -185,15 +187,14 @@ class PeriodicGraph:
             pairs = sizes * sizes
             pair_start = torch.cumsum(pairs, 0) - pairs
             self.num_edges = sum(n * n for n in host_sizes)
-            crystals = torch.arange(self.num_crystals, device=device)
-            crystal = torch.repeat_interleave(crystals, pairs, output_size=self.num_edges)
+            crystal = segment_ids(pairs, self.num_edges)
             local = torch.arange(self.num_edges, device=device) - pair_start[crystal]
             n = sizes[crystal]
             self.src = atom_start[crystal] + torch.div(local, n, rounding_mode="floor")
             self.dst = atom_start[crystal] + local % n
             self.edge_crystal = crystal
 
-            atom_crystal = torch.repeat_interleave(crystals, sizes, output_size=self.num_atoms)
+            atom_crystal = segment_ids(sizes, self.num_atoms)
             inverse_lattice = torch.linalg.inv_ex(lattice).inverse[atom_crystal]  # inv_ex: no error check (sync)
             atom_frac = torch.einsum("na,nab->nb", pos, inverse_lattice)
             frac = atom_frac[self.dst] - atom_frac[self.src]
