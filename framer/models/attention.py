@@ -14,7 +14,7 @@ autocast (:mod:`framer.models.precision`).
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,18 +42,6 @@ def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
     weights = torch.exp(logits - peak[index])
     total = weights.new_zeros(num_segments, logits.shape[1]).index_add(0, index, weights)
     return weights / total.index_select(0, index)
-
-
-class EdgeInputs(NamedTuple):
-    """What the image-feature passes of a layer read, per edge: the graph and the layer's chunks, a of the edge's
-    source atom (E, H; carries the gradient), the log lattice sums z and their derivatives E_p[d²] (E, H; detached).
-    """
-
-    graph: PeriodicGraph
-    chunks: ImageChunks
-    a_edge: Tensor
-    z: Tensor
-    mean_d2: Tensor
 
 
 def _with_derivative(value: Tensor, derivative: Tensor, a: Tensor) -> Tensor:
@@ -212,13 +200,7 @@ class PeriodicAttention(nn.Module):
         if self.frame != "none" and frames is None:
             attention = LayerAttention(z0, alpha.detach(), edge_moments, tied_atoms, first)
             frames = self.dynamic_frames(graph, chunks, a.detach(), logits.detach(), attention)
-        edge_inputs = EdgeInputs(graph, chunks, a_edge, z0, mean_d2)
-        if frames is not None and self.angle_grid > 0:
-            psi = self._value_encoding(edge_inputs, None)
-            psi = psi + self._tabulated_angle_encoding(edge_inputs, alpha.detach(), frames)
-        else:
-            psi = self._value_encoding(edge_inputs, frames)
-
+        psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, alpha.detach(), frames)
         messages = alpha.unsqueeze(-1) * (v.index_select(0, dst) + psi)
         return messages.new_zeros(n, self.num_heads, dh).index_add(0, src, messages)
 
@@ -254,24 +236,46 @@ class PeriodicAttention(nn.Module):
                 moments[chunk.edges[rows]] = torch.bmm(p[rows], ENVIRONMENT(chunk.vectors[rows]))
         return chunks.to_edge_order(z_parts), chunks.to_edge_order(d2_parts), moments
 
-    def _value_encoding(self, edge_inputs: EdgeInputs, frames: Tensor | None) -> Tensor:
-        """psi (E, H, d_h), one chunk of edges at a time."""
-        graph, chunks, a_edge, z, mean_d2 = edge_inputs
-        width = self.dist_proj.shape[-1] + (3 * self.angle_proj.shape[-1] if frames is not None else 0)
+    def _value_encoding(
+        self, graph: PeriodicGraph, chunks: ImageChunks, a_edge: Tensor, z: Tensor, mean_d2: Tensor, alpha: Tensor,
+        frames: Tensor | None,
+    ) -> Tensor:  # fmt: skip
+        """psi (E, H, d_h), one chunk of edges at a time: distance features and, with ``frames`` (N, H, 3, 3), angle
+        features, exact or (``angle_grid`` > 0) read from tables of c_angl W_m b_angl (:mod:`framer.models.angles`).
+        ``a_edge`` (E, H), a of each edge's source atom, carries the gradient; ``z``, ``mean_d2`` (E_p[d²]) and
+        ``alpha`` (E, H) are detached."""
+        tabulated = frames is not None and self.angle_grid > 0
+        exact = frames is not None and not tabulated
+        width = self.dist_proj.shape[-1] + (3 * self.angle_proj.shape[-1] if exact else 0)
         recompute = self.recompute
         if recompute is None:
-            stored = graph.num_edges * self.num_heads * width * 2
-            recompute = stored > RECOMPUTE_ABOVE
+            recompute = graph.num_edges * self.num_heads * width * 2 > RECOMPUTE_ABOVE  # stored elements
         recompute = recompute and torch.is_grad_enabled()
+        if tabulated:
+            table = self._angle_table()
+            basis = self.grid_basis(table.dtype, table.device)
+            log_tolerance = math.log(graph.image_tolerance) if graph.image_tolerance > 0 else -math.inf
+            with_derivative = torch.is_grad_enabled() and a_edge.requires_grad
+            a, log_alpha = a_edge.detach(), alpha.log()
         parts = []
         for chunk in chunks:
-            chunk_frames = frames[graph.src[chunk.edges]] if frames is not None else None
             edges = chunk.edges
-            args = (a_edge.index_select(0, edges), z.index_select(0, edges), mean_d2[edges], chunk_frames, chunk)
+            chunk_frames = frames[graph.src[edges]] if frames is not None else None
+            exact_frames = chunk_frames if exact else None
+            args = (a_edge.index_select(0, edges), z.index_select(0, edges), mean_d2[edges], exact_frames, chunk)
             if recompute:
-                parts.append(checkpoint(self._chunk_value_encoding, *args, use_reentrant=False))
+                psi = checkpoint(self._chunk_value_encoding, *args, use_reentrant=False)
             else:
-                parts.append(self._chunk_value_encoding(*args))
+                psi = self._chunk_value_encoding(*args)
+            if tabulated:
+                value, derivative = chunk_angle_features(
+                    self.angle_proj, table, basis, self.angle_coef, self.angle_spacing, a[edges], z[edges],
+                    mean_d2[edges], log_alpha[edges], chunk_frames, chunk, log_tolerance, with_derivative,
+                )  # fmt: skip
+                if derivative is not None:
+                    value = _with_derivative(value, derivative, a_edge.index_select(0, edges))
+                psi = psi + value
+            parts.append(psi)
         return chunks.to_edge_order(parts)
 
     def grid_basis(self, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -303,28 +307,6 @@ class PeriodicAttention(nn.Module):
         table = projected_tables(weight, self.grid_basis(weight.dtype, weight.device), self.angle_coef)
         self._table_cache = None if needs_grad else (key, table)
         return table
-
-    def _tabulated_angle_encoding(self, edge_inputs: EdgeInputs, alpha: Tensor, frames: Tensor) -> Tensor:
-        """c_angl sum_m W_m sum_n p b_angl(cos) (E, H, d_h) from tables of W_m b_angl (see framer.models.angles)."""
-        graph, chunks, a_edge, z, mean_d2 = edge_inputs
-        table = self._angle_table()
-        basis = self.grid_basis(table.dtype, table.device)
-        tolerance = graph.image_tolerance
-        log_tolerance = math.log(tolerance) if tolerance > 0 else -math.inf
-        a = a_edge.detach()
-        with_derivative = torch.is_grad_enabled() and a_edge.requires_grad
-        log_alpha = alpha.log()
-        parts = []
-        for chunk in chunks:
-            edges = chunk.edges
-            value, derivative = chunk_angle_features(
-                self.angle_proj, table, basis, self.angle_coef, self.angle_spacing, a[edges], z[edges],
-                mean_d2[edges], log_alpha[edges], frames[graph.src[edges]], chunk, log_tolerance, with_derivative,
-            )  # fmt: skip
-            if derivative is not None:
-                value = _with_derivative(value, derivative, a_edge.index_select(0, edges))
-            parts.append(value)
-        return chunks.to_edge_order(parts)
 
     def _chunk_value_encoding(
         self, a: Tensor, z: Tensor, mean_d2: Tensor, frames: Tensor | None, chunk: ImageChunk
