@@ -51,11 +51,8 @@ def _with_derivative(value: Tensor, derivative: Tensor, a: Tensor) -> Tensor:
 
 
 class PeriodicAttention(nn.Module):
-    """One periodic multi-head self-attention layer over all atoms of each crystal.
-
-    The arguments are those of :class:`~framer.models.CrystalFramer` of the same names (``dim`` is its
-    ``model_dim``).
-    """
+    """One periodic multi-head self-attention layer over all atoms of each crystal; the arguments are those of
+    :class:`~framer.models.CrystalFramer` of the same names (``dim`` is its ``model_dim``)."""
 
     def __init__(
         self,
@@ -164,13 +161,8 @@ class PeriodicAttention(nn.Module):
 
     # --- forward -------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor, graph: PeriodicGraph, frames: Tensor | None = None) -> Tensor:
-        """Attend over all atoms of each crystal.
-
-        Args:
-            x: (N, dim) atom features.
-            graph: edges and images of the batch.
-            frames: (N, H, 3, 3) fixed frames for "pca"/"lattice" (dynamic frames are built here when None).
-        """
+        """(N, dim) atom features -> (N, dim); ``frames`` (N, H, 3, 3) are the fixed frames for "pca"/"lattice"
+        (dynamic frames are built here when None)."""
         n, h, dh = x.shape[0], self.num_heads, self.head_dim
         projected = self.in_proj(x)  # follows autocast: bfloat16 / float16 under mixed precision
         with full_precision(x.device):
@@ -223,9 +215,7 @@ class PeriodicAttention(nn.Module):
         """z_ij = log sum_n exp(a d²) and its derivative E_p[d²], both (E, H), at the given a; and, for the edges of
         ``moment_atoms`` (N,), the first and second moments of their images weighted by p_ijn (E, H, 9)."""
         z_parts, d2_parts = [], []
-        moments = None
-        if moment_atoms is not None:
-            moments = a.new_zeros(graph.num_edges, a.shape[1], ENVIRONMENT.size)
+        moments = None if moment_atoms is None else a.new_zeros(graph.num_edges, a.shape[1], ENVIRONMENT.size)
         for chunk in chunks:
             logits = a[graph.src[chunk.edges]].unsqueeze(-1) * chunk.dist2.unsqueeze(1)  # (C, H, M)
             z, p = logsumexp_(logits, chunk.valid.unsqueeze(1))
@@ -279,10 +269,8 @@ class PeriodicAttention(nn.Module):
         return chunks.to_edge_order(parts)
 
     def grid_basis(self, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """(G, D) angle basis at the tabulation grid points, with centres in ``dtype`` (cached per dtype).
-
-        The float64 grid points are expanded in float64 arithmetic and the result cast to ``dtype``.
-        """
+        """(G, D) angle basis at the tabulation grid points (float64) with centres in ``dtype``, cast to ``dtype``
+        (cached per dtype and device)."""
         key = (dtype, device)
         if key not in self._grid_basis_cache:
             basis = self.angle_basis(self.angle_grid_points.to(device), centers_dtype=dtype)
@@ -290,12 +278,9 @@ class PeriodicAttention(nn.Module):
         return self._grid_basis_cache[key]
 
     def _angle_table(self) -> Tensor:
-        """Rows c_angl W_hm b_angl(grid point), axis-major then head then grid point: (3, H * G, d_h).
-
-        Built without a graph (the gradient for W is computed from the grid basis, see
-        :class:`framer.models.angles._AngleBagSum`), in every call that needs a gradient for W; without one
-        (inference) it is reused until W changes (in-place updates bump the parameter's version counter;
-        ``.to()``/``.double()`` give a new tensor).
+        """Rows c_angl W_hm b_angl(grid point), axis-major then head then grid point: (3, H * G, d_h), built without
+        a graph (:class:`framer.models.angles._AngleBagSum` gives W's gradient). Without a gradient for W it is
+        reused until W changes (in-place updates bump its version counter; ``.to()``/``.double()`` give a new one).
         """
         weight = self.angle_proj
         needs_grad = torch.is_grad_enabled() and weight.requires_grad
@@ -311,10 +296,8 @@ class PeriodicAttention(nn.Module):
     def _chunk_value_encoding(
         self, a: Tensor, z: Tensor, mean_d2: Tensor, frames: Tensor | None, chunk: ImageChunk
     ) -> Tensor:
-        """psi (C, H, d_h) for one chunk: a, z, mean_d2 (C, H); frames (C, H, 3, 3) or None.
-
-        Head-major layouts (H, C, ...) keep the per-head projections free of copies.
-        """
+        """psi (C, H, d_h) for one chunk: a, z, mean_d2 (C, H); frames (C, H, 3, 3) or None. Head-major layouts
+        (H, C, ...) keep the per-head projections free of copies."""
         c, h = a.shape
         with torch.no_grad():
             d2 = chunk.dist2

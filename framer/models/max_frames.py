@@ -123,9 +123,7 @@ def max_frames(
     # f1: the best edge by the score of its nearest image
     _, near_unit, near_count = graph.nearest_image
     first = attention.first if attention is not None else None
-    if first is None:
-        first = first_axis(graph, a, logits, tie_logits)
-    score1, edge1, best1, tied1, tied, any_tied = first
+    score1, edge1, best1, tied1, tied, any_tied = first or first_axis(graph, a, logits, tie_logits)
     e1 = near_unit[edge1, :]  # (N, H, 3)
     e1 = torch.where(torch.isfinite(best1).unsqueeze(-1), e1, torch.eye(3, dtype=a.dtype, device=a.device)[0])
     if ties is not None and any_tied:

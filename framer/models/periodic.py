@@ -31,14 +31,9 @@ CUDA_CHUNK_SIZE_RANGE = (2**22, 2**27)  # ... within these bounds: 2**27 (512 Mi
 
 
 def default_chunk_size(device: torch.device | str) -> int:
-    """The chunk size for ``device``: ``CPU_CHUNK_SIZE`` on CPUs (and devices other than CUDA); on CUDA the device's
-    total memory / 256 bytes, rounded down to a power of two, within ``CUDA_CHUNK_SIZE_RANGE``.
-
-    On a CPU a chunk's temporaries should stay near the caches; on a GPU fewer, larger chunks mean fewer kernel
-    launches and fewer host-device synchronisations (about one per chunk and pass, see docs/model.md). The
-    temporaries alive at once in a chunk are about 1-2 ``chunk_size`` elements, so on CUDA they take about
-    1/64-1/32 of the device's memory (at most 1 GiB in float32).
-    """
+    """``CPU_CHUNK_SIZE`` on devices other than CUDA (temporaries near the caches); on CUDA the device's memory /
+    256 bytes, rounded down to a power of two, within ``CUDA_CHUNK_SIZE_RANGE``: fewer launches and waits (about one
+    per chunk and pass, docs/model.md), and the 1-2 ``chunk_size`` elements alive at once take 1/64-1/32 of it."""
     device = torch.device(device)
     if device.type != "cuda":
         return CPU_CHUNK_SIZE
@@ -63,18 +58,10 @@ def prune_distance2(image_tolerance: float, exponent_magnitude: float | Tensor) 
 def group_by_box(
     image_box: Tensor, host_boxes: list[tuple[int, ...]], item_crystal: Tensor, items_per_crystal: list[int]
 ) -> list[tuple[tuple[int, ...], Tensor]]:
-    """Items (edges, crystals) grouped by the image box of their crystal, without reading the device.
-
-    Args:
-        image_box: (B, 3) the crystals' boxes, on the device.
-        host_boxes: the same boxes on the host (``image_box.tolist()``, read once by the caller).
-        item_crystal: (I,) the crystal of each item, sorted.
-        items_per_crystal: the number of items of each crystal, on the host.
-
-    Returns:
-        ``[(box, items), ...]``: the distinct boxes in lexicographic order (that of ``torch.unique``), each with its
-        items' ids in ascending order.
-    """
+    """Items (edges, crystals) grouped by the image box of their crystal, without reading the device:
+    ``[(box, items), ...]``, the distinct boxes in lexicographic order, each with its items' ids ascending.
+    ``host_boxes`` and ``items_per_crystal`` are the boxes (B, 3) and item counts on the host; ``item_crystal`` (I,),
+    sorted, is the crystal of each item."""
     distinct = sorted(set(map(tuple, host_boxes)))
     base = max(max(box) for box in distinct) + 1  # keys (r1 base + r2) base + r3 sort like the boxes
     per_box = dict.fromkeys(distinct, 0)
@@ -340,12 +327,9 @@ class PeriodicGraph:
 
     @cached_property
     def nearest_image(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(E,) squared length and (E, 3) direction of each edge's shortest image other than the self image, and
-        (E,) the number of images tied with it.
-
-        Images whose squared lengths are within the tie tolerance of the shortest are a tie, won by the first in
-        lattice-index order; edges with no such image get an infinite length (and a count of 0).
-        """
+        """(E,) squared length and (E, 3) direction of each edge's shortest non-self image, and (E,) the number of
+        images within the tie tolerance of it (the first of them in lattice-index order wins). Edges without
+        non-self images get an infinite length and a count of 0."""
         tolerance = tie_tolerance(self.image_dist2.dtype)
         limit = self.reference + self.reference.clamp_min(1.0) * tolerance  # inf for edges without non-self images
         first = self.image_start + (self.src == self.dst).long()  # the self image comes first in its edge's list
