@@ -30,7 +30,8 @@ def logsumexp_(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class GaussianBasis(nn.Module):
-    """Expand scalars x into exp(-(x - mu_k)^2 / (2 width^2)) for evenly spaced centres mu_k.
+    """Expand scalars x into exp(-(x - mu_k)^2 / (2 width^2)) for ``num`` evenly spaced centres mu_k from ``start``
+    to ``stop`` (both included).
 
     The centres are built in the dtype and on the device of the input at each call (and cached), never stored
     in one dtype and cast: a float64 evaluation uses float64 centres whether the model was built in float32 and
@@ -39,12 +40,6 @@ class GaussianBasis(nn.Module):
     The expansion is evaluated in place to keep the large per-image temporaries to one allocation, so call it on
     tensors that need no gradient (all image features are built under ``torch.no_grad()``). Values below
     e^-35 are returned as e^-35 (see ``MIN_EXPONENT``).
-
-    Args:
-        start: first centre.
-        stop: last centre.
-        num: number of centres.
-        width: Gaussian standard deviation.
     """
 
     def __init__(self, start: float, stop: float, num: int, width: float):

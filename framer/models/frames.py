@@ -29,15 +29,9 @@ def weighted_pca_frames(
     """Weighted-PCA frames (N, H, 3, 3) of Sigma_i = sum_jn alpha_ij p_ijn r_ijn r_ijn^T (uncentred).
 
     Where the eigenvalues of Sigma_i are (near-)degenerate (cubic environments, one-atom cells) the frame is the
-    max frame of the same attention: the directions of the heaviest images alpha_ij p_ijn.
-
-    Args:
-        graph: edges and images of the batch.
-        chunks: the images to sum over.
-        a: (N, H) Gaussian exponents (detached).
-        z: (E, H) log lattice sums, so that p_ijn = exp(a_ih d²_ijn - z_ijh).
-        alpha: (E, H) attention weights.
-        logits: (E, H) q_i k_j / sqrt(d) (for the fallback frames).
+    max frame of the same attention: the directions of the heaviest images alpha_ij p_ijn. ``a`` (N, H) are the
+    Gaussian exponents, ``z`` (E, H) the log lattice sums (p_ijn = exp(a_ih d²_ijn - z_ijh)), ``alpha`` (E, H) the
+    attention weights and ``logits`` (E, H) q_i k_j / sqrt(d) (for the fallback frames), all detached.
     """
     frames, degenerate = principal_frames(attention_moments(graph, chunks, PCA, a, z, alpha))
     if degenerate.any():
@@ -48,11 +42,9 @@ def weighted_pca_frames(
 
 @torch.no_grad()
 def pca_frames(pos: Tensor, sizes: Tensor, lattice: Tensor, image_box: Tensor) -> Tensor:
-    """PCA frames (B, 3, 3) of the unit-cell atom positions of each crystal (no images).
-
-    Where the eigenvalues are (near-)degenerate (one- and two-atom cells, cubic arrangements) the frame is the
-    crystal's lattice frame, orthonormalised (f2 by Gram-Schmidt, f3 = f1 x f2).
-    """
+    """PCA frames (B, 3, 3) of the unit-cell atom positions of each crystal (no images). Where the eigenvalues are
+    (near-)degenerate (one- and two-atom cells, cubic arrangements) the frame is the crystal's lattice frame,
+    orthonormalised (f2 by Gram-Schmidt, f3 = f1 x f2)."""
     crystal = segment_ids(sizes.to(pos.device), pos.shape[0])
     counts = sizes.to(pos.device, pos.dtype).unsqueeze(1)
     mean = pos.new_zeros(len(sizes), 3).index_add_(0, crystal, pos) / counts

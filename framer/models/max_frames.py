@@ -106,7 +106,6 @@ def max_frames(
     """Max frames (N, H, 3, 3), or static local frames when ``logits`` is None.
 
     Args:
-        graph: edges and images of the batch.
         chunks: the images to consider (``graph.chunks()`` or ``graph.layer_chunks(...)``).
         a: (N, H) Gaussian exponents a_ih < 0 (detached).
         logits: (E, H) q_i k_j / sqrt(d), or None for the static local frame (score a d² only).
@@ -178,10 +177,8 @@ def _tied_images(
 ) -> tuple[Tensor, Tensor, _Candidates]:
     """The images tied for the best second-axis score ``best`` (R,) (without logits) within each row (edge, head):
     per row, their number (R,) and the first of them in lattice-index order (R, 3); and all of them as candidates.
-
-    A score a d² + log(1 - |cos|) is at most a d², so only images with d² <= best / a can tie; images are sorted
-    by length, so those are the first few of each edge: a window of them is scored, widened until it holds them.
-    """
+    A score a d² + log(1 - |cos|) is at most a d², so only the first images of each edge, with d² <= best / a, can
+    tie (:meth:`PeriodicGraph.leading_images`)."""
     src = graph.src
     s = src[edge]
     margin = 2.0 * tie_tolerance(a.dtype) * (best.abs() + (0.0 if logits is None else logits[edge, head].abs()) + 1.0)
@@ -261,12 +258,7 @@ def first_axis(graph: PeriodicGraph, a: Tensor, logits: Tensor | None, tie_logit
 
 def second_axis_scores(chunk: ImageChunk, e1: Tensor, a: Tensor) -> Tensor:
     """(C, H, m) scores a d² + log(max(1 - |cos(r, f1)|, 1e-5)) of a chunk's images; -inf where not admissible.
-
-    Args:
-        chunk: the images.
-        e1: (C, H, 3) f1 of the source atom of each edge.
-        a: (C, H) Gaussian exponents of the source atoms.
-    """
+    ``e1`` (C, H, 3) and ``a`` (C, H) are f1 and the Gaussian exponents of each edge's source atom."""
     cos = torch.bmm(e1, chunk.unit.transpose(1, 2)).abs_()  # (C, H, m): |cos(r, f1)|
     invalid = (chunk.self_image | ~chunk.valid).unsqueeze(1) | (cos >= COLLINEAR_COS)
     score = cos.neg_().add_(1.0).clamp_(min=MIN_ONE_MINUS_COS).log_()

@@ -21,11 +21,8 @@ from framer.models.ties import spectral_tolerance, tie_tolerance
 
 
 class Monomials:
-    """The monomials of chosen degrees of 3-vectors, and the full moment tensors built from their sums.
-
-    Args:
-        degrees: the degrees, e.g. (2, 3, 4): 6 + 10 + 15 = 31 monomials.
-    """
+    """The monomials of chosen ``degrees`` of 3-vectors (e.g. (2, 3, 4): 6 + 10 + 15 = 31 monomials), and the full
+    moment tensors built from their sums."""
 
     def __init__(self, degrees: tuple[int, ...]):
         self.degrees = degrees

@@ -48,14 +48,11 @@ def segment_reduce(values: Tensor, index: Tensor, num_segments: int, reduce: str
 def segment_argmax(
     scores: Tensor, index: Tensor, num_segments: int, secondary: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per segment and column, the best of ``scores`` (E, H): the first row within the tie tolerance of the maximum.
+    """Per segment and column, the best of ``scores`` (E, H): the first row within the tie tolerance of the maximum
+    (with ``secondary`` (E, H), of those rows, the ones within the tolerance of their best secondary score).
 
-    With ``secondary`` (E, H), rows tied in ``scores`` are first narrowed to those within the tolerance of the best
-    secondary score among them.
-
-    Returns:
-        (num_segments, H) row ids, (num_segments, H) maxima (-inf for segments whose scores are all -inf) and the
-        (E, H) mask of the tied rows (the candidates the row id was chosen from).
+    Returns (num_segments, H) row ids, (num_segments, H) maxima (-inf for segments whose scores are all -inf) and
+    the (E, H) mask of the tied rows (the candidates the row id was chosen from).
     """
     rows = scores.shape[0]
     best = segment_reduce(scores, index, num_segments, "amax", -torch.inf)
@@ -76,11 +73,9 @@ def lexicographic_choice(groups: Tensor, keys: list[Tensor], order: Tensor, num_
         groups: (K,) group of each candidate, in [0, num_groups).
         keys: (K,) scores, larger is better; a candidate stays only if it ties with the best of the remaining ones.
         order: (K,) integers distinct within a group: the final tie-break.
-        num_groups: number of groups.
 
-    Returns:
-        (num_groups,) the chosen candidate (-1 for groups without candidates) and (num_groups,) whether more than
-        one candidate tied in every key.
+    Returns (num_groups,) the chosen candidate (-1 for groups without candidates) and (num_groups,) whether more
+    than one candidate tied in every key.
     """
     alive = torch.ones_like(groups, dtype=torch.bool)
     for key in keys:
