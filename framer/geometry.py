@@ -38,8 +38,7 @@ def image_box(lattice: np.ndarray, cutoff: float = IMAGE_CUTOFF, minimum: int = 
 def image_offsets(box, device=None) -> torch.Tensor:
     """Integer image translations (R, 3) of a box, with the zero translation first, then lattice-index order
     (built by slicing, without a boolean mask, so a CUDA device never waits for the host here)."""
-    r1, r2, r3 = (int(r) for r in box)
-    axes = [torch.arange(-r, r + 1, device=device) for r in (r1, r2, r3)]
+    axes = [torch.arange(-int(r), int(r) + 1, device=device) for r in box]
     grid = torch.cartesian_prod(*axes).view(-1, 3)
     middle = grid.shape[0] // 2
     return torch.cat([grid[middle : middle + 1], grid[:middle], grid[middle + 1 :]])

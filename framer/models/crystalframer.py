@@ -108,8 +108,7 @@ class CrystalFramer(nn.Module):
         self.init_args = arguments
         if frame not in ("none", "max", "static", "weighted_pca", "pca", "lattice"):
             raise ValueError(f"unknown frame {frame!r}")
-        sizes = ("num_layers", "model_dim", "num_heads", "ff_dim", "dist_basis", "head_dim", "chunk_size")
-        for name in sizes:
+        for name in ("num_layers", "model_dim", "num_heads", "ff_dim", "dist_basis", "head_dim", "chunk_size"):
             if arguments[name] is not None and arguments[name] < 1:
                 raise ValueError(f"{name} must be at least 1, got {arguments[name]}")
         if not dist_max > 0:

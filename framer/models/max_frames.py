@@ -132,9 +132,9 @@ def max_frames(
     image_scores, image_units, image_packed = [], [], []
     for chunk in chunks:
         score = second_axis_scores(chunk, e1[src[chunk.edges]], a[src[chunk.edges]])
-        best = torch.argmax(score, dim=2)  # (C, H); ties within an edge are looked at below, where they matter
+        best_score, best = score.max(dim=2)  # (C, H); ties within an edge are looked at below, where they matter
         rows = torch.arange(len(best), device=best.device).unsqueeze(1)
-        image_scores.append(torch.gather(score, 2, best.unsqueeze(-1)).squeeze(-1))
+        image_scores.append(best_score)
         image_units.append(chunk.unit[rows, best])
         image_packed.append(chunk.packed[rows, best])
     score2 = chunks.to_edge_order(image_scores)

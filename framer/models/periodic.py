@@ -25,6 +25,8 @@ from framer.models.ties import segment_reduce, tie_tolerance
 
 MAX_EXPONENT_MAGNITUDE = 0.5 / R0**2  # |a| = rho / (2 R0²) with rho > RHO_LOWER_BOUND: this times RHO_LOWER_BOUND
 DEFAULT_IMAGE_TOLERANCE = 1e-9
+# the packed kept images (P, ...) of all edges: vectors (Å), squared lengths, self-image flags, edges and labels
+PACKED_IMAGE_FIELDS = ("image_vectors", "image_dist2", "image_self", "image_edge", "image_label")
 CPU_CHUNK_SIZE = 2**22  # 16 MiB per float32 temporary (docs/model.md, "How it is computed")
 CUDA_CHUNK_BYTES_PER_ELEMENT = 256  # a chunk's temporary element per 256 bytes of device memory ...
 CUDA_CHUNK_SIZE_RANGE = (2**22, 2**27)  # ... within these bounds: 2**27 (512 MiB per float32 temporary) from 32 GiB
@@ -196,7 +198,7 @@ class PeriodicGraph:
         self.image_start = torch.zeros(self.num_edges, dtype=torch.long, device=device)
         self.image_count = torch.zeros(self.num_edges, dtype=torch.long, device=device)
         self.reference = torch.zeros(self.num_edges, dtype=lattice.dtype, device=device)
-        vectors_parts, dist2_parts, self_parts, edge_parts, label_parts = [], [], [], [], []
+        parts = {name: [] for name in PACKED_IMAGE_FIELDS}
         filled = 0
         self.label_span = 1  # more than the largest image label (lattice-index position in a box)
         edges_per_crystal = [n * n for n in host_sizes]
@@ -219,20 +221,17 @@ class PeriodicGraph:
                 kept = torch.nonzero(keep.view(-1)).squeeze(1)  # the block's one wait for the device
                 index = index.view(-1).index_select(0, kept)
                 rows = torch.div(kept, size, rounding_mode="floor")
-                vectors_parts.append(vectors.view(-1, 3).index_select(0, rows * size + index))
-                dist2_parts.append(dist2.view(-1).index_select(0, kept))
-                self_parts.append(self_image.view(-1).index_select(0, rows * size + index))
-                label_parts.append(index.int())  # the position in the box is the lattice-index order
-                edge_parts.append(edges.index_select(0, rows))
+                parts["image_vectors"].append(vectors.view(-1, 3).index_select(0, rows * size + index))
+                parts["image_dist2"].append(dist2.view(-1).index_select(0, kept))
+                parts["image_self"].append(self_image.view(-1).index_select(0, rows * size + index))
+                parts["image_edge"].append(edges.index_select(0, rows))  # packing is in box-group order
+                parts["image_label"].append(index.int())  # the position in the box is the lattice-index order
                 self.image_start[edges] = filled + torch.cumsum(count, 0) - count
                 self.image_count[edges] = count
                 self.reference[edges] = reference
                 filled += len(kept)
-        self.image_vectors = torch.cat(vectors_parts)
-        self.image_dist2 = torch.cat(dist2_parts)
-        self.image_self = torch.cat(self_parts)
-        self.image_edge = torch.cat(edge_parts)  # the edge of each packed image (packing is in box-group order)
-        self.image_label = torch.cat(label_parts)
+        for name, values in parts.items():
+            setattr(self, name, torch.cat(values))
         self.prune_reference = self.reference
         if self.per_atom_reference:
             self._keep_atom_spheres(cut)
@@ -246,7 +245,7 @@ class PeriodicGraph:
         self.image_start = kept_before[self.image_start.clamp_max(len(keep) - 1)]
         self.image_count = torch.zeros_like(self.image_count).index_add_(0, self.image_edge, keep.long())
         kept = torch.nonzero(keep).squeeze(1)
-        for name in ("image_vectors", "image_dist2", "image_self", "image_edge", "image_label"):
+        for name in PACKED_IMAGE_FIELDS:
             setattr(self, name, getattr(self, name).index_select(0, kept))
 
     @property
@@ -257,17 +256,14 @@ class PeriodicGraph:
     def chunks(self, counts: Tensor | None = None) -> ImageChunks:
         """Padded chunks over all edges, each edge with its first ``counts`` (E,) images (default: all kept)."""
         counts = self.image_count if counts is None else counts
-        order = torch.argsort(counts, descending=True, stable=True)
-        return ImageChunks(self._cut(order, counts), self.num_edges, counts)
+        edges = torch.arange(self.num_edges, device=counts.device)
+        return ImageChunks(self.subset_chunks(edges, counts), self.num_edges, counts)
 
     def subset_chunks(self, edges: Tensor, counts: Tensor) -> list[ImageChunk]:
-        """Padded chunks over some ``edges`` (ascending ids), each with its first ``counts`` (E,) images: the
-        edges in the order :meth:`chunks` visits them."""
-        return self._cut(edges[torch.argsort(counts[edges], descending=True, stable=True)], counts)
-
-    def _cut(self, order: Tensor, counts: Tensor) -> list[ImageChunk]:
-        """Chunks of the edges ``order`` (sorted by decreasing count). The host reads the sorted counts once (one
+        """Padded chunks over some ``edges`` (ascending ids), each with its first ``counts`` (E,) images, sorted by
+        decreasing count (so in the order :meth:`chunks` visits them). The host reads the sorted counts once (one
         ``tolist``) and cuts the chunks from them."""
+        order = edges[torch.argsort(counts[edges], descending=True, stable=True)]
         sorted_counts = counts[order].tolist()
         chunks, start = [], 0
         while start < len(sorted_counts):
