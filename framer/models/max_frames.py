@@ -11,7 +11,7 @@ Ties. Scores within the tie tolerance (:mod:`framer.models.ties`) are ties; symm
 Without the layer's attention the first candidate wins (lattice-index order of the images, then edge
 order): that is independent of the orientation, but not of the cell or of the order of the atoms. With it (as in
 the model), the candidates of a tied (atom, head) pair are compared by keys that every cell and atom order share
-(:func:`_choose`), and frames still tied after every key get their f3 oriented (:func:`orient_f3`). The
+(:meth:`_Ties.decide`), and frames still tied after every key get their f3 oriented (:func:`orient_f3`). The
 environments are the first and second moments of each atom's images weighted by its attention, alpha_ij p_ijn,
 computed only for atoms with ties: those of the first axis are known before the layer's lattice-sum pass
 (:func:`first_axis`), which then sums their edges' moments with the weights it computes anyway
@@ -58,11 +58,9 @@ class LayerAttention(NamedTuple):
     """A layer's attention, from which frame ties are decided.
 
     Attributes:
-        z: (E, H) log lattice sums, so that p_ijn = exp(a_ih d²_ijn - z_ijh).
-        alpha: (E, H) attention weights.
-        edge_moments: (E, H, 9) the first and second moments (``ENVIRONMENT``) of each edge's images weighted by
-            p_ijn, filled for the edges of ``moment_atoms`` (N,) and zero elsewhere; or None.
-        moment_atoms: (N,) the atoms whose edges ``edge_moments`` covers.
+        z: (E, H) log lattice sums, so that p_ijn = exp(a_ih d²_ijn - z_ijh); alpha: (E, H) attention weights.
+        edge_moments: (E, H, 9) the ``ENVIRONMENT`` moments of each edge's images weighted by p_ijn, for the edges
+            of the atoms ``moment_atoms`` (N,) (zero elsewhere); or None.
         first: :func:`first_axis` of the layer, if already computed.
     """
 
@@ -196,7 +194,7 @@ def _tied_images(
 
 
 class _Ties:
-    """Decides the ties of the (atom, head) pairs of one max-frame computation (see :func:`_choose`)."""
+    """Decides the ties of the (atom, head) pairs of one max-frame computation."""
 
     def __init__(
         self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, tie_logits: Tensor | None, attention: LayerAttention
@@ -212,7 +210,14 @@ class _Ties:
             self.computed = attention.moment_atoms.clone()
 
     def decide(self, tied: Tensor, candidates: _Candidates, current: Tensor) -> Tensor:
-        """The directions (N, H, 3) of ``current`` with those of the ``tied`` pairs chosen among ``candidates``."""
+        """The directions (N, H, 3) of ``current`` with those of the ``tied`` pairs chosen among ``candidates``.
+
+        Per (atom, head): the candidate best in its score, then in ``tie_logits``, then in the first and second
+        moments of the atom's weighted images along its direction, each compared within the tie tolerance; only then
+        the first in edge and lattice-index order. Pairs whose candidates are still tied after every key (related by
+        a symmetry of the environment: a rotation, or a mirror that :func:`orient_f3` accounts for) are recorded in
+        ``undecided``.
+        """
         needed = tied.any(dim=1) & ~self.computed
         if needed.any():  # sum the environments of the atoms that the layer's lattice-sum pass did not cover
             edges = torch.nonzero(needed[self.graph.src]).squeeze(1)
@@ -220,26 +225,15 @@ class _Ties:
             z, alpha = self.attention.z, self.attention.alpha
             self.environment += attention_moments(self.graph, chunks, ENVIRONMENT, self.a, z, alpha)
             self.computed |= needed
-        chosen, still = _choose(candidates, self.environment, self.tie_logits, self.graph)
-        chosen = chosen.view_as(current)
+        src, heads = self.graph.src, tied.shape[1]
+        edge, head = candidates.edge, candidates.head
+        keys = [candidates.score] + ([self.tie_logits[edge, head]] if self.tie_logits is not None else [])
+        keys += direction_keys(self.environment[src[edge], head], candidates.unit)
+        order = edge * self.graph.label_span + candidates.label.long()
+        index, still = lexicographic_choice(src[edge] * heads + head, keys, order, self.graph.num_atoms * heads)
         self.undecided |= tied & still.view_as(tied)
-        return torch.where((tied & ~chosen.isnan().any(-1)).unsqueeze(-1), chosen, current)
-
-
-def _choose(candidates: _Candidates, environment: Tensor, tie_logits: Tensor | None, graph: PeriodicGraph):
-    """Per (atom, head): the candidate best in its score, then in ``tie_logits``, then in the first and second
-    moments of the atom's weighted images along its direction, each compared within the tie tolerance; only then
-    the first in edge and lattice-index order. Returns (N H, 3) directions (NaN where a pair has no candidate) and
-    (N H,) whether candidates were still tied after every key: such candidates are related by a symmetry of the
-    environment (a rotation, or a mirror that :func:`orient_f3` accounts for)."""
-    src, heads = graph.src, environment.shape[1]
-    edge, head = candidates.edge, candidates.head
-    keys = [candidates.score] + ([tie_logits[edge, head]] if tie_logits is not None else [])
-    keys += direction_keys(environment[src[edge], head], candidates.unit)
-    order = edge * graph.label_span + candidates.label.long()
-    index, still = lexicographic_choice(src[edge] * heads + head, keys, order, graph.num_atoms * heads)
-    chosen = candidates.unit[index.clamp_min(0)]
-    return torch.where((index >= 0).unsqueeze(-1), chosen, torch.nan), still
+        chosen = candidates.unit[index.clamp_min(0)].view_as(current)  # pairs without candidates keep ``current``
+        return torch.where((tied & (index >= 0).view_as(tied)).unsqueeze(-1), chosen, current)
 
 
 @torch.no_grad()
@@ -299,10 +293,9 @@ def orient_f3(frames: Tensor, which: Tensor, environment: Tensor) -> Tensor:
     """Negate f3 of the frames ``which`` (N, H) whose first non-vanishing moment odd in f3 (``ODD_IN_F3``:
     sum w (r.f1)(r.f3), sum w (r.f2)(r.f3), sum w (r.f3)) is negative.
 
-    Candidates tied in every key are related by a symmetry of the environment. A rotation gives frames with the
-    same angle features; a mirror gives the features of the frame with f3 negated (f3 = f1 x f2 flips relative to
-    the mirrored environment). Orienting f3 by a moment that changes sign with it makes every choice give the same
-    features; such a frame may be left-handed.
+    Candidates tied in every key are related by a symmetry of the environment: a rotation gives the same angle
+    features, a mirror those of the frame with f3 negated (f3 = f1 x f2 flips relative to the mirrored environment).
+    Orienting f3 by a moment odd in it makes every choice give the same features (the frame may be left-handed).
     """
     tolerance = tie_tolerance(frames.dtype)  # computed for every frame and applied to ``which``: no sync
     along = {k: ENVIRONMENT.along(environment, k, frames) for k in (1, 2)}
