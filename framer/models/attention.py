@@ -141,9 +141,8 @@ class PeriodicAttention(nn.Module):
         if self._stats_frozen:
             return (u - self.sigma_mean) * self.sigma_inv_std
         with torch.no_grad():
-            values = u.detach()
-            mean = values.mean()
-            std = values.std() if values.numel() > 1 else torch.ones_like(mean)
+            mean = u.mean()
+            std = u.std() if u.numel() > 1 else torch.ones_like(mean)
             stats = torch.stack([mean, 1.0 / std.clamp_min(1e-6)])
             if self.training:
                 if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -186,7 +186,7 @@ def _tied_images(
     if logits is not None:
         score = score + logits[edge, head].unsqueeze(1)
     near = near_max(score, score.amax(dim=1, keepdim=True)) & torch.isfinite(score)
-    labels = chunk.label
+    labels = graph.image_label[chunk.packed]  # lattice-index order of each image within its edge's box
     pick = torch.where(near, labels, torch.iinfo(labels.dtype).max).argmin(dim=1)
     first = chunk.unit[torch.arange(len(edge), device=edge.device), pick]
     r, c = torch.nonzero(near, as_tuple=True)

@@ -85,7 +85,6 @@ class ImageChunk:
         valid: (C, m) False on padding.
         self_image: (C, m) True for the self image (i = j, n = 0).
         packed: (C, m) positions of the images in the graph's packed lists (0 on padding).
-        packed_labels: the graph's packed image labels (read by :attr:`label`).
     """
 
     edges: Tensor
@@ -94,12 +93,6 @@ class ImageChunk:
     valid: Tensor
     self_image: Tensor
     packed: Tensor
-    packed_labels: Tensor
-
-    @cached_property
-    def label(self) -> Tensor:
-        """(C, m) lattice-index order of each image within its edge's box (for tie-breaking)."""
-        return self.packed_labels[self.packed]
 
     @cached_property
     def unit(self) -> Tensor:
@@ -299,7 +292,6 @@ class PeriodicGraph:
             valid=valid,
             self_image=self.image_self[packed] & valid,
             packed=packed,
-            packed_labels=self.image_label,
         )
 
     def layer_chunks(self, exponent_magnitude: Tensor) -> ImageChunks:
