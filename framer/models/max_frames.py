@@ -145,10 +145,10 @@ def max_frames(
     # the tied images within the candidate edges that have images of equal lengths (only those can tie)
     edge, head = torch.nonzero(tied2 & graph.equal_lengths.unsqueeze(1), as_tuple=True)
     best_image = score2[edge, head] - (0.0 if logits is None else logits[edge, head])
-    count, first, within = _tied_images(graph, chunks.counts, e1, a, logits, edge, head, best_image)
+    count, first_tied, within = _tied_images(graph, chunks.counts, e1, a, logits, edge, head, best_image)
     if ties is None:  # the first in lattice-index order
         winner = edge == edge2[src[edge], head]
-        raw2[src[edge[winner]], head[winner]] = first[winner]
+        raw2[src[edge[winner]], head[winner]] = first_tied[winner]
         return complete_frame(e1, raw2, torch.isfinite(best2))
 
     per_edge = torch.ones_like(score2, dtype=torch.long).index_put_((edge, head), count)
