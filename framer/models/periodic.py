@@ -33,9 +33,10 @@ CUDA_CHUNK_SIZE_RANGE = (2**22, 2**27)  # ... within these bounds: 2**27 (512 Mi
 
 
 def default_chunk_size(device: torch.device | str) -> int:
-    """``CPU_CHUNK_SIZE`` on devices other than CUDA (temporaries near the caches); on CUDA the device's memory /
-    256 bytes, rounded down to a power of two, within ``CUDA_CHUNK_SIZE_RANGE``: fewer launches and waits (about one
-    per chunk and pass, docs/model.md), and the 1-2 ``chunk_size`` elements alive at once take 1/64-1/32 of it."""
+    """``CPU_CHUNK_SIZE`` on devices other than CUDA (temporaries stay near the caches). On CUDA, total memory / 256
+    bytes rounded down to a power of two, within ``CUDA_CHUNK_SIZE_RANGE``: fewer launches and waits (about one per
+    chunk and pass, docs/model.md); the 1-2 ``chunk_size`` elements alive at once take 1/64-1/32 of the memory (at
+    most 1 GiB in float32)."""
     device = torch.device(device)
     if device.type != "cuda":
         return CPU_CHUNK_SIZE
