@@ -36,13 +36,9 @@ def image_box(lattice: np.ndarray, cutoff: float = IMAGE_CUTOFF, minimum: int = 
 
 
 def image_offsets(box, device=None) -> torch.Tensor:
-    """Integer image translations (R, 3) of a box, with the zero translation first, then lattice-index order.
-
-    Built by slicing (the zero translation is the middle of the grid), without a boolean mask, so a CUDA device
-    never waits for the host here.
-    """
-    r1, r2, r3 = (int(r) for r in box)
-    axes = [torch.arange(-r, r + 1, device=device) for r in (r1, r2, r3)]
+    """Integer image translations (R, 3) of a box, with the zero translation first, then lattice-index order
+    (built by slicing, without a boolean mask, so a CUDA device never waits for the host here)."""
+    axes = [torch.arange(-int(r), int(r) + 1, device=device) for r in box]
     grid = torch.cartesian_prod(*axes).view(-1, 3)
     middle = grid.shape[0] // 2
     return torch.cat([grid[middle : middle + 1], grid[:middle], grid[middle + 1 :]])
@@ -57,11 +53,7 @@ def tolerance_image_box(lattice: torch.Tensor, tolerance: float) -> torch.Tensor
     nearest neighbour image, is at most the length of the shortest cell vector (the atom's own image). A vector of
     length rho between an atom and an image of another (minimum-image fractional difference in [-1/2, 1/2]) has
     fractional components n_m + f_m with |n_m + f_m| <= rho / h_m (h_m the interplanar spacings), so
-    R_m = floor(rho / h_m + 1/2) covers it.
-
-    Args:
-        lattice: (B, 3, 3) lattice vectors as rows.
-        tolerance: relative image weight, in (0, 1).
+    R_m = floor(rho / h_m + 1/2) covers it. ``lattice`` (B, 3, 3) has the lattice vectors as rows.
     """
     if not 0.0 < tolerance < 1.0:
         raise ValueError(f"the image weight tolerance must be in (0, 1), got {tolerance!r}")

@@ -107,15 +107,10 @@ def chunk_angle_features(
 
     Args:
         weight: (3, H, d_h, D) the projections W_m (the value's gradient flows to it).
-        tables: (3, H * G, d_h) rows c W_hm b_angl(grid point), head-major (see :func:`projected_tables`).
-        basis: (G, D) b_angl at the grid points.
-        coef: c_angl.
-        spacing: grid spacing.
-        a: (C, H) Gaussian exponents of the chunk's edges (detached).
-        z: (C, H) log lattice sums; mean_d2: (C, H) their derivatives E_p[d²].
-        log_alpha: (C, H) log attention weights of the edges (detached).
+        tables: (3, H * G, d_h) :func:`projected_tables` of W; basis: (G, D) b_angl at the grid points.
+        coef, spacing: c_angl and the grid spacing.
+        a, z, mean_d2, log_alpha: (C, H) the chunk's detached a, log lattice sums, E_p[d²] and log attention.
         frames: (C, H, 3, 3) frames of the source atoms (rows are axes).
-        chunk: the edges and their images.
         log_tolerance: log of the smallest attention share alpha p of an image that is kept (-inf keeps all).
         with_derivative: also return the derivative (needed only when a gradient for a is wanted).
     """
@@ -146,11 +141,7 @@ def chunk_angle_features(
             dp = spread.flatten().index_select(0, kept).mul_(p)
             upper_dp = upper * dp
             derivative = bag_sums(tables, rows, offsets, dp - upper_dp, upper_dp).view(c, h, -1)
-    if weight.requires_grad and torch.is_grad_enabled():
-        value = _AngleBagSum.apply(weight, tables, basis, lookup, coef)
-    else:
-        value = bag_sums(tables, rows, offsets, lookup.lower, lookup.upper)
-    return value.view(c, h, -1), derivative
+    return _AngleBagSum.apply(weight, tables, basis, lookup, coef).view(c, h, -1), derivative
 
 
 def projected_tables(weight: Tensor, basis: Tensor, coef: float) -> Tensor:

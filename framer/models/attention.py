@@ -14,7 +14,7 @@ autocast (:mod:`framer.models.precision`).
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from framer.models.frames import max_frames, weighted_pca_frames
 from framer.models.max_frames import ENVIRONMENT, LayerAttention, first_axis
 from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
 from framer.models.precision import full_precision
+from framer.models.ties import segment_reduce
 
 FrameType = Literal["none", "max", "static", "weighted_pca", "pca", "lattice"]
 DYNAMIC_FRAMES = ("max", "static", "weighted_pca")  # built inside each layer from its own attention
@@ -37,24 +38,10 @@ RECOMPUTE_ABOVE = 2**25  # stored image-feature elements per layer above which c
 
 def segment_softmax(logits: Tensor, index: Tensor, num_segments: int) -> Tensor:
     """Softmax of ``logits`` (E, H) over the rows that share a segment ``index`` (E,)."""
-    expanded = index.unsqueeze(1).expand_as(logits)
-    peak = logits.new_full((num_segments, logits.shape[1]), -torch.inf)
-    peak = peak.scatter_reduce(0, expanded, logits.detach(), "amax", include_self=True)
+    peak = segment_reduce(logits.detach(), index, num_segments, "amax", -torch.inf)
     weights = torch.exp(logits - peak[index])
     total = weights.new_zeros(num_segments, logits.shape[1]).index_add(0, index, weights)
     return weights / total.index_select(0, index)
-
-
-class EdgeInputs(NamedTuple):
-    """What the image-feature passes of a layer read, per edge: the graph and the layer's chunks, a of the edge's
-    source atom (E, H; carries the gradient), the log lattice sums z and their derivatives E_p[d²] (E, H; detached).
-    """
-
-    graph: PeriodicGraph
-    chunks: ImageChunks
-    a_edge: Tensor
-    z: Tensor
-    mean_d2: Tensor
 
 
 def _with_derivative(value: Tensor, derivative: Tensor, a: Tensor) -> Tensor:
@@ -64,11 +51,8 @@ def _with_derivative(value: Tensor, derivative: Tensor, a: Tensor) -> Tensor:
 
 
 class PeriodicAttention(nn.Module):
-    """One periodic multi-head self-attention layer over all atoms of each crystal.
-
-    The arguments are those of :class:`~framer.models.CrystalFramer` of the same names (``dim`` is its
-    ``model_dim``).
-    """
+    """One periodic multi-head self-attention layer over all atoms of each crystal; the arguments are those of
+    :class:`~framer.models.CrystalFramer` of the same names (``dim`` is its ``model_dim``)."""
 
     def __init__(
         self,
@@ -157,9 +141,8 @@ class PeriodicAttention(nn.Module):
         if self._stats_frozen:
             return (u - self.sigma_mean) * self.sigma_inv_std
         with torch.no_grad():
-            values = u.detach()
-            mean = values.mean()
-            std = values.std() if values.numel() > 1 else torch.ones_like(mean)
+            mean = u.mean()
+            std = u.std() if u.numel() > 1 else torch.ones_like(mean)
             stats = torch.stack([mean, 1.0 / std.clamp_min(1e-6)])
             if self.training:
                 if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -177,13 +160,8 @@ class PeriodicAttention(nn.Module):
 
     # --- forward -------------------------------------------------------------------------------------------------
     def forward(self, x: Tensor, graph: PeriodicGraph, frames: Tensor | None = None) -> Tensor:
-        """Attend over all atoms of each crystal.
-
-        Args:
-            x: (N, dim) atom features.
-            graph: edges and images of the batch.
-            frames: (N, H, 3, 3) fixed frames for "pca"/"lattice" (dynamic frames are built here when None).
-        """
+        """(N, dim) atom features -> (N, dim); ``frames`` (N, H, 3, 3) are the fixed frames for "pca"/"lattice"
+        (dynamic frames are built here when None)."""
         n, h, dh = x.shape[0], self.num_heads, self.head_dim
         projected = self.in_proj(x)  # follows autocast: bfloat16 / float16 under mixed precision
         with full_precision(x.device):
@@ -213,13 +191,7 @@ class PeriodicAttention(nn.Module):
         if self.frame != "none" and frames is None:
             attention = LayerAttention(z0, alpha.detach(), edge_moments, tied_atoms, first)
             frames = self.dynamic_frames(graph, chunks, a.detach(), logits.detach(), attention)
-        edge_inputs = EdgeInputs(graph, chunks, a_edge, z0, mean_d2)
-        if frames is not None and self.angle_grid > 0:
-            psi = self._value_encoding(edge_inputs, None)
-            psi = psi + self._tabulated_angle_encoding(edge_inputs, alpha.detach(), frames)
-        else:
-            psi = self._value_encoding(edge_inputs, frames)
-
+        psi = self._value_encoding(graph, chunks, a_edge, z0, mean_d2, alpha.detach(), frames)
         messages = alpha.unsqueeze(-1) * (v.index_select(0, dst) + psi)
         return messages.new_zeros(n, self.num_heads, dh).index_add(0, src, messages)
 
@@ -242,9 +214,7 @@ class PeriodicAttention(nn.Module):
         """z_ij = log sum_n exp(a d²) and its derivative E_p[d²], both (E, H), at the given a; and, for the edges of
         ``moment_atoms`` (N,), the first and second moments of their images weighted by p_ijn (E, H, 9)."""
         z_parts, d2_parts = [], []
-        moments = None
-        if moment_atoms is not None:
-            moments = a.new_zeros(graph.num_edges, a.shape[1], ENVIRONMENT.size)
+        moments = None if moment_atoms is None else a.new_zeros(graph.num_edges, a.shape[1], ENVIRONMENT.size)
         for chunk in chunks:
             logits = a[graph.src[chunk.edges]].unsqueeze(-1) * chunk.dist2.unsqueeze(1)  # (C, H, M)
             z, p = logsumexp_(logits, chunk.valid.unsqueeze(1))
@@ -255,31 +225,51 @@ class PeriodicAttention(nn.Module):
                 moments[chunk.edges[rows]] = torch.bmm(p[rows], ENVIRONMENT(chunk.vectors[rows]))
         return chunks.to_edge_order(z_parts), chunks.to_edge_order(d2_parts), moments
 
-    def _value_encoding(self, edge_inputs: EdgeInputs, frames: Tensor | None) -> Tensor:
-        """psi (E, H, d_h), one chunk of edges at a time."""
-        graph, chunks, a_edge, z, mean_d2 = edge_inputs
-        width = self.dist_proj.shape[-1] + (3 * self.angle_proj.shape[-1] if frames is not None else 0)
+    def _value_encoding(
+        self, graph: PeriodicGraph, chunks: ImageChunks, a_edge: Tensor, z: Tensor, mean_d2: Tensor, alpha: Tensor,
+        frames: Tensor | None,
+    ) -> Tensor:  # fmt: skip
+        """psi (E, H, d_h), one chunk of edges at a time: distance features and, with ``frames`` (N, H, 3, 3), angle
+        features, exact or (``angle_grid`` > 0) read from tables of c_angl W_m b_angl (:mod:`framer.models.angles`).
+        ``a_edge`` (E, H), a of each edge's source atom, carries the gradient; ``z``, ``mean_d2`` (E_p[d²]) and
+        ``alpha`` (E, H) are detached."""
+        tabulated = frames is not None and self.angle_grid > 0
+        exact = frames is not None and not tabulated
+        width = self.dist_proj.shape[-1] + (3 * self.angle_proj.shape[-1] if exact else 0)
         recompute = self.recompute
         if recompute is None:
-            stored = graph.num_edges * self.num_heads * width * 2
-            recompute = stored > RECOMPUTE_ABOVE
+            recompute = graph.num_edges * self.num_heads * width * 2 > RECOMPUTE_ABOVE  # stored elements
         recompute = recompute and torch.is_grad_enabled()
+        if tabulated:
+            table = self._angle_table()
+            basis = self.grid_basis(table.dtype, table.device)
+            log_tolerance = math.log(graph.image_tolerance) if graph.image_tolerance > 0 else -math.inf
+            with_derivative = torch.is_grad_enabled() and a_edge.requires_grad
+            a, log_alpha = a_edge.detach(), alpha.log()
         parts = []
         for chunk in chunks:
-            chunk_frames = frames[graph.src[chunk.edges]] if frames is not None else None
             edges = chunk.edges
-            args = (a_edge.index_select(0, edges), z.index_select(0, edges), mean_d2[edges], chunk_frames, chunk)
+            chunk_frames = frames[graph.src[edges]] if frames is not None else None
+            exact_frames = chunk_frames if exact else None
+            args = (a_edge.index_select(0, edges), z.index_select(0, edges), mean_d2[edges], exact_frames, chunk)
             if recompute:
-                parts.append(checkpoint(self._chunk_value_encoding, *args, use_reentrant=False))
+                psi = checkpoint(self._chunk_value_encoding, *args, use_reentrant=False)
             else:
-                parts.append(self._chunk_value_encoding(*args))
+                psi = self._chunk_value_encoding(*args)
+            if tabulated:
+                value, derivative = chunk_angle_features(
+                    self.angle_proj, table, basis, self.angle_coef, self.angle_spacing, a[edges], z[edges],
+                    mean_d2[edges], log_alpha[edges], chunk_frames, chunk, log_tolerance, with_derivative,
+                )  # fmt: skip
+                if derivative is not None:
+                    value = _with_derivative(value, derivative, a_edge.index_select(0, edges))
+                psi = psi + value
+            parts.append(psi)
         return chunks.to_edge_order(parts)
 
     def grid_basis(self, dtype: torch.dtype, device: torch.device) -> Tensor:
-        """(G, D) angle basis at the tabulation grid points, with centres in ``dtype`` (cached per dtype).
-
-        The float64 grid points are expanded in float64 arithmetic and the result cast to ``dtype``.
-        """
+        """(G, D) angle basis at the tabulation grid points (float64) with centres in ``dtype``, cast to ``dtype``
+        (cached per dtype and device)."""
         key = (dtype, device)
         if key not in self._grid_basis_cache:
             basis = self.angle_basis(self.angle_grid_points.to(device), centers_dtype=dtype)
@@ -287,12 +277,9 @@ class PeriodicAttention(nn.Module):
         return self._grid_basis_cache[key]
 
     def _angle_table(self) -> Tensor:
-        """Rows c_angl W_hm b_angl(grid point), axis-major then head then grid point: (3, H * G, d_h).
-
-        Built without a graph (the gradient for W is computed from the grid basis, see
-        :class:`framer.models.angles._AngleBagSum`), in every call that needs a gradient for W; without one
-        (inference) it is reused until W changes (in-place updates bump the parameter's version counter;
-        ``.to()``/``.double()`` give a new tensor).
+        """Rows c_angl W_hm b_angl(grid point), axis-major then head then grid point: (3, H * G, d_h), built without
+        a graph (:class:`framer.models.angles._AngleBagSum` gives W's gradient). Without a gradient for W it is
+        reused until W changes (in-place updates bump its version counter; ``.to()``/``.double()`` give a new one).
         """
         weight = self.angle_proj
         needs_grad = torch.is_grad_enabled() and weight.requires_grad
@@ -305,35 +292,11 @@ class PeriodicAttention(nn.Module):
         self._table_cache = None if needs_grad else (key, table)
         return table
 
-    def _tabulated_angle_encoding(self, edge_inputs: EdgeInputs, alpha: Tensor, frames: Tensor) -> Tensor:
-        """c_angl sum_m W_m sum_n p b_angl(cos) (E, H, d_h) from tables of W_m b_angl (see framer.models.angles)."""
-        graph, chunks, a_edge, z, mean_d2 = edge_inputs
-        table = self._angle_table()
-        basis = self.grid_basis(table.dtype, table.device)
-        tolerance = graph.image_tolerance
-        log_tolerance = math.log(tolerance) if tolerance > 0 else -math.inf
-        a = a_edge.detach()
-        with_derivative = torch.is_grad_enabled() and a_edge.requires_grad
-        log_alpha = alpha.log()
-        parts = []
-        for chunk in chunks:
-            edges = chunk.edges
-            value, derivative = chunk_angle_features(
-                self.angle_proj, table, basis, self.angle_coef, self.angle_spacing, a[edges], z[edges],
-                mean_d2[edges], log_alpha[edges], frames[graph.src[edges]], chunk, log_tolerance, with_derivative,
-            )  # fmt: skip
-            if derivative is not None:
-                value = _with_derivative(value, derivative, a_edge.index_select(0, edges))
-            parts.append(value)
-        return chunks.to_edge_order(parts)
-
     def _chunk_value_encoding(
         self, a: Tensor, z: Tensor, mean_d2: Tensor, frames: Tensor | None, chunk: ImageChunk
     ) -> Tensor:
-        """psi (C, H, d_h) for one chunk: a, z, mean_d2 (C, H); frames (C, H, 3, 3) or None.
-
-        Head-major layouts (H, C, ...) keep the per-head projections free of copies.
-        """
+        """psi (C, H, d_h) for one chunk: a, z, mean_d2 (C, H); frames (C, H, 3, 3) or None. Head-major layouts
+        (H, C, ...) keep the per-head projections free of copies."""
         c, h = a.shape
         with torch.no_grad():
             d2 = chunk.dist2

@@ -19,7 +19,7 @@ from framer.data.structures import MAX_ATOMIC_NUMBER
 from framer.geometry import R0, tolerance_image_box
 from framer.models.attention import FrameType, PeriodicAttention
 from framer.models.frames import lattice_frames, pca_frames
-from framer.models.periodic import PeriodicGraph
+from framer.models.periodic import PeriodicGraph, segment_ids
 from framer.models.precision import full_precision
 
 T_FIXUP_GAIN = 0.67
@@ -108,8 +108,7 @@ class CrystalFramer(nn.Module):
         self.init_args = arguments
         if frame not in ("none", "max", "static", "weighted_pca", "pca", "lattice"):
             raise ValueError(f"unknown frame {frame!r}")
-        sizes = ("num_layers", "model_dim", "num_heads", "ff_dim", "dist_basis", "head_dim", "chunk_size")
-        for name in sizes:
+        for name in ("num_layers", "model_dim", "num_heads", "ff_dim", "dist_basis", "head_dim", "chunk_size"):
             if arguments[name] is not None and arguments[name] < 1:
                 raise ValueError(f"{name} must be at least 1, got {arguments[name]}")
         if not dist_max > 0:
@@ -161,23 +160,13 @@ class CrystalFramer(nn.Module):
         """Build a named preset, e.g. ``CrystalFramer.preset("crystalframer-lightweight")``."""
         return cls(**{**cls.preset_kwargs(name), **overrides})
 
-    def image_boxes(self, batch: CrystalBatch) -> Tensor:
-        """(B, 3) image-box half-ranges: ``batch.image_box`` ("paper") or chosen from the tolerance ("exact")."""
-        if self.image_box == "exact":
-            return tolerance_image_box(batch.lattice, self.image_tolerance)
-        return batch.image_box
-
-    def graph(self, batch: CrystalBatch, image_boxes: Tensor | None = None) -> PeriodicGraph:
-        """Edges and periodic images of ``batch`` (shared by all layers)."""
+    def graph(self, batch: CrystalBatch) -> PeriodicGraph:
+        """Edges and periodic images of ``batch`` (shared by all layers) in the boxes of ``image_box``."""
+        exact = self.image_box == "exact"
+        boxes = tolerance_image_box(batch.lattice, self.image_tolerance) if exact else batch.image_box
+        width = self.blocks[0].attention.pair_width
         return PeriodicGraph(
-            batch.pos,
-            batch.lattice,
-            batch.sizes,
-            self.image_boxes(batch) if image_boxes is None else image_boxes,
-            chunk_size=self.chunk_size,
-            width=self.blocks[0].attention.pair_width,
-            image_tolerance=self.image_tolerance,
-            per_atom_reference=self.image_box == "exact",
+            batch.pos, batch.lattice, batch.sizes, boxes, self.chunk_size, width, self.image_tolerance, exact
         )
 
     def prepare(self, batch: CrystalBatch) -> CrystalBatch:
@@ -194,9 +183,8 @@ class CrystalFramer(nn.Module):
         """
         batch = self.prepare(batch)
         with full_precision(batch.pos.device):
-            boxes = self.image_boxes(batch)
-            graph = self.graph(batch, boxes)
-            frames = self._fixed_frames(batch, boxes)
+            graph = self.graph(batch)
+            frames = self._fixed_frames(batch, graph.image_box)
         # = one-hot(Z) @ W^T; index_select (not advanced indexing) keeps its backward deterministic on CPU threads
         x = self.atom_embedding.weight.index_select(1, batch.atomic_numbers - 1).t()
         for block in self.blocks:
@@ -213,17 +201,9 @@ class CrystalFramer(nn.Module):
         batch = self.prepare(batch)
         x = self.encode(batch)
         with full_precision(x.device):
-            crystal = self._atom_crystals(batch)
-            pooled = x.new_zeros(len(batch.sizes), x.shape[1]).index_add(0, crystal, x)
+            pooled = x.new_zeros(len(batch.sizes), x.shape[1]).index_add(0, segment_ids(batch.sizes, len(x)), x)
             pooled = pooled / batch.sizes.to(x.device, x.dtype).unsqueeze(1)
             return self.head(pooled).squeeze(-1)
-
-    @staticmethod
-    def _atom_crystals(batch: CrystalBatch) -> Tensor:
-        """(N,) the crystal of each atom (output size given, so a CUDA device is not waited for)."""
-        device = batch.pos.device
-        crystals = torch.arange(len(batch.sizes), device=device)
-        return torch.repeat_interleave(crystals, batch.sizes.to(device), output_size=batch.num_atoms)
 
     def _fixed_frames(self, batch: CrystalBatch, image_boxes: Tensor) -> Tensor | None:
         """(N, H, 3, 3) frames for "pca"/"lattice" (the same for every layer, atom of a crystal and head)."""
@@ -234,4 +214,4 @@ class CrystalFramer(nn.Module):
         else:
             return None
         heads = self.blocks[0].attention.num_heads
-        return per_crystal[self._atom_crystals(batch)].unsqueeze(1).expand(-1, heads, 3, 3)
+        return per_crystal[segment_ids(batch.sizes, batch.num_atoms)].unsqueeze(1).expand(-1, heads, 3, 3)

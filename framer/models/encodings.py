@@ -20,23 +20,18 @@ def exp_(x: Tensor) -> Tensor:
     return x.clamp_(min=MIN_EXPONENT).exp_()
 
 
-def logsumexp_(x: Tensor, mask: Tensor | None = None, dim: int = -1) -> tuple[Tensor, Tensor]:
-    """(log sum exp x, softmax x) along ``dim`` over the entries where ``mask`` is True; overwrites x (no autograd).
-
-    Rows with no unmasked entry give -inf and all-zero weights.
-    """
-    if mask is not None:
-        x = x.masked_fill_(~mask, -torch.inf)
-    peak = x.amax(dim=dim, keepdim=True)
-    weights = exp_(x.sub_(peak))
-    if mask is not None:
-        weights = weights.masked_fill_(~mask, 0.0)
-    total = weights.sum(dim=dim, keepdim=True).clamp_min_(1.0)  # >= 1 (the peak) unless nothing is unmasked
-    return (total.log() + peak).squeeze(dim), weights.div_(total)
+def logsumexp_(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(log sum exp x, softmax x) along the last dim over the entries where ``mask`` is True; overwrites x (no
+    autograd). Rows with no unmasked entry give -inf and all-zero weights."""
+    peak = x.masked_fill_(~mask, -torch.inf).amax(dim=-1, keepdim=True)
+    weights = exp_(x.sub_(peak)).masked_fill_(~mask, 0.0)
+    total = weights.sum(dim=-1, keepdim=True).clamp_min_(1.0)  # >= 1 (the peak) unless nothing is unmasked
+    return (total.log() + peak).squeeze(-1), weights.div_(total)
 
 
 class GaussianBasis(nn.Module):
-    """Expand scalars x into exp(-(x - mu_k)^2 / (2 width^2)) for evenly spaced centres mu_k.
+    """Expand scalars x into exp(-(x - mu_k)^2 / (2 width^2)) for ``num`` evenly spaced centres mu_k from ``start``
+    to ``stop`` (both included).
 
     The centres are built in the dtype and on the device of the input at each call (and cached), never stored
     in one dtype and cast: a float64 evaluation uses float64 centres whether the model was built in float32 and
@@ -45,37 +40,25 @@ class GaussianBasis(nn.Module):
     The expansion is evaluated in place to keep the large per-image temporaries to one allocation, so call it on
     tensors that need no gradient (all image features are built under ``torch.no_grad()``). Values below
     e^-35 are returned as e^-35 (see ``MIN_EXPONENT``).
-
-    Args:
-        start: first centre.
-        stop: last centre.
-        num: number of centres.
-        width: Gaussian standard deviation.
     """
 
     def __init__(self, start: float, stop: float, num: int, width: float):
         super().__init__()
         self.start, self.stop, self.num, self.width = float(start), float(stop), num, float(width)
         self.scale = 1.0 / (width * math.sqrt(2.0))
-        self._cache: dict[tuple[torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
+        self._scaled_centers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     def centers(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
         """(num,) centres in ``dtype`` on ``device``."""
-        return self._constants(dtype, torch.device(device or "cpu"))[0]
-
-    def _constants(self, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-        """(centres, centres * scale), computed in ``dtype`` on ``device`` once."""
-        key = (dtype, device)
-        if key not in self._cache:
-            centers = torch.linspace(self.start, self.stop, self.num, dtype=dtype, device=device)
-            self._cache[key] = (centers, centers * self.scale)
-        return self._cache[key]
+        return torch.linspace(self.start, self.stop, self.num, dtype=dtype, device=device)
 
     def forward(self, x: Tensor, centers_dtype: torch.dtype | None = None) -> Tensor:
         """(...,) -> (..., num), with centres in ``centers_dtype`` (default: the dtype of x)."""
         bound = math.sqrt(-MIN_EXPONENT)
-        scaled_centers = self._constants(centers_dtype or x.dtype, x.device)[1]
-        out = (x * self.scale).unsqueeze(-1) - scaled_centers  # (x - mu) / (sqrt(2) width)
+        key = (centers_dtype or x.dtype, x.device)
+        if key not in self._scaled_centers:  # computed once per dtype and device
+            self._scaled_centers[key] = self.centers(*key) * self.scale
+        out = (x * self.scale).unsqueeze(-1) - self._scaled_centers[key]  # (x - mu) / (sqrt(2) width)
         return out.clamp_(-bound, bound).square_().neg_().exp_()
 
     def extra_repr(self) -> str:

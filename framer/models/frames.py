@@ -12,10 +12,9 @@ import torch
 from torch import Tensor
 
 from framer.geometry import image_offsets
-from framer.models.encodings import exp_
 from framer.models.max_frames import complete_frame, least_aligned_axis, max_frames, normalize
-from framer.models.moments import PCA, principal_frames
-from framer.models.periodic import ImageChunks, PeriodicGraph, group_by_box
+from framer.models.moments import PCA, attention_moments, principal_frames
+from framer.models.periodic import ImageChunks, PeriodicGraph, group_by_box, segment_ids
 from framer.models.ties import tie_tolerance
 
 __all__ = ["lattice_frames", "max_frames", "pca_frames", "weighted_pca_frames"]
@@ -30,26 +29,11 @@ def weighted_pca_frames(
     """Weighted-PCA frames (N, H, 3, 3) of Sigma_i = sum_jn alpha_ij p_ijn r_ijn r_ijn^T (uncentred).
 
     Where the eigenvalues of Sigma_i are (near-)degenerate (cubic environments, one-atom cells) the frame is the
-    max frame of the same attention: the directions of the heaviest images alpha_ij p_ijn.
-
-    Args:
-        graph: edges and images of the batch.
-        chunks: the images to sum over.
-        a: (N, H) Gaussian exponents (detached).
-        z: (E, H) log lattice sums, so that p_ijn = exp(a_ih d²_ijn - z_ijh).
-        alpha: (E, H) attention weights.
-        logits: (E, H) q_i k_j / sqrt(d) (for the fallback frames).
+    max frame of the same attention: the directions of the heaviest images alpha_ij p_ijn. ``a`` (N, H) are the
+    Gaussian exponents, ``z`` (E, H) the log lattice sums (p_ijn = exp(a_ih d²_ijn - z_ijh)), ``alpha`` (E, H) the
+    attention weights and ``logits`` (E, H) q_i k_j / sqrt(d) (for the fallback frames), all detached.
     """
-    src = graph.src
-    heads = a.shape[1]
-    total = a.new_zeros(graph.num_atoms, heads, PCA.size)
-    for chunk in chunks:
-        chunk_src = src[chunk.edges]
-        logp = a[chunk_src].unsqueeze(-1) * chunk.dist2.unsqueeze(1) - z[chunk.edges].unsqueeze(-1)
-        weight = exp_(logp).mul_(alpha[chunk.edges].unsqueeze(-1))  # (C, H, M)
-        weight.masked_fill_(~chunk.valid.unsqueeze(1), 0.0)
-        total.index_add_(0, chunk_src, torch.bmm(weight, PCA(chunk.vectors)))
-    frames, degenerate = principal_frames(total)
+    frames, degenerate = principal_frames(attention_moments(graph, chunks, PCA, a, z, alpha))
     if degenerate.any():
         fallback = max_frames(graph, chunks, a, logits, attention=(z, alpha))
         frames = torch.where(degenerate.unsqueeze(-1).unsqueeze(-1), fallback, frames)
@@ -58,13 +42,10 @@ def weighted_pca_frames(
 
 @torch.no_grad()
 def pca_frames(pos: Tensor, sizes: Tensor, lattice: Tensor, image_box: Tensor) -> Tensor:
-    """PCA frames (B, 3, 3) of the unit-cell atom positions of each crystal (no images).
-
-    Where the eigenvalues are (near-)degenerate (one- and two-atom cells, cubic arrangements) the frame is the
-    crystal's lattice frame, orthonormalised (f2 by Gram-Schmidt, f3 = f1 x f2).
-    """
-    crystals = torch.arange(len(sizes), device=pos.device)
-    crystal = torch.repeat_interleave(crystals, sizes.to(pos.device), output_size=pos.shape[0])
+    """PCA frames (B, 3, 3) of the unit-cell atom positions of each crystal (no images). Where the eigenvalues are
+    (near-)degenerate (one- and two-atom cells, cubic arrangements) the frame is the crystal's lattice frame,
+    orthonormalised (f2 by Gram-Schmidt, f3 = f1 x f2)."""
+    crystal = segment_ids(sizes.to(pos.device), pos.shape[0])
     counts = sizes.to(pos.device, pos.dtype).unsqueeze(1)
     mean = pos.new_zeros(len(sizes), 3).index_add_(0, crystal, pos) / counts
     moments = PCA(pos - mean[crystal])

@@ -11,11 +11,11 @@ Ties. Scores within the tie tolerance (:mod:`framer.models.ties`) are ties; symm
 Without the layer's attention the first candidate wins (lattice-index order of the images, then edge
 order): that is independent of the orientation, but not of the cell or of the order of the atoms. With it (as in
 the model), the candidates of a tied (atom, head) pair are compared by keys that every cell and atom order share
-(:func:`_choose`), and frames still tied after every key get their f3 oriented (:func:`orient_f3`). The
+(:meth:`_Ties.decide`), and frames still tied after every key get their f3 oriented (:func:`orient_f3`). The
 environments are the first and second moments of each atom's images weighted by its attention, alpha_ij p_ijn,
 computed only for atoms with ties: those of the first axis are known before the layer's lattice-sum pass
 (:func:`first_axis`), which then sums their edges' moments with the weights it computes anyway
-(:class:`LayerAttention`); the others get a pass of their own (:func:`environment_moments`).
+(:class:`LayerAttention`); the others get a pass of their own (:meth:`_Ties.decide`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from framer.models.encodings import exp_
-from framer.models.moments import Monomials
-from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph
+from framer.models.moments import Monomials, attention_moments
+from framer.models.periodic import ImageChunk, ImageChunks, PeriodicGraph, segment_ids
 from framer.models.ties import lexicographic_choice, near_max, segment_argmax, tie_tolerance
 
 COLLINEAR_COS = 0.9999  # second-axis candidates must satisfy |cos(r, f1)| < this
@@ -59,11 +58,9 @@ class LayerAttention(NamedTuple):
     """A layer's attention, from which frame ties are decided.
 
     Attributes:
-        z: (E, H) log lattice sums, so that p_ijn = exp(a_ih d²_ijn - z_ijh).
-        alpha: (E, H) attention weights.
-        edge_moments: (E, H, 9) the first and second moments (``ENVIRONMENT``) of each edge's images weighted by
-            p_ijn, filled for the edges of ``moment_atoms`` (N,) and zero elsewhere; or None.
-        moment_atoms: (N,) the atoms whose edges ``edge_moments`` covers.
+        z: (E, H) log lattice sums, so that p_ijn = exp(a_ih d²_ijn - z_ijh); alpha: (E, H) attention weights.
+        edge_moments: (E, H, 9) the ``ENVIRONMENT`` moments of each edge's images weighted by p_ijn, for the edges
+            of the atoms ``moment_atoms`` (N,) (zero elsewhere); or None.
         first: :func:`first_axis` of the layer, if already computed.
     """
 
@@ -85,20 +82,14 @@ class FirstAxis(NamedTuple):
     any_tied: bool  # whether any pair is tied (read once on the host)
 
 
-class _Candidates:
+class _Candidates(NamedTuple):
     """Tied candidate directions: (K,) edge, head, label (lattice-index order), score and (K, 3) unit vectors."""
 
-    def __init__(self, edge: Tensor, head: Tensor, label: Tensor, score: Tensor, unit: Tensor):
-        self.edge, self.head, self.label, self.score, self.unit = edge, head, label, score, unit
-
-    FIELDS = ("edge", "head", "label", "score", "unit")
-
-    @staticmethod
-    def cat(parts: list[_Candidates]) -> _Candidates:
-        return _Candidates(*(torch.cat([getattr(part, name) for part in parts]) for name in _Candidates.FIELDS))
-
-    def __getitem__(self, index: Tensor) -> _Candidates:
-        return _Candidates(*(getattr(self, name)[index] for name in self.FIELDS))
+    edge: Tensor
+    head: Tensor
+    label: Tensor
+    score: Tensor
+    unit: Tensor
 
 
 @torch.no_grad()
@@ -113,7 +104,6 @@ def max_frames(
     """Max frames (N, H, 3, 3), or static local frames when ``logits`` is None.
 
     Args:
-        graph: edges and images of the batch.
         chunks: the images to consider (``graph.chunks()`` or ``graph.layer_chunks(...)``).
         a: (N, H) Gaussian exponents a_ih < 0 (detached).
         logits: (E, H) q_i k_j / sqrt(d), or None for the static local frame (score a d² only).
@@ -130,9 +120,7 @@ def max_frames(
     # f1: the best edge by the score of its nearest image
     _, near_unit, near_count = graph.nearest_image
     first = attention.first if attention is not None else None
-    if first is None:
-        first = first_axis(graph, a, logits, tie_logits)
-    score1, edge1, best1, tied1, tied, any_tied = first
+    score1, edge1, best1, tied1, tied, any_tied = first or first_axis(graph, a, logits, tie_logits)
     e1 = near_unit[edge1, :]  # (N, H, 3)
     e1 = torch.where(torch.isfinite(best1).unsqueeze(-1), e1, torch.eye(3, dtype=a.dtype, device=a.device)[0])
     if ties is not None and any_tied:
@@ -142,9 +130,9 @@ def max_frames(
     image_scores, image_units, image_packed = [], [], []
     for chunk in chunks:
         score = second_axis_scores(chunk, e1[src[chunk.edges]], a[src[chunk.edges]])
-        best = torch.argmax(score, dim=2)  # (C, H); ties within an edge are looked at below, where they matter
+        best_score, best = score.max(dim=2)  # (C, H); ties within an edge are looked at below, where they matter
         rows = torch.arange(len(best), device=best.device).unsqueeze(1)
-        image_scores.append(torch.gather(score, 2, best.unsqueeze(-1)).squeeze(-1))
+        image_scores.append(best_score)
         image_units.append(chunk.unit[rows, best])
         image_packed.append(chunk.packed[rows, best])
     score2 = chunks.to_edge_order(image_scores)
@@ -157,13 +145,13 @@ def max_frames(
     # the tied images within the candidate edges that have images of equal lengths (only those can tie)
     edge, head = torch.nonzero(tied2 & graph.equal_lengths.unsqueeze(1), as_tuple=True)
     best_image = score2[edge, head] - (0.0 if logits is None else logits[edge, head])
-    within = _tied_images(graph, chunks.counts, e1, a, logits, edge, head, best_image)
+    count, first_tied, within = _tied_images(graph, chunks.counts, e1, a, logits, edge, head, best_image)
     if ties is None:  # the first in lattice-index order
         winner = edge == edge2[src[edge], head]
-        raw2[src[edge[winner]], head[winner]] = within.first[winner]
+        raw2[src[edge[winner]], head[winner]] = first_tied[winner]
         return complete_frame(e1, raw2, torch.isfinite(best2))
 
-    per_edge = torch.ones_like(score2, dtype=torch.long).index_put_((edge, head), within.count)
+    per_edge = torch.ones_like(score2, dtype=torch.long).index_put_((edge, head), count)
     tied = torch.zeros_like(a).index_add_(0, src, (tied2 * per_edge).to(a.dtype)) > 1
     if tied.any():
         # candidates: the best image of each tied edge without equal lengths, all tied images of the others
@@ -171,16 +159,8 @@ def max_frames(
         labels = graph.image_label[chunks.to_edge_order(image_packed)[e, h]]
         single = _Candidates(e, h, labels, score2[e, h], units[e, h])
         # ``within`` may hold candidates of pairs that are not tied: their choices are not used (no filtering: a sync)
-        raw2 = ties.decide(tied, _Candidates.cat([single, within.candidates]), raw2)
-    return ties.orient(complete_frame(e1, raw2, torch.isfinite(best2)))
-
-
-class _TiedImages:
-    """Per row (edge, head): ``count`` (R,) images tied with the row's best, ``first`` (R, 3) the first of them in
-    lattice-index order, and all of them as ``candidates``."""
-
-    def __init__(self, count: Tensor, first: Tensor, candidates: _Candidates):
-        self.count, self.first, self.candidates = count, first, candidates
+        raw2 = ties.decide(tied, _Candidates(*map(torch.cat, zip(single, within))), raw2)
+    return orient_f3(complete_frame(e1, raw2, torch.isfinite(best2)), ties.undecided, ties.environment)
 
 
 def _tied_images(
@@ -192,48 +172,29 @@ def _tied_images(
     edge: Tensor,
     head: Tensor,
     best: Tensor,
-) -> _TiedImages:
-    """The images tied for the best second-axis score ``best`` (R,) (without logits) within each row (edge, head).
-
-    A score a d² + log(1 - |cos|) is at most a d², so only images with d² <= best / a can tie; images are sorted
-    by length, so those are the first few of each edge: a window of them is scored, widened until it holds them.
-    """
-    if len(edge) == 0:
-        empty = _Candidates(edge, head, graph.image_label[:0], best, a.new_zeros(0, 3))
-        return _TiedImages(edge, a.new_zeros(0, 3), empty)
+) -> tuple[Tensor, Tensor, _Candidates]:
+    """The images tied for the best second-axis score ``best`` (R,) (without logits) within each row (edge, head):
+    per row, their number (R,) and the first of them in lattice-index order (R, 3); and all of them as candidates.
+    A score a d² + log(1 - |cos|) is at most a d², so only the first images of each edge, with d² <= best / a, can
+    tie (:meth:`PeriodicGraph.leading_images`)."""
     src = graph.src
     s = src[edge]
     margin = 2.0 * tie_tolerance(a.dtype) * (best.abs() + (0.0 if logits is None else logits[edge, head].abs()) + 1.0)
     limit = (best - margin) / a[s, head]  # d² of the farthest image that could tie (a < 0)
-    start, count = graph.image_start[edge], counts[edge]
-    window, longest = 8, None
-    while True:
-        columns = torch.arange(window, device=edge.device)
-        inside = columns < count.unsqueeze(1)
-        position = torch.where(inside, start.unsqueeze(1) + columns, 0)
-        reach = inside & (graph.image_dist2[position] <= limit.unsqueeze(1))
-        if longest is None:  # one read from the device for both
-            reached, longest = torch.stack([reach[:, -1].any().to(count.dtype), count.max()]).tolist()
-        else:
-            reached = bool(reach[:, -1].any())
-        if not reached or window >= longest:
-            break
-        window *= 2
-    chunk = graph.packed_chunk(edge, position, reach)
+    chunk = graph.packed_chunk(edge, *graph.leading_images(graph.image_start[edge], counts[edge], limit))
     score = second_axis_scores(chunk, e1[s, head].unsqueeze(1), a[s, head].unsqueeze(1))[:, 0]  # (R, window)
     if logits is not None:
         score = score + logits[edge, head].unsqueeze(1)
     near = near_max(score, score.amax(dim=1, keepdim=True)) & torch.isfinite(score)
-    labels = chunk.label
+    labels = graph.image_label[chunk.packed]  # lattice-index order of each image within its edge's box
     pick = torch.where(near, labels, torch.iinfo(labels.dtype).max).argmin(dim=1)
     first = chunk.unit[torch.arange(len(edge), device=edge.device), pick]
     r, c = torch.nonzero(near, as_tuple=True)
-    candidates = _Candidates(edge[r], head[r], labels[r, c], score[r, c], chunk.unit[r, c])
-    return _TiedImages(near.sum(dim=1), first, candidates)
+    return near.sum(dim=1), first, _Candidates(edge[r], head[r], labels[r, c], score[r, c], chunk.unit[r, c])
 
 
 class _Ties:
-    """Decides the ties of the (atom, head) pairs of one max-frame computation (see :func:`_choose`)."""
+    """Decides the ties of the (atom, head) pairs of one max-frame computation."""
 
     def __init__(
         self, graph: PeriodicGraph, chunks: ImageChunks, a: Tensor, tie_logits: Tensor | None, attention: LayerAttention
@@ -249,35 +210,30 @@ class _Ties:
             self.computed = attention.moment_atoms.clone()
 
     def decide(self, tied: Tensor, candidates: _Candidates, current: Tensor) -> Tensor:
-        """The directions (N, H, 3) of ``current`` with those of the ``tied`` pairs chosen among ``candidates``."""
+        """The directions (N, H, 3) of ``current`` with those of the ``tied`` pairs chosen among ``candidates``.
+
+        Per (atom, head): the candidate best in its score, then in ``tie_logits``, then in the first and second
+        moments of the atom's weighted images along its direction, each compared within the tie tolerance; only then
+        the first in edge and lattice-index order. Pairs whose candidates are still tied after every key (related by
+        a symmetry of the environment: a rotation, or a mirror that :func:`orient_f3` accounts for) are recorded in
+        ``undecided``.
+        """
         needed = tied.any(dim=1) & ~self.computed
-        if needed.any():
+        if needed.any():  # sum the environments of the atoms that the layer's lattice-sum pass did not cover
+            edges = torch.nonzero(needed[self.graph.src]).squeeze(1)
+            chunks = self.graph.subset_chunks(edges, self.chunks.counts)
             z, alpha = self.attention.z, self.attention.alpha
-            self.environment += environment_moments(self.graph, self.chunks, needed, self.a, z, alpha)
+            self.environment += attention_moments(self.graph, chunks, ENVIRONMENT, self.a, z, alpha)
             self.computed |= needed
-        chosen, still = _choose(candidates, self.environment, self.tie_logits, self.graph)
-        chosen = chosen.view_as(current)
+        src, heads = self.graph.src, tied.shape[1]
+        edge, head = candidates.edge, candidates.head
+        keys = [candidates.score] + ([self.tie_logits[edge, head]] if self.tie_logits is not None else [])
+        keys += direction_keys(self.environment[src[edge], head], candidates.unit)
+        order = edge * self.graph.label_span + candidates.label.long()
+        index, still = lexicographic_choice(src[edge] * heads + head, keys, order, self.graph.num_atoms * heads)
         self.undecided |= tied & still.view_as(tied)
-        return torch.where((tied & ~chosen.isnan().any(-1)).unsqueeze(-1), chosen, current)
-
-    def orient(self, frames: Tensor) -> Tensor:
-        return orient_f3(frames, self.undecided, self.environment)
-
-
-def _choose(candidates: _Candidates, environment: Tensor, tie_logits: Tensor | None, graph: PeriodicGraph):
-    """Per (atom, head): the candidate best in its score, then in ``tie_logits``, then in the first and second
-    moments of the atom's weighted images along its direction, each compared within the tie tolerance; only then
-    the first in edge and lattice-index order. Returns (N H, 3) directions (NaN where a pair has no candidate) and
-    (N H,) whether candidates were still tied after every key: such candidates are related by a symmetry of the
-    environment (a rotation, or a mirror that :func:`orient_f3` accounts for)."""
-    src, heads = graph.src, environment.shape[1]
-    edge, head = candidates.edge, candidates.head
-    keys = [candidates.score] + ([tie_logits[edge, head]] if tie_logits is not None else [])
-    keys += direction_keys(environment[src[edge], head], candidates.unit)
-    order = edge * graph.label_span + candidates.label.long()
-    index, still = lexicographic_choice(src[edge] * heads + head, keys, order, graph.num_atoms * heads)
-    chosen = candidates.unit[index.clamp_min(0)]
-    return torch.where((index >= 0).unsqueeze(-1), chosen, torch.nan), still
+        chosen = candidates.unit[index.clamp_min(0)].view_as(current)  # pairs without candidates keep ``current``
+        return torch.where((tied & (index >= 0).view_as(tied)).unsqueeze(-1), chosen, current)
 
 
 @torch.no_grad()
@@ -285,27 +241,18 @@ def first_axis(graph: PeriodicGraph, a: Tensor, logits: Tensor | None, tie_logit
     """f1 by the first candidate, and where it is a tie (the layer can compute it before its lattice sums, to
     sum the environments of the atoms with ties there)."""
     near_d2, _, near_count = graph.nearest_image
-    score = first_axis_scores(a[graph.src], near_d2, logits)
+    score = a[graph.src] * near_d2.unsqueeze(1)  # a_ih d² (+ logits) of each edge's nearest image
+    if logits is not None:
+        score = score + logits
     edge, best, tied_edges = segment_argmax(score, graph.src, graph.num_atoms, tie_logits)
     count = torch.zeros_like(a).index_add_(0, graph.src, tied_edges * near_count.unsqueeze(1).to(a.dtype))
     tied = count > 1
     return FirstAxis(score, edge, best, tied_edges, tied, bool(tied.any()))
 
 
-def first_axis_scores(a_edge: Tensor, dist2: Tensor, logits: Tensor | None) -> Tensor:
-    """(E, H) scores a_ih d² (+ logits) of each edge's nearest image; ``a_edge`` is a of the edge's source."""
-    score = a_edge * dist2.unsqueeze(1)
-    return score if logits is None else score + logits
-
-
 def second_axis_scores(chunk: ImageChunk, e1: Tensor, a: Tensor) -> Tensor:
     """(C, H, m) scores a d² + log(max(1 - |cos(r, f1)|, 1e-5)) of a chunk's images; -inf where not admissible.
-
-    Args:
-        chunk: the images.
-        e1: (C, H, 3) f1 of the source atom of each edge.
-        a: (C, H) Gaussian exponents of the source atoms.
-    """
+    ``e1`` (C, H, 3) and ``a`` (C, H) are f1 and the Gaussian exponents of each edge's source atom."""
     cos = torch.bmm(e1, chunk.unit.transpose(1, 2)).abs_()  # (C, H, m): |cos(r, f1)|
     invalid = (chunk.self_image | ~chunk.valid).unsqueeze(1) | (cos >= COLLINEAR_COS)
     score = cos.neg_().add_(1.0).clamp_(min=MIN_ONE_MINUS_COS).log_()
@@ -316,7 +263,7 @@ def _first_axis_candidates(graph: PeriodicGraph, score: Tensor, tied_edges: Tens
     """The f1 candidates of the ``tied_edges`` (E, H): every image tied with the edge's nearest one."""
     edge, head = torch.nonzero(tied_edges & (near_count > 0).unsqueeze(1), as_tuple=True)
     count = near_count[edge]
-    repeat = torch.repeat_interleave(torch.arange(len(edge), device=edge.device), count)
+    repeat = segment_ids(count)
     offset = torch.arange(len(repeat), device=edge.device) - (torch.cumsum(count, 0) - count)[repeat]
     first_near = graph.image_start + (graph.src == graph.dst).long()  # the self image comes first in its list
     edge, head = edge[repeat], head[repeat]
@@ -324,31 +271,11 @@ def _first_axis_candidates(graph: PeriodicGraph, score: Tensor, tied_edges: Tens
     return _Candidates(edge, head, graph.image_label[image], score[edge, head], normalize(graph.image_vectors[image]))
 
 
-@torch.no_grad()
-def environment_moments(
-    graph: PeriodicGraph, chunks: ImageChunks, atoms: Tensor, a: Tensor, z: Tensor, alpha: Tensor
-) -> Tensor:
-    """(N, H, 9): the first and second moments of the images of each of the ``atoms`` (N,) weighted by
-    alpha_ij p_ijn (zero for the other atoms). The images are those of ``chunks`` (their ``counts``)."""
-    src = graph.src
-    total = a.new_zeros(graph.num_atoms, a.shape[1], ENVIRONMENT.size)
-    for chunk in graph.subset_chunks(torch.nonzero(atoms[src]).squeeze(1), chunks.counts):
-        edges = chunk.edges
-        logp = a[src[edges]].unsqueeze(-1) * chunk.dist2.unsqueeze(1) - z[edges].unsqueeze(-1)
-        weight = exp_(logp).mul_(alpha[edges].unsqueeze(-1)).masked_fill_(~chunk.valid.unsqueeze(1), 0.0)
-        total.index_add_(0, src[edges], torch.bmm(weight, ENVIRONMENT(chunk.vectors)))
-    return total
-
-
 def _bounds(environment: Tensor) -> dict[int, Tensor]:
     """Bounds of the moments along a unit vector: |sum w (r.u)| <= sqrt(sum w |r|²) (the weights sum to at most
     1) and |sum w (r.u)(r.v)| <= sum w |r|²."""
-    trace = (
-        ENVIRONMENT.full(environment, 2)
-        .diagonal(dim1=-2, dim2=-1)
-        .sum(-1)
-        .clamp_min(torch.finfo(environment.dtype).tiny)
-    )
+    trace = ENVIRONMENT.full(environment, 2).diagonal(dim1=-2, dim2=-1).sum(-1)
+    trace = trace.clamp_min(torch.finfo(environment.dtype).tiny)
     return {1: trace.sqrt(), 2: trace}
 
 
@@ -366,10 +293,9 @@ def orient_f3(frames: Tensor, which: Tensor, environment: Tensor) -> Tensor:
     """Negate f3 of the frames ``which`` (N, H) whose first non-vanishing moment odd in f3 (``ODD_IN_F3``:
     sum w (r.f1)(r.f3), sum w (r.f2)(r.f3), sum w (r.f3)) is negative.
 
-    Candidates tied in every key are related by a symmetry of the environment. A rotation gives frames with the
-    same angle features; a mirror gives the features of the frame with f3 negated (f3 = f1 x f2 flips relative to
-    the mirrored environment). Orienting f3 by a moment that changes sign with it makes every choice give the same
-    features; such a frame may be left-handed.
+    Candidates tied in every key are related by a symmetry of the environment: a rotation gives the same angle
+    features, a mirror those of the frame with f3 negated (f3 = f1 x f2 flips relative to the mirrored environment).
+    Orienting f3 by a moment odd in it makes every choice give the same features (the frame may be left-handed).
     """
     tolerance = tie_tolerance(frames.dtype)  # computed for every frame and applied to ``which``: no sync
     along = {k: ENVIRONMENT.along(environment, k, frames) for k in (1, 2)}

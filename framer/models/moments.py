@@ -10,32 +10,29 @@ is invariant too.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
+from framer.models.encodings import exp_
+from framer.models.periodic import ImageChunk, PeriodicGraph
 from framer.models.ties import spectral_tolerance, tie_tolerance
 
 
 class Monomials:
-    """The monomials of chosen degrees of 3-vectors, and the full moment tensors built from their sums.
-
-    Args:
-        degrees: the degrees, e.g. (2, 3, 4): 6 + 10 + 15 = 31 monomials.
-    """
+    """The monomials of chosen ``degrees`` of 3-vectors (e.g. (2, 3, 4): 6 + 10 + 15 = 31 monomials), and the full
+    moment tensors built from their sums."""
 
     def __init__(self, degrees: tuple[int, ...]):
         self.degrees = degrees
         self.combos = [c for k in degrees for c in itertools.combinations_with_replacement(range(3), k)]
+        self.size = len(self.combos)
         position = {c: i for i, c in enumerate(self.combos)}
         self._full_index = {
             k: torch.tensor([position[tuple(sorted(m))] for m in itertools.product(range(3), repeat=k)])
             for k in degrees
         }
-
-    @property
-    def size(self) -> int:
-        return len(self.combos)
 
     def __call__(self, vectors: Tensor) -> Tensor:
         """(..., 3) -> (..., size): every monomial of each vector."""
@@ -56,6 +53,22 @@ class Monomials:
         letters = "abcd"[:degree]
         operands = ",".join(f"...{letter}{index}" for letter, index in zip(letters, "ijkl"))
         return torch.einsum(f"...{'ijkl'[:degree]},{operands}->...{letters}", tensor, *([axes] * degree))
+
+
+@torch.no_grad()
+def attention_moments(
+    graph: PeriodicGraph, chunks: Iterable[ImageChunk], monomials: Monomials, a: Tensor, z: Tensor, alpha: Tensor
+) -> Tensor:
+    """(N, H, monomials.size): the ``monomials`` of each atom's images in ``chunks`` summed with the weights
+    alpha_ij p_ijn, where p_ijn = exp(a_ih d²_ijn - z_ijh); a (N, H), z and alpha (E, H) (docs/model.md symbols)."""
+    src = graph.src
+    total = a.new_zeros(graph.num_atoms, a.shape[1], monomials.size)
+    for chunk in chunks:
+        edges = chunk.edges
+        logp = a[src[edges]].unsqueeze(-1) * chunk.dist2.unsqueeze(1) - z[edges].unsqueeze(-1)
+        weight = exp_(logp).mul_(alpha[edges].unsqueeze(-1)).masked_fill_(~chunk.valid.unsqueeze(1), 0.0)
+        total.index_add_(0, src[edges], torch.bmm(weight, monomials(chunk.vectors)))
+    return total
 
 
 PCA = Monomials((2, 3, 4))  # second moments for the axes, third and fourth moments for their signs

@@ -21,30 +21,34 @@ from torch import Tensor
 
 from framer.geometry import R0, RHO_LOWER_BOUND, image_offsets
 from framer.models.precision import full_precision
-from framer.models.ties import tie_tolerance
+from framer.models.ties import segment_reduce, tie_tolerance
 
 MAX_EXPONENT_MAGNITUDE = 0.5 / R0**2  # |a| = rho / (2 R0²) with rho > RHO_LOWER_BOUND: this times RHO_LOWER_BOUND
 DEFAULT_IMAGE_TOLERANCE = 1e-9
+# the packed kept images (P, ...) of all edges: vectors (Å), squared lengths, self-image flags, edges and labels
+PACKED_IMAGE_FIELDS = ("image_vectors", "image_dist2", "image_self", "image_edge", "image_label")
 CPU_CHUNK_SIZE = 2**22  # 16 MiB per float32 temporary (docs/model.md, "How it is computed")
 CUDA_CHUNK_BYTES_PER_ELEMENT = 256  # a chunk's temporary element per 256 bytes of device memory ...
 CUDA_CHUNK_SIZE_RANGE = (2**22, 2**27)  # ... within these bounds: 2**27 (512 MiB per float32 temporary) from 32 GiB
 
 
 def default_chunk_size(device: torch.device | str) -> int:
-    """The chunk size for ``device``: ``CPU_CHUNK_SIZE`` on CPUs (and devices other than CUDA); on CUDA the device's
-    total memory / 256 bytes, rounded down to a power of two, within ``CUDA_CHUNK_SIZE_RANGE``.
-
-    On a CPU a chunk's temporaries should stay near the caches; on a GPU fewer, larger chunks mean fewer kernel
-    launches and fewer host-device synchronisations (about one per chunk and pass, see docs/model.md). The
-    temporaries alive at once in a chunk are about 1-2 ``chunk_size`` elements, so on CUDA they take about
-    1/64-1/32 of the device's memory (at most 1 GiB in float32).
-    """
+    """``CPU_CHUNK_SIZE`` on devices other than CUDA (temporaries stay near the caches). On CUDA, total memory / 256
+    bytes rounded down to a power of two, within ``CUDA_CHUNK_SIZE_RANGE``: fewer launches and waits (about one per
+    chunk and pass, docs/model.md); the 1-2 ``chunk_size`` elements alive at once take 1/64-1/32 of the memory (at
+    most 1 GiB in float32)."""
     device = torch.device(device)
     if device.type != "cuda":
         return CPU_CHUNK_SIZE
     total = torch.cuda.get_device_properties(device).total_memory
     low, high = CUDA_CHUNK_SIZE_RANGE
     return min(high, max(low, 1 << ((total // CUDA_CHUNK_BYTES_PER_ELEMENT).bit_length() - 1)))
+
+
+def segment_ids(sizes: Tensor, total: int | None = None) -> Tensor:
+    """(total,) each i in 0..len(sizes)-1 repeated sizes[i] times, e.g. the crystal of each atom (with ``total``
+    given, a CUDA device is not waited for)."""
+    return torch.repeat_interleave(torch.arange(len(sizes), device=sizes.device), sizes, output_size=total)
 
 
 def prune_distance2(image_tolerance: float, exponent_magnitude: float | Tensor) -> float | Tensor:
@@ -57,18 +61,10 @@ def prune_distance2(image_tolerance: float, exponent_magnitude: float | Tensor) 
 def group_by_box(
     image_box: Tensor, host_boxes: list[tuple[int, ...]], item_crystal: Tensor, items_per_crystal: list[int]
 ) -> list[tuple[tuple[int, ...], Tensor]]:
-    """Items (edges, crystals) grouped by the image box of their crystal, without reading the device.
-
-    Args:
-        image_box: (B, 3) the crystals' boxes, on the device.
-        host_boxes: the same boxes on the host (``image_box.tolist()``, read once by the caller).
-        item_crystal: (I,) the crystal of each item, sorted.
-        items_per_crystal: the number of items of each crystal, on the host.
-
-    Returns:
-        ``[(box, items), ...]``: the distinct boxes in lexicographic order (that of ``torch.unique``), each with its
-        items' ids in ascending order.
-    """
+    """Items (edges, crystals) grouped by the image box of their crystal, without reading the device:
+    ``[(box, items), ...]``, the distinct boxes in lexicographic order, each with its items' ids ascending.
+    ``host_boxes`` and ``items_per_crystal`` are the boxes (B, 3) and item counts on the host; ``item_crystal`` (I,),
+    sorted, is the crystal of each item."""
     distinct = sorted(set(map(tuple, host_boxes)))
     base = max(max(box) for box in distinct) + 1  # keys (r1 base + r2) base + r3 sort like the boxes
     per_box = dict.fromkeys(distinct, 0)
@@ -76,11 +72,7 @@ def group_by_box(
         per_box[tuple(box)] += count
     crystal_key = (image_box * torch.tensor([base * base, base, 1], device=image_box.device)).sum(1)
     grouped = torch.argsort(crystal_key[item_crystal], stable=True)  # items by box, ascending within a box
-    groups, start = [], 0
-    for box in distinct:
-        groups.append((box, grouped[start : start + per_box[box]]))
-        start += per_box[box]
-    return groups
+    return list(zip(distinct, torch.split(grouped, [per_box[box] for box in distinct])))
 
 
 @dataclass
@@ -94,7 +86,6 @@ class ImageChunk:
         valid: (C, m) False on padding.
         self_image: (C, m) True for the self image (i = j, n = 0).
         packed: (C, m) positions of the images in the graph's packed lists (0 on padding).
-        packed_labels: the graph's packed image labels (read by :attr:`label`).
     """
 
     edges: Tensor
@@ -103,16 +94,6 @@ class ImageChunk:
     valid: Tensor
     self_image: Tensor
     packed: Tensor
-    packed_labels: Tensor
-
-    @cached_property
-    def label(self) -> Tensor:
-        """(C, m) lattice-index order of each image within its edge's box (for tie-breaking)."""
-        return self.packed_labels[self.packed]
-
-    def row_labels(self, rows: tuple[Tensor, ...]) -> Tensor:
-        """(R, m) labels of the images of the edges ``rows[0]`` (further indices, e.g. heads, are ignored)."""
-        return self.packed_labels[self.packed[rows[0]]]
 
     @cached_property
     def unit(self) -> Tensor:
@@ -177,10 +158,10 @@ class PeriodicGraph:
         self.chunk_size = int(chunk_size) if chunk_size is not None else default_chunk_size(pos.device)
         self.width = max(1, int(width))
         self.num_atoms = int(pos.shape[0])
-        self.num_crystals = int(sizes.shape[0])
         device = pos.device
         with torch.no_grad(), full_precision(device):
             sizes, image_box = sizes.to(device), image_box.to(device)
+            self.image_box = image_box
             # the host reads the batch's metadata once
             host = torch.cat([sizes.unsqueeze(1), image_box.to(sizes.dtype)], dim=1).tolist()
             host_sizes = [row[0] for row in host]
@@ -189,15 +170,14 @@ class PeriodicGraph:
             pairs = sizes * sizes
             pair_start = torch.cumsum(pairs, 0) - pairs
             self.num_edges = sum(n * n for n in host_sizes)
-            crystals = torch.arange(self.num_crystals, device=device)
-            crystal = torch.repeat_interleave(crystals, pairs, output_size=self.num_edges)
+            crystal = segment_ids(pairs, self.num_edges)
             local = torch.arange(self.num_edges, device=device) - pair_start[crystal]
             n = sizes[crystal]
             self.src = atom_start[crystal] + torch.div(local, n, rounding_mode="floor")
             self.dst = atom_start[crystal] + local % n
             self.edge_crystal = crystal
 
-            atom_crystal = torch.repeat_interleave(crystals, sizes, output_size=self.num_atoms)
+            atom_crystal = segment_ids(sizes, self.num_atoms)
             inverse_lattice = torch.linalg.inv_ex(lattice).inverse[atom_crystal]  # inv_ex: no error check (sync)
             atom_frac = torch.einsum("na,nab->nb", pos, inverse_lattice)
             frac = atom_frac[self.dst] - atom_frac[self.src]
@@ -212,7 +192,7 @@ class PeriodicGraph:
         self.image_start = torch.zeros(self.num_edges, dtype=torch.long, device=device)
         self.image_count = torch.zeros(self.num_edges, dtype=torch.long, device=device)
         self.reference = torch.zeros(self.num_edges, dtype=lattice.dtype, device=device)
-        vectors_parts, dist2_parts, self_parts, edge_parts, label_parts = [], [], [], [], []
+        parts = {name: [] for name in PACKED_IMAGE_FIELDS}
         filled = 0
         self.label_span = 1  # more than the largest image label (lattice-index position in a box)
         edges_per_crystal = [n * n for n in host_sizes]
@@ -235,35 +215,31 @@ class PeriodicGraph:
                 kept = torch.nonzero(keep.view(-1)).squeeze(1)  # the block's one wait for the device
                 index = index.view(-1).index_select(0, kept)
                 rows = torch.div(kept, size, rounding_mode="floor")
-                vectors_parts.append(vectors.view(-1, 3).index_select(0, rows * size + index))
-                dist2_parts.append(dist2.view(-1).index_select(0, kept))
-                self_parts.append(self_image.view(-1).index_select(0, rows * size + index))
-                label_parts.append(index.int())  # the position in the box is the lattice-index order
-                edge_parts.append(edges.index_select(0, rows))
+                parts["image_vectors"].append(vectors.view(-1, 3).index_select(0, rows * size + index))
+                parts["image_dist2"].append(dist2.view(-1).index_select(0, kept))
+                parts["image_self"].append(self_image.view(-1).index_select(0, rows * size + index))
+                parts["image_edge"].append(edges.index_select(0, rows))  # packing is in box-group order
+                parts["image_label"].append(index.int())  # the position in the box is the lattice-index order
                 self.image_start[edges] = filled + torch.cumsum(count, 0) - count
                 self.image_count[edges] = count
                 self.reference[edges] = reference
                 filled += len(kept)
-        self.image_vectors = torch.cat(vectors_parts)
-        self.image_dist2 = torch.cat(dist2_parts)
-        self.image_self = torch.cat(self_parts)
-        self.image_edge = torch.cat(edge_parts)  # the edge of each packed image (packing is in box-group order)
-        self.image_label = torch.cat(label_parts)
+        for name, values in parts.items():
+            setattr(self, name, torch.cat(values))
         self.prune_reference = self.reference
         if self.per_atom_reference:
             self._keep_atom_spheres(cut)
 
     def _keep_atom_spheres(self, cut: float) -> None:
         """Drop the packed images beyond the source atom's sphere: d² > (atom's nearest non-self image)² + cut."""
-        nearest = torch.full((self.num_atoms,), torch.inf, dtype=self.reference.dtype, device=self.reference.device)
-        nearest = nearest.scatter_reduce(0, self.src, self.reference, "amin", include_self=True)
+        nearest = segment_reduce(self.reference, self.src, self.num_atoms, "amin", torch.inf)
         self.prune_reference = nearest[self.src]
         keep = self.image_dist2 <= (self.prune_reference + cut)[self.image_edge]
         kept_before = torch.cumsum(keep, 0) - keep.long()  # packed position after filtering (edges stay contiguous)
         self.image_start = kept_before[self.image_start.clamp_max(len(keep) - 1)]
         self.image_count = torch.zeros_like(self.image_count).index_add_(0, self.image_edge, keep.long())
         kept = torch.nonzero(keep).squeeze(1)
-        for name in ("image_vectors", "image_dist2", "image_self", "image_edge", "image_label"):
+        for name in PACKED_IMAGE_FIELDS:
             setattr(self, name, getattr(self, name).index_select(0, kept))
 
     @property
@@ -274,34 +250,39 @@ class PeriodicGraph:
     def chunks(self, counts: Tensor | None = None) -> ImageChunks:
         """Padded chunks over all edges, each edge with its first ``counts`` (E,) images (default: all kept)."""
         counts = self.image_count if counts is None else counts
-        order = torch.argsort(counts, descending=True, stable=True)
-        return ImageChunks(self._cut(order, counts), self.num_edges, counts)
+        edges = torch.arange(self.num_edges, device=counts.device)
+        return ImageChunks(self.subset_chunks(edges, counts), self.num_edges, counts)
 
     def subset_chunks(self, edges: Tensor, counts: Tensor) -> list[ImageChunk]:
-        """Padded chunks over some ``edges`` (ascending ids), each with its first ``counts`` (E,) images: the
-        edges in the order :meth:`chunks` visits them."""
-        return self._cut(edges[torch.argsort(counts[edges], descending=True, stable=True)], counts)
-
-    def _cut(self, order: Tensor, counts: Tensor) -> list[ImageChunk]:
-        """Chunks of the edges ``order`` (sorted by decreasing count). The host reads the sorted counts once (one
+        """Padded chunks over some ``edges`` (ascending ids), each with its first ``counts`` (E,) images, sorted by
+        decreasing count (so in the order :meth:`chunks` visits them). The host reads the sorted counts once (one
         ``tolist``) and cuts the chunks from them."""
+        order = edges[torch.argsort(counts[edges], descending=True, stable=True)]
         sorted_counts = counts[order].tolist()
         chunks, start = [], 0
         while start < len(sorted_counts):
-            m = max(1, sorted_counts[start])  # the largest count of this chunk
-            stop = min(len(sorted_counts), start + max(1, self.chunk_size // (m * self.width)))
-            chunks.append(self.edge_chunk(order[start:stop], counts, m))
-            start = stop
+            m = max(1, sorted_counts[start])  # the largest count of this chunk: the padded width
+            edges = order[start : start + max(1, self.chunk_size // (m * self.width))]
+            columns = torch.arange(m, device=counts.device)
+            valid = columns < counts[edges].unsqueeze(1)
+            packed = torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0)
+            chunks.append(self.packed_chunk(edges, packed, valid))
+            start += len(edges)
         return chunks
 
-    def edge_chunk(self, edges: Tensor, counts: Tensor, width: int | None = None) -> ImageChunk:
-        """One padded chunk of the given edges, each with its first ``counts`` (E,) images, padded to ``width``
-        images (default: the largest count of the edges, read from the device)."""
-        if width is None:
-            width = max(1, int(counts[edges].max())) if len(edges) else 1
-        columns = torch.arange(width, device=counts.device)
-        valid = columns < counts[edges].unsqueeze(1)
-        return self.packed_chunk(edges, torch.where(valid, self.image_start[edges].unsqueeze(1) + columns, 0), valid)
+    def leading_images(self, first: Tensor, count: Tensor, limit: Tensor) -> tuple[Tensor, Tensor]:
+        """(R, w) packed positions of the first images of R rows (``count`` (R,) images of an edge from the packed
+        position ``first`` (R,)) and the mask of those with d² <= ``limit`` (R,). Images are sorted by length, so
+        the mask is a prefix of each row; w doubles from 8 until no row's mask reaches its last column."""
+        window = 8
+        while True:
+            columns = torch.arange(window, device=first.device)
+            inside = columns < count.unsqueeze(1)
+            position = torch.where(inside, first.unsqueeze(1) + columns, 0)
+            near = inside & (self.image_dist2[position] <= limit.unsqueeze(1))
+            if not bool(near[:, -1].any()):
+                return position, near
+            window *= 2
 
     def packed_chunk(self, edges: Tensor, packed: Tensor, valid: Tensor) -> ImageChunk:
         """The chunk of ``edges`` (C,) whose images are at the packed positions ``packed`` (C, m) where ``valid``."""
@@ -312,7 +293,6 @@ class PeriodicGraph:
             valid=valid,
             self_image=self.image_self[packed] & valid,
             packed=packed,
-            packed_labels=self.image_label,
         )
 
     def layer_chunks(self, exponent_magnitude: Tensor) -> ImageChunks:
@@ -336,26 +316,14 @@ class PeriodicGraph:
 
     @cached_property
     def nearest_image(self) -> tuple[Tensor, Tensor, Tensor]:
-        """(E,) squared length and (E, 3) direction of each edge's shortest image other than the self image, and
-        (E,) the number of images tied with it.
-
-        Images whose squared lengths are within the tie tolerance of the shortest are a tie, won by the first in
-        lattice-index order; edges with no such image get an infinite length (and a count of 0).
-        """
+        """(E,) squared length and (E, 3) direction of each edge's shortest non-self image, and (E,) the number of
+        images within the tie tolerance of it (the first of them in lattice-index order wins). Edges without
+        non-self images get an infinite length and a count of 0."""
         tolerance = tie_tolerance(self.image_dist2.dtype)
         limit = self.reference + self.reference.clamp_min(1.0) * tolerance  # inf for edges without non-self images
         first = self.image_start + (self.src == self.dst).long()  # the self image comes first in its edge's list
-        available = self.image_count - (self.src == self.dst).long()
-        window = 8
-        while True:  # images are sorted by length: the tied ones are the first few of each edge
-            columns = torch.arange(window, device=first.device)
-            inside = columns < available.unsqueeze(1)
-            position = torch.where(inside, first.unsqueeze(1) + columns, 0)
-            near = inside & (self.image_dist2[position] <= limit.unsqueeze(1))
-            count = near.sum(1)
-            if not bool((count == window).any()):
-                break
-            window *= 2
+        position, near = self.leading_images(first, self.image_count - (self.src == self.dst).long(), limit)
+        count = near.sum(1)
         big = torch.iinfo(self.image_label.dtype).max
         pick = torch.where(near, self.image_label[position], big).argmin(dim=1)
         index = position.gather(1, pick.unsqueeze(1)).squeeze(1)

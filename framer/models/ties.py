@@ -37,34 +37,32 @@ def near_max(scores: Tensor, best: Tensor) -> Tensor:
     return scores >= best - margin
 
 
+def segment_reduce(values: Tensor, index: Tensor, num_segments: int, reduce: str, fill: float) -> Tensor:
+    """(num_segments, ...) ``reduce`` ("amax" or "amin") of ``values`` (E, ...) over the rows of each segment
+    ``index`` (E,); ``fill`` for empty segments."""
+    expanded = index.view(-1, *(1,) * (values.dim() - 1)).expand_as(values)
+    out = torch.full((num_segments, *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce(0, expanded, values, reduce, include_self=True)
+
+
 def segment_argmax(
     scores: Tensor, index: Tensor, num_segments: int, secondary: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Per segment and column, the best of ``scores`` (E, H): the first row within the tie tolerance of the maximum.
+    """Per segment and column, the best of ``scores`` (E, H): the first row within the tie tolerance of the maximum
+    (with ``secondary`` (E, H), of those rows, the ones within the tolerance of their best secondary score).
 
-    With ``secondary`` (E, H), rows tied in ``scores`` are first narrowed to those within the tolerance of the best
-    secondary score among them.
-
-    Returns:
-        (num_segments, H) row ids, (num_segments, H) maxima (-inf for segments whose scores are all -inf) and the
-        (E, H) mask of the tied rows (the candidates the row id was chosen from).
+    Returns (num_segments, H) row ids, (num_segments, H) maxima (-inf for segments whose scores are all -inf) and
+    the (E, H) mask of the tied rows (the candidates the row id was chosen from).
     """
-    rows, cols = scores.shape
-    expanded = index.unsqueeze(1).expand(rows, cols)
-    best = _segment_amax(scores, expanded, num_segments)
+    rows = scores.shape[0]
+    best = segment_reduce(scores, index, num_segments, "amax", -torch.inf)
     candidates = near_max(scores, best[index])
     if secondary is not None:
         narrowed = secondary.masked_fill(~candidates, -torch.inf)
-        candidates &= near_max(narrowed, _segment_amax(narrowed, expanded, num_segments)[index])
-    row_ids = torch.arange(rows, device=scores.device).unsqueeze(1).expand(rows, cols)
-    first = torch.full((num_segments, cols), rows, dtype=torch.long, device=scores.device)
-    first = first.scatter_reduce(0, expanded, torch.where(candidates, row_ids, rows), "amin", include_self=True)
+        candidates &= near_max(narrowed, segment_reduce(narrowed, index, num_segments, "amax", -torch.inf)[index])
+    row_ids = torch.arange(rows, device=scores.device).unsqueeze(1).expand_as(scores)
+    first = segment_reduce(torch.where(candidates, row_ids, rows), index, num_segments, "amin", rows)
     return first.clamp_max(rows - 1), best, candidates
-
-
-def _segment_amax(values: Tensor, expanded_index: Tensor, num_segments: int) -> Tensor:
-    out = values.new_full((num_segments, values.shape[1]), -torch.inf)
-    return out.scatter_reduce(0, expanded_index, values, "amax", include_self=True)
 
 
 def lexicographic_choice(groups: Tensor, keys: list[Tensor], order: Tensor, num_groups: int) -> tuple[Tensor, Tensor]:
@@ -75,23 +73,18 @@ def lexicographic_choice(groups: Tensor, keys: list[Tensor], order: Tensor, num_
         groups: (K,) group of each candidate, in [0, num_groups).
         keys: (K,) scores, larger is better; a candidate stays only if it ties with the best of the remaining ones.
         order: (K,) integers distinct within a group: the final tie-break.
-        num_groups: number of groups.
 
-    Returns:
-        (num_groups,) the chosen candidate (-1 for groups without candidates) and (num_groups,) whether more than
-        one candidate tied in every key.
+    Returns (num_groups,) the chosen candidate (-1 for groups without candidates) and (num_groups,) whether more
+    than one candidate tied in every key.
     """
     alive = torch.ones_like(groups, dtype=torch.bool)
     for key in keys:
         masked = key.masked_fill(~alive, -torch.inf)
-        best = key.new_full((num_groups,), -torch.inf).scatter_reduce(0, groups, masked, "amax", include_self=True)
-        alive &= near_max(masked, best[groups])
+        alive &= near_max(masked, segment_reduce(masked, groups, num_groups, "amax", -torch.inf)[groups])
     big = torch.iinfo(order.dtype).max  # above every order
-    first = torch.full((num_groups,), big, dtype=order.dtype, device=order.device)
-    first = first.scatter_reduce(0, groups, torch.where(alive, order, big), "amin", include_self=True)
+    first = segment_reduce(torch.where(alive, order, big), groups, num_groups, "amin", big)
     chosen = alive & (order == first[groups])  # at most one per group (orders are distinct within a group)
     candidates = torch.arange(len(groups), device=groups.device)
-    index = torch.full((num_groups,), -1, dtype=torch.long, device=groups.device)
-    index = index.scatter_reduce(0, groups, torch.where(chosen, candidates, -1), "amax", include_self=True)
+    index = segment_reduce(torch.where(chosen, candidates, -1), groups, num_groups, "amax", -1)
     count = torch.zeros(num_groups, dtype=torch.long, device=groups.device).index_add_(0, groups, alive.long())
     return index, count > 1
