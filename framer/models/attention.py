@@ -31,7 +31,6 @@ from framer.models.precision import full_precision
 from framer.models.ties import segment_reduce
 
 FrameType = Literal["none", "max", "static", "weighted_pca", "pca", "lattice"]
-DYNAMIC_FRAMES = ("max", "static", "weighted_pca")  # built inside each layer from its own attention
 SIGMA_BETA = 0.1  # `positive_func_beta`
 RECOMPUTE_ABOVE = 2**25  # stored image-feature elements per layer above which chunks are checkpointed
 
