@@ -154,28 +154,24 @@ def is_valid_number(value: object) -> bool:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def missing_raw_error(path: Path) -> DataNotFoundError:
-    """The one-line error for a missing raw file: which file, where it goes and where it comes from."""
+def require_files(paths: list[Path]) -> list[Path]:
+    """``paths``; for the first missing one, a one-line DataNotFoundError: where it goes and where it comes from."""
     origins = {
         source.filename: (f"jarvis-tools figshare key {source.key!r} ({source.url})", dataset)
         for dataset, source in JARVIS_SOURCES.items()
     }
     for (prop, split), number in MODULI_FILES.items():
         origins[moduli_filename(prop, split)] = (f"Matformer's figshare file {MODULI_URL}{number}", "moduli")
-    if path.name not in origins:
-        return DataNotFoundError(f"{path} not found")
-    origin, dataset = origins[path.name]
-    return DataNotFoundError(
-        f"{path} not found; put it there (data root: ${DATA_DIR_ENV} or ./data) — it comes from {origin}; on a "
-        f"machine with internet run `python -m framer.data download --dataset {dataset}`"
-    )
-
-
-def require_files(paths: list[Path]) -> list[Path]:
-    """Raise :func:`missing_raw_error` for the first missing path."""
     for path in paths:
-        if not path.is_file():
-            raise missing_raw_error(path)
+        if path.is_file():
+            continue
+        if path.name not in origins:
+            raise DataNotFoundError(f"{path} not found")
+        origin, dataset = origins[path.name]
+        raise DataNotFoundError(
+            f"{path} not found; put it there (data root: ${DATA_DIR_ENV} or ./data) — it comes from {origin}; on a "
+            f"machine with internet run `python -m framer.data download --dataset {dataset}`"
+        )
     return paths
 
 

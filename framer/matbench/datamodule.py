@@ -18,7 +18,7 @@ import numpy as np
 from framer.data.build import BuildResult, assemble
 from framer.data.cache import file_sha256, short_hash
 from framer.data.datamodules import CrystalDataModule
-from framer.data.structures import CrystalRecord, InvalidStructureError, record_from_structure
+from framer.data.structures import CrystalRecord, labelled, record_from_structure
 from framer.matbench import tasks
 
 
@@ -104,12 +104,8 @@ class MatbenchDataModule(CrystalDataModule):
         structures, targets = frame["structure"].to_numpy(), frame["target"].to_numpy()
 
         def convert(p: int) -> CrystalRecord:
-            mbid = frame.index[p]
-            try:
-                return record_from_structure(structures[p], mbid, float(targets[p]))
-            except InvalidStructureError as err:
-                err.record_id = mbid
-                raise
+            with labelled(frame.index[p]):
+                return record_from_structure(structures[p], frame.index[p], float(targets[p]))
 
         splits = {
             name: np.array([position[i] for i in part])

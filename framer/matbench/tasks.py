@@ -101,9 +101,10 @@ def load_frame(task: str, data_home: str | os.PathLike | None = None) -> pd.Data
 def load_validation(task: str, validation_file: str | os.PathLike | None = None) -> dict[str, dict[str, list[str]]]:
     """``{"fold_0": {"train": [ids], "test": [ids]}, ...}`` from matbench's file or ``validation_file``."""
     default = Path(_matbench_dir()) / "matbench_v0.1_validation.json"
-    path = Path(validation_file) if validation_file is not None else default
-    stat = path.stat() if path.is_file() else None
-    folds = _task_folds(task, str(path.resolve()), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    path = (Path(validation_file) if validation_file is not None else default).resolve()
+    if not path.is_file():
+        raise MatbenchDataError(f"validation file {path} not found")
+    folds = _task_folds(task, str(path), path.stat().st_mtime_ns, path.stat().st_size)
     return {k: {"train": list(v["train"]), "test": list(v["test"])} for k, v in folds.items()}
 
 
@@ -111,8 +112,6 @@ def load_validation(task: str, validation_file: str | os.PathLike | None = None)
 def _task_folds(task: str, path_str: str, mtime_ns: int, size: int) -> dict[str, dict[str, tuple[str, ...]]]:
     """One task's folds of a validation file (parsed once per file version; matbench's is 46 MB)."""
     path = Path(path_str)
-    if not path.is_file():
-        raise MatbenchDataError(f"validation file {path} not found")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         raw = json.load(f)
