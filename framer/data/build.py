@@ -89,10 +89,6 @@ class PhaseTimer:
         phase["wall_s"] = round(phase["wall_s"] + wall_s, 4)
         phase["cpu_s"] = round(phase["cpu_s"] + cpu_s, 4)
 
-    def merge(self, phases: dict[str, dict[str, float]]) -> None:
-        for name, phase in phases.items():
-            self.add(name, phase["wall_s"], phase["cpu_s"])
-
 
 @dataclass
 class BuildResult:

@@ -267,10 +267,8 @@ def concatenate_columns(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.
 
 
 class RecordStore:
-    """Read-only, memory-mapped sequence of :class:`CrystalRecord` backed by a cache file.
-
-    Picklable (workers re-open the file instead of copying arrays).
-    """
+    """Read-only, memory-mapped sequence of :class:`CrystalRecord` backed by a cache file; picklable (workers
+    re-open the file instead of copying arrays)."""
 
     _COLUMNS = ("lattice", "frac_coords", "atomic_numbers", "target", "ids")
 
@@ -289,10 +287,6 @@ class RecordStore:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
-
-    def array(self, name: str) -> np.ndarray:
-        """A stored per-record column (e.g. ``target``, ``position``, ``split``), memory-mapped."""
-        return self.cache.array(name)
 
     @property
     def targets(self) -> np.ndarray:

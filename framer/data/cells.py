@@ -19,10 +19,8 @@ MIN_IMAGE_COUNT = float((2 * MIN_IMAGE_RANGE + 1) ** 3)  # the smallest image bo
 
 
 def image_count(lattice: np.ndarray, spacings: np.ndarray | None = None) -> float:
-    """Number of periodic images in the box :func:`framer.geometry.image_box` gives the lattice (inf if degenerate).
-
-    ``spacings``: the lattice's :func:`~framer.geometry.interplanar_spacings`, when already at hand.
-    """
+    """Number of periodic images in the box :func:`framer.geometry.image_box` gives the lattice (inf if degenerate);
+    ``spacings``: the lattice's :func:`~framer.geometry.interplanar_spacings`, when already at hand."""
     if spacings is None:
         with np.errstate(all="ignore"):
             spacings = interplanar_spacings(lattice)
@@ -88,10 +86,8 @@ def closest_pair_distance(
 
 
 def shortest_lattice_vector(lattice: np.ndarray, cutoff: float, spacings: np.ndarray | None = None) -> float:
-    """Length (Å) of the shortest non-zero lattice vector if below ``cutoff``, else ``inf``.
-
-    ``spacings``: the lattice's interplanar spacings, if known.
-    """
+    """Length (Å) of the shortest non-zero lattice vector if below ``cutoff``, else ``inf``; ``spacings``: the
+    lattice's interplanar spacings, if known."""
     if spacings is None:
         spacings = interplanar_spacings(lattice)
     # a vector n L is at least |n_m| times the spacing of the planes m apart, so shorter ones have small |n_m|

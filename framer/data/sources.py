@@ -27,7 +27,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from framer.data.safepickle import UnsafePickleError, safe_load
+from framer.data.safepickle import UnsafePickleError, safe_load, safe_loads
+from framer.io import atomic_file
 
 DATA_DIR_ENV = "FRAMER_DATA_DIR"
 
@@ -280,20 +281,17 @@ def download_moduli(data_dir: str | os.PathLike | None = None, timeout: float = 
     for (prop, split), number in MODULI_FILES.items():
         target = raw_dir(data_dir) / moduli_filename(prop, split)
         if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
             url = f"{MODULI_URL}{number}"
             try:
                 response = requests.get(url, timeout=timeout)
                 response.raise_for_status()
             except requests.RequestException as err:
                 raise DataError(f"download of {url} failed: {err}") from None
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(response.content)
             try:
-                safe_load(tmp)
+                safe_loads(response.content)
             except Exception as err:
-                tmp.unlink(missing_ok=True)
                 raise DataCorruptError(f"downloaded {url} is not a safe, readable pickle: {err}") from None
-            os.replace(tmp, target)
+            with atomic_file(target) as fh:
+                fh.write(response.content)
         written.append(target)
     return written

@@ -287,8 +287,6 @@ def read_structure_file(path: str | Path, max_file_mb: float = DEFAULT_MAX_FILE_
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return Structure.from_file(path)
-    except FileNotFoundError as err:
-        raise InvalidStructureError(f"{path}: file not found", "file_not_found") from err
     except MemoryError as err:
         raise InvalidStructureError(f"{path}: out of memory while parsing", "out_of_memory") from err
     except Exception as err:  # pymatgen raises many types for malformed files

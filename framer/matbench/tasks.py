@@ -159,7 +159,8 @@ def inner_split(train_ids: Sequence[str], val_fraction: float, seed: int) -> tup
 # --------------------------------------------------------------------------------------------------------------------
 # recording with matbench's API
 def make_benchmark(task: str, frame: pd.DataFrame, validation: Mapping[str, Mapping[str, list[str]]]):
-    """A ``MatbenchBenchmark`` holding ``task`` with its data frame and folds set (nothing downloaded).
+    """A ``MatbenchBenchmark`` holding ``task`` with its data frame (:func:`load_frame`'s) and folds (nothing
+    downloaded).
 
     The folds come from :func:`load_validation`; for the real tasks they equal matbench's own, for fixtures they
     replace them (``task.validation``), which is what lets matbench's ``record``/``validate`` run on small data.
@@ -170,9 +171,7 @@ def make_benchmark(task: str, frame: pd.DataFrame, validation: Mapping[str, Mapp
     bench = MatbenchBenchmark(autoload=False, subset=[task])
     mb_task = bench.tasks_map[task]
     meta = mb_task.metadata
-    mb_task.df = frame.rename(columns={"structure": meta.input_type, "target": meta.target})[
-        [meta.input_type, meta.target]
-    ]
+    mb_task.df = frame.rename(columns={"structure": meta.input_type, "target": meta.target})
     mb_task.validation = RecursiveDotDict({k: dict(v) for k, v in validation.items()})
     mb_task.folds_keys = list(mb_task.validation.keys())
     mb_task.folds_nums = list(range(len(mb_task.folds_keys)))
