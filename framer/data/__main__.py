@@ -139,36 +139,35 @@ def collect_info(data_dir: str | None = None) -> tuple[dict, list[str]]:
 
 
 def _print_text(report: dict) -> None:
-    print(f"data root: {report['data_root']}  (raw files in {report['raw_dir']})")
+    out = print
+    out(f"data root: {report['data_root']}  (raw files in {report['raw_dir']})")
     for dataset, info in report["datasets"].items():
         if dataset in JARVIS_SOURCES:
-            print(f"\n[{dataset}] {info['raw_file']}: {'present' if info['present'] else 'MISSING'}")
+            out(f"\n[{dataset}] {info['raw_file']}: {'present' if info['present'] else 'MISSING'}")
             if "error" in info:
-                print(f"  ERROR: {info['error']}")
+                out(f"  ERROR: {info['error']}")
             if "entries" in info:
-                print(f"  entries: {info['entries']} (published: {info['published_entries']})")
+                out(f"  entries: {info['entries']} (published: {info['published_entries']})")
             elif not info["present"]:
-                print(f"  jarvis-tools key {JARVIS_SOURCES[dataset].key!r}; get it with "
-                      f"`python -m framer.data download --dataset {dataset}` on a machine with internet")  # fmt: skip
+                out(f"  jarvis-tools key {JARVIS_SOURCES[dataset].key!r}; get it with "
+                    f"`python -m framer.data download --dataset {dataset}` on a machine with internet")  # fmt: skip
             for name, target in info["targets"].items():
                 _print_target(name, target)
         elif dataset == "megnet_moduli":
             for name, entry in info.items():
                 state = "present" if entry["present"] else "MISSING"
-                print(f"\n[megnet {name}] {Path(entry['raw_files'][0]).parent}/*_megnet_*.pkl: {state}")
+                out(f"\n[megnet {name}] {Path(entry['raw_files'][0]).parent}/*_megnet_*.pkl: {state}")
                 if "error" in entry:
-                    print(f"  ERROR: {entry['error']}")
+                    out(f"  ERROR: {entry['error']}")
                 if "sizes" in entry:
-                    print(f"  split sizes (pre-split pickles): {_fmt_sizes(entry['sizes'])}")
-                print(f"  expected: {_fmt_sizes(entry['expected_sizes'])} ({entry['units']})")
+                    out(f"  split sizes (pre-split pickles): {_fmt_sizes(entry['sizes'])}")
+                out(f"  expected: {_fmt_sizes(entry['expected_sizes'])} ({entry['units']})")
                 if not entry["present"]:
-                    print(
-                        "  get them with `python -m framer.data download --dataset moduli` on a machine with internet"
-                    )
+                    out("  get them with `python -m framer.data download --dataset moduli` on a machine with internet")
         else:
-            print(f"\n[ewald] embedded (generated on first use); {len(info['caches'])} cache(s)")
+            out(f"\n[ewald] embedded (generated on first use); {len(info['caches'])} cache(s)")
             for cache in info["caches"]:
-                print(f"  {cache['path']}: {_fmt_sizes(cache.get('sizes') or {})}")
+                out(f"  {cache['path']}: {_fmt_sizes(cache.get('sizes') or {})}")
 
 
 def _print_target(name: str, target: dict) -> None:
