@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -38,6 +39,7 @@ from framer.data.structures import (
     DEFAULT_MAX_ATOMS,
     CrystalRecord,
     InvalidStructureError,
+    labelled,
     record_from_jarvis_atoms,
 )
 
@@ -87,10 +89,6 @@ class PhaseTimer:
         phase["wall_s"] = round(phase["wall_s"] + wall_s, 4)
         phase["cpu_s"] = round(phase["cpu_s"] + cpu_s, 4)
 
-    def merge(self, phases: dict[str, dict[str, float]]) -> None:
-        for name, phase in phases.items():
-            self.add(name, phase["wall_s"], phase["cpu_s"])
-
 
 @dataclass
 class BuildResult:
@@ -102,17 +100,11 @@ class BuildResult:
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-@dataclass
-class _Converted:
-    """The outcome of converting some positions: columns of the good records, which ones were good, why not."""
-
-    columns: dict[str, np.ndarray]
-    kept: np.ndarray  # bool per position
-    skipped: list[tuple[str, str, str]]  # (reason, id, message) of each record that could not be converted
-
-
-def _convert_positions(convert: Callable[[int], CrystalRecord], positions: Sequence[int]) -> _Converted:
-    """Convert ``positions`` (in a worker process, or all of them in this one) into columns."""
+def _convert_positions(
+    convert: Callable[[int], CrystalRecord], positions: Sequence[int]
+) -> tuple[dict[str, np.ndarray], np.ndarray, list[tuple[str, str, str]]]:
+    """Convert ``positions`` (in a worker process, or all of them in this one): the columns of the good records, a
+    bool per position (converted or not) and the (reason, id, message) of each record that could not be converted."""
     records, kept, skipped = [], [], []
     for p in positions:
         try:
@@ -124,14 +116,14 @@ def _convert_positions(convert: Callable[[int], CrystalRecord], positions: Seque
         except MemoryError:
             skipped.append(("out_of_memory", f"#{p}", "ran out of memory converting this record"))
         kept.append(False)
-    return _Converted(records_to_arrays(records), np.array(kept, dtype=bool), skipped)
+    return records_to_arrays(records), np.array(kept, dtype=bool), skipped
 
 
 def assemble(
     split_positions: Mapping[str, np.ndarray],
     convert: Callable[[int], CrystalRecord],
     meta: dict | None = None,
-    raw_index: Callable[[int], int] | None = None,
+    raw_index: np.ndarray | None = None,
     fingerprint: str = "positions",
     workers: int = 0,
     timer: PhaseTimer | None = None,
@@ -140,8 +132,9 @@ def assemble(
 
     ``workers`` > 1 converts in that many forked processes (``convert`` is inherited, not pickled), each turning its
     share into columns; the columns are concatenated in split order, so the result does not depend on ``workers``.
-    The arrays hold the records in split order (train, val, test) with per-record ``position``, ``raw_index`` and
-    ``split`` columns; the metadata adds split sizes and fingerprints of the kept records to ``meta``.
+    The arrays hold the records in split order (train, val, test) with per-record ``position``, ``raw_index``
+    (``raw_index[position]``; the position itself without ``raw_index``) and ``split`` columns; the metadata adds
+    split sizes and fingerprints of the kept records to ``meta``.
     """
     timer, report = timer or PhaseTimer(), SkipReport()
     positions = np.concatenate([np.asarray(split_positions[name], dtype=np.int64) for name in SPLIT_NAMES])
@@ -152,16 +145,14 @@ def assemble(
     with timer("convert"):
         parts = map_chunks(functools.partial(_convert_positions, convert), positions.tolist(), workers)
     with timer("columns"):
-        for part in parts:
-            for skip in part.skipped:
-                report.add(*skip)
-        arrays = concatenate_columns([part.columns for part in parts])
-        kept = np.concatenate([part.kept for part in parts])
-        del parts
+        columns, kept, skipped = zip(*parts)
+        for skip in itertools.chain(*skipped):
+            report.add(*skip)
+        arrays = concatenate_columns(columns)
+        kept = np.concatenate(kept)
+        del parts, columns
         arrays["position"] = positions[kept]
-        arrays["raw_index"] = np.asarray(
-            [raw_index(p) if raw_index else p for p in arrays["position"].tolist()], dtype=np.int64
-        )
+        arrays["raw_index"] = positions[kept] if raw_index is None else np.asarray(raw_index, np.int64)[positions[kept]]
         arrays["split"] = codes[kept]
         split_meta = _split_meta(arrays, {name: len(split_positions[name]) for name in SPLIT_NAMES}, fingerprint)
     return BuildResult(arrays, {**split_meta, "skipped": report.to_dict(), **(meta or {})}, report, timer.phases)
@@ -194,14 +185,10 @@ def _entry_id(entry: object, id_field: str, raw_i: int) -> str:
 
 
 def _convert_entry(entry: dict, id: str, value: float, max_atoms: int) -> CrystalRecord:
-    atoms = entry.get("atoms")
-    if atoms is None:
-        raise InvalidStructureError("entry has no 'atoms'", reason="missing_atoms")
-    try:
-        return record_from_jarvis_atoms(atoms, id, value, max_atoms)
-    except InvalidStructureError as err:
-        err.record_id = id
-        raise
+    with labelled(id):
+        if entry.get("atoms") is None:
+            raise InvalidStructureError("entry has no 'atoms'", reason="missing_atoms")
+        return record_from_jarvis_atoms(entry["atoms"], id, value, max_atoms)
 
 
 def filter_group(entries: Sequence[object], group: Sequence[str], id_field: str, report: SkipReport) -> np.ndarray:
@@ -274,7 +261,7 @@ def build_jarvis_target(
         paper_raw_split_fingerprints=raw_fps,
         matches_paper_split=matches_paper,
     )
-    return assemble(splits, convert, meta, raw_index=lambda p: int(kept[p]), workers=workers, timer=timer)
+    return assemble(splits, convert, meta, raw_index=kept, workers=workers, timer=timer)
 
 
 def build_moduli_target(
@@ -299,12 +286,10 @@ def build_moduli_target(
         except (TypeError, ValueError, OverflowError):
             value = math.nan
         if not math.isfinite(value):
-            err = InvalidStructureError(f"{spec.field!r} missing or not finite", reason="missing_target")
-            err.record_id = id
-            raise err
+            with labelled(id):
+                raise InvalidStructureError(f"{spec.field!r} missing or not finite", reason="missing_target")
         return _convert_entry(item, id, value, max_atoms)
 
-    split_of = np.repeat(np.arange(3), [len(part) for part in lists])
     meta = dict(
         dataset=spec.dataset,
         target=spec.name,
@@ -314,8 +299,5 @@ def build_moduli_target(
         filtered_entries=len(flat),
         file_sizes={name: len(part) for name, part in zip(SPLIT_NAMES, lists)},
     )
-
-    def raw_index(p: int) -> int:  # the position in its own pickle
-        return int(p - starts[split_of[p]])
-
-    return assemble(splits, convert, meta, raw_index, fingerprint="ids", workers=workers, timer=timer)
+    in_pickle = np.concatenate([np.arange(len(part)) for part in lists])  # the position in its own pickle
+    return assemble(splits, convert, meta, in_pickle, fingerprint="ids", workers=workers, timer=timer)

@@ -34,7 +34,6 @@ log = logging.getLogger("framer.data")
 FORMAT_VERSION = 3  # 2: the header carries its own checksum; 3: records in their reduced cell, size limits
 MAGIC = b"FRMRCCH1"
 _ALIGN = 64
-_CHUNK = 1 << 20
 
 
 class CacheError(RuntimeError):
@@ -60,11 +59,8 @@ def file_sha256(path: str | os.PathLike) -> str:
     stat = path.stat()
     memo = (str(path.absolute()), stat.st_size, stat.st_mtime_ns)
     if memo not in _FILE_HASHES:
-        digest = hashlib.sha256()
         with path.open("rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-        _FILE_HASHES[memo] = digest.hexdigest()
+            _FILE_HASHES[memo] = hashlib.file_digest(fh, "sha256").hexdigest()
     return _FILE_HASHES[memo]
 
 
@@ -91,11 +87,10 @@ def write_cache(path: str | os.PathLike, key: str, arrays: dict[str, np.ndarray]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
+    layout, offset = {}, 0
     for name, a in arrays.items():
         if a.dtype.hasobject:
             raise TypeError(f"cache array {name!r} has dtype object; only plain arrays can be stored")
-    layout, offset = {}, 0
-    for name, a in arrays.items():
         layout[name] = {"dtype": a.dtype.str, "shape": list(a.shape), "offset": offset}
         offset = _aligned(offset + a.nbytes)
     payload_nbytes = offset
@@ -194,12 +189,10 @@ def read_cache(path: str | os.PathLike, key: str | None = None, verify: bool = T
     if actual_size != expected_size:
         raise CacheCorruptError(f"{path}: size {actual_size} bytes, expected {expected_size} (truncated?)")
     if verify:
-        digest = hashlib.sha256()
         with path.open("rb") as fh:
             fh.seek(payload_start)
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-        if digest.hexdigest() != header["payload_sha256"]:
+            payload_sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+        if payload_sha256 != header["payload_sha256"]:
             raise CacheCorruptError(f"{path}: payload checksum mismatch (corrupt file)")
     return CacheFile(path, header, payload_start)
 
@@ -274,10 +267,8 @@ def concatenate_columns(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, np.
 
 
 class RecordStore:
-    """Read-only, memory-mapped sequence of :class:`CrystalRecord` backed by a cache file.
-
-    Picklable (workers re-open the file instead of copying arrays).
-    """
+    """Read-only, memory-mapped sequence of :class:`CrystalRecord` backed by a cache file; picklable (workers
+    re-open the file instead of copying arrays)."""
 
     _COLUMNS = ("lattice", "frac_coords", "atomic_numbers", "target", "ids")
 
@@ -296,10 +287,6 @@ class RecordStore:
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
-
-    def array(self, name: str) -> np.ndarray:
-        """A stored per-record column (e.g. ``target``, ``position``, ``split``), memory-mapped."""
-        return self.cache.array(name)
 
     @property
     def targets(self) -> np.ndarray:

@@ -19,10 +19,8 @@ MIN_IMAGE_COUNT = float((2 * MIN_IMAGE_RANGE + 1) ** 3)  # the smallest image bo
 
 
 def image_count(lattice: np.ndarray, spacings: np.ndarray | None = None) -> float:
-    """Number of periodic images in the box :func:`framer.geometry.image_box` gives the lattice (inf if degenerate).
-
-    ``spacings``: the lattice's :func:`~framer.geometry.interplanar_spacings`, when already at hand.
-    """
+    """Number of periodic images in the box :func:`framer.geometry.image_box` gives the lattice (inf if degenerate);
+    ``spacings``: the lattice's :func:`~framer.geometry.interplanar_spacings`, when already at hand."""
     if spacings is None:
         with np.errstate(all="ignore"):
             spacings = interplanar_spacings(lattice)
@@ -79,7 +77,7 @@ def closest_pair_distance(
     frac = frac - np.floor(frac)
     # fractional thickness of a layer `cutoff` thick on each face (plus a hair, so rounding cannot drop an image)
     margin = cutoff * (1 + 1e-9) / spacings
-    shifts = _offsets(np.ceil(margin))
+    shifts = _offsets(*np.ceil(margin).astype(int).tolist())
     moved = frac[None, :, :] + shifts[:, None, :]  # (shifts, N, 3)
     near = ((moved > -margin) & (moved < 1 + margin)).all(axis=2)
     tree = cKDTree(np.concatenate([frac, moved[near]]) @ lattice)
@@ -88,28 +86,22 @@ def closest_pair_distance(
 
 
 def shortest_lattice_vector(lattice: np.ndarray, cutoff: float, spacings: np.ndarray | None = None) -> float:
-    """Length (Å) of the shortest non-zero lattice vector if below ``cutoff``, else ``inf``.
-
-    ``spacings``: the lattice's interplanar spacings, if known.
-    """
+    """Length (Å) of the shortest non-zero lattice vector if below ``cutoff``, else ``inf``; ``spacings``: the
+    lattice's interplanar spacings, if known."""
     if spacings is None:
         spacings = interplanar_spacings(lattice)
     # a vector n L is at least |n_m| times the spacing of the planes m apart, so shorter ones have small |n_m|
     reach = np.floor(cutoff / spacings)
     if not reach.any():  # every plane spacing is at least the cutoff: no shorter vector
         return math.inf
-    lengths = np.linalg.norm(_offsets(reach) @ lattice, axis=1)
+    lengths = np.linalg.norm(_offsets(*reach.astype(int).tolist()) @ lattice, axis=1)
     lengths = lengths[lengths < cutoff]
     return float(lengths.min()) if len(lengths) else math.inf
 
 
-def _offsets(reach: np.ndarray) -> np.ndarray:
-    """Integer translations (M, 3) with |n_m| <= reach_m, without the zero translation (read-only)."""
-    return _offset_grid(*(int(r) for r in reach))
-
-
 @functools.lru_cache(maxsize=64)
-def _offset_grid(r1: int, r2: int, r3: int) -> np.ndarray:
+def _offsets(r1: int, r2: int, r3: int) -> np.ndarray:
+    """Integer translations (M, 3) with |n_m| <= r_m, without the zero translation (read-only)."""
     axes = [np.arange(-r, r + 1, dtype=np.float64) for r in (r1, r2, r3)]
     grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     grid = grid[np.any(grid != 0, axis=1)]

@@ -33,6 +33,7 @@ from framer.data.structures import (
     DEFAULT_MAX_FILE_MB,
     CrystalRecord,
     InvalidStructureError,
+    labelled,
     record_from_file,
 )
 
@@ -84,11 +85,9 @@ def read_id_prop(path: Path) -> list[IdPropRow]:
     if not path.is_file():
         raise DataNotFoundError(f"{path} not found; a custom data folder needs an id_prop.csv with rows 'file,target'")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        return _parse_id_prop(path, path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not a UTF-8 text file ({err})") from None
-    try:
-        return _parse_id_prop(path, text)
     except csv.Error as err:
         raise DataError(f"{path}: not a readable CSV ({err})") from None
 
@@ -186,15 +185,10 @@ def build_custom(
     def convert(p: int) -> CrystalRecord:
         row = valid[p]
         path = locate_structure_file(root, id_prop, row, allow_outside_root)
-        if path is None:
-            err = InvalidStructureError(f"no structure file for {row.name!r} in {root}", "file_not_found")
-        else:
-            try:
-                return record_from_file(path, row.id, row.value, max_atoms, max_file_mb)
-            except InvalidStructureError as e:
-                err = e
-        err.record_id = row.id
-        raise err
+        with labelled(row.id):
+            if path is None:
+                raise InvalidStructureError(f"no structure file for {row.name!r} in {root}", "file_not_found")
+            return record_from_file(path, row.id, row.value, max_atoms, max_file_mb)
 
     meta = dict(
         dataset="custom",

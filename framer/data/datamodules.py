@@ -78,8 +78,8 @@ class CrystalDataset(Dataset):
 
     @property
     def ids(self) -> list[str]:
-        ids = self.store.array("ids")
-        return [str(ids[j]) for j in self.indices]
+        ids = self.store.ids
+        return [ids[j] for j in self.indices]
 
 
 class CrystalDataModule(L.LightningDataModule):
@@ -204,7 +204,8 @@ class CrystalDataModule(L.LightningDataModule):
 
             def build():
                 result = self.build()
-                timer.merge(result.timings)
+                for name, phase in result.timings.items():
+                    timer.add(name, phase["wall_s"], phase["cpu_s"])
                 extra = ("missing_target", "raw_entries", "filtered_entries")
                 write_json(self.report_path, {
                     "dataset": self.dataset_name, "target": self.target, "cache": str(path),

@@ -18,8 +18,10 @@ import math
 
 import numpy as np
 
+from framer.data.cells import closest_pair_distance
 from framer.data.parallel import map_chunks
 from framer.data.structures import CrystalRecord, make_record
+from framer.geometry import interplanar_spacings
 
 GENERATOR_VERSION = 1
 CATIONS = {"Li": 1, "Na": 1, "K": 1, "Mg": 2, "Ca": 2, "Sr": 2, "Zn": 2, "Al": 3, "Y": 3, "Ti": 4}
@@ -113,9 +115,6 @@ def _place_atoms(rng: np.random.Generator, lattice: np.ndarray, charges: np.ndar
 
 def random_ionic_crystal(seed: int, index: int, max_atoms: int = MAX_ATOMS):
     """The ``index``-th crystal of ``seed`` as (lattice, frac_coords, symbols, oxidation states)."""
-    from framer.data.cells import closest_pair_distance
-    from framer.geometry import interplanar_spacings
-
     rng = np.random.default_rng([seed, index, GENERATOR_VERSION])
     sites = random_composition(rng, max_atoms)
     order = rng.permutation(len(sites))

@@ -71,9 +71,6 @@ class ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self._yielded = 0  # batches handed out by the current pass
 
-    def _shuffler(self) -> EpochShuffleSampler | None:
-        return self.sampler if isinstance(self.sampler, EpochShuffleSampler) else None
-
     def __iter__(self) -> Iterator[Any]:
         base = super().__iter__()
         self._yielded = 0
@@ -85,15 +82,15 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        sampler = self._shuffler()
-        if sampler is None:
+        sampler = self.sampler
+        if not isinstance(sampler, EpochShuffleSampler):
             return {}
         done = sampler.pass_start // max(self.batch_size or 1, 1) + self._yielded
         return {"seed": sampler.seed, "epoch": sampler.pass_epoch, "batches": int(done)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        sampler = self._shuffler()
-        if sampler is None or not state_dict:
+        sampler = self.sampler
+        if not isinstance(sampler, EpochShuffleSampler) or not state_dict:
             return
         sampler.seed = int(state_dict["seed"])
         epoch, batches = int(state_dict["epoch"]), int(state_dict["batches"])

@@ -42,14 +42,15 @@ def safe_loads(data: bytes) -> Any:
     """Unpickle bytes with the allow-list; raises UnsafePickleError for any other global.
 
     Any other failure of malformed input (truncation, bad opcodes, absurd lengths, deep nesting, bad arguments to
-    the allowed numpy constructors) is a :class:`pickle.UnpicklingError`.
+    the allowed numpy constructors) is a :class:`pickle.UnpicklingError` ("truncated or corrupt pickle").
     """
     try:
         return _RestrictedUnpickler(io.BytesIO(data)).load()
-    except (UnsafePickleError, pickle.UnpicklingError):
+    except UnsafePickleError:
         raise
     except Exception as err:  # malformed input can make the unpickler raise almost anything
-        raise pickle.UnpicklingError(f"truncated or corrupt pickle ({type(err).__name__}: {err})") from err
+        detail = str(err) if isinstance(err, pickle.UnpicklingError) else f"{type(err).__name__}: {err}"
+        raise pickle.UnpicklingError(f"truncated or corrupt pickle ({detail})") from err
 
 
 def safe_load(path: str | Path) -> Any:
@@ -58,12 +59,7 @@ def safe_load(path: str | Path) -> Any:
     The file is read whole first, so a corrupt length field cannot make the unpickler allocate or read past its end.
     """
     path = Path(path)
-    data = path.read_bytes()
     try:
-        return safe_loads(data)
-    except UnsafePickleError as err:
-        raise UnsafePickleError(f"{path}: {err}") from None
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        text = text if text.startswith("truncated or corrupt") else f"truncated or corrupt pickle ({text})"
-        raise pickle.UnpicklingError(f"{path}: {text}") from err
+        return safe_loads(path.read_bytes())
+    except pickle.UnpicklingError as err:  # UnsafePickleError included
+        raise type(err)(f"{path}: {err}") from err

@@ -27,7 +27,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from framer.data.safepickle import UnsafePickleError, safe_load
+from framer.data.safepickle import UnsafePickleError, safe_load, safe_loads
+from framer.io import atomic_file
 
 DATA_DIR_ENV = "FRAMER_DATA_DIR"
 
@@ -154,28 +155,24 @@ def is_valid_number(value: object) -> bool:
 # --------------------------------------------------------------------------------------------- loading
 
 
-def missing_raw_error(path: Path) -> DataNotFoundError:
-    """The one-line error for a missing raw file: which file, where it goes and where it comes from."""
+def require_files(paths: list[Path]) -> list[Path]:
+    """``paths``; for the first missing one, a one-line DataNotFoundError: where it goes and where it comes from."""
     origins = {
         source.filename: (f"jarvis-tools figshare key {source.key!r} ({source.url})", dataset)
         for dataset, source in JARVIS_SOURCES.items()
     }
     for (prop, split), number in MODULI_FILES.items():
         origins[moduli_filename(prop, split)] = (f"Matformer's figshare file {MODULI_URL}{number}", "moduli")
-    if path.name not in origins:
-        return DataNotFoundError(f"{path} not found")
-    origin, dataset = origins[path.name]
-    return DataNotFoundError(
-        f"{path} not found; put it there (data root: ${DATA_DIR_ENV} or ./data) — it comes from {origin}; on a "
-        f"machine with internet run `python -m framer.data download --dataset {dataset}`"
-    )
-
-
-def require_files(paths: list[Path]) -> list[Path]:
-    """Raise :func:`missing_raw_error` for the first missing path."""
     for path in paths:
-        if not path.is_file():
-            raise missing_raw_error(path)
+        if path.is_file():
+            continue
+        if path.name not in origins:
+            raise DataNotFoundError(f"{path} not found")
+        origin, dataset = origins[path.name]
+        raise DataNotFoundError(
+            f"{path} not found; put it there (data root: ${DATA_DIR_ENV} or ./data) — it comes from {origin}; on a "
+            f"machine with internet run `python -m framer.data download --dataset {dataset}`"
+        )
     return paths
 
 
@@ -284,20 +281,17 @@ def download_moduli(data_dir: str | os.PathLike | None = None, timeout: float = 
     for (prop, split), number in MODULI_FILES.items():
         target = raw_dir(data_dir) / moduli_filename(prop, split)
         if not target.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
             url = f"{MODULI_URL}{number}"
             try:
                 response = requests.get(url, timeout=timeout)
                 response.raise_for_status()
             except requests.RequestException as err:
                 raise DataError(f"download of {url} failed: {err}") from None
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            tmp.write_bytes(response.content)
             try:
-                safe_load(tmp)
+                safe_loads(response.content)
             except Exception as err:
-                tmp.unlink(missing_ok=True)
                 raise DataCorruptError(f"downloaded {url} is not a safe, readable pickle: {err}") from None
-            os.replace(tmp, target)
+            with atomic_file(target) as fh:
+                fh.write(response.content)
         written.append(target)
     return written

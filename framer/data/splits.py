@@ -37,20 +37,15 @@ def paper_split(
     n_train: int | None = None,
     n_val: int | None = None,
     n_test: int | None = None,
-    train_ratio: float | None = None,
-    val_ratio: float = 0.1,
-    test_ratio: float = 0.1,
     split_seed: int = PAPER_SPLIT_SEED,
 ) -> dict[str, np.ndarray]:
     """Positions (int64 arrays, in split order) of the train/val/test entries among ``total_size``, exactly as
     ALIGNN/Matformer/Crystalformer compute them: a count that is None (or 0, as in the original) is
-    ``int(ratio * total_size)``, ``train_ratio`` defaults to ``1 - val_ratio - test_ratio``, and ``split_seed`` seeds
-    CPython's global ``random`` for the shuffle (the papers use 123)."""
-    if train_ratio is None:
-        train_ratio = 1 - val_ratio - test_ratio
-    n_train = n_train or int(train_ratio * total_size)
-    n_test = n_test or int(test_ratio * total_size)
-    n_val = n_val or int(val_ratio * total_size)
+    ``int(ratio * total_size)`` with the original's ratios (val and test 0.1, train ``1 - 0.1 - 0.1``), and
+    ``split_seed`` seeds CPython's global ``random`` for the shuffle (the papers use 123)."""
+    n_train = n_train or int((1 - 0.1 - 0.1) * total_size)
+    n_test = n_test or int(0.1 * total_size)
+    n_val = n_val or int(0.1 * total_size)
     if min(n_train, n_val, n_test) < 1:
         raise ValueError(
             f"split of {total_size} entries gives an empty part (train {n_train}, val {n_val}, test {n_test})"

@@ -7,8 +7,10 @@ LLL-reduced basis when that needs fewer periodic images (:func:`framer.data.cell
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -49,6 +51,16 @@ class InvalidStructureError(ValueError):
         super().__init__(message)
         self.reason = reason
         self.record_id: str | None = None
+
+
+@contextlib.contextmanager
+def labelled(record_id: str) -> Iterator[None]:
+    """Label an :class:`InvalidStructureError` raised inside with the id of the record it concerns."""
+    try:
+        yield
+    except InvalidStructureError as err:
+        err.record_id = record_id
+        raise
 
 
 @dataclass(frozen=True, eq=False)
@@ -275,8 +287,6 @@ def read_structure_file(path: str | Path, max_file_mb: float = DEFAULT_MAX_FILE_
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return Structure.from_file(path)
-    except FileNotFoundError as err:
-        raise InvalidStructureError(f"{path}: file not found", "file_not_found") from err
     except MemoryError as err:
         raise InvalidStructureError(f"{path}: out of memory while parsing", "out_of_memory") from err
     except Exception as err:  # pymatgen raises many types for malformed files

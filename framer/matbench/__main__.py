@@ -58,15 +58,14 @@ def fold_spec(args: argparse.Namespace, fold: int, out_dir: Path, resume: bool) 
             "test_batch_size": args.test_batch_size,
         },
     }
-    overrides: dict[str, Any] = {"data": data, **parse_set(args.set or [])}
-    overrides.update(
-        {
-            "seed_everything": args.seed + fold,
-            "tracking.save_dir": str(out_dir),
-            "tracking.run_name": f"fold{fold}",
-            "tracking.experiment_name": args.experiment_name or args.task,
-        }
-    )
+    overrides = {
+        "data": data,
+        **parse_set(args.set or []),
+        "seed_everything": args.seed + fold,
+        "tracking.save_dir": str(out_dir),
+        "tracking.run_name": f"fold{fold}",
+        "tracking.experiment_name": args.experiment_name or args.task,
+    }
     return RunSpec(args.config or DEFAULT_CONFIGS, overrides, resume=resume, quiet=args.quiet)
 
 

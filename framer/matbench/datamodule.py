@@ -13,12 +13,10 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
-
 from framer.data.build import BuildResult, assemble
 from framer.data.cache import file_sha256, short_hash
 from framer.data.datamodules import CrystalDataModule
-from framer.data.structures import CrystalRecord, InvalidStructureError, record_from_structure
+from framer.data.structures import CrystalRecord, labelled, record_from_structure
 from framer.matbench import tasks
 
 
@@ -100,19 +98,14 @@ class MatbenchDataModule(CrystalDataModule):
                 "the data file and the validation file belong to different versions of the task"
             )
         train, val = tasks.inner_split(ids["train"], self.val_fraction, self.split_seed)
-        position = {mbid: i for i, mbid in enumerate(frame.index)}
         structures, targets = frame["structure"].to_numpy(), frame["target"].to_numpy()
 
         def convert(p: int) -> CrystalRecord:
-            mbid = frame.index[p]
-            try:
-                return record_from_structure(structures[p], mbid, float(targets[p]))
-            except InvalidStructureError as err:
-                err.record_id = mbid
-                raise
+            with labelled(frame.index[p]):
+                return record_from_structure(structures[p], frame.index[p], float(targets[p]))
 
         splits = {
-            name: np.array([position[i] for i in part])
+            name: frame.index.get_indexer(part)
             for name, part in (("train", train), ("val", val), ("test", ids["test"]))
         }
         fold = {"task": self.task, "fold": self.fold, "n_fold_train": len(ids["train"]), "n_test": len(ids["test"])}

@@ -101,9 +101,10 @@ def load_frame(task: str, data_home: str | os.PathLike | None = None) -> pd.Data
 def load_validation(task: str, validation_file: str | os.PathLike | None = None) -> dict[str, dict[str, list[str]]]:
     """``{"fold_0": {"train": [ids], "test": [ids]}, ...}`` from matbench's file or ``validation_file``."""
     default = Path(_matbench_dir()) / "matbench_v0.1_validation.json"
-    path = Path(validation_file) if validation_file is not None else default
-    stat = path.stat() if path.is_file() else None
-    folds = _task_folds(task, str(path.resolve()), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    path = (Path(validation_file) if validation_file is not None else default).resolve()
+    if not path.is_file():
+        raise MatbenchDataError(f"validation file {path} not found")
+    folds = _task_folds(task, str(path), path.stat().st_mtime_ns, path.stat().st_size)
     return {k: {"train": list(v["train"]), "test": list(v["test"])} for k, v in folds.items()}
 
 
@@ -111,8 +112,6 @@ def load_validation(task: str, validation_file: str | os.PathLike | None = None)
 def _task_folds(task: str, path_str: str, mtime_ns: int, size: int) -> dict[str, dict[str, tuple[str, ...]]]:
     """One task's folds of a validation file (parsed once per file version; matbench's is 46 MB)."""
     path = Path(path_str)
-    if not path.is_file():
-        raise MatbenchDataError(f"validation file {path} not found")
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as f:
         raw = json.load(f)
@@ -160,7 +159,8 @@ def inner_split(train_ids: Sequence[str], val_fraction: float, seed: int) -> tup
 # --------------------------------------------------------------------------------------------------------------------
 # recording with matbench's API
 def make_benchmark(task: str, frame: pd.DataFrame, validation: Mapping[str, Mapping[str, list[str]]]):
-    """A ``MatbenchBenchmark`` holding ``task`` with its data frame and folds set (nothing downloaded).
+    """A ``MatbenchBenchmark`` holding ``task`` with its data frame (:func:`load_frame`'s) and folds (nothing
+    downloaded).
 
     The folds come from :func:`load_validation`; for the real tasks they equal matbench's own, for fixtures they
     replace them (``task.validation``), which is what lets matbench's ``record``/``validate`` run on small data.
@@ -171,9 +171,7 @@ def make_benchmark(task: str, frame: pd.DataFrame, validation: Mapping[str, Mapp
     bench = MatbenchBenchmark(autoload=False, subset=[task])
     mb_task = bench.tasks_map[task]
     meta = mb_task.metadata
-    mb_task.df = frame.rename(columns={"structure": meta.input_type, "target": meta.target})[
-        [meta.input_type, meta.target]
-    ]
+    mb_task.df = frame.rename(columns={"structure": meta.input_type, "target": meta.target})
     mb_task.validation = RecursiveDotDict({k: dict(v) for k, v in validation.items()})
     mb_task.folds_keys = list(mb_task.validation.keys())
     mb_task.folds_nums = list(range(len(mb_task.folds_keys)))
