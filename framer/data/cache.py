@@ -22,7 +22,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -53,6 +53,14 @@ class CacheCorruptError(CacheError):
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}
 
 
+def sha256_rest(handle: BinaryIO) -> str:
+    """sha256 of the rest of an open binary file, read in 1 MiB chunks (``hashlib.file_digest`` needs Python 3.11)."""
+    digest = hashlib.sha256()
+    while chunk := handle.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes (memoised per process on path, size and mtime)."""
     path = Path(path)
@@ -60,7 +68,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     memo = (str(path.absolute()), stat.st_size, stat.st_mtime_ns)
     if memo not in _FILE_HASHES:
         with path.open("rb") as fh:
-            _FILE_HASHES[memo] = hashlib.file_digest(fh, "sha256").hexdigest()
+            _FILE_HASHES[memo] = sha256_rest(fh)
     return _FILE_HASHES[memo]
 
 
@@ -191,7 +199,7 @@ def read_cache(path: str | os.PathLike, key: str | None = None, verify: bool = T
     if verify:
         with path.open("rb") as fh:
             fh.seek(payload_start)
-            payload_sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+            payload_sha256 = sha256_rest(fh)
         if payload_sha256 != header["payload_sha256"]:
             raise CacheCorruptError(f"{path}: payload checksum mismatch (corrupt file)")
     return CacheFile(path, header, payload_start)
