@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextvars
 import difflib
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -45,7 +44,7 @@ from framer.callbacks import PredictionWriter, safety_callbacks
 from framer.checkpoints import AtomicCheckpointIO, check_checkpoint
 from framer.data.sources import DataError
 from framer.data.structures import InvalidStructureError
-from framer.errors import DEBUG_ENV, UserError, exit_codes
+from framer.errors import UserError, exit_codes
 from framer.evaluate import print_metrics, run_final_tests, write_results
 from framer.instantiate import allowed_modules, check_config_class_paths, restrict_config_imports
 from framer.module import CrystalRegressor
@@ -288,8 +287,6 @@ class FramerCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as err:  # a constructor rejected a config value: say which, in one line
-            if os.environ.get(DEBUG_ENV):
-                raise
             raise UserError(f"invalid configuration: {_constructor_errors(err)}") from err
 
     # ---- trainer: loggers from `tracking` unless trainer.logger is given

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from unittest import mock
 
 import yaml
 
@@ -52,13 +53,10 @@ def cli_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
-def cli_overrides(values: Mapping[str, Any]) -> list[str]:
-    """``{"a.b": 1}`` -> ``["--a.b=1"]``."""
-    return [f"--{path}={cli_value(v)}" for path, v in values.items()]
-
-
-def config_callbacks(configs: Sequence[str], overrides: Mapping[str, Any] | None = None) -> list[Any]:
-    """``trainer.callbacks`` after composing the configs (a later list replaces an earlier one, as in jsonargparse)."""
+def quiet_overrides(configs: Sequence[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Overrides that turn the progress bar off: the composed ``trainer.callbacks`` (a later list replaces an earlier
+    one, as in jsonargparse) minus progress bars, and ``enable_progress_bar=false`` (Lightning refuses the flag while
+    a progress-bar callback is listed)."""
     callbacks: list[Any] = []
     for config in configs:
         data = yaml.safe_load(Path(config).read_text()) or {}
@@ -67,13 +65,7 @@ def config_callbacks(configs: Sequence[str], overrides: Mapping[str, Any] | None
             callbacks = list(trainer["callbacks"] or [])
     if overrides and "trainer.callbacks" in overrides:
         callbacks = list(overrides["trainer.callbacks"] or [])
-    return callbacks
-
-
-def quiet_overrides(configs: Sequence[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Overrides that turn the progress bar off: the configs' callbacks minus progress bars, and
-    ``enable_progress_bar=false`` (Lightning refuses the flag while a progress-bar callback is listed)."""
-    kept = [c for c in config_callbacks(configs, overrides) if "ProgressBar" not in str(c)]
+    kept = [c for c in callbacks if "ProgressBar" not in str(c)]
     return {"trainer.callbacks": kept, "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
 
 
@@ -106,7 +98,7 @@ class RunSpec:
         return [
             *([self.subcommand] if self.subcommand else []),
             *[arg for config in self.configs for arg in ("--config", config)],
-            *cli_overrides(overrides),
+            *(f"--{path}={cli_value(value)}" for path, value in overrides.items()),
             *(["--ckpt_path=last"] if self.resume else []),
         ]
 
@@ -174,15 +166,9 @@ class Tail(io.TextIOBase):
         self.stream.flush()
 
 
-@contextlib.contextmanager
-def bare_argv() -> Iterator[None]:
+def bare_argv() -> contextlib.AbstractContextManager:
     """Hide this process's own arguments from LightningCLI (which warns when both argv and ``args`` are set)."""
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        yield
-    finally:
-        sys.argv = saved
+    return mock.patch.object(sys, "argv", sys.argv[:1])
 
 
 # ---------------------------------------------------------------------------------------------------- running
