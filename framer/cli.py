@@ -99,11 +99,7 @@ class FramerSaveConfigCallback(SaveConfigCallback):
 
 class FramerArgumentParser(LightningArgumentParser):
     """Parser whose errors are one line (plus a pointer to ``--help``), with an unknown option's closest known one
-    and config file named. Options are never abbreviated (``--trainer.max_epoch`` is a typo, not ``max_epochs``)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
+    and config file named."""
 
     def error(self, message: str, ex: Exception | None = None) -> None:
         hint = "see `python -m framer.cli {fit,validate,test,predict} --help`"
@@ -187,6 +183,7 @@ class FramerCLI(LightningCLI):
     # ---- parser
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", [f"framer {framer_version()} (python -m framer.cli)"])
+        kwargs.setdefault("allow_abbrev", False)  # ``--trainer.max_epoch`` is a typo, not ``max_epochs``
         parser = super().init_parser(**kwargs)
         self._parsers.append(parser)
         parser.framer_parsers = self._parsers  # where an unknown option's error looks for the closest known one

@@ -63,13 +63,10 @@ class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
         self.run_steps = math.inf
         super().__init__(optimizer, last_epoch)
 
-    def factor(self, step: int) -> float:
-        """Multiplier of the base learning rate after ``step`` steps."""
-        decay = self.decay_steps if self.decay_steps >= 1 else self.decay_steps * self.run_steps
-        return math.sqrt(decay / (decay + max(step, 0))) if math.isfinite(decay) else 1.0
-
     def get_lr(self) -> list[float]:
-        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+        decay = self.decay_steps if self.decay_steps >= 1 else self.decay_steps * self.run_steps
+        factor = math.sqrt(decay / (decay + max(self.last_epoch, 0))) if math.isfinite(decay) else 1.0
+        return [base * factor for base in self.base_lrs]
 
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
