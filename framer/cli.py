@@ -63,9 +63,8 @@ _CONFIGS: contextvars.ContextVar[Sequence[tuple[str, Any, int]]] = contextvars.C
 
 
 def check_config_files(args: Any) -> list[tuple[str, Any, int]]:
-    """Refuse config files and inline ``{...}``/``[...]`` values that name a class outside the allowed packages,
-    before jsonargparse imports anything (files that do not parse are left to jsonargparse); returns ``(source, data,
-    position in args)`` of each, in order."""
+    """Refuse config files and inline ``{...}``/``[...]`` values naming a class outside the allowed packages before
+    jsonargparse imports anything (unparsable files are left to it); returns ``(source, data, position in args)``."""
     if not isinstance(args, Sequence) or isinstance(args, str):
         if isinstance(args, dict):
             check_config_class_paths(args, "the configuration")

@@ -174,8 +174,7 @@ def bare_argv() -> contextlib.AbstractContextManager:
 # ---------------------------------------------------------------------------------------------------- running
 def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
     """Run the CLI in this process (fast for many small runs; one device); a crash becomes an outcome. ``callbacks``
-    (e.g. Optuna's pruning callback, which holds its trial) follow the configs' (LightningCLI's ``trainer_defaults``).
-    """
+    (e.g. Optuna's pruning callback, which holds its trial) follow the configs' (as ``trainer_defaults``)."""
     from framer import cli
 
     stderr = Tail(sys.stderr)
@@ -230,14 +229,13 @@ def _wait(proc: subprocess.Popen, timeout: float | None, poll: Callable[[], bool
     every ``POLL_INTERVAL`` seconds)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=POLL_INTERVAL)
             return None
-        except subprocess.TimeoutExpired:
-            if deadline is not None and time.monotonic() >= deadline:
-                return "timeout"
-            if poll is not None and poll():
-                return "poll"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "timeout"
+        if poll is not None and poll():
+            return "poll"
 
 
 def run(spec: RunSpec, mode: Literal["subprocess", "inprocess"], log: Path | None = None) -> Outcome:
@@ -252,11 +250,9 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=wait)
             return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @contextlib.contextmanager

@@ -90,11 +90,8 @@ def run_steps(trainer: pl.Trainer) -> float:
 
 
 def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """Trainable parameters split into a weight-decayed group and a group without decay.
-
-    No decay for biases and for the parameters of normalisation layers (``*Norm*`` modules or names containing
-    "norm"). Frozen parameters (``requires_grad=False``) are left out of both groups.
-    """
+    """Trainable parameters in a weight-decayed group and a group without decay: biases and the parameters of
+    normalisation layers (``*Norm*`` modules or names containing "norm"). Frozen parameters are in neither."""
     decay, no_decay = [], []
     for module_name, module in model.named_modules():
         is_norm = "norm" in type(module).__name__.lower() or "norm" in module_name.lower()
@@ -426,8 +423,7 @@ class CrystalRegressor(pl.LightningModule):
 
     @property
     def swa_start_epoch(self) -> int | None:
-        """First epoch of weight averaging, or None when SWA is off, a fraction of the run or ``max_epochs`` is
-        unbounded."""
+        """First epoch of weight averaging; None when SWA is off or a fraction of the run, or max_epochs unbounded."""
         if self.swa_model is None or self.attached_trainer is None or self.swa_epochs < 1:
             return None
         max_epochs = self.trainer.max_epochs

@@ -204,8 +204,7 @@ def _row_step(row: Mapping[str, str]) -> float:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///...`` URI (relative as given); None for other backends and in-memory
-    databases."""
+    """The database file of a ``sqlite:///...`` URI (relative as given); None for other backends and in memory."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
