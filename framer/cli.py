@@ -354,9 +354,8 @@ class FramerCLI(LightningCLI):
             trainer.strategy.barrier("framer_test_after_fit")
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
-        if trainer.global_rank != 0:
-            return
-        self.final_metrics = run_final_tests(trainer, self.model, self.datamodule)
+        if trainer.global_rank == 0:
+            self.final_metrics = run_final_tests(trainer, self.model, self.datamodule)
 
     def before_test(self) -> None:
         if self.trainer.world_size > 1:

@@ -151,15 +151,15 @@ def _outcome(code: int, output: str, timed_out: bool = False, stopped: bool = Fa
 
 
 class Tail(io.TextIOBase):
-    """A text stream that passes everything on to ``stream`` and keeps the last ``size`` characters."""
+    """A text stream that passes everything on to ``stream`` and keeps the last ``LOG_TAIL`` characters."""
 
-    def __init__(self, stream: Any, size: int = LOG_TAIL) -> None:
+    def __init__(self, stream: Any) -> None:
         super().__init__()
-        self.stream, self.size, self.text = stream, size, ""
+        self.stream, self.text = stream, ""
 
     def write(self, text: str) -> int:
         self.stream.write(text)
-        self.text = (self.text + text)[-self.size :]
+        self.text = (self.text + text)[-LOG_TAIL:]
         return len(text)
 
     def flush(self) -> None:
@@ -192,17 +192,12 @@ def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
 
 
 def run_subprocess(
-    spec: RunSpec,
-    log: Path,
-    *,
-    timeout: float | None = None,
-    python: str = sys.executable,
-    poll: Callable[[], bool] | None = None,
+    spec: RunSpec, log: Path, *, timeout: float | None = None, poll: Callable[[], bool] | None = None
 ) -> Outcome:
     """Run ``python -m framer.cli`` in its own process group (with its DDP ranks, if any), output appended to ``log``.
     After ``timeout`` seconds, when ``poll()`` returns True, or when this process is interrupted or gets SIGTERM, the
     group gets SIGTERM (the run saves ``last.ckpt``), then SIGKILL after a grace period."""
-    cmd = [python, "-m", "framer.cli", *spec.args()]
+    cmd = [sys.executable, "-m", "framer.cli", *spec.args()]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")

@@ -197,10 +197,9 @@ def _park_rows_before(path: Path, parked: Path, step: int) -> list[str]:
 
 
 def _row_step(row: Mapping[str, str]) -> float:
-    try:
+    with contextlib.suppress(ValueError):  # a row a crash cut short
         return float(row.get("step") or "inf")
-    except ValueError:
-        return float("inf")
+    return float("inf")
 
 
 def sqlite_path(uri: str) -> Path | None:
