@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextvars
 import difflib
-import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -45,7 +44,7 @@ from framer.callbacks import PredictionWriter, safety_callbacks
 from framer.checkpoints import AtomicCheckpointIO, check_checkpoint
 from framer.data.sources import DataError
 from framer.data.structures import InvalidStructureError
-from framer.errors import DEBUG_ENV, UserError, exit_codes
+from framer.errors import UserError, exit_codes
 from framer.evaluate import print_metrics, run_final_tests, write_results
 from framer.instantiate import allowed_modules, check_config_class_paths, restrict_config_imports
 from framer.module import CrystalRegressor
@@ -64,9 +63,8 @@ _CONFIGS: contextvars.ContextVar[Sequence[tuple[str, Any, int]]] = contextvars.C
 
 
 def check_config_files(args: Any) -> list[tuple[str, Any, int]]:
-    """Refuse config files and inline ``{...}``/``[...]`` values that name a class outside the allowed packages,
-    before jsonargparse imports anything (files that do not parse are left to jsonargparse); returns ``(source, data,
-    position in args)`` of each, in order."""
+    """Refuse config files and inline ``{...}``/``[...]`` values naming a class outside the allowed packages before
+    jsonargparse imports anything (unparsable files are left to it); returns ``(source, data, position in args)``."""
     if not isinstance(args, Sequence) or isinstance(args, str):
         if isinstance(args, dict):
             check_config_class_paths(args, "the configuration")
@@ -100,11 +98,7 @@ class FramerSaveConfigCallback(SaveConfigCallback):
 
 class FramerArgumentParser(LightningArgumentParser):
     """Parser whose errors are one line (plus a pointer to ``--help``), with an unknown option's closest known one
-    and config file named. Options are never abbreviated (``--trainer.max_epoch`` is a typo, not ``max_epochs``)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
+    and config file named."""
 
     def error(self, message: str, ex: Exception | None = None) -> None:
         hint = "see `python -m framer.cli {fit,validate,test,predict} --help`"
@@ -188,6 +182,7 @@ class FramerCLI(LightningCLI):
     # ---- parser
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", [f"framer {framer_version()} (python -m framer.cli)"])
+        kwargs.setdefault("allow_abbrev", False)  # ``--trainer.max_epoch`` is a typo, not ``max_epochs``
         parser = super().init_parser(**kwargs)
         self._parsers.append(parser)
         parser.framer_parsers = self._parsers  # where an unknown option's error looks for the closest known one
@@ -288,8 +283,6 @@ class FramerCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except ValueError as err:  # a constructor rejected a config value: say which, in one line
-            if os.environ.get(DEBUG_ENV):
-                raise
             raise UserError(f"invalid configuration: {_constructor_errors(err)}") from err
 
     # ---- trainer: loggers from `tracking` unless trainer.logger is given
@@ -361,9 +354,8 @@ class FramerCLI(LightningCLI):
             trainer.strategy.barrier("framer_test_after_fit")
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
-        if trainer.global_rank != 0:
-            return
-        self.final_metrics = run_final_tests(trainer, self.model, self.datamodule)
+        if trainer.global_rank == 0:
+            self.final_metrics = run_final_tests(trainer, self.model, self.datamodule)
 
     def before_test(self) -> None:
         if self.trainer.world_size > 1:

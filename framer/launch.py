@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from unittest import mock
 
 import yaml
 
@@ -52,13 +53,10 @@ def cli_value(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
-def cli_overrides(values: Mapping[str, Any]) -> list[str]:
-    """``{"a.b": 1}`` -> ``["--a.b=1"]``."""
-    return [f"--{path}={cli_value(v)}" for path, v in values.items()]
-
-
-def config_callbacks(configs: Sequence[str], overrides: Mapping[str, Any] | None = None) -> list[Any]:
-    """``trainer.callbacks`` after composing the configs (a later list replaces an earlier one, as in jsonargparse)."""
+def quiet_overrides(configs: Sequence[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Overrides that turn the progress bar off: the composed ``trainer.callbacks`` (a later list replaces an earlier
+    one, as in jsonargparse) minus progress bars, and ``enable_progress_bar=false`` (Lightning refuses the flag while
+    a progress-bar callback is listed)."""
     callbacks: list[Any] = []
     for config in configs:
         data = yaml.safe_load(Path(config).read_text()) or {}
@@ -67,13 +65,7 @@ def config_callbacks(configs: Sequence[str], overrides: Mapping[str, Any] | None
             callbacks = list(trainer["callbacks"] or [])
     if overrides and "trainer.callbacks" in overrides:
         callbacks = list(overrides["trainer.callbacks"] or [])
-    return callbacks
-
-
-def quiet_overrides(configs: Sequence[str], overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Overrides that turn the progress bar off: the configs' callbacks minus progress bars, and
-    ``enable_progress_bar=false`` (Lightning refuses the flag while a progress-bar callback is listed)."""
-    kept = [c for c in config_callbacks(configs, overrides) if "ProgressBar" not in str(c)]
+    kept = [c for c in callbacks if "ProgressBar" not in str(c)]
     return {"trainer.callbacks": kept, "trainer.enable_progress_bar": False, "trainer.enable_model_summary": False}
 
 
@@ -106,7 +98,7 @@ class RunSpec:
         return [
             *([self.subcommand] if self.subcommand else []),
             *[arg for config in self.configs for arg in ("--config", config)],
-            *cli_overrides(overrides),
+            *(f"--{path}={cli_value(value)}" for path, value in overrides.items()),
             *(["--ckpt_path=last"] if self.resume else []),
         ]
 
@@ -159,37 +151,30 @@ def _outcome(code: int, output: str, timed_out: bool = False, stopped: bool = Fa
 
 
 class Tail(io.TextIOBase):
-    """A text stream that passes everything on to ``stream`` and keeps the last ``size`` characters."""
+    """A text stream that passes everything on to ``stream`` and keeps the last ``LOG_TAIL`` characters."""
 
-    def __init__(self, stream: Any, size: int = LOG_TAIL) -> None:
+    def __init__(self, stream: Any) -> None:
         super().__init__()
-        self.stream, self.size, self.text = stream, size, ""
+        self.stream, self.text = stream, ""
 
     def write(self, text: str) -> int:
         self.stream.write(text)
-        self.text = (self.text + text)[-self.size :]
+        self.text = (self.text + text)[-LOG_TAIL:]
         return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
 
 
-@contextlib.contextmanager
-def bare_argv() -> Iterator[None]:
+def bare_argv() -> contextlib.AbstractContextManager:
     """Hide this process's own arguments from LightningCLI (which warns when both argv and ``args`` are set)."""
-    saved = sys.argv
-    sys.argv = saved[:1]
-    try:
-        yield
-    finally:
-        sys.argv = saved
+    return mock.patch.object(sys, "argv", sys.argv[:1])
 
 
 # ---------------------------------------------------------------------------------------------------- running
 def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
     """Run the CLI in this process (fast for many small runs; one device); a crash becomes an outcome. ``callbacks``
-    (e.g. Optuna's pruning callback, which holds its trial) follow the configs' (LightningCLI's ``trainer_defaults``).
-    """
+    (e.g. Optuna's pruning callback, which holds its trial) follow the configs' (as ``trainer_defaults``)."""
     from framer import cli
 
     stderr = Tail(sys.stderr)
@@ -207,17 +192,12 @@ def run_inprocess(spec: RunSpec, callbacks: Sequence[Any] = ()) -> Outcome:
 
 
 def run_subprocess(
-    spec: RunSpec,
-    log: Path,
-    *,
-    timeout: float | None = None,
-    python: str = sys.executable,
-    poll: Callable[[], bool] | None = None,
+    spec: RunSpec, log: Path, *, timeout: float | None = None, poll: Callable[[], bool] | None = None
 ) -> Outcome:
     """Run ``python -m framer.cli`` in its own process group (with its DDP ranks, if any), output appended to ``log``.
     After ``timeout`` seconds, when ``poll()`` returns True, or when this process is interrupted or gets SIGTERM, the
     group gets SIGTERM (the run saves ``last.ckpt``), then SIGKILL after a grace period."""
-    cmd = [python, "-m", "framer.cli", *spec.args()]
+    cmd = [sys.executable, "-m", "framer.cli", *spec.args()]
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
@@ -244,14 +224,13 @@ def _wait(proc: subprocess.Popen, timeout: float | None, poll: Callable[[], bool
     every ``POLL_INTERVAL`` seconds)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=POLL_INTERVAL)
             return None
-        except subprocess.TimeoutExpired:
-            if deadline is not None and time.monotonic() >= deadline:
-                return "timeout"
-            if poll is not None and poll():
-                return "poll"
+        if deadline is not None and time.monotonic() >= deadline:
+            return "timeout"
+        if poll is not None and poll():
+            return "poll"
 
 
 def run(spec: RunSpec, mode: Literal["subprocess", "inprocess"], log: Path | None = None) -> Outcome:
@@ -266,11 +245,9 @@ def stop(proc: subprocess.Popen) -> None:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=wait)
             return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @contextlib.contextmanager

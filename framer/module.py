@@ -41,7 +41,6 @@ from framer.checkpoints import check_checkpoint, check_module_hparams
 from framer.errors import UserError
 from framer.instantiate import RefusedClassPath, build, callable_config, factory, follow_allowed_modules, to_config
 
-DEFAULT_DECAY_STEPS = 4000
 TARGET_INFO_KEY = "framer_target"  # checkpoint entry with the dataset name, target and units
 
 
@@ -56,9 +55,7 @@ class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
     :class:`CrystalRegressor` sets before every step (:func:`run_steps`; until then the rate stays at its base value).
     """
 
-    def __init__(
-        self, optimizer: torch.optim.Optimizer, decay_steps: float = DEFAULT_DECAY_STEPS, last_epoch: int = -1
-    ) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, decay_steps: float = 4000, last_epoch: int = -1) -> None:
         if not decay_steps > 0:
             raise ValueError(f"decay_steps must be positive, got {decay_steps}")
         self.decay_steps = decay_steps
@@ -66,23 +63,15 @@ class InverseSqrtLR(torch.optim.lr_scheduler.LRScheduler):
         self.run_steps = math.inf
         super().__init__(optimizer, last_epoch)
 
-    def factor(self, step: int) -> float:
-        """Multiplier of the base learning rate after ``step`` steps."""
-        decay = self.decay_steps if self.decay_steps >= 1 else self.decay_steps * self.run_steps
-        return math.sqrt(decay / (decay + max(step, 0))) if math.isfinite(decay) else 1.0
-
     def get_lr(self) -> list[float]:
-        return [base * self.factor(self.last_epoch) for base in self.base_lrs]
+        decay = self.decay_steps if self.decay_steps >= 1 else self.decay_steps * self.run_steps
+        factor = math.sqrt(decay / (decay + max(self.last_epoch, 0))) if math.isfinite(decay) else 1.0
+        return [base * factor for base in self.base_lrs]
 
 
 def default_optimizer(params: Iterable) -> torch.optim.Optimizer:
     """AdamW with the paper's settings (lr 5e-4, betas (0.9, 0.98), weight decay 1e-5)."""
     return torch.optim.AdamW(params, lr=5e-4, betas=(0.9, 0.98), weight_decay=1e-5)
-
-
-def default_lr_scheduler(optimizer: torch.optim.Optimizer) -> InverseSqrtLR:
-    """The paper's inverse square-root schedule with T = 4000 steps."""
-    return InverseSqrtLR(optimizer, decay_steps=DEFAULT_DECAY_STEPS)
 
 
 def run_steps(trainer: pl.Trainer) -> float:
@@ -101,11 +90,8 @@ def run_steps(trainer: pl.Trainer) -> float:
 
 
 def parameter_groups(model: nn.Module) -> list[dict[str, Any]]:
-    """Trainable parameters split into a weight-decayed group and a group without decay.
-
-    No decay for biases and for the parameters of normalisation layers (``*Norm*`` modules or names containing
-    "norm"). Frozen parameters (``requires_grad=False``) are left out of both groups.
-    """
+    """Trainable parameters in a weight-decayed group and a group without decay: biases and the parameters of
+    normalisation layers (``*Norm*`` modules or names containing "norm"). Frozen parameters are in neither."""
     decay, no_decay = [], []
     for module_name, module in model.named_modules():
         is_norm = "norm" in type(module).__name__.lower() or "norm" in module_name.lower()
@@ -171,7 +157,7 @@ class CrystalRegressor(pl.LightningModule):
             raise ValueError(f"target_std must be positive, got {target_std}")
         self.model = model
         self.optimizer_factory = optimizer or default_optimizer
-        self.lr_scheduler_factory = lr_scheduler or default_lr_scheduler
+        self.lr_scheduler_factory = lr_scheduler or InverseSqrtLR  # T = 4000 steps, the paper's
         self.swa_epochs = swa_epochs if swa_epochs < 1 else int(swa_epochs)
         self._in_swa_fraction = False  # this batch is in the window of a fractional swa_epochs (set per batch)
         self.eval_weights = eval_weights
@@ -437,8 +423,7 @@ class CrystalRegressor(pl.LightningModule):
 
     @property
     def swa_start_epoch(self) -> int | None:
-        """First epoch of weight averaging, or None when SWA is off, a fraction of the run or ``max_epochs`` is
-        unbounded."""
+        """First epoch of weight averaging; None when SWA is off or a fraction of the run, or max_epochs unbounded."""
         if self.swa_model is None or self.attached_trainer is None or self.swa_epochs < 1:
             return None
         max_epochs = self.trainer.max_epochs

@@ -21,10 +21,11 @@ import os
 import re
 import sqlite3
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
@@ -196,15 +197,13 @@ def _park_rows_before(path: Path, parked: Path, step: int) -> list[str]:
 
 
 def _row_step(row: Mapping[str, str]) -> float:
-    try:
+    with contextlib.suppress(ValueError):  # a row a crash cut short
         return float(row.get("step") or "inf")
-    except ValueError:
-        return float("inf")
+    return float("inf")
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///...`` URI (relative as given); None for other backends and in-memory
-    databases."""
+    """The database file of a ``sqlite:///...`` URI (relative as given); None for other backends and in memory."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -292,7 +291,7 @@ def check_tracking_backend(uri: str) -> None:
 
         limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
         try:
-            with _environment(**limits):
+            with mock.patch.dict(os.environ, limits):  # set for this request only
                 MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as err:  # named by its innermost cause, e.g. "[Errno 111] Connection refused" under urllib3's
             cause = next((_first_line(e) for e in reversed(causes(err)) if str(e).strip()), _first_line(err))
@@ -301,20 +300,6 @@ def check_tracking_backend(uri: str) -> None:
                 "MLFLOW_TRACKING_URI to a server that runs, or use --tracking.mlflow false "
                 "(--tracking.mlflow_required false: warn and track in CSV files only)"
             ) from None
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    previous = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _first_line(err: BaseException) -> str:
