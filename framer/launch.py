@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-from unittest import mock
 
 import yaml
 
@@ -166,9 +165,14 @@ class Tail(io.TextIOBase):
         self.stream.flush()
 
 
-def bare_argv() -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def bare_argv() -> Iterator[None]:
     """Hide this process's own arguments from LightningCLI (which warns when both argv and ``args`` are set)."""
-    return mock.patch.object(sys, "argv", sys.argv[:1])
+    saved, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
 
 
 # ---------------------------------------------------------------------------------------------------- running

@@ -21,11 +21,10 @@ import os
 import re
 import sqlite3
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import torch
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger
@@ -268,6 +267,21 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return uri
 
 
+@contextlib.contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the block only."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def check_tracking_backend(uri: str) -> None:
     """Make sure the MLflow backend at ``uri`` can be used, within seconds; :class:`TrackingError` if not. A SQLite
     file must be a writable database in a writable directory, a server answer one request within
@@ -291,7 +305,7 @@ def check_tracking_backend(uri: str) -> None:
 
         limits = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(SERVER_CHECK_TIMEOUT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
         try:
-            with mock.patch.dict(os.environ, limits):  # set for this request only
+            with _environment(limits):
                 MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
         except Exception as err:  # named by its innermost cause, e.g. "[Errno 111] Connection refused" under urllib3's
             cause = next((_first_line(e) for e in reversed(causes(err)) if str(e).strip()), _first_line(err))
