@@ -13,7 +13,6 @@ ensemble's spread (standard deviation over members) with its absolute error. Wri
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import numpy as np
 from framer.errors import exit_codes
 from framer.export import export
 from framer.io import atomic_write_text, write_csv_rows
-from framer.plots import save_figure
+from framer.plots import read_predictions, save_figure
 from framer.provenance import git_commit
 from framer.rundir import RunDir, find_roots
 
@@ -33,18 +32,15 @@ ENSEMBLES = "ensembles"  # below the runs directory
 
 @dataclass
 class CellEnsemble:
-    """One cell's members on its test split: targets, members' predictions (members x crystals)."""
+    """One cell's members on its test split: targets, members' predictions (members x crystals), and the folder
+    the ensemble is exported to."""
 
     model: str
     column: str
     seeds: list[int]
     targets: np.ndarray
     predictions: np.ndarray
-    folder: Path | None = None
-
-    @property
-    def name(self) -> str:
-        return f"{self.column.replace('/', '_')}__{self.model}"
+    folder: Path
 
     @property
     def errors(self) -> np.ndarray:
@@ -64,12 +60,6 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def read_predictions(run: RunDir) -> dict[str, tuple[float, float]]:
-    """id -> (target, prediction) of a run's final test predictions."""
-    with run.predictions().open() as handle:
-        return {row["id"]: (float(row["target"]), float(row["prediction"])) for row in csv.DictReader(handle)}
-
-
 def collect_cells(runs_dir: str | Path) -> tuple[list[CellEnsemble], list[str]]:
     """The cells with at least two finished seeds whose test predictions cover the same crystals, and notes on
     the cells left out."""
@@ -84,15 +74,13 @@ def collect_cells(runs_dir: str | Path) -> tuple[list[CellEnsemble], list[str]]:
             notes.append(f"{column} {model}: {len(runs)} finished seed(s), no ensemble")
             continue
         seeds = sorted(runs)
-        tables = [read_predictions(runs[s]) for s in seeds]
-        if any(set(t) != set(tables[0]) for t in tables):
+        tables = [read_predictions(runs[s].predictions()).set_index("id").sort_index() for s in seeds]
+        if any(not t.index.equals(tables[0].index) for t in tables):
             notes.append(f"{column} {model}: the seeds were tested on different crystals, no ensemble")
             continue
-        ids = sorted(tables[0])
-        targets = np.array([tables[0][i][0] for i in ids])
-        predictions = np.array([[t[i][1] for i in ids] for t in tables])
-        cell = CellEnsemble(model, column, seeds, targets, predictions)
-        cell.folder = Path(runs_dir) / ENSEMBLES / cell.name
+        predictions = np.stack([t["prediction"].to_numpy(float) for t in tables])
+        folder = Path(runs_dir) / ENSEMBLES / f"{column.replace('/', '_')}__{model}"
+        cell = CellEnsemble(model, column, seeds, tables[0]["target"].to_numpy(float), predictions, folder)
         export([runs[s].path for s in seeds], cell.folder, force=True)
         cells.append(cell)
     return cells, notes

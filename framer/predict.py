@@ -37,9 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--inputs", required=True, nargs="+", help="structure files and/or directories")
     parser.add_argument("--out", default="predictions.csv", help="CSV to write (default: predictions.csv)")
     parser.add_argument("--batch-size", type=int, default=16, help="crystals per forward pass (default: 16)")
-    parser.add_argument(
-        "--weights", choices=("swa", "raw"), default=None, help="SWA average or raw weights (default: the module's)"
-    )
+    parser.add_argument("--weights", choices=("swa", "raw"), help="SWA average or raw weights (default: the module's)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: auto)")
     args = parser.parse_args(argv)
     with exit_codes("framer", user_errors=(OSError,)):
@@ -50,11 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UserError(f"no CIF/POSCAR files in {' '.join(args.inputs)}")
         models = args.model if args.model and len(args.model) > 1 else (args.model or [args.ckpt])[0]
         predictor = load(models, args.device, args.weights, args.batch_size)
-
-        def report(path: str, reason: str) -> None:
-            print(f"framer.predict: skipped {path}: {reason}", file=sys.stderr)
-
-        rows, skipped = predictor.predict_files(files, on_skip=report)
+        rows, skipped = predictor.predict_files(
+            files, on_skip=lambda path, reason: print(f"framer.predict: skipped {path}: {reason}", file=sys.stderr)
+        )
         if not rows:
             raise UserError(f"none of the {len(files)} input files could be used")
         write_csv_rows(args.out, ("id", *predictor.columns), rows)

@@ -281,17 +281,14 @@ def read_model_folder(folder: str | os.PathLike) -> CrystalRegressor:
 
 
 def to_records(structures: Iterable[Any]) -> list[CrystalRecord]:
-    """Records of pymatgen Structures, ASE Atoms, records (kept) and CIF/POSCAR paths."""
-    return [_record(item, str(i)) for i, item in enumerate(structures)]
+    """Records of pymatgen Structures (id: their index), ASE Atoms, records (kept) and CIF/POSCAR paths."""
+    records = []
+    for i, item in enumerate(structures):
+        if isinstance(item, (str, os.PathLike)):
+            item = record_from_file(item)
+        elif type(item).__module__.split(".")[0] == "ase":
+            from pymatgen.io.ase import AseAtomsAdaptor
 
-
-def _record(item: Any, default_id: str) -> CrystalRecord:
-    if isinstance(item, CrystalRecord):
-        return item
-    if isinstance(item, (str, os.PathLike)):
-        return record_from_file(item)
-    if type(item).__module__.split(".")[0] == "ase":
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        item = AseAtomsAdaptor.get_structure(item)
-    return record_from_structure(item, id=default_id)
+            item = AseAtomsAdaptor.get_structure(item)
+        records.append(item if isinstance(item, CrystalRecord) else record_from_structure(item, id=str(i)))
+    return records

@@ -17,7 +17,7 @@ import argparse
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,19 +78,16 @@ class PaperTable:
         columns = [Column(c["dataset"], c["target"], c["label"], c["unit"]) for c in raw["columns"]]
         keys = [c.key for c in columns]
 
-        def by_column(values: Sequence[Any], what: str, kind: type = float) -> dict[str, Any]:
+        def by_column(values: Sequence[Any], what: str, kind: Callable[[Any], Any] = float) -> dict[str, Any]:
             if len(values) != len(keys):
                 raise ValueError(f"{path}: {what} has {len(values)} values for {len(keys)} columns")
             return {k: kind(v) for k, v in zip(keys, values)}
-
-        def places(value: str) -> int:
-            return len(value.partition(".")[2])
 
         models = {name: spec["label"] for name, spec in raw["models"].items()}
         mae = {name: by_column(spec["mae"], name) for name, spec in raw["models"].items()}
         baselines = {name: by_column(v, name) for name, v in (raw.get("baselines") or {}).items()}
         rows = {**{n: spec["mae"] for n, spec in printed["models"].items()}, **(printed.get("baselines") or {})}
-        decimals = {name: by_column(values, name, places) for name, values in rows.items()}
+        decimals = {name: by_column(values, name, lambda v: len(v.partition(".")[2])) for name, values in rows.items()}
         return cls(columns, models, mae, raw.get("frames", {}), baselines, decimals)
 
     def column(self, key: str) -> Column:
@@ -134,11 +131,13 @@ class RunResult:
 
 def load_run(key: RunKey, root: Path) -> RunResult:
     """Read one run (its newest finished version) into a :class:`RunResult`."""
-    run = RunRoot(root).latest_finished()
+    run_root = RunRoot(root)
+    run = run_root.latest_finished()
     if run is None:
-        status = RunRoot(root).status()
+        status = run_root.status()
         return RunResult(key, root if status != "missing" else None, status)
     results = run.read_results() or {}
+    splits = run.read_info().get("splits")  # tagged by a short hash, to check that the runs of a column agree
     return RunResult(
         key,
         root,
@@ -149,17 +148,9 @@ def load_run(key: RunKey, root: Path) -> RunResult:
         epochs=float(results.get("epochs", math.nan)),
         n_test=results.get("n_test", 0),
         git_sha=str(results.get("git_commit", ""))[:12],
-        splits=split_tag(run),
+        splits=hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:12] if splits else "",
         run=run,
     )
-
-
-def split_tag(run: RunDir) -> str:
-    """Short hash of the split fingerprints a run recorded in ``run.json`` ("" when absent)."""
-    splits = run.read_info().get("splits")
-    if not splits:
-        return ""
-    return hashlib.sha256(json.dumps(splits, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def split_mismatches(results: list[RunResult]) -> dict[str, set[str]]:
@@ -235,7 +226,7 @@ def summarize(results: list[RunResult], paper: PaperTable) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def wide(summary: pd.DataFrame, paper: PaperTable) -> pd.DataFrame:
+def wide(summary: pd.DataFrame) -> pd.DataFrame:
     """The paper's layout: one row per model, per column ``<col>:mae|std|n|paper|delta``."""
     out = []
     for model, group in summary.groupby("model", sort=False):
@@ -289,8 +280,7 @@ def render_markdown(
     ]
     headers = ["Model", "MAE"] + [header(c) for c in paper.columns]
     body = [row for _, group in summary.groupby("model", sort=False) for row in model_rows(group, paper)]
-    lines.append(markdown_table(headers, body))
-    lines.append("")
+    lines += [markdown_table(headers, body), ""]
     if stand_ins:
         lines += ["Stand-ins used for each column in this smoke run:", ""]
         lines += [f"- {header(paper.column(k))}: {v}" for k, v in stand_ins.items()]
@@ -366,7 +356,7 @@ def write_report(
     git = git_commit(short=True)
     commit = f"{git['commit']}{' with uncommitted changes' if git['dirty'] else ''}" if git else "unknown"
     paths["md"].write_text(md + f"\nGenerated from `{runs_dir}` at git {commit}.\n")
-    table = wide(summary, paper)
+    table = wide(summary)
     table.insert(0, "smoke", smoke)
     table.to_csv(paths["csv"], index=False)
     runs_frame(results, paper).to_csv(paths["runs"], index=False)

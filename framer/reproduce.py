@@ -93,10 +93,6 @@ class Manifest:
             raise ManifestError(f"{path}: unknown columns {bad}")
         return manifest
 
-    def run_keys(self) -> list[RunKey]:
-        """Every run, seed-major (all cells of seed 0 first, so partial results cover the table early)."""
-        return [RunKey(m, c, s) for s in self.seeds for m in self.models for c in self.columns]
-
 
 @dataclass
 class Run:
@@ -105,9 +101,6 @@ class Run:
     key: RunKey
     root: RunRoot
     spec: RunSpec
-
-    def args(self, resume: bool) -> list[str]:
-        return replace(self.spec, resume=resume).args()
 
 
 def fill(template: Any, context: Mapping[str, Any]) -> Any:
@@ -126,7 +119,8 @@ def plan(manifest: Manifest, paper: PaperTable) -> list[Run]:
     """The runs of a manifest with their configs and overrides resolved."""
     index = {c.key: i for i, c in enumerate(paper.columns)}
     runs = []
-    for key in manifest.run_keys():
+    # seed-major: all cells of seed 0 first, so partial results cover the table early
+    for key in [RunKey(m, c, s) for s in manifest.seeds for m in manifest.models for c in manifest.columns]:
         if key.column not in index:
             raise ManifestError(f"unknown column {key.column!r}; known: {list(index)}")
         col = paper.column(key.column)
@@ -217,15 +211,15 @@ def parse_shard(text: str) -> tuple[int, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m framer.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="the embedded-data stand-in (conf/reproduce/smoke.yaml)")
-    parser.add_argument("--manifest", default=None, help="manifest YAML (default conf/reproduce/paper.yaml)")
+    parser.add_argument("--manifest", help="manifest YAML (default conf/reproduce/paper.yaml)")
     parser.add_argument("--paper", default=str(PAPER_RESULTS), help="paper results YAML (rows and columns)")
-    parser.add_argument("--runs-dir", default=None, help="override the manifest's runs_dir")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the manifest's seeds")
-    parser.add_argument("--models", nargs="+", default=None, help="only these model presets")
-    parser.add_argument("--columns", nargs="+", default=None, help="only these columns (e.g. mp/e_form)")
-    parser.add_argument("--launcher", choices=LAUNCHERS, default=None, help="override the manifest's launcher")
+    parser.add_argument("--runs-dir", type=Path, help="override the manifest's runs_dir")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the manifest's seeds")
+    parser.add_argument("--models", nargs="+", help="only these model presets")
+    parser.add_argument("--columns", nargs="+", help="only these columns (e.g. mp/e_form)")
+    parser.add_argument("--launcher", choices=LAUNCHERS, help="override the manifest's launcher")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: run every n-th run from the i-th")
-    parser.add_argument("--max-runs", type=int, default=None, help="start at most this many runs")
+    parser.add_argument("--max-runs", type=int, help="start at most this many runs")
     parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     args = parser.parse_args(argv)
 
@@ -233,15 +227,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with exit_codes("framer", user_errors=(OSError, ValueError, yaml.YAMLError)):
         paper = PaperTable.load(args.paper)
         manifest = Manifest.load(path, paper)
-        if args.runs_dir:
-            manifest.runs_dir = Path(args.runs_dir)
-        for name in ("seeds", "models", "columns", "launcher"):
+        for name in ("runs_dir", "seeds", "models", "columns", "launcher"):
             if getattr(args, name) is not None:
                 setattr(manifest, name, getattr(args, name))
         runs = plan(manifest, paper)
     if args.dry_run:
         for run in runs:
-            print(f"{run.root.path}: python -m framer.cli {' '.join(run.args(run.root.last_checkpoint() is not None))}")
+            args = replace(run.spec, resume=run.root.last_checkpoint() is not None).args()
+            print(f"{run.root.path}: python -m framer.cli {' '.join(args)}")
         return 0
     write_manifest(manifest, runs)
     t0 = time.time()

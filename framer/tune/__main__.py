@@ -21,7 +21,7 @@ from framer.rundir import FIGURES
 from framer.tune.sweep import Sweep
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m framer.tune",
         description="Optuna study over framer's LightningCLI configs, tracked in MLflow.",
@@ -31,12 +31,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep", required=True, help="sweep file (sweeps/<study>.yaml)")
     parser.add_argument(
         "--storage",
-        default=None,
         help="journal:<path>, sqlite:///<path> or postgresql://user:pass@host/db "
         "(default: journal file <study-dir>/journal.log)",
     )
     parser.add_argument(
-        "--n-trials", type=int, default=None, help="trials this worker runs at most (default: until the budget is used)"
+        "--n-trials", type=int, help="trials this worker runs at most (default: until the budget is used)"
     )
     parser.add_argument(
         "--devices-per-trial",
@@ -46,19 +45,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "subprocess with Lightning DDP over N devices",
     )
     parser.add_argument(
-        "--trial-timeout", type=float, default=None, help="seconds before a subprocess (DDP) trial is killed and failed"
+        "--trial-timeout", type=float, help="seconds before a subprocess (DDP) trial is killed and failed"
     )
-    parser.add_argument("--study-dir", default=None, help="study directory (default sweeps/<study>)")
-    parser.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite)")
+    parser.add_argument("--study-dir", help="study directory (default sweeps/<study>)")
+    parser.add_argument("--tracking-uri", help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     parser.add_argument("--no-figures", action="store_true", help="skip the study figures")
     parser.add_argument("--figures-only", action="store_true", help="only draw the study figures; run no trial")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
+    args = parser.parse_args(argv)
     with exit_codes("framer.tune", (ValueError, KeyError)):  # SweepError is a ValueError; KeyError: no such study
-        run(parse_args(argv))
+        run(args)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -91,9 +91,8 @@ class StudyTracker:
         """Log the study's figures, best config and trial table to the parent run."""
         try:
             run_id = self.parent_run(study)
-            for path in paths.values():
-                if Path(path).is_file():
-                    self.client.log_artifact(run_id, str(path))
+            for path in paths.values():  # every one written by framer.tune.runner.write_outputs
+                self.client.log_artifact(run_id, str(path))
             best = best_trial(study)
             if best is not None:
                 self.client.log_metric(run_id, f"best_{metric}", float(best.value))

@@ -133,9 +133,8 @@ class InProcessObjective(Objective):
 
 
 class SubprocessObjective(Objective):
-    """Runs each trial as ``python -m framer.cli fit`` with Lightning DDP over ``devices`` devices (with
-    ``conf/trainer/ddp.yaml`` after the base configs, if present); ``timeout``: seconds after which a trial's
-    processes are killed and the trial fails (None: no limit)."""
+    """Runs each trial as a DDP ``fit`` subprocess over ``devices`` devices (see the module docstring); ``timeout``:
+    seconds after which a trial's processes are killed and the trial fails (None: no limit)."""
 
     def __init__(
         self, sweep: Sweep, study_dir: Path, tracking_uri: str | None, devices: int, timeout: float | None = None
@@ -143,18 +142,6 @@ class SubprocessObjective(Objective):
         super().__init__(sweep, study_dir, tracking_uri)
         self.devices = devices
         self.timeout = timeout
-
-    def spec(self, trial: optuna.Trial, trial_yaml: Path, progress: Path) -> RunSpec:
-        """The trial's ``fit``: base configs, the DDP trainer config, the trial's values, rank 0's progress file."""
-        writer = {
-            "class_path": "framer.tune.callbacks.TrialProgress",
-            "init_args": {"path": str(progress.resolve()), "monitor": self.sweep.metric},
-        }
-        overrides = self.plumbing(trial.study, trial.number)
-        overrides.update({"trainer.devices": self.devices, "trainer.strategy": "ddp"})
-        overrides["trainer.callbacks+"] = json.dumps(writer)  # appended to the configs' callbacks
-        ddp = [str(DDP_TRAINER_CONFIG)] if DDP_TRAINER_CONFIG.is_file() else []
-        return RunSpec([*self.sweep.configs, *ddp, str(trial_yaml)], overrides, quiet=True)
 
     def __call__(self, trial: optuna.Trial) -> float:
         values = self.start(trial)
@@ -167,8 +154,17 @@ class SubprocessObjective(Objective):
         trial_yaml.write_text(header + yaml.safe_dump(nested(self.sweep.overrides(values)), sort_keys=False))
         progress.unlink(missing_ok=True)
         log_file.unlink(missing_ok=True)
+        # the trial's fit: base configs, the DDP trainer config, the trial's values; rank 0 writes the progress file
+        writer = {
+            "class_path": "framer.tune.callbacks.TrialProgress",
+            "init_args": {"path": str(progress.resolve()), "monitor": self.sweep.metric},
+        }
+        overrides = self.plumbing(trial.study, trial.number)
+        overrides.update({"trainer.devices": self.devices, "trainer.strategy": "ddp"})
+        overrides["trainer.callbacks+"] = json.dumps(writer)  # appended to the configs' callbacks
+        ddp = [str(DDP_TRAINER_CONFIG)] if DDP_TRAINER_CONFIG.is_file() else []
+        spec = RunSpec([*self.sweep.configs, *ddp, str(trial_yaml)], overrides, quiet=True)
         reporter = Reporter(self, trial, progress)
-        spec = self.spec(trial, trial_yaml, progress)
         outcome = run_subprocess(spec, log_file, timeout=self.timeout, poll=reporter.poll)
         reporter.poll()  # the lines written after the last poll
         if reporter.pruned_at is not None:

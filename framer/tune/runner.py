@@ -10,6 +10,7 @@ import math
 import shutil
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,7 @@ def tune(
         sweep.n_trials = sweep.grid_size()
     directory = Path(study_dir) if study_dir else default_study_dir(sweep)
     directory.mkdir(parents=True, exist_ok=True)
-    if sweep.source is not None:
-        shutil.copyfile(sweep.source, directory / "sweep.yaml")
+    shutil.copyfile(sweep_path, directory / "sweep.yaml")
     spec = storage_spec(storage, directory)
     study = create_study(sweep, spec)
     recovered = recover_dead_trials(study)
@@ -133,13 +133,12 @@ def write_outputs(
             paths["best"] = atomic_write_text(directory / "best.yaml", header + text)
         except RuntimeError as err:
             print(f"framer.tune: best.yaml not written: {err}", file=sys.stderr)
-    counts = {state.name: sum(t.state == state for t in trials) for state in TrialState}
     summary = {
         "study": sweep.name,
         "metric": sweep.metric,
         "direction": sweep.direction,
         "n_trials": sweep.n_trials,
-        "states": {k: v for k, v in counts.items() if v},
+        "states": dict(Counter(t.state.name for t in trials)),
         "best": None
         if best is None
         else {

@@ -22,6 +22,7 @@ import contextlib
 import mmap
 import os
 import random
+import re
 import socket
 import time
 import warnings
@@ -42,10 +43,7 @@ WORKER_ATTR = "worker"  # "<host>:<pid>" of the process that runs a trial
 
 def storage_url(url: str) -> str:
     """Canonical storage URL: ``postgres(ql)://`` -> ``postgresql+psycopg2://``; others unchanged."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix) :]
-    return url
+    return re.sub(r"^postgres(ql)?://", "postgresql+psycopg2://", url)
 
 
 def storage_spec(url: str | None, study_dir: str | Path) -> str:
@@ -86,12 +84,8 @@ def open_storage(spec: str, heartbeat: bool = True) -> optuna.storages.BaseStora
 
 
 def repair_journal(path: str | Path) -> int:
-    """Truncate a journal file after its last complete line, under the journal's own lock; returns bytes dropped.
-
-    A worker killed in the middle of an append leaves a line without its newline. Optuna skips such a last line when
-    reading, but the next append would be glued onto it, and the resulting undecodable line in the middle makes
-    every later read of the study fail.
-    """
+    """Truncate a journal file after its last complete line (see the module docstring), under the journal's own
+    lock; returns bytes dropped."""
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         return 0

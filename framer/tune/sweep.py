@@ -128,10 +128,6 @@ class Sweep:
         n_trials = raw.get("n_trials", 10)
         if not isinstance(n_trials, int) or n_trials < 1:
             raise SweepError(f"{where}: n_trials must be a positive integer, got {n_trials!r}")
-        sampler = dict(raw.get("sampler") or {"type": "tpe", "seed": 0})
-        pruner = dict(raw.get("pruner") or {"type": "median"})
-        if sampler.get("type", "tpe") not in SAMPLERS:
-            raise SweepError(f"{where}: sampler type must be one of {sorted(SAMPLERS)}")
         sweep = cls(
             name=str(raw.get("study") or default_name),
             configs=[config_path(str(c)) for c in configs],
@@ -140,8 +136,8 @@ class Sweep:
             metric=str(raw.get("metric", "val/mae")),
             direction=direction,
             n_trials=n_trials,
-            sampler=sampler,
-            pruner=pruner,
+            sampler=dict(raw.get("sampler") or {"type": "tpe", "seed": 0}),
+            pruner=dict(raw.get("pruner") or {"type": "median"}),
             source=source,
         )
         sweep.make_sampler()  # validate the keyword arguments now
@@ -153,9 +149,6 @@ class Sweep:
         """Sample every parameter; returns ``{config path: value}``."""
         return {p.path: suggest(trial, p.name, p.distribution) for p in self.params}
 
-    def distributions(self) -> dict[str, optuna.distributions.BaseDistribution]:
-        return {p.name: p.distribution for p in self.params}
-
     def values_by_path(self, params: Mapping[str, Any]) -> dict[str, Any]:
         """Optuna ``trial.params`` (by name) -> ``{config path: value}``."""
         return {p.path: params[p.name] for p in self.params if p.name in params}
@@ -165,14 +158,11 @@ class Sweep:
         return {**self.fixed, **values}
 
     def grid(self) -> dict[str, list[Any]]:
-        """The grid of a grid sampler: every parameter must be categorical (or given explicit ``grid:`` values)."""
-        out = {}
+        """The grid of a grid sampler: every parameter must be categorical."""
         for p in self.params:
-            if isinstance(p.distribution, optuna.distributions.CategoricalDistribution):
-                out[p.name] = list(p.distribution.choices)
-            else:
+            if not isinstance(p.distribution, optuna.distributions.CategoricalDistribution):
                 raise SweepError(f"grid sampler: parameter {p.name!r} must be categorical")
-        return out
+        return {p.name: list(p.distribution.choices) for p in self.params}
 
     def grid_size(self) -> int:
         return math.prod(len(v) for v in self.grid().values())
@@ -182,6 +172,8 @@ class Sweep:
         workers started together then draw different points, and a study stays reproducible trial by trial."""
         kwargs = {k: v for k, v in self.sampler.items() if k != "type"}
         kind = self.sampler.get("type", "tpe")
+        if kind not in SAMPLERS:
+            raise SweepError(f"{self.source or 'sweep'}: sampler type must be one of {sorted(SAMPLERS)}")
         if trial_number is not None and kind in RESEEDED and kwargs.get("seed") is not None:
             kwargs["seed"] = int(kwargs["seed"]) + trial_number
         cls = getattr(optuna.samplers, SAMPLERS[kind])

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -34,7 +35,7 @@ def test_paper_manifest_covers_the_table(paper):
     assert [str(Path(c).resolve().relative_to(REPO)) for c in run.spec.configs] == cell
     assert run.spec.overrides["data.init_args.target"] == "ehull"
     assert all(Path(c).is_file() for r in runs for c in r.spec.configs)
-    args = run.args(resume=True)
+    args = replace(run.spec, resume=True).args()
     assert args[0] == "fit" and args[-1] == "--ckpt_path=last"
     assert f"--tracking.run_name={run.key.dirname}" in args
     assert f"--seed_everything={manifest.seeds[0]}" in args

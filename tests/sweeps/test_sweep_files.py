@@ -54,7 +54,7 @@ def test_distributions_and_errors():
             },
         }
     )
-    dists = sweep.distributions()
+    dists = {p.name: p.distribution for p in sweep.params}
     assert dists["a.lr"].log and dists["a.n"].step == 2 and dists["a.c"].choices == ("x", "y")
     for bad in (
         {"configs": [], "search_space": {"x": [1]}},
