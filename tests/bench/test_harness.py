@@ -247,10 +247,15 @@ def test_memory_exponent_detects_superlinear_growth() -> None:
     assert targets.memory_exponent(points[:1], min_atoms=128) is None
 
 
-def _worktrees() -> str:
-    return subprocess.run(
-        ["git", "-C", str(runner.CURRENT_ROOT), "worktree", "list"], capture_output=True, text=True, check=True
+def _bench_worktrees() -> set[str]:
+    """The harness's registered worktrees (other worktrees of the repository may come and go meanwhile)."""
+    listing = subprocess.run(
+        ["git", "-C", str(runner.CURRENT_ROOT), "worktree", "list", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
+    return {line for line in listing.splitlines() if line.startswith("worktree ") and "framer-bench-worktree-" in line}
 
 
 def test_against_head_measures_a_worktree(tmp_path) -> None:
@@ -259,7 +264,7 @@ def test_against_head_measures_a_worktree(tmp_path) -> None:
         overrides=TINY, warmup=0, repeats=1, batch1_repeats=1, ref_crystals=1, against="HEAD",
         against_presets=["crystalformer"], presets=[], cases=[], paired=False, sweep=False, timeout=120,
     )  # fmt: skip
-    before = _worktrees()
+    before = _bench_worktrees()
     results = runner.run(plan, log=lambda line: None)
     section = results["against"]
     assert section["commit"] == git_commit()["commit"] and "error" not in section
@@ -268,7 +273,7 @@ def test_against_head_measures_a_worktree(tmp_path) -> None:
     root = Path(result["framer_root"])
     assert root != runner.CURRENT_ROOT and "framer-bench-worktree-" in str(root) and not root.exists()
     assert set(result["stages"]) == {"infer_b1", "infer", "train"}
-    assert _worktrees() == before
+    assert _bench_worktrees() == before
 
 
 def test_a_measured_checkout_with_its_own_bench_package_runs_this_harness(tmp_path) -> None:
