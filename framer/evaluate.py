@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import Logger
 
 from framer.module import CrystalRegressor
 from framer.rundir import RunDir
-from framer.tracking import log_artifacts, run_dir
+from framer.tracking import log_artifacts, run_dir, without_device_lines
 
 
 def one_device_trainer(trainer: Trainer, logger: list[Logger] | bool = False) -> Trainer:
@@ -36,21 +36,23 @@ def one_device_trainer(trainer: Trainer, logger: list[Logger] | bool = False) ->
         callbacks.append(TQDMProgressBar(refresh_rate=bar.refresh_rate))
     elif isinstance(bar, ProgressBar):
         callbacks.append(type(bar)())
-    return Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=1,
-        strategy="auto",
-        precision=trainer.precision,
-        logger=logger,
-        callbacks=callbacks,
-        enable_progress_bar=bool(callbacks),
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        default_root_dir=trainer.default_root_dir,
-        fast_dev_run=trainer.fast_dev_run,
-        limit_test_batches=trainer.limit_test_batches,
-    )
+    limit = trainer.limit_test_batches  # None for Lightning's default (all) keeps its "1.0 was configured" line away
+    with without_device_lines():  # the fit named the devices already
+        return Trainer(
+            accelerator=accelerator,
+            devices=devices,
+            num_nodes=1,
+            strategy="auto",
+            precision=trainer.precision,
+            logger=logger,
+            callbacks=callbacks,
+            enable_progress_bar=bool(callbacks),
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            default_root_dir=trainer.default_root_dir,
+            fast_dev_run=trainer.fast_dev_run,
+            limit_test_batches=None if isinstance(limit, float) and limit == 1.0 else limit,
+        )
 
 
 def run_final_tests(trainer: Trainer, module: CrystalRegressor, datamodule: LightningDataModule | None) -> dict:

@@ -47,6 +47,7 @@ SERVER_CHECK_TIMEOUT = 5
 
 #: Lightning notices that say nothing about a run: its litlogger advertisement and the deprecation of an API it uses
 LIGHTNING_NOISE = ("💡 Tip: For seamless cloud logging", "`isinstance(treespec, LeafSpec)` is deprecated")
+LIGHTNING_INFO_LOG = "lightning.pytorch.utilities.rank_zero"  # where Lightning's rank_zero_info lines go
 
 
 def _not_noise(record: logging.LogRecord) -> bool:
@@ -55,8 +56,23 @@ def _not_noise(record: logging.LogRecord) -> bool:
 
 def quiet_lightning_noise() -> None:
     """Drop :data:`LIGHTNING_NOISE` from Lightning's log and warnings (idempotent)."""
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_noise)
+    logging.getLogger(LIGHTNING_INFO_LOG).addFilter(_not_noise)
     warnings.filterwarnings("ignore", message=re.escape(LIGHTNING_NOISE[1]))
+
+
+@contextlib.contextmanager
+def without_device_lines() -> Iterator[None]:
+    """Drop Lightning's "GPU available: ..." style lines (logged by every new Trainer) for the block."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("GPU available", "TPU available", "HPU available"))
+
+    logger = logging.getLogger(LIGHTNING_INFO_LOG)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 class TrackingError(UserError, ValueError):

@@ -4,6 +4,7 @@ they train, threads and batch counts mean what they say, and a fit prints no noi
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -129,11 +130,14 @@ def test_integer_batch_counts_in_config_files_are_batches(workdir):
     assert cli.trainer.limit_val_batches == 2 and cli.trainer.limit_test_batches == 0.5
 
 
-NOISE = ("exists and is not empty", "LeafSpec", "litlogger")
+NOISE = ("exists and is not empty", "LeafSpec", "litlogger", "`Trainer(limit_test_batches=1.0)` was configured")
 
 
-def test_a_fit_and_its_test_print_no_noise(workdir, capfd, recwarn):
+def test_a_fit_and_its_test_print_no_noise(workdir, capfd, recwarn, caplog):
+    """No known noise, and the devices are named once (by the fit, not again by each final test)."""
+    caplog.set_level(logging.INFO)  # Lightning's info lines (pytest takes them from its stream handler)
     main([*DEFAULT, *STANDINS, "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false"])
     out, err = capfd.readouterr()
-    said = [str(w.message) for w in recwarn] + (out + err).splitlines()
+    said = [str(w.message) for w in recwarn] + (out + err).splitlines() + [r.getMessage() for r in caplog.records]
     assert not [line for line in said if any(noise in line for noise in NOISE)], said
+    assert len([line for line in said if line.startswith("GPU available")]) == 1, said
